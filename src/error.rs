@@ -1,0 +1,211 @@
+//! The crate's one error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::Share;
+use crate::layout::HeaderError;
+
+/// Everything that can go wrong, each variant saying what happened and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The name is neither a table name nor a path.
+    #[error(
+        "invalid table name {name:?}: a name is 1 to 218 characters from A-Z a-z 0-9 - _; \
+         give a path as /absolute, ./relative or ../relative"
+    )]
+    InvalidName {
+        /// What was given.
+        name: String,
+    },
+    /// A builder option is out of range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// No candidate directory for a named table is usable.
+    #[error(
+        "no usable directory for lock tables: none of {candidates} exists and is writable; \
+         choose one with LockTicket::builder(..).directory(..)"
+    )]
+    NoDirectory {
+        /// The directories tried.
+        candidates: String,
+    },
+    /// A system call on the table failed.
+    #[error("{path}: {op} failed: {source}", path = path.display())]
+    Io {
+        /// The table path.
+        path: PathBuf,
+        /// What we were doing.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The path is a symbolic link; tables are never opened through one.
+    #[error(
+        "{path}: is a symbolic link; lock tables are never opened through symlinks \
+         (remove it, or give the real path)",
+        path = path.display()
+    )]
+    Symlink {
+        /// The table path.
+        path: PathBuf,
+    },
+    /// Something other than a regular file is at the path.
+    #[error("{path}: is {kind}, not a lock table file; remove it or choose another name",
+        path = path.display())]
+    NotARegularFile {
+        /// The table path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The existing file grants more access than requested ("doubtful permissions").
+    #[error(
+        "{path}: doubtful permissions: {reason}; fix its owner/mode, or remove it if no \
+         process uses it",
+        path = path.display()
+    )]
+    DoubtfulPermissions {
+        /// The table path.
+        path: PathBuf,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// The table would live on a network filesystem.
+    #[error(
+        "{path}: is on a network filesystem ({fs}); a shared mapping is not coherent across \
+         hosts, so locks there would not exclude anything: use a local directory such as \
+         /dev/shm",
+        path = path.display()
+    )]
+    NetworkFilesystem {
+        /// The table path.
+        path: PathBuf,
+        /// The filesystem.
+        fs: &'static str,
+    },
+    /// The bytes at the path are not a lock table this version can use.
+    #[error(
+        "{path}: not a valid lock table: {reason}; if no process uses it, remove it",
+        path = path.display()
+    )]
+    InvalidTable {
+        /// The table path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: HeaderError,
+    },
+    /// The table was written by a newer lockticket.
+    #[error(
+        "{path}: table format version {found} is newer than this lockticket supports \
+         ({supported}); upgrade lockticket, or remove the table once no process uses it",
+        path = path.display()
+    )]
+    UnsupportedVersion {
+        /// The table path.
+        path: PathBuf,
+        /// Version in the file.
+        found: u32,
+        /// Version this build writes.
+        supported: u32,
+    },
+    /// Token or payload call on a table that does not exist.
+    #[error(
+        "{path}: no lock table exists; take the main lock first (main_lock) to create it",
+        path = path.display()
+    )]
+    NotCreated {
+        /// The table path.
+        path: PathBuf,
+    },
+    /// The table this handle mapped has been removed by its last owner.
+    #[error("{path}: the lock table was removed by its last owner; take the main lock again",
+        path = path.display())]
+    Removed {
+        /// The table path.
+        path: PathBuf,
+    },
+    /// The main lock is held by live processes in a conflicting mode.
+    #[error("{path}: the main lock is held ({share}) by live process(es) {pids:?}",
+        path = path.display())]
+    MainLockBusy {
+        /// The table path.
+        path: PathBuf,
+        /// Their mode.
+        share: Share,
+        /// Their PIDs.
+        pids: Vec<u32>,
+    },
+    /// This process registered already.
+    #[error("{path}: this process (pid {pid}) holds the main lock already",
+        path = path.display())]
+    AlreadyRegistered {
+        /// The table path.
+        path: PathBuf,
+        /// Our PID.
+        pid: u32,
+    },
+    /// The registry is full.
+    #[error(
+        "{path}: all {capacity} main-lock entries are in use; create the table with a larger \
+         registry (builder().member_capacity(..))",
+        path = path.display()
+    )]
+    RegistryFull {
+        /// The table path.
+        path: PathBuf,
+        /// Entries in the table.
+        capacity: u32,
+    },
+    /// The process that created this handle has exited: a child's tokens are void.
+    #[error(
+        "{path}: the process that created this handle (pid {parent}) has exited; a child's \
+         token is void once its parent is gone",
+        path = path.display()
+    )]
+    ParentGone {
+        /// The table path.
+        path: PathBuf,
+        /// The parent's PID.
+        parent: u32,
+    },
+    /// The table's shared state makes no sense (overwritten by another process, or our
+    /// registration was taken away).
+    #[error(
+        "{path}: the lock table is corrupted: {detail}; stop its users and remove the file",
+        path = path.display()
+    )]
+    Corrupted {
+        /// The table path.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// A payload larger than the table's payload capacity.
+    #[error(
+        "{path}: a payload of {len} bytes does not fit the table's capacity of {capacity} \
+         bytes; store a path to the data instead, or create the table with a larger \
+         payload_capacity",
+        path = path.display()
+    )]
+    PayloadTooLarge {
+        /// The table path.
+        path: PathBuf,
+        /// Bytes given.
+        len: u64,
+        /// Capacity.
+        capacity: u64,
+    },
+    /// A structured payload could not be encoded or decoded.
+    #[error("{path}: payload encoding: {detail}", path = path.display())]
+    PayloadEncoding {
+        /// The table path.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

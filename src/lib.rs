@@ -1,0 +1,75 @@
+//! # lockticket
+//!
+//! FIFO, crash-proof locks between the processes of one machine, and a small value they can
+//! hand each other — all in a memory-mapped **lock table** file on tmpfs. The successor of
+//! Perl's `IPC::LockTicket`.
+//!
+//! * **Main lock** — registers the owning processes of a table, exclusive or shared. The last
+//!   owner to leave removes the file; a table whose owners all died is reclaimed.
+//! * **Token lock** — a strictly first-come-first-served lock in exclusive and shared modes.
+//!   A holder or waiter killed even by `SIGKILL` never blocks the others for long: its slot
+//!   is reclaimed after a liveness check that is immune to PID reuse.
+//! * **Payload** — a small value (a path, a row id) kept in its own mapped region; readers
+//!   always see a complete value.
+//!
+//! ```
+//! use lockticket::{LockTicket, Share};
+//!
+//! # fn main() -> lockticket::Result<()> {
+//! # let dir = std::env::temp_dir();
+//! # let name = format!("doc-example-{}", std::process::id());
+//! let lt = LockTicket::builder(&name).directory(&dir).open()?;
+//! let owner = lt.main_lock(Share::Shared)?;   // create the table, or join it
+//! {
+//!     let token = lt.token_lock()?;           // FIFO, exclusive; other processes wait
+//!     if token.previous_holder_died() {
+//!         // the last holder was killed holding the token: repair what it protected
+//!     }
+//!     // ... critical section ...
+//! }                                           // released on drop
+//! owner.unlock()?;                            // the last owner out removes the table
+//! # Ok(()) }
+//! ```
+//!
+//! Child processes take tokens on the handle their parent opened (after `fork`), or open the
+//! same name themselves. See `docs/design.md` for the algorithm and its crash analysis,
+//! `docs/format.md` for the file layout, and `docs/migration.md` for the Perl original's calls.
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+#[doc(hidden)]
+pub mod layout;
+mod liveness;
+mod members;
+mod path;
+#[doc(hidden)]
+pub mod payload;
+mod region;
+mod ring;
+mod sys;
+mod ticket;
+mod wait;
+
+pub use error::{Error, Result};
+pub use layout::HeaderError;
+pub use path::{DEFAULT_DIRECTORIES, default_directory};
+pub use ticket::{Builder, LockTicket, MainGuard, TokenGuard};
+
+/// Exclusive or shared: the mode of a main lock or a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Share {
+    /// One holder at a time (the original's `MainLock()`; a writer's token).
+    Exclusive,
+    /// Many holders together (the original's `MainLock(1)`; a reader's token).
+    Shared,
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Share::Exclusive => "exclusive",
+            Share::Shared => "shared",
+        })
+    }
+}

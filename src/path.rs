@@ -1,0 +1,90 @@
+//! Where a table lives: names go to a memory filesystem, paths are used as given.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Directories tried, in order, for a table given by name.
+pub const DEFAULT_DIRECTORIES: [&str; 4] = ["/dev/shm", "/run/shm", "/run", "/tmp"];
+
+/// File name of a named table.
+pub(crate) fn file_name(name: &str) -> String {
+    format!("lockticket-{name}.lt")
+}
+
+/// True for a valid table name: `[-_A-Za-z0-9]{1,218}`.
+pub(crate) fn is_name(s: &OsStr) -> bool {
+    let b = s.as_bytes();
+    (1..=218).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+}
+
+/// True when `s` is given as a path: absolute, `./…` or `../…`.
+pub(crate) fn is_path(s: &OsStr) -> bool {
+    let b = s.as_bytes();
+    b.starts_with(b"/") || b.starts_with(b"./") || b.starts_with(b"../")
+}
+
+/// Resolves a name or path. `directory` overrides the search for names.
+pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<PathBuf> {
+    let s = name_or_path.as_os_str();
+    if is_path(s) {
+        if name_or_path.file_name().is_none() {
+            return Err(Error::InvalidName { name: s.to_string_lossy().into_owned() });
+        }
+        return Ok(name_or_path.to_path_buf());
+    }
+    if !is_name(s) {
+        return Err(Error::InvalidName { name: s.to_string_lossy().into_owned() });
+    }
+    let file = file_name(&s.to_string_lossy());
+    let dir = match directory {
+        Some(d) => d.to_path_buf(),
+        None => default_directory()?,
+    };
+    Ok(dir.join(file))
+}
+
+/// The first of [`DEFAULT_DIRECTORIES`] that is writable and memory-backed, else the first
+/// writable one.
+pub fn default_directory() -> Result<PathBuf> {
+    let writable: Vec<&str> = DEFAULT_DIRECTORIES.into_iter().filter(|d| is_writable_dir(d)).collect();
+    let memory = writable
+        .iter()
+        .find(|d| sys::fs_magic_of_path(Path::new(d)).is_ok_and(sys::is_memory_fs));
+    memory
+        .or(writable.first())
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::NoDirectory { candidates: DEFAULT_DIRECTORIES.join(", ") })
+}
+
+fn is_writable_dir(d: &str) -> bool {
+    Path::new(d).is_dir() && nix::unistd::access(d, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths() {
+        let r = |s: &str| resolve(Path::new(s), Some(Path::new("/d")));
+        assert_eq!(r("app").unwrap(), Path::new("/d/lockticket-app.lt"));
+        assert_eq!(r("a-b_C9").unwrap(), Path::new("/d/lockticket-a-b_C9.lt"));
+        assert_eq!(r("./x.lt").unwrap(), Path::new("./x.lt"));
+        assert_eq!(r("/abs/x").unwrap(), Path::new("/abs/x"));
+        assert!(r("").is_err());
+        assert!(r("a/b").is_err());
+        assert!(r("sp ace").is_err());
+        assert!(r(&"x".repeat(219)).is_err());
+        assert!(r(&"x".repeat(218)).is_ok());
+    }
+
+    #[test]
+    fn a_default_directory_exists_here() {
+        assert!(default_directory().is_ok());
+    }
+}

@@ -1,0 +1,516 @@
+//! The mapped table file: creating it whole, opening and auditing it, and typed views of it.
+//!
+//! This is where the crate's raw memory lives. A table is created in a temporary file, fully
+//! initialised, and only then `link`ed to its path, so a file at a table path is never
+//! half-made by us. Opening never follows a symlink, refuses files that grant more than the
+//! requested permissions, and validates the header before mapping anything.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::{Mutex, MutexGuard};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{Error, Result};
+use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE, hot};
+use crate::members::Member;
+use crate::payload::{self, Payload};
+use crate::ring::{Ring, RingWords, Slot};
+use crate::sys;
+
+/// The header page as shared atomics. Offsets are fixed by `layout` (checked below).
+#[repr(C)]
+pub(crate) struct SharedHeader {
+    fixed: [AtomicU64; 16],
+    /// Non-zero once retired by the last owner.
+    pub retired: AtomicU32,
+    _pad0: [u32; 31],
+    /// Next ticket.
+    pub tail: AtomicU64,
+    _pad1: [u64; 15],
+    /// Oldest unreleased ticket.
+    pub head: AtomicU64,
+    _pad2: [u64; 15],
+    /// Ticket + 1 of a holder that died holding.
+    pub dead_holder: AtomicU64,
+    /// Reclaimed slot count.
+    pub reclaimed: AtomicU64,
+    _pad3: [u64; 14],
+}
+const _: () = {
+    assert!(core::mem::offset_of!(SharedHeader, retired) == hot::RETIRED as usize);
+    assert!(core::mem::offset_of!(SharedHeader, tail) == hot::TAIL as usize);
+    assert!(core::mem::offset_of!(SharedHeader, head) == hot::HEAD as usize);
+    assert!(core::mem::offset_of!(SharedHeader, dead_holder) == hot::DEAD_HOLDER as usize);
+    assert!(core::mem::offset_of!(SharedHeader, reclaimed) == hot::RECLAIMED as usize);
+    assert!(core::mem::size_of::<SharedHeader>() <= HEADER_SIZE as usize);
+    assert!(core::mem::size_of::<[AtomicU64; 16]>() == FIXED_HEADER_SIZE);
+};
+
+/// A mapped table.
+pub(crate) struct Region {
+    path: PathBuf,
+    /// The open file, for flock and payload locks; `None` once neutered. The mutex also
+    /// serialises this process's threads on the cold paths (flock does not: it belongs to the
+    /// open file description, which they share).
+    file: Mutex<Option<File>>,
+    map: MmapRaw,
+    payload_map: MmapRaw,
+    geometry: Geometry,
+    fixed: FixedHeader,
+    dev: u64,
+    ino: u64,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("path", &self.path)
+            .field("geometry", &self.geometry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options a new table is created with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Create {
+    pub permissions: u32,
+    pub geometry: Geometry,
+    pub main_mode: u32,
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io { path: path.to_path_buf(), op, source }
+}
+
+impl Region {
+    /// Opens the table at `path` if one exists there. `Ok(None)` when there is no file.
+    pub(crate) fn open_existing(path: &Path, permissions: u32) -> Result<Option<Region>> {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(classify_open_error(path, e)),
+        };
+        let meta = file.metadata().map_err(io_err(path, "fstat"))?;
+        check_kind(path, &meta)?;
+        audit(path, &meta, permissions)?;
+        check_not_network(path, sys::fs_magic_of_file(&file).ok())?;
+        let mut bytes = [0u8; FIXED_HEADER_SIZE];
+        let n = read_full_at(&file, &mut bytes).map_err(io_err(path, "read"))?;
+        let (fixed, geometry) =
+            layout::validate_header(&bytes[..n], meta.len(), payload::region_len).map_err(
+                |reason| match reason {
+                    layout::HeaderError::NewerVersion { found } => Error::UnsupportedVersion {
+                        path: path.to_path_buf(),
+                        found,
+                        supported: layout::FORMAT_VERSION,
+                    },
+                    reason => Error::InvalidTable { path: path.to_path_buf(), reason },
+                },
+            )?;
+        Self::map(path, file, &meta, fixed, geometry).map(Some)
+    }
+
+    /// Creates a table at `path`: writes it whole under a temporary name, then links it into
+    /// place. `Ok(None)` when a file appeared at `path` first (open that one instead).
+    pub(crate) fn create(path: &Path, opts: Create) -> Result<Option<Region>> {
+        let dir = parent_dir(path);
+        check_not_network(path, sys::fs_magic_of_path(dir).ok())?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(
+            ".{name}.{}.{:016x}.tmp",
+            std::process::id(),
+            sys::random_u64()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(opts.permissions)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| classify_open_error(path, e))?;
+        let made = Self::fill_new(path, &tmp, file, opts);
+        let outcome = match made {
+            Ok(region) => match std::fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(Some(region)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+                Err(e) => Err(io_err(path, "link new table into place")(e)),
+            },
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&tmp);
+        outcome
+    }
+
+    fn fill_new(path: &Path, tmp: &Path, file: File, opts: Create) -> Result<Region> {
+        // The exact mode, whatever the umask.
+        file.set_permissions(std::fs::Permissions::from_mode(opts.permissions))
+            .map_err(io_err(tmp, "chmod"))?;
+        let size = opts.geometry.file_size();
+        allocate(&file, size).map_err(io_err(tmp, "allocate"))?;
+        let fixed = layout::new_header(
+            opts.geometry,
+            opts.permissions,
+            opts.main_mode,
+            sys::now_ns(),
+            sys::random_u64(),
+        );
+        let meta = file.metadata().map_err(io_err(tmp, "fstat"))?;
+        let region = Self::map(path, file, &meta, fixed, opts.geometry)?;
+        let bytes = bytemuck::bytes_of(&fixed);
+        for (word, chunk) in region.header().fixed.iter().zip(bytes.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            word.store(u64::from_ne_bytes(b), Relaxed);
+        }
+        region.payload().init();
+        // dev/ino of the temporary file are those of the final path: it is a hard link.
+        Ok(region)
+    }
+
+    fn map(
+        path: &Path,
+        file: File,
+        meta: &std::fs::Metadata,
+        fixed: FixedHeader,
+        geometry: Geometry,
+    ) -> Result<Region> {
+        let map = MmapOptions::new()
+            .len(geometry.lock_len() as usize)
+            .map_raw(&file)
+            .map_err(io_err(path, "mmap"))?;
+        let payload_map = MmapOptions::new()
+            .offset(geometry.payload_offset())
+            .len(geometry.payload_region_len as usize)
+            .map_raw(&file)
+            .map_err(io_err(path, "mmap payload"))?;
+        Ok(Region {
+            path: path.to_path_buf(),
+            file: Mutex::new(Some(file)),
+            map,
+            payload_map,
+            geometry,
+            fixed,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// The table's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The validated sizes.
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// The validated fixed header.
+    pub(crate) fn fixed(&self) -> &FixedHeader {
+        &self.fixed
+    }
+
+    /// The header's shared words.
+    #[inline]
+    pub(crate) fn header(&self) -> &SharedHeader {
+        // SAFETY: the mapping is at least HEADER_SIZE bytes (geometry.lock_len() includes the
+        // header page), page aligned (so aligned for every atomic), lives as long as `self`,
+        // and an all-bytes-valid type (atomics and integers) may alias memory other processes
+        // write concurrently: all accesses that matter go through atomics.
+        unsafe { &*(self.map.as_ptr() as *const SharedHeader) }
+    }
+
+    /// The token slots.
+    #[inline]
+    pub(crate) fn slots(&self) -> &[Slot] {
+        let n = self.geometry.ring_capacity as usize;
+        // SAFETY: `lock_len` covers RING_OFFSET + n * 64 bytes; RING_OFFSET is 4096-aligned so
+        // every slot is 64-aligned; Slot is atomics and integers, valid for any bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(layout::RING_OFFSET as usize) as *const Slot,
+                n,
+            )
+        }
+    }
+
+    /// The main-lock registry.
+    pub(crate) fn members(&self) -> &[Member] {
+        let n = self.geometry.member_capacity as usize;
+        // SAFETY: `lock_len` is members_offset + n * 64 bytes; members_offset is a multiple of
+        // 64; Member is atomics and integers, valid for any bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(self.geometry.members_offset() as usize) as *const Member,
+                n,
+            )
+        }
+    }
+
+    /// The ring over this table.
+    #[inline]
+    pub(crate) fn ring(&self) -> Ring<'_> {
+        let h = self.header();
+        Ring::new(
+            RingWords {
+                tail: &h.tail,
+                head: &h.head,
+                dead_holder: &h.dead_holder,
+                reclaimed: &h.reclaimed,
+            },
+            self.slots(),
+            wake_one,
+        )
+    }
+
+    /// The payload region.
+    pub(crate) fn payload(&self) -> Payload {
+        // SAFETY: payload_map is exactly region_len(capacity) bytes at a page-aligned file
+        // offset, page aligned in memory, and lives as long as `self` (the Payload is used
+        // only while `self` is borrowed by the caller).
+        unsafe {
+            Payload::from_raw(
+                self.payload_map.as_mut_ptr(),
+                self.payload_map.len(),
+                self.geometry.payload_capacity,
+            )
+        }
+    }
+
+    /// True once the last owner retired this table (it is, or is about to be, unlinked).
+    #[inline]
+    pub(crate) fn retired(&self) -> bool {
+        self.header().retired.load(SeqCst) != 0
+    }
+
+    /// Exclusive access to the table's cold paths: serialises this process's threads (mutex)
+    /// and other processes (flock, released by the kernel if we die).
+    pub(crate) fn cold(&self) -> Result<Cold<'_>> {
+        let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(file) = guard.as_ref() else {
+            return Err(Error::Removed { path: self.path.clone() });
+        };
+        sys::flock_exclusive(file).map_err(io_err(&self.path, "flock"))?;
+        Ok(Cold { guard, region: self })
+    }
+
+    /// True when both map the same file.
+    pub(crate) fn same_file(&self, other: &Region) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+
+    /// True while `path` still names this table's file (not unlinked, not replaced).
+    pub(crate) fn still_at_path(&self) -> Result<bool> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => Ok(m.dev() == self.dev && m.ino() == self.ino),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&self.path, "stat")(e)),
+        }
+    }
+
+    /// Replaces the mapping with private memory that reads as a retired, poisoned table, and
+    /// closes the file: frees the resources of a table that was removed and replaced, while
+    /// any straggling reference still points at valid memory (and errors out).
+    pub(crate) fn neuter(&self) {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if file.take().is_none() {
+            return;
+        }
+        for m in [&self.map, &self.payload_map] {
+            // SAFETY: replaces our own mapping in place (same address and length) with
+            // anonymous private memory; the range stays mapped, so references into it stay
+            // valid. MmapRaw unmaps the range on drop as before.
+            unsafe {
+                libc::mmap(
+                    m.as_mut_ptr().cast(),
+                    m.len(),
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+            }
+        }
+        let h = self.header();
+        h.retired.store(1, SeqCst);
+        h.head.store(1 << 63, SeqCst);
+        h.tail.store(1 << 63, SeqCst);
+    }
+}
+
+/// The cold-path lock of a table (see [`Region::cold`]). Unlocks on drop.
+pub(crate) struct Cold<'a> {
+    guard: MutexGuard<'a, Option<File>>,
+    region: &'a Region,
+}
+
+impl Cold<'_> {
+    /// The open file (for payload locks).
+    pub(crate) fn file(&self) -> &File {
+        self.guard.as_ref().expect("Cold exists only while the file is open")
+    }
+
+    /// Marks the table retired and unlinks it if the path still names it.
+    pub(crate) fn retire_and_unlink(&self) -> Result<()> {
+        let r = self.region;
+        r.header().retired.store(1, SeqCst);
+        if r.still_at_path()? {
+            std::fs::remove_file(&r.path).map_err(io_err(&r.path, "remove table"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cold<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.guard.as_ref() {
+            sys::flock_unlock(file);
+        }
+    }
+}
+
+fn wake_one(word: &AtomicU32) {
+    sys::futex_wake(word, 1);
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn allocate(file: &File, size: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // Reserve the pages now, so a full tmpfs gives ENOSPC here instead of SIGBUS later.
+    // SAFETY: posix_fallocate on an fd we own.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+fn classify_open_error(path: &Path, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => Error::Symlink { path: path.to_path_buf() },
+        Some(libc::EISDIR) => {
+            Error::NotARegularFile { path: path.to_path_buf(), kind: "a directory" }
+        }
+        _ => Error::Io { path: path.to_path_buf(), op: "open", source: e },
+    }
+}
+
+fn check_kind(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::NotARegularFile { path: path.to_path_buf(), kind })
+}
+
+fn check_not_network(path: &Path, magic: Option<i64>) -> Result<()> {
+    match magic.and_then(sys::network_fs_name) {
+        Some(fs) => Err(Error::NetworkFilesystem { path: path.to_path_buf(), fs }),
+        None => Ok(()),
+    }
+}
+
+fn audit(path: &Path, meta: &std::fs::Metadata, requested: u32) -> Result<()> {
+    let (uid, gid, groups) = sys::credentials();
+    audit_rules(meta.mode(), meta.uid(), meta.gid(), requested, uid, gid, &groups)
+        .map_err(|reason| Error::DoubtfulPermissions { path: path.to_path_buf(), reason })
+}
+
+/// The original's "doubtful permissions" audit: refuse a file that grants more than
+/// `requested` would. Pure, for tests.
+pub(crate) fn audit_rules(
+    mode: u32,
+    file_uid: u32,
+    file_gid: u32,
+    requested: u32,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+) -> std::result::Result<(), String> {
+    let mode = mode & 0o7777;
+    let extra = mode & !requested & 0o777;
+    if extra != 0 {
+        return Err(format!(
+            "mode {mode:04o} grants {extra:04o} beyond the requested {requested:04o}"
+        ));
+    }
+    if mode & 0o7000 != 0 {
+        return Err(format!("mode {mode:04o} has setuid/setgid/sticky bits"));
+    }
+    let owner_bits = (mode >> 6) & 0o7;
+    if file_uid != uid && owner_bits & !(requested & 0o7) != 0 {
+        return Err(format!(
+            "owned by uid {file_uid}, not by us (uid {uid}), and the requested mode \
+             {requested:04o} does not grant others that access"
+        ));
+    }
+    let group_bits = (mode >> 3) & 0o7;
+    let our_group = file_gid == gid || groups.contains(&file_gid);
+    if !our_group && group_bits & !(requested & 0o7) != 0 {
+        return Err(format!(
+            "group {file_gid} is not one of ours and has access the requested mode \
+             {requested:04o} does not grant to others"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::audit_rules;
+
+    #[test]
+    fn the_audit_refuses_wider_files() {
+        let ok = |mode, fu, fg, req| audit_rules(mode, fu, fg, req, 1000, 100, &[100, 200]);
+        assert!(ok(0o600, 1000, 100, 0o600).is_ok());
+        assert!(ok(0o600, 1000, 999, 0o600).is_ok()); // foreign group without access: fine
+        assert!(ok(0o644, 1000, 100, 0o600).is_err()); // wider than requested
+        assert!(ok(0o600, 0, 100, 0o600).is_err()); // someone else owns it
+        assert!(ok(0o666, 0, 100, 0o666).is_ok()); // shared on purpose
+        assert!(ok(0o660, 1000, 999, 0o660).is_err()); // a foreign group gets rw
+        assert!(ok(0o660, 1000, 200, 0o660).is_ok()); // a supplementary group of ours
+        assert!(ok(0o4600, 1000, 100, 0o7600).is_err());
+        assert!(ok(0o400, 1000, 100, 0o600).is_ok()); // narrower is fine (open may fail)
+    }
+}

@@ -1,0 +1,547 @@
+//! The token ring: a strictly FIFO lock among processes, in exclusive and shared modes.
+//!
+//! This module is the algorithm, over plain atomics: no OS calls, no `unsafe`. It runs the same
+//! on a mapped table and on an in-memory one (property tests, Miri). Waiting (spin, yield,
+//! futex) lives in `wait`, liveness answers come in through [`Liveness`].
+//!
+//! # Tickets and slots
+//! `tail` is the next ticket to hand out and `head` the oldest ticket not yet released; both
+//! only grow (wrapping `u64`). Ticket `t` lives in slot `t % capacity`, in *lap*
+//! `t / capacity`. A slot's claim word says, in one atomic value, which lap the slot is in and
+//! who owns it:
+//!
+//! ```text
+//! bits 63..32  lap (low 32 bits of t / capacity)
+//! bit  31      shared request
+//! bits 30..22  low 9 bits of the owner's start time (tells a recycled PID apart)
+//! bits 21..0   owner PID; 0 = not claimed
+//! ```
+//!
+//! * **free for t**: `lap(t) << 32`, PID 0: ticket `t` may be claimed here.
+//! * **claimed by P for t**: lap(t), P's PID and start bits. The claim CAS is the moment a
+//!   request enters the queue *and* names its owner: no instant exists where a ticket is taken
+//!   but nobody can be blamed for it.
+//! * **released**: the lap moves on (`lap(t) + 1`, PID 0), which is also "free for t + capacity".
+//!
+//! A request is granted when `head` reaches it (exclusive), or when every unreleased ticket
+//! before it is shared (shared). Release moves the lap on, then advances `head` over every
+//! released ticket, then wakes the new holders and the next-in-line.
+//!
+//! # Crash windows
+//! A process may die at any instruction. Every state it can leave behind is recognised:
+//! a claimed slot names a PID and start bits (reclaimed when that process is dead), a released
+//! slot whose releaser died before advancing `head` is advanced over by any waiter, a half-made
+//! tail advance is finished by the next claimer.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+
+use crate::Share;
+use crate::liveness::{Liveness, Owner, START_FP_BITS, START_FP_MASK};
+
+const PID_BITS: u32 = 22;
+const PID_MASK: u64 = (1 << PID_BITS) - 1;
+const FP_SHIFT: u32 = PID_BITS;
+const SHARED_BIT: u64 = 1 << 31;
+const _: () = assert!(PID_BITS + START_FP_BITS == 31);
+
+/// `Slot::futex` state: the owner is queued and not asleep.
+pub(crate) const WAITING: u32 = 0;
+/// `Slot::futex` state: the owner sleeps on the futex; wake it when it may be granted.
+pub(crate) const PARKED: u32 = 1;
+/// `Slot::futex` state: the owner saw its grant and holds the token.
+pub(crate) const HOLDING: u32 = 2;
+
+/// Bits of a slot's `start` word that hold the start time; the rest hold a lap tag.
+const START_BITS: u32 = 40;
+const START_MASK: u64 = (1 << START_BITS) - 1;
+
+/// One token slot: a cache line in the mapped file.
+///
+/// `start` and `futex` carry a tag of the lap they belong to, so a value left behind by a
+/// previous owner of the slot is recognised as stale instead of being trusted.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    /// The claim word (see the module docs).
+    pub word: AtomicU64,
+    /// Owner's start time (low 40 bits) tagged with the lap (high 24 bits); 0 = unpublished.
+    pub start: AtomicU64,
+    /// PID of the owner's parent (the handle's creator), for status.
+    pub parent: AtomicU64,
+    /// When the request entered the queue, in ns since the Unix epoch (0 = not recorded).
+    pub since_ns: AtomicU64,
+    /// Wait state (low 16 bits) tagged with the lap (high 16 bits); the futex sleeps on it.
+    pub futex: AtomicU32,
+    _reserved: [u32; 7],
+}
+const _: () = assert!(core::mem::size_of::<Slot>() == 64);
+
+/// The shared words a ring works on, besides its slots.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RingWords<'a> {
+    /// Next ticket to hand out.
+    pub tail: &'a AtomicU64,
+    /// Oldest ticket not released.
+    pub head: &'a AtomicU64,
+    /// Ticket + 1 of the last holder that died holding, until the next holder takes note.
+    pub dead_holder: &'a AtomicU64,
+    /// Count of reclaimed slots.
+    pub reclaimed: &'a AtomicU64,
+}
+
+/// A queued or granted request: its ticket and the claim word that proves ownership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    /// The ticket number.
+    pub t: u64,
+    /// The claim word written into the slot.
+    pub word: u64,
+}
+
+/// Result of one claim attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The request is in the queue.
+    Claimed(Ticket),
+    /// Every slot is in use; wait for a release.
+    Full,
+    /// Another process moved first; try again.
+    Retry,
+    /// The slot at `tail` is in a lap it can never be in: the file was overwritten.
+    Broken(Broken),
+}
+
+/// Where a queued request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grant {
+    /// It holds the token.
+    Granted,
+    /// It waits; `ahead` unreleased tickets are before it (1 = next in line).
+    Waiting {
+        /// Tickets between `head` (inclusive) and this one.
+        ahead: u64,
+    },
+}
+
+/// The ring's state makes no sense: the file was overwritten, or our slot was taken from us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Broken(pub String);
+
+/// What a liveness pass found at the head of the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeadCheck {
+    /// Nothing to do: the queue is empty or its head is alive.
+    Fine,
+    /// A released ticket was left at the head (its releaser died); head moved on.
+    Advanced,
+    /// The head's owner was dead; its slot was reclaimed.
+    Reclaimed {
+        /// The dead process.
+        pid: u32,
+        /// It had seen its grant (it died holding the token).
+        was_holding: bool,
+    },
+}
+
+/// A ring view: slots plus the shared words, and how to wake a sleeper.
+#[derive(Clone, Copy)]
+pub(crate) struct Ring<'a> {
+    words: RingWords<'a>,
+    slots: &'a [Slot],
+    shift: u32,
+    mask: u64,
+    wake: fn(&AtomicU32),
+}
+
+impl std::fmt::Debug for Ring<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("capacity", &self.slots.len()).finish_non_exhaustive()
+    }
+}
+
+#[inline]
+fn lap_of_word(w: u64) -> u32 {
+    (w >> 32) as u32
+}
+#[inline]
+fn pid_of_word(w: u64) -> u32 {
+    (w & PID_MASK) as u32
+}
+#[inline]
+fn is_shared_word(w: u64) -> bool {
+    w & SHARED_BIT != 0
+}
+#[inline]
+fn free_word(lap: u32) -> u64 {
+    u64::from(lap) << 32
+}
+#[inline]
+fn futex_tag(lap: u32) -> u32 {
+    lap << 16
+}
+
+impl<'a> Ring<'a> {
+    /// A view over `slots` (a power-of-two count) and the shared words.
+    pub(crate) fn new(words: RingWords<'a>, slots: &'a [Slot], wake: fn(&AtomicU32)) -> Self {
+        debug_assert!(slots.len().is_power_of_two());
+        Ring {
+            words,
+            slots,
+            shift: slots.len().trailing_zeros(),
+            mask: slots.len() as u64 - 1,
+            wake,
+        }
+    }
+
+    /// Number of slots.
+    #[inline]
+    pub(crate) fn capacity(&self) -> u64 {
+        self.mask + 1
+    }
+
+    #[inline]
+    fn lap(&self, t: u64) -> u32 {
+        (t >> self.shift) as u32
+    }
+
+    #[inline]
+    pub(crate) fn slot(&self, t: u64) -> &'a Slot {
+        // `mask` is capacity - 1 and capacity == slots.len(): always in bounds, whatever `t`
+        // a hostile file put in `head` or `tail`.
+        &self.slots[(t & self.mask) as usize]
+    }
+
+    /// The claim word ticket `t` would carry for this owner.
+    #[inline]
+    fn claim_word(&self, t: u64, share: Share, pid: u32, start: u64) -> u64 {
+        let shared = if share == Share::Shared { SHARED_BIT } else { 0 };
+        free_word(self.lap(t))
+            | shared
+            | ((start & START_FP_MASK) << FP_SHIFT)
+            | (u64::from(pid) & PID_MASK)
+    }
+
+    /// One attempt to enter the queue. `pid` must be in `1..=PID_MAX`.
+    #[inline]
+    pub(crate) fn try_claim(&self, share: Share, pid: u32, start: u64) -> Claim {
+        let head = self.words.head.load(SeqCst);
+        let t = self.words.tail.load(SeqCst);
+        if t.wrapping_sub(head) >= self.capacity() {
+            // Full, or `head` moved past our stale `t` (then the next attempt sees it).
+            return if t.wrapping_sub(head) > u64::MAX / 2 { Claim::Retry } else { Claim::Full };
+        }
+        let slot = self.slot(t);
+        let w = slot.word.load(SeqCst);
+        if w == free_word(self.lap(t)) {
+            let mine = self.claim_word(t, share, pid, start);
+            if slot.word.compare_exchange(w, mine, SeqCst, Relaxed).is_err() {
+                return Claim::Retry;
+            }
+            // Move `tail` on; if this fails another claimer already helped.
+            let _ = self.words.tail.compare_exchange(t, t.wrapping_add(1), SeqCst, Relaxed);
+            let t = self.resolve_ticket(t, mine);
+            return Claim::Claimed(Ticket { t, word: mine });
+        }
+        if lap_of_word(w) == self.lap(t) && pid_of_word(w) != 0 {
+            // Someone claimed `t` and has not moved `tail` yet (or died first): help.
+            let _ = self.words.tail.compare_exchange(t, t.wrapping_add(1), SeqCst, Relaxed);
+            return Claim::Retry;
+        }
+        // The slot is in another lap (or holds a claim without an owner). Legitimately only
+        // because `tail` moved on since we read it (ticket t - capacity is released before
+        // `head` passes it, and t is released only after `tail` passed it). If `tail` still
+        // reads `t`, the file is corrupt.
+        if self.words.tail.load(SeqCst) == t {
+            return Claim::Broken(Broken(format!(
+                "slot of ticket {t} holds {w:#x}, expected lap {} (head {head})",
+                self.lap(t)
+            )));
+        }
+        Claim::Retry
+    }
+
+    /// The ticket a successful claim of `mine` stands for.
+    ///
+    /// Normally the ticket we read, `t`. If this thread stalled between reading `tail` and its
+    /// CAS for 2^32 laps, the CAS can succeed on the same slot in a later lap with equal low
+    /// lap bits; the real ticket is then the one within a capacity of today's `tail` that has
+    /// this slot and these lap bits (see docs/design.md).
+    #[inline]
+    fn resolve_ticket(&self, t: u64, mine: u64) -> u64 {
+        let tail_now = self.words.tail.load(SeqCst);
+        if tail_now.wrapping_sub(t) <= self.capacity() {
+            return t;
+        }
+        resolve_stale_claim(tail_now, t & self.mask, lap_of_word(mine), self.shift)
+    }
+
+    /// Records who waits in the claimed slot: full start time, parent and enqueue time.
+    #[inline]
+    pub(crate) fn publish(&self, tk: Ticket, start: u64, parent: u32, since_ns: u64) {
+        let slot = self.slot(tk.t);
+        let tag = u64::from(self.lap(tk.t) & 0xff_ffff) << START_BITS;
+        slot.futex.store(futex_tag(self.lap(tk.t)) | WAITING, Relaxed);
+        slot.parent.store(u64::from(parent), Relaxed);
+        slot.since_ns.store(since_ns, Relaxed);
+        slot.start.store(tag | (start & START_MASK), Release);
+    }
+
+    /// Whether `tk` may hold the token now.
+    #[inline]
+    pub(crate) fn grant(&self, tk: Ticket, share: Share) -> Result<Grant, Broken> {
+        let head = self.words.head.load(SeqCst);
+        let ahead = tk.t.wrapping_sub(head);
+        if ahead == 0 {
+            return Ok(Grant::Granted);
+        }
+        if ahead >= self.capacity() {
+            return Err(self.explain_lost(tk, head));
+        }
+        if share == Share::Shared && self.only_shared_before(head, ahead) {
+            return Ok(Grant::Granted);
+        }
+        Ok(Grant::Waiting { ahead })
+    }
+
+    /// True when every unreleased ticket in `head .. head + n` is a shared request.
+    fn only_shared_before(&self, head: u64, n: u64) -> bool {
+        (0..n).all(|i| {
+            let t = head.wrapping_add(i);
+            let w = self.slot(t).word.load(SeqCst);
+            // Released tickets (lap moved on) do not block; claimed ones block unless shared;
+            // an unclaimed ticket before ours cannot exist, so be conservative if seen.
+            lap_of_word(w) != self.lap(t) || (pid_of_word(w) != 0 && is_shared_word(w))
+        })
+    }
+
+    #[cold]
+    fn explain_lost(&self, tk: Ticket, head: u64) -> Broken {
+        let now = self.slot(tk.t).word.load(SeqCst);
+        if now != tk.word {
+            Broken(format!(
+                "our queue slot (ticket {}) was taken over (claim word {:#x} is now {:#x})",
+                tk.t, tk.word, now
+            ))
+        } else {
+            Broken(format!("head ticket {head} has passed our ticket {}", tk.t))
+        }
+    }
+
+    /// Marks a granted request as holding (so its death is reported to the next holder) and
+    /// returns whether the previous holder died holding.
+    #[inline]
+    pub(crate) fn mark_holding(&self, tk: Ticket) -> bool {
+        self.slot(tk.t).futex.store(futex_tag(self.lap(tk.t)) | HOLDING, Release);
+        self.words.dead_holder.load(Relaxed) != 0 && self.words.dead_holder.swap(0, AcqRel) != 0
+    }
+
+    /// Prepares to sleep: the futex word and the value to sleep on. The caller must re-check
+    /// [`Ring::grant`] after this and before sleeping (no lost wake-up: see `wake_slot`).
+    pub(crate) fn park_word(&self, tk: Ticket) -> (&'a AtomicU32, u32) {
+        let value = futex_tag(self.lap(tk.t)) | PARKED;
+        let f = &self.slot(tk.t).futex;
+        f.store(value, SeqCst);
+        (f, value)
+    }
+
+    /// Leaves the queue: releases a held token, or withdraws a waiting request. Wakes whoever
+    /// may go next.
+    #[inline]
+    pub(crate) fn release(&self, tk: Ticket) -> Result<(), Broken> {
+        let slot = self.slot(tk.t);
+        let next_lap = free_word(self.lap(tk.t).wrapping_add(1));
+        if slot.word.compare_exchange(tk.word, next_lap, SeqCst, Relaxed).is_err() {
+            let head = self.words.head.load(SeqCst);
+            return Err(self.explain_lost(tk, head));
+        }
+        self.advance_head();
+        Ok(())
+    }
+
+    /// Moves `head` over released tickets and wakes the requests this grants (plus the
+    /// next-in-line, so it is spinning by the time its turn comes).
+    pub(crate) fn advance_head(&self) {
+        let mut moved = None;
+        for _ in 0..=self.capacity() {
+            let h = self.words.head.load(SeqCst);
+            let tail = self.words.tail.load(SeqCst);
+            if h == tail || h.wrapping_sub(tail) < u64::MAX / 2 {
+                break; // nothing queued (or a hostile head beyond tail: never move further)
+            }
+            let w = self.slot(h).word.load(SeqCst);
+            if lap_of_word(w) == self.lap(h) {
+                break; // ticket h not released yet
+            }
+            if self.words.head.compare_exchange(h, h.wrapping_add(1), SeqCst, SeqCst).is_ok() {
+                moved = Some(h.wrapping_add(1));
+            }
+        }
+        if moved.is_some() {
+            self.wake_from(self.words.head.load(SeqCst));
+        }
+    }
+
+    /// Wakes the requests granted when `head == h`, and the first one after them.
+    fn wake_from(&self, h: u64) {
+        let mut run_shared = true;
+        for i in 0..self.capacity() {
+            let t = h.wrapping_add(i);
+            let w = self.slot(t).word.load(SeqCst);
+            if lap_of_word(w) != self.lap(t) || pid_of_word(w) == 0 {
+                break;
+            }
+            let granted = i == 0 || (run_shared && is_shared_word(w));
+            self.wake_slot(t);
+            if !granted {
+                break; // that was the next-in-line
+            }
+            run_shared = is_shared_word(w);
+        }
+    }
+
+    /// Wakes the owner of ticket `t` if it sleeps.
+    ///
+    /// No lost wake-up: a sleeper stores PARKED, then re-checks `head`, then sleeps only while
+    /// the word is still PARKED; we move `head`, then look for PARKED. With sequentially
+    /// consistent operations one of the two sees the other's write.
+    #[inline]
+    fn wake_slot(&self, t: u64) {
+        let f = &self.slot(t).futex;
+        let tag = futex_tag(self.lap(t));
+        if f.load(SeqCst) == tag | PARKED
+            && f.compare_exchange(tag | PARKED, tag | WAITING, SeqCst, Relaxed).is_ok()
+        {
+            (self.wake)(f);
+        }
+    }
+
+    /// Who owns ticket `t` according to claim word `w`.
+    pub(crate) fn owner(&self, t: u64, w: u64) -> Owner {
+        let s = self.slot(t).start.load(Acquire);
+        let tag_ok = s >> START_BITS == u64::from(self.lap(t) & 0xff_ffff) && s != 0;
+        Owner {
+            pid: pid_of_word(w),
+            start: tag_ok.then_some(s & START_MASK),
+            start_fp: Some((w >> FP_SHIFT) & START_FP_MASK),
+        }
+    }
+
+    /// Looks at the head of the queue: finishes a release whose owner died before advancing
+    /// `head`, and reclaims the slot of a dead owner. Every waiter calls this when its sleep
+    /// times out, so a dead holder blocks nobody for longer than one such timeout.
+    pub(crate) fn check_head(&self, liveness: &impl Liveness) -> Result<HeadCheck, Broken> {
+        let h = self.words.head.load(SeqCst);
+        let tail = self.words.tail.load(SeqCst);
+        if h == tail {
+            return Ok(HeadCheck::Fine);
+        }
+        if tail.wrapping_sub(h) > self.capacity() {
+            let h2 = self.words.head.load(SeqCst);
+            if h2 == h {
+                return Err(Broken(format!("tail {tail} is more than a ring ahead of head {h}")));
+            }
+            return Ok(HeadCheck::Fine);
+        }
+        let slot = self.slot(h);
+        let w = slot.word.load(SeqCst);
+        if lap_of_word(w) != self.lap(h) {
+            self.advance_head();
+            return Ok(HeadCheck::Advanced);
+        }
+        let pid = pid_of_word(w);
+        if pid == 0 {
+            // `tail` passed h, so h was claimed, and a claim is released by moving the lap:
+            // an ownerless slot in h's lap cannot happen unless the file was overwritten.
+            if self.words.head.load(SeqCst) == h {
+                return Err(Broken(format!("head ticket {h} has no owner ({w:#x})")));
+            }
+            return Ok(HeadCheck::Fine);
+        }
+        if liveness.is_alive(self.owner(h, w)) {
+            return Ok(HeadCheck::Fine);
+        }
+        let was_holding = slot.futex.load(SeqCst) == futex_tag(self.lap(h)) | HOLDING;
+        let next_lap = free_word(self.lap(h).wrapping_add(1));
+        if slot.word.compare_exchange(w, next_lap, SeqCst, Relaxed).is_err() {
+            return Ok(HeadCheck::Fine); // someone else reclaimed it first
+        }
+        self.words.reclaimed.fetch_add(1, Relaxed);
+        if was_holding {
+            self.words.dead_holder.store(h.wrapping_add(1), Release);
+        }
+        self.advance_head();
+        Ok(HeadCheck::Reclaimed { pid, was_holding })
+    }
+
+    /// True when `head .. tail` holds a slot claimed by a live process.
+    pub(crate) fn has_live_requests(&self, liveness: &impl Liveness) -> bool {
+        self.requests().into_iter().any(|r| liveness.is_alive(r.owner))
+    }
+
+    /// The requests in the queue, oldest first (a best-effort snapshot).
+    pub(crate) fn requests(&self) -> Vec<Request> {
+        let head = self.words.head.load(SeqCst);
+        let tail = self.words.tail.load(SeqCst);
+        let n = tail.wrapping_sub(head).min(self.capacity());
+        let mut out = Vec::new();
+        let mut run_shared = true;
+        for i in 0..n {
+            let t = head.wrapping_add(i);
+            let slot = self.slot(t);
+            let w = slot.word.load(SeqCst);
+            if lap_of_word(w) != self.lap(t) || pid_of_word(w) == 0 {
+                continue;
+            }
+            let shared = is_shared_word(w);
+            let granted = (i == 0 || run_shared) && (i == 0 || shared);
+            run_shared = granted && shared;
+            let futex = slot.futex.load(Relaxed);
+            out.push(Request {
+                ticket: t,
+                share: if shared { Share::Shared } else { Share::Exclusive },
+                owner: self.owner(t, w),
+                parent: slot.parent.load(Relaxed) as u32,
+                since_ns: slot.since_ns.load(Relaxed),
+                granted,
+                holding: futex == futex_tag(self.lap(t)) | HOLDING,
+            });
+        }
+        out
+    }
+
+    /// `head` and `tail` as they are now.
+    pub(crate) fn head_tail(&self) -> (u64, u64) {
+        (self.words.head.load(SeqCst), self.words.tail.load(SeqCst))
+    }
+}
+
+/// One entry of [`Ring::requests`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Request {
+    /// Ticket number.
+    pub ticket: u64,
+    /// Mode.
+    pub share: Share,
+    /// Owner.
+    pub owner: Owner,
+    /// Parent PID recorded by the owner.
+    pub parent: u32,
+    /// Enqueue time (ns since the epoch; 0 when not recorded).
+    pub since_ns: u64,
+    /// The ring grants it now.
+    pub granted: bool,
+    /// Its owner has seen the grant.
+    pub holding: bool,
+}
+
+/// The ticket in `[tail - capacity, tail + capacity)` with slot index `index` and lap bits
+/// `lap` (a pure function; see [`Ring::resolve_ticket`]).
+pub(crate) fn resolve_stale_claim(tail: u64, index: u64, lap: u32, shift: u32) -> u64 {
+    let cap = 1u64 << shift;
+    let base = tail.wrapping_sub(cap);
+    let first = base.wrapping_add(index.wrapping_sub(base) & (cap - 1));
+    if (first >> shift) as u32 == lap { first } else { first.wrapping_add(cap) }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
