@@ -47,6 +47,7 @@ mod path;
 pub mod payload;
 mod region;
 mod ring;
+mod status;
 mod sys;
 mod ticket;
 mod wait;
@@ -54,6 +55,7 @@ mod wait;
 pub use error::{Error, Result};
 pub use layout::HeaderError;
 pub use path::{DEFAULT_DIRECTORIES, default_directory};
+pub use status::{MemberInfo, Status, TokenInfo};
 pub use ticket::{Builder, LockTicket, MainGuard, TokenGuard};
 
 /// Exclusive or shared: the mode of a main lock or a token.

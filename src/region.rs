@@ -304,6 +304,19 @@ impl Region {
         Ok(Cold { guard, region: self })
     }
 
+    /// Runs `f` as the only payload writer: this process's threads are serialised by the
+    /// mutex, processes by an OFD lock on the payload's first byte (dropped by the kernel if
+    /// the writer dies).
+    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload) -> T) -> Result<T> {
+        let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(file) = guard.as_ref() else {
+            return Err(Error::Removed { path: self.path.clone() });
+        };
+        let _lock = sys::ofd::lock_range(file, self.geometry.payload_offset(), 1)
+            .map_err(io_err(&self.path, "lock payload"))?;
+        Ok(f(&self.payload()))
+    }
+
     /// True when both map the same file.
     pub(crate) fn same_file(&self, other: &Region) -> bool {
         (self.dev, self.ino) == (other.dev, other.ino)
@@ -355,11 +368,6 @@ pub(crate) struct Cold<'a> {
 }
 
 impl Cold<'_> {
-    /// The open file (for payload locks).
-    pub(crate) fn file(&self) -> &File {
-        self.guard.as_ref().expect("Cold exists only while the file is open")
-    }
-
     /// Marks the table retired and unlinks it if the path still names it.
     pub(crate) fn retire_and_unlink(&self) -> Result<()> {
         let r = self.region;

@@ -94,6 +94,7 @@ pub(crate) fn lock_range(file: &File, offset: u64, len: u64) -> io::Result<OfdGu
 
 /// Takes the write lock on `[offset, offset + len)` of `file` if nobody else
 /// holds a conflicting one; `Ok(None)` if somebody does.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn try_lock_range(
     file: &File,
     offset: u64,

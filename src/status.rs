@@ -1,0 +1,180 @@
+//! A snapshot of a table: owners, holders, the queue, counters. Taken without any lock.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::Share;
+use crate::liveness::{Liveness, OsLiveness};
+use crate::members;
+use crate::region::Region;
+
+/// A registered owner of the table (main lock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemberInfo {
+    /// Its PID.
+    pub pid: u32,
+    /// Exclusive or shared main lock.
+    pub share: Share,
+    /// False once the process is gone (its entry is cleared by the next main-lock call).
+    pub alive: bool,
+    /// When it registered.
+    pub joined: Option<SystemTime>,
+}
+
+/// A token request: held or queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenInfo {
+    /// The requesting process.
+    pub pid: u32,
+    /// The process that created its handle (its parent, after a fork; itself otherwise).
+    pub parent: u32,
+    /// Exclusive or shared.
+    pub share: Share,
+    /// Its ticket number (FIFO position).
+    pub ticket: u64,
+    /// False when the process is dead (its slot is reclaimed by the next waiter that looks).
+    pub alive: bool,
+    /// When it entered the queue.
+    pub since: Option<SystemTime>,
+}
+
+/// A snapshot of a table, from [`LockTicket::status`](crate::LockTicket::status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// The table file.
+    pub path: PathBuf,
+    /// Its format version.
+    pub format_version: u32,
+    /// Token slots.
+    pub ring_capacity: u32,
+    /// Payload capacity in bytes.
+    pub payload_capacity: u64,
+    /// Registered owners.
+    pub members: Vec<MemberInfo>,
+    /// Requests that hold the token now.
+    pub holders: Vec<TokenInfo>,
+    /// Requests waiting, in FIFO order.
+    pub queue: Vec<TokenInfo>,
+    /// Slots reclaimed from dead processes since the table was created.
+    pub reclaimed_slots: u64,
+    /// Length of the current payload in bytes.
+    pub payload_len: u64,
+    /// Generation of the current payload (0 = never set).
+    pub payload_generation: u64,
+    /// False when the table kept changing while it was read (the lists may then mix two
+    /// moments; each entry is still one that existed).
+    pub consistent: bool,
+}
+
+fn time(ns: u64) -> Option<SystemTime> {
+    (ns != 0).then(|| UNIX_EPOCH + Duration::from_nanos(ns))
+}
+
+/// Reads a snapshot of `region`.
+pub(crate) fn snapshot(region: &Region) -> Status {
+    let ring = region.ring();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = ring.head_tail();
+        let requests = ring.requests();
+        let after = ring.head_tail();
+        let consistent = before == after;
+        if !consistent && attempt < 5 {
+            continue;
+        }
+        let (mut holders, mut queue) = (Vec::new(), Vec::new());
+        for r in requests {
+            let info = TokenInfo {
+                pid: r.owner.pid,
+                parent: r.parent,
+                share: r.share,
+                ticket: r.ticket,
+                alive: OsLiveness.is_alive(r.owner),
+                since: time(r.since_ns),
+            };
+            if r.granted { holders.push(info) } else { queue.push(info) }
+        }
+        let members = members::entries(region.members())
+            .into_iter()
+            .map(|m| MemberInfo {
+                pid: m.pid,
+                share: m.share,
+                alive: OsLiveness.is_alive(crate::liveness::Owner {
+                    pid: m.pid,
+                    start: Some(m.start),
+                    start_fp: None,
+                }),
+                joined: time(m.joined_ns),
+            })
+            .collect();
+        let (payload_len, payload_generation) = region.payload().meta();
+        let g = region.geometry();
+        return Status {
+            path: region.path().to_path_buf(),
+            format_version: region.fixed().version,
+            ring_capacity: g.ring_capacity,
+            payload_capacity: g.payload_capacity,
+            members,
+            holders,
+            queue,
+            reclaimed_slots: region.header().reclaimed.load(std::sync::atomic::Ordering::Relaxed),
+            payload_len,
+            payload_generation,
+            consistent,
+        };
+    }
+}
+
+fn ago(t: Option<SystemTime>) -> String {
+    match t.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        Some(d) if d.as_secs() >= 1 => format!("{:.1}s", d.as_secs_f64()),
+        Some(d) => format!("{:.1}ms", d.as_secs_f64() * 1e3),
+        None => "-".into(),
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "table {} (format {}, {} slots, payload {}/{} bytes, generation {}, {} reclaimed){}",
+            self.path.display(),
+            self.format_version,
+            self.ring_capacity,
+            self.payload_len,
+            self.payload_capacity,
+            self.payload_generation,
+            self.reclaimed_slots,
+            if self.consistent { "" } else { " [changed while read]" }
+        )?;
+        let dead = |alive: bool| if alive { "" } else { " (dead)" };
+        if self.members.is_empty() {
+            writeln!(f, "owners:  none")?;
+        }
+        for m in &self.members {
+            writeln!(f, "owner    pid {:>7} {:<9} for {}{}", m.pid, m.share, ago(m.joined), dead(m.alive))?;
+        }
+        for (label, list) in [("holder", &self.holders), ("waiting", &self.queue)] {
+            for t in list {
+                writeln!(
+                    f,
+                    "{label:<8} pid {:>7} {:<9} ticket {:<6} for {}{}",
+                    t.pid,
+                    t.share,
+                    t.ticket,
+                    ago(t.since),
+                    dead(t.alive)
+                )?;
+            }
+        }
+        if self.holders.is_empty() && self.queue.is_empty() {
+            writeln!(f, "tokens:  free")?;
+        }
+        Ok(())
+    }
+}

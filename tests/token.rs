@@ -1,0 +1,264 @@
+//! Multi-process tests of the token lock: exclusion, FIFO order, shared/exclusive interplay,
+//! death of holders and waiters, timeouts, a full ring.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use lockticket::{LockTicket, Share};
+
+fn dispatch(role: &str, args: &[String]) {
+    let name = &args[0];
+    let lt = LockTicket::open(name).unwrap();
+    match role {
+        // Increments a file counter `n` times under the exclusive token.
+        "count" => {
+            let counter = Counter::open(std::path::Path::new(&args[1]));
+            let n: u64 = args[2].parse().unwrap();
+            say("ready");
+            assert_eq!(hear(), "go");
+            for _ in 0..n {
+                let g = lt.token_lock().unwrap();
+                counter.bump();
+                drop(g);
+            }
+            say("done");
+        }
+        // Takes a token, says so, holds it until told to release (or killed).
+        "hold" => {
+            let share = if args[1] == "shared" { Share::Shared } else { Share::Exclusive };
+            let t0 = Instant::now();
+            let g = match share {
+                Share::Shared => lt.token_lock_shared().unwrap(),
+                Share::Exclusive => lt.token_lock().unwrap(),
+            };
+            say(format!(
+                "held died={} waited_us={}",
+                g.previous_holder_died(),
+                t0.elapsed().as_micros()
+            ));
+            let cmd = hear();
+            drop(g);
+            say(format!("released {cmd}"));
+        }
+        // Takes the token, appends its tag to a file under it, releases.
+        "append" => {
+            let g = lt.token_lock().unwrap();
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&args[1]).unwrap();
+            writeln!(f, "{}", args[2]).unwrap();
+            drop(g);
+            say("appended");
+        }
+        "timeout" => {
+            let ms: u64 = args[1].parse().unwrap();
+            let got = lt.token_lock_timeout(Duration::from_millis(ms)).unwrap();
+            say(format!("timeout got={}", got.is_some()));
+            let tried = lt.try_token_lock().unwrap();
+            say(format!("try got={}", tried.is_some()));
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn helper_entry() {
+    common::helper_entry(dispatch);
+}
+
+fn table(tag: &str) -> (LockTicket, String) {
+    let name = unique(tag);
+    (LockTicket::open(&name).unwrap(), name)
+}
+
+/// Waits until the table's queue holds `n` waiters.
+fn wait_queued(lt: &LockTicket, n: usize) {
+    wait_until(&format!("{n} queued"), || lt.status().unwrap().queue.len() == n);
+}
+
+#[test]
+fn mutual_exclusion_between_processes() {
+    let (lt, name) = table("excl");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let scratch = Scratch::new("excl");
+    let counter = scratch.join("counter");
+    let per = 500;
+    let mut helpers: Vec<Helper> = (0..4)
+        .map(|_| Helper::spawn("count", &[&name, counter.to_str().unwrap(), &per.to_string()]))
+        .collect();
+    for h in &mut helpers {
+        h.expect("ready");
+    }
+    for h in &mut helpers {
+        h.send("go");
+    }
+    for h in &mut helpers {
+        h.expect("done");
+    }
+    assert_eq!(Counter::open(&counter).get(), 4 * per);
+}
+
+#[test]
+fn mutual_exclusion_between_threads() {
+    let (lt, _name) = table("threads");
+    let _main = lt.main_lock(Share::Exclusive).unwrap();
+    let scratch = Scratch::new("threads");
+    let counter = Counter::open(&scratch.join("counter"));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..2000 {
+                    let g = lt.token_lock().unwrap();
+                    counter.bump();
+                    drop(g);
+                }
+            });
+        }
+    });
+    assert_eq!(counter.get(), 8000);
+}
+
+#[test]
+fn fifo_order_of_staggered_arrivals() {
+    let (lt, name) = table("fifo");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let scratch = Scratch::new("fifo");
+    let log = scratch.join("log");
+    std::fs::write(&log, "").unwrap();
+    let held = lt.token_lock().unwrap();
+    let mut helpers = Vec::new();
+    for i in 0..6 {
+        helpers.push(Helper::spawn("append", &[&name, log.to_str().unwrap(), &i.to_string()]));
+        wait_queued(&lt, i + 1); // arrival i is in the queue before arrival i+1 starts
+    }
+    let st = lt.status().unwrap();
+    let queued: Vec<u32> = st.queue.iter().map(|t| t.pid).collect();
+    let spawned: Vec<u32> = helpers.iter().map(|h| h.pid()).collect();
+    assert_eq!(queued, spawned, "status lists the queue in arrival order");
+    drop(held);
+    for h in &mut helpers {
+        h.expect("appended");
+    }
+    let order = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(order, "0\n1\n2\n3\n4\n5\n");
+}
+
+#[test]
+fn shared_requests_hold_together_but_not_past_a_queued_exclusive() {
+    let (lt, name) = table("shared");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mine = lt.token_lock_shared().unwrap();
+    let mut reader = Helper::spawn("hold", &[&name, "shared"]);
+    reader.expect("held"); // joins our shared hold at once
+    let mut writer = Helper::spawn("hold", &[&name, "exclusive"]);
+    wait_queued(&lt, 1);
+    let mut late_reader = Helper::spawn("hold", &[&name, "shared"]);
+    wait_queued(&lt, 2); // behind the writer, not beside us
+    let st = lt.status().unwrap();
+    assert_eq!(st.holders.len(), 2);
+    assert_eq!(st.queue.iter().map(|t| t.pid).collect::<Vec<_>>(), [writer.pid(), late_reader.pid()]);
+    // Shared try-lock must not barge past the queued writer either.
+    assert!(lt.try_token_lock_shared().unwrap().is_none());
+    drop(mine);
+    reader.send("x");
+    reader.expect("released");
+    writer.expect("held");
+    assert_eq!(lt.status().unwrap().queue.len(), 1, "the late reader still waits");
+    writer.send("x");
+    writer.expect("released");
+    late_reader.expect("held");
+    late_reader.send("x");
+    late_reader.expect("released");
+}
+
+#[test]
+fn a_sigkilled_holder_is_reclaimed_and_reported() {
+    let (lt, name) = table("killholder");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut holder = Helper::spawn("hold", &[&name, "exclusive"]);
+    holder.expect("held died=false");
+    let mut waiter = Helper::spawn("hold", &[&name, "exclusive"]);
+    wait_queued(&lt, 1);
+    let killed_at = Instant::now();
+    holder.kill();
+    let got = waiter.expect("held");
+    let reclaim = killed_at.elapsed();
+    assert!(got.starts_with("died=true"), "the next holder learns the holder died: {got}");
+    eprintln!("reclaim after SIGKILL of the holder: {reclaim:?}");
+    waiter.send("x");
+    waiter.expect("released");
+    let st = lt.status().unwrap();
+    assert_eq!(st.reclaimed_slots, 1);
+    assert!(st.holders.is_empty() && st.queue.is_empty());
+    // And the lock works as before.
+    let g = lt.token_lock().unwrap();
+    assert!(!g.previous_holder_died(), "the death is reported once");
+}
+
+#[test]
+fn a_sigkilled_waiter_is_skipped() {
+    let (lt, name) = table("killwaiter");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let held = lt.token_lock().unwrap();
+    let mut w1 = Helper::spawn("hold", &[&name, "exclusive"]);
+    wait_queued(&lt, 1);
+    let mut w2 = Helper::spawn("hold", &[&name, "exclusive"]);
+    wait_queued(&lt, 2);
+    w1.kill();
+    drop(held);
+    let got = w2.expect("held");
+    assert!(got.starts_with("died=false"), "a dead waiter never held: {got}");
+    w2.send("x");
+    w2.expect("released");
+}
+
+#[test]
+fn timeouts_and_try_locks_leave_no_trace() {
+    let (lt, name) = table("timeout");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let held = lt.token_lock().unwrap();
+    let mut h = Helper::spawn("timeout", &[&name, "30"]);
+    assert_eq!(h.expect("timeout"), "got=false");
+    assert_eq!(h.expect("try"), "got=false");
+    let st = lt.status().unwrap();
+    assert_eq!(st.queue.len(), 0, "{st}");
+    assert_eq!(st.holders.len(), 1);
+    drop(held);
+    assert!(lt.try_token_lock().unwrap().is_some());
+    let t = lt.token_lock_timeout(Duration::from_millis(10)).unwrap();
+    assert!(t.is_some());
+}
+
+#[test]
+fn more_requests_than_slots_wait_for_a_slot() {
+    let name = unique("full");
+    let lt = LockTicket::builder(&name).ring_capacity(2).open().unwrap();
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let scratch = Scratch::new("full");
+    let counter = scratch.join("counter");
+    let held = lt.token_lock().unwrap();
+    let mut helpers: Vec<Helper> =
+        (0..4).map(|_| Helper::spawn("count", &[&name, counter.to_str().unwrap(), "50"])).collect();
+    for h in &mut helpers {
+        h.expect("ready");
+        h.send("go");
+    }
+    // The ring (2 slots) is full: we hold one, one waits, the rest wait for a slot.
+    wait_until("a full ring", || lt.status().unwrap().queue.len() == 1);
+    assert!(lt.token_lock_timeout(Duration::from_millis(5)).unwrap().is_none());
+    drop(held);
+    for h in &mut helpers {
+        h.expect("done");
+    }
+    assert_eq!(Counter::open(&counter).get(), 200);
+}
+
+#[test]
+fn token_calls_need_a_table() {
+    let (lt, _) = table("nocreate");
+    let e = lt.token_lock().unwrap_err();
+    assert!(matches!(e, lockticket::Error::NotCreated { .. }), "{e}");
+    assert!(e.to_string().contains("main lock"), "{e}");
+    assert!(matches!(lt.payload(), Err(lockticket::Error::NotCreated { .. })));
+}
