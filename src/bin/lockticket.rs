@@ -1,0 +1,2 @@
+//! The `lockticket` command (work in progress).
+fn main() {}
