@@ -263,7 +263,9 @@ pub fn validate_header(
         return Err(HeaderError::Empty);
     }
     if file_len < HEADER_SIZE || bytes.len() < FIXED_HEADER_SIZE {
-        return Err(HeaderError::Truncated { len: file_len.min(bytes.len() as u64) });
+        return Err(HeaderError::Truncated {
+            len: file_len.min(bytes.len() as u64),
+        });
     }
     let h: FixedHeader = bytemuck::pod_read_unaligned(&bytes[..FIXED_HEADER_SIZE]);
     if h.magic != MAGIC {
@@ -329,7 +331,10 @@ pub fn validate_header(
         return bad("file_size", h.file_size);
     }
     if file_len != h.file_size {
-        return Err(HeaderError::SizeMismatch { expected: h.file_size, actual: file_len });
+        return Err(HeaderError::SizeMismatch {
+            expected: h.file_size,
+            actual: file_len,
+        });
     }
     Ok((h, g))
 }
@@ -392,7 +397,10 @@ mod tests {
         );
         let mut flipped = good.clone();
         flipped[33] ^= 1;
-        assert_eq!(validate_header(&flipped, size, region_len), Err(HeaderError::Checksum));
+        assert_eq!(
+            validate_header(&flipped, size, region_len),
+            Err(HeaderError::Checksum)
+        );
         assert!(matches!(
             validate_header(&good, size + 1, region_len),
             Err(HeaderError::SizeMismatch { .. })
@@ -406,7 +414,10 @@ mod tests {
         let h = new_header(g, 0o600, MAIN_SHARED, 1, 2);
         assert!(matches!(
             validate_header(&header_bytes(&h), g.file_size(), region_len),
-            Err(HeaderError::BadField { field: "ring_capacity", .. })
+            Err(HeaderError::BadField {
+                field: "ring_capacity",
+                ..
+            })
         ));
     }
 

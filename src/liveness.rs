@@ -59,7 +59,11 @@ mod tests {
     use super::*;
 
     fn owner(start: Option<u64>, fp: Option<u64>) -> Owner {
-        Owner { pid: 7, start, start_fp: fp }
+        Owner {
+            pid: 7,
+            start,
+            start_fp: fp,
+        }
     }
 
     #[test]
@@ -76,7 +80,15 @@ mod tests {
     #[test]
     fn the_os_knows_we_are_alive() {
         let (pid, start) = sys::current_identity();
-        assert!(OsLiveness.is_alive(Owner { pid, start: Some(start), start_fp: None }));
-        assert!(!OsLiveness.is_alive(Owner { pid, start: Some(start + 1), start_fp: None }));
+        assert!(OsLiveness.is_alive(Owner {
+            pid,
+            start: Some(start),
+            start_fp: None
+        }));
+        assert!(!OsLiveness.is_alive(Owner {
+            pid,
+            start: Some(start + 1),
+            start_fp: None
+        }));
     }
 }

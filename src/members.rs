@@ -47,7 +47,11 @@ pub(crate) struct Registered {
 
 impl Registered {
     fn owner(&self) -> Owner {
-        Owner { pid: self.pid, start: Some(self.start), start_fp: None }
+        Owner {
+            pid: self.pid,
+            start: Some(self.start),
+            start_fp: None,
+        }
     }
 }
 
@@ -73,7 +77,11 @@ fn read(index: usize, m: &Member) -> Option<Registered> {
 
 /// All entries that look valid (alive or not).
 pub(crate) fn entries(members: &[Member]) -> Vec<Registered> {
-    members.iter().enumerate().filter_map(|(i, m)| read(i, m)).collect()
+    members
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| read(i, m))
+        .collect()
 }
 
 /// What the registry holds, split by liveness. Call under the flock.
@@ -157,7 +165,14 @@ pub(crate) fn join(
         .ok_or(JoinRefused::Full)?;
     m.start.store(start, Relaxed);
     m.joined_ns.store(now_ns, Relaxed);
-    m.mode.store(if share == Share::Shared { MODE_SHARED } else { MODE_EXCLUSIVE }, Relaxed);
+    m.mode.store(
+        if share == Share::Shared {
+            MODE_SHARED
+        } else {
+            MODE_EXCLUSIVE
+        },
+        Relaxed,
+    );
     m.pid.store(pid, Relaxed);
     Ok(index)
 }
@@ -165,7 +180,10 @@ pub(crate) fn join(
 /// Removes the entry `index` if it is still ours. Call under the flock. Returns false when the
 /// entry no longer names us (it was cleared as dead, or overwritten).
 pub(crate) fn leave(members: &[Member], index: usize, pid: u32, start: u64) -> bool {
-    match members.get(index).and_then(|m| read(index, m).map(|r| (m, r))) {
+    match members
+        .get(index)
+        .and_then(|m| read(index, m).map(|r| (m, r)))
+    {
         Some((m, r)) if r.pid == pid && r.start == start => {
             clear(m);
             true
@@ -203,7 +221,10 @@ mod tests {
         );
         assert!(matches!(
             join(&m, &census(&m, &alive).live, 12, 1, Share::Exclusive, 0),
-            Err(JoinRefused::Busy { share: Share::Shared, .. })
+            Err(JoinRefused::Busy {
+                share: Share::Shared,
+                ..
+            })
         ));
         assert!(leave(&m, i1, 10, 1));
         assert!(!leave(&m, i1, 10, 1));
@@ -217,7 +238,10 @@ mod tests {
         join(&m, &census(&m, &none_dead).live, 10, 1, Share::Exclusive, 0).unwrap();
         assert!(matches!(
             join(&m, &census(&m, &none_dead).live, 11, 1, Share::Shared, 0),
-            Err(JoinRefused::Busy { share: Share::Exclusive, .. })
+            Err(JoinRefused::Busy {
+                share: Share::Exclusive,
+                ..
+            })
         ));
         let ten_dead = Dead([10].into());
         let c = census(&m, &ten_dead);

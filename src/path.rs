@@ -19,7 +19,8 @@ pub(crate) fn file_name(name: &str) -> String {
 pub(crate) fn is_name(s: &OsStr) -> bool {
     let b = s.as_bytes();
     (1..=218).contains(&b.len())
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
 }
 
 /// True when `s` is given as a path: absolute, `./…` or `../…`.
@@ -33,12 +34,16 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
     let s = name_or_path.as_os_str();
     if is_path(s) {
         if name_or_path.file_name().is_none() {
-            return Err(Error::InvalidName { name: s.to_string_lossy().into_owned() });
+            return Err(Error::InvalidName {
+                name: s.to_string_lossy().into_owned(),
+            });
         }
         return Ok(name_or_path.to_path_buf());
     }
     if !is_name(s) {
-        return Err(Error::InvalidName { name: s.to_string_lossy().into_owned() });
+        return Err(Error::InvalidName {
+            name: s.to_string_lossy().into_owned(),
+        });
     }
     let file = file_name(&s.to_string_lossy());
     let dir = match directory {
@@ -51,18 +56,28 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
 /// The first of [`DEFAULT_DIRECTORIES`] that is writable and memory-backed, else the first
 /// writable one.
 pub fn default_directory() -> Result<PathBuf> {
-    let writable: Vec<&str> = DEFAULT_DIRECTORIES.into_iter().filter(|d| is_writable_dir(d)).collect();
+    let writable: Vec<&str> = DEFAULT_DIRECTORIES
+        .into_iter()
+        .filter(|d| is_writable_dir(d))
+        .collect();
     let memory = writable
         .iter()
         .find(|d| sys::fs_magic_of_path(Path::new(d)).is_ok_and(sys::is_memory_fs));
     memory
         .or(writable.first())
         .map(PathBuf::from)
-        .ok_or_else(|| Error::NoDirectory { candidates: DEFAULT_DIRECTORIES.join(", ") })
+        .ok_or_else(|| Error::NoDirectory {
+            candidates: DEFAULT_DIRECTORIES.join(", "),
+        })
 }
 
 fn is_writable_dir(d: &str) -> bool {
-    Path::new(d).is_dir() && nix::unistd::access(d, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_ok()
+    Path::new(d).is_dir()
+        && nix::unistd::access(
+            d,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok()
 }
 
 #[cfg(test)]

@@ -83,7 +83,11 @@ pub(crate) struct Create {
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { path: path.to_path_buf(), op, source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
 }
 
 impl Region {
@@ -113,7 +117,10 @@ impl Region {
                         found,
                         supported: layout::FORMAT_VERSION,
                     },
-                    reason => Error::InvalidTable { path: path.to_path_buf(), reason },
+                    reason => Error::InvalidTable {
+                        path: path.to_path_buf(),
+                        reason,
+                    },
                 },
             )?;
         Self::map(path, file, &meta, fixed, geometry).map(Some)
@@ -124,7 +131,10 @@ impl Region {
     pub(crate) fn create(path: &Path, opts: Create) -> Result<Option<Region>> {
         let dir = parent_dir(path);
         check_not_network(path, sys::fs_magic_of_path(dir).ok())?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(
             ".{name}.{}.{:016x}.tmp",
             std::process::id(),
@@ -251,7 +261,9 @@ impl Region {
         // 64; Member is atomics and integers, valid for any bytes.
         unsafe {
             std::slice::from_raw_parts(
-                self.map.as_ptr().add(self.geometry.members_offset() as usize) as *const Member,
+                self.map
+                    .as_ptr()
+                    .add(self.geometry.members_offset() as usize) as *const Member,
                 n,
             )
         }
@@ -298,10 +310,15 @@ impl Region {
     pub(crate) fn cold(&self) -> Result<Cold<'_>> {
         let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let Some(file) = guard.as_ref() else {
-            return Err(Error::Removed { path: self.path.clone() });
+            return Err(Error::Removed {
+                path: self.path.clone(),
+            });
         };
         sys::flock_exclusive(file).map_err(io_err(&self.path, "flock"))?;
-        Ok(Cold { guard, region: self })
+        Ok(Cold {
+            guard,
+            region: self,
+        })
     }
 
     /// Runs `f` as the only payload writer: this process's threads are serialised by the
@@ -310,7 +327,9 @@ impl Region {
     pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload) -> T) -> Result<T> {
         let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let Some(file) = guard.as_ref() else {
-            return Err(Error::Removed { path: self.path.clone() });
+            return Err(Error::Removed {
+                path: self.path.clone(),
+            });
         };
         let _lock = sys::ofd::lock_range(file, self.geometry.payload_offset(), 1)
             .map_err(io_err(&self.path, "lock payload"))?;
@@ -425,11 +444,18 @@ fn allocate(file: &File, size: u64) -> io::Result<()> {
 
 fn classify_open_error(path: &Path, e: io::Error) -> Error {
     match e.raw_os_error() {
-        Some(libc::ELOOP) => Error::Symlink { path: path.to_path_buf() },
-        Some(libc::EISDIR) => {
-            Error::NotARegularFile { path: path.to_path_buf(), kind: "a directory" }
-        }
-        _ => Error::Io { path: path.to_path_buf(), op: "open", source: e },
+        Some(libc::ELOOP) => Error::Symlink {
+            path: path.to_path_buf(),
+        },
+        Some(libc::EISDIR) => Error::NotARegularFile {
+            path: path.to_path_buf(),
+            kind: "a directory",
+        },
+        _ => Error::Io {
+            path: path.to_path_buf(),
+            op: "open",
+            source: e,
+        },
     }
 }
 
@@ -449,20 +475,37 @@ fn check_kind(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
     } else {
         "not a regular file"
     };
-    Err(Error::NotARegularFile { path: path.to_path_buf(), kind })
+    Err(Error::NotARegularFile {
+        path: path.to_path_buf(),
+        kind,
+    })
 }
 
 fn check_not_network(path: &Path, magic: Option<i64>) -> Result<()> {
     match magic.and_then(sys::network_fs_name) {
-        Some(fs) => Err(Error::NetworkFilesystem { path: path.to_path_buf(), fs }),
+        Some(fs) => Err(Error::NetworkFilesystem {
+            path: path.to_path_buf(),
+            fs,
+        }),
         None => Ok(()),
     }
 }
 
 fn audit(path: &Path, meta: &std::fs::Metadata, requested: u32) -> Result<()> {
     let (uid, gid, groups) = sys::credentials();
-    audit_rules(meta.mode(), meta.uid(), meta.gid(), requested, uid, gid, &groups)
-        .map_err(|reason| Error::DoubtfulPermissions { path: path.to_path_buf(), reason })
+    audit_rules(
+        meta.mode(),
+        meta.uid(),
+        meta.gid(),
+        requested,
+        uid,
+        gid,
+        &groups,
+    )
+    .map_err(|reason| Error::DoubtfulPermissions {
+        path: path.to_path_buf(),
+        reason,
+    })
 }
 
 /// The original's "doubtful permissions" audit: refuse a file that grants more than

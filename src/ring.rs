@@ -155,7 +155,9 @@ pub(crate) struct Ring<'a> {
 
 impl std::fmt::Debug for Ring<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring").field("capacity", &self.slots.len()).finish_non_exhaustive()
+        f.debug_struct("Ring")
+            .field("capacity", &self.slots.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -214,7 +216,11 @@ impl<'a> Ring<'a> {
     /// The claim word ticket `t` would carry for this owner.
     #[inline]
     fn claim_word(&self, t: u64, share: Share, pid: u32, start: u64) -> u64 {
-        let shared = if share == Share::Shared { SHARED_BIT } else { 0 };
+        let shared = if share == Share::Shared {
+            SHARED_BIT
+        } else {
+            0
+        };
         free_word(self.lap(t))
             | shared
             | ((start & START_FP_MASK) << FP_SHIFT)
@@ -228,23 +234,37 @@ impl<'a> Ring<'a> {
         let t = self.words.tail.load(SeqCst);
         if t.wrapping_sub(head) >= self.capacity() {
             // Full, or `head` moved past our stale `t` (then the next attempt sees it).
-            return if t.wrapping_sub(head) > u64::MAX / 2 { Claim::Retry } else { Claim::Full };
+            return if t.wrapping_sub(head) > u64::MAX / 2 {
+                Claim::Retry
+            } else {
+                Claim::Full
+            };
         }
         let slot = self.slot(t);
         let w = slot.word.load(SeqCst);
         if w == free_word(self.lap(t)) {
             let mine = self.claim_word(t, share, pid, start);
-            if slot.word.compare_exchange(w, mine, SeqCst, Relaxed).is_err() {
+            if slot
+                .word
+                .compare_exchange(w, mine, SeqCst, Relaxed)
+                .is_err()
+            {
                 return Claim::Retry;
             }
             // Move `tail` on; if this fails another claimer already helped.
-            let _ = self.words.tail.compare_exchange(t, t.wrapping_add(1), SeqCst, Relaxed);
+            let _ = self
+                .words
+                .tail
+                .compare_exchange(t, t.wrapping_add(1), SeqCst, Relaxed);
             let t = self.resolve_ticket(t, mine);
             return Claim::Claimed(Ticket { t, word: mine });
         }
         if lap_of_word(w) == self.lap(t) && pid_of_word(w) != 0 {
             // Someone claimed `t` and has not moved `tail` yet (or died first): help.
-            let _ = self.words.tail.compare_exchange(t, t.wrapping_add(1), SeqCst, Relaxed);
+            let _ = self
+                .words
+                .tail
+                .compare_exchange(t, t.wrapping_add(1), SeqCst, Relaxed);
             return Claim::Retry;
         }
         // The slot is in another lap (or holds a claim without an owner). Legitimately only
@@ -280,7 +300,8 @@ impl<'a> Ring<'a> {
     pub(crate) fn publish(&self, tk: Ticket, start: u64, parent: u32, since_ns: u64) {
         let slot = self.slot(tk.t);
         let tag = u64::from(self.lap(tk.t) & 0xff_ffff) << START_BITS;
-        slot.futex.store(futex_tag(self.lap(tk.t)) | WAITING, Relaxed);
+        slot.futex
+            .store(futex_tag(self.lap(tk.t)) | WAITING, Relaxed);
         slot.parent.store(u64::from(parent), Relaxed);
         slot.since_ns.store(since_ns, Relaxed);
         slot.start.store(tag | (start & START_MASK), Release);
@@ -331,7 +352,9 @@ impl<'a> Ring<'a> {
     /// returns whether the previous holder died holding.
     #[inline]
     pub(crate) fn mark_holding(&self, tk: Ticket) -> bool {
-        self.slot(tk.t).futex.store(futex_tag(self.lap(tk.t)) | HOLDING, Release);
+        self.slot(tk.t)
+            .futex
+            .store(futex_tag(self.lap(tk.t)) | HOLDING, Release);
         self.words.dead_holder.load(Relaxed) != 0 && self.words.dead_holder.swap(0, AcqRel) != 0
     }
 
@@ -350,7 +373,11 @@ impl<'a> Ring<'a> {
     pub(crate) fn release(&self, tk: Ticket) -> Result<(), Broken> {
         let slot = self.slot(tk.t);
         let next_lap = free_word(self.lap(tk.t).wrapping_add(1));
-        if slot.word.compare_exchange(tk.word, next_lap, SeqCst, Relaxed).is_err() {
+        if slot
+            .word
+            .compare_exchange(tk.word, next_lap, SeqCst, Relaxed)
+            .is_err()
+        {
             let head = self.words.head.load(SeqCst);
             return Err(self.explain_lost(tk, head));
         }
@@ -372,7 +399,12 @@ impl<'a> Ring<'a> {
             if lap_of_word(w) == self.lap(h) {
                 break; // ticket h not released yet
             }
-            if self.words.head.compare_exchange(h, h.wrapping_add(1), SeqCst, SeqCst).is_ok() {
+            if self
+                .words
+                .head
+                .compare_exchange(h, h.wrapping_add(1), SeqCst, SeqCst)
+                .is_ok()
+            {
                 moved = Some(h.wrapping_add(1));
             }
         }
@@ -409,7 +441,8 @@ impl<'a> Ring<'a> {
         let f = &self.slot(t).futex;
         let tag = futex_tag(self.lap(t));
         if f.load(SeqCst) == tag | PARKED
-            && f.compare_exchange(tag | PARKED, tag | WAITING, SeqCst, Relaxed).is_ok()
+            && f.compare_exchange(tag | PARKED, tag | WAITING, SeqCst, Relaxed)
+                .is_ok()
         {
             (self.wake)(f);
         }
@@ -438,7 +471,9 @@ impl<'a> Ring<'a> {
         if tail.wrapping_sub(h) > self.capacity() {
             let h2 = self.words.head.load(SeqCst);
             if h2 == h {
-                return Err(Broken(format!("tail {tail} is more than a ring ahead of head {h}")));
+                return Err(Broken(format!(
+                    "tail {tail} is more than a ring ahead of head {h}"
+                )));
             }
             return Ok(HeadCheck::Fine);
         }
@@ -462,7 +497,11 @@ impl<'a> Ring<'a> {
         }
         let was_holding = slot.futex.load(SeqCst) == futex_tag(self.lap(h)) | HOLDING;
         let next_lap = free_word(self.lap(h).wrapping_add(1));
-        if slot.word.compare_exchange(w, next_lap, SeqCst, Relaxed).is_err() {
+        if slot
+            .word
+            .compare_exchange(w, next_lap, SeqCst, Relaxed)
+            .is_err()
+        {
             return Ok(HeadCheck::Fine); // someone else reclaimed it first
         }
         self.words.reclaimed.fetch_add(1, Relaxed);
@@ -475,7 +514,9 @@ impl<'a> Ring<'a> {
 
     /// True when `head .. tail` holds a slot claimed by a live process.
     pub(crate) fn has_live_requests(&self, liveness: &impl Liveness) -> bool {
-        self.requests().into_iter().any(|r| liveness.is_alive(r.owner))
+        self.requests()
+            .into_iter()
+            .any(|r| liveness.is_alive(r.owner))
     }
 
     /// The requests in the queue, oldest first (a best-effort snapshot).
@@ -498,7 +539,11 @@ impl<'a> Ring<'a> {
             let futex = slot.futex.load(Relaxed);
             out.push(Request {
                 ticket: t,
-                share: if shared { Share::Shared } else { Share::Exclusive },
+                share: if shared {
+                    Share::Shared
+                } else {
+                    Share::Exclusive
+                },
                 owner: self.owner(t, w),
                 parent: slot.parent.load(Relaxed) as u32,
                 since_ns: slot.since_ns.load(Relaxed),
@@ -512,6 +557,44 @@ impl<'a> Ring<'a> {
     /// `head` and `tail` as they are now.
     pub(crate) fn head_tail(&self) -> (u64, u64) {
         (self.words.head.load(SeqCst), self.words.tail.load(SeqCst))
+    }
+}
+
+/// Steps that a process may die between, for the property tests.
+#[cfg(test)]
+impl Ring<'_> {
+    /// The claim CAS alone, without moving `tail` (the claimer dies right after it).
+    pub(crate) fn claim_only(&self, share: Share, pid: u32, start: u64) -> Option<Ticket> {
+        let t = self.words.tail.load(SeqCst);
+        let head = self.words.head.load(SeqCst);
+        if t.wrapping_sub(head) >= self.capacity() {
+            return None;
+        }
+        let mine = self.claim_word(t, share, pid, start);
+        self.slot(t)
+            .word
+            .compare_exchange(free_word(self.lap(t)), mine, SeqCst, Relaxed)
+            .ok()
+            .map(|_| Ticket { t, word: mine })
+    }
+
+    /// The release CAS alone, without moving `head` (the releaser dies right after it).
+    pub(crate) fn release_only(&self, tk: Ticket) -> bool {
+        let next = free_word(self.lap(tk.t).wrapping_add(1));
+        self.slot(tk.t)
+            .word
+            .compare_exchange(tk.word, next, SeqCst, Relaxed)
+            .is_ok()
+    }
+
+    /// Sets up an empty ring whose next ticket is `t` (to test wrap-around).
+    pub(crate) fn reset_at(&self, t: u64) {
+        self.words.head.store(t, SeqCst);
+        self.words.tail.store(t, SeqCst);
+        for i in 0..self.capacity() {
+            let ti = t.wrapping_add(i);
+            self.slot(ti).word.store(free_word(self.lap(ti)), SeqCst);
+        }
     }
 }
 
@@ -540,7 +623,11 @@ pub(crate) fn resolve_stale_claim(tail: u64, index: u64, lap: u32, shift: u32) -
     let cap = 1u64 << shift;
     let base = tail.wrapping_sub(cap);
     let first = base.wrapping_add(index.wrapping_sub(base) & (cap - 1));
-    if (first >> shift) as u32 == lap { first } else { first.wrapping_add(cap) }
+    if (first >> shift) as u32 == lap {
+        first
+    } else {
+        first.wrapping_add(cap)
+    }
 }
 
 #[cfg(test)]

@@ -97,7 +97,11 @@ pub(crate) fn snapshot(region: &Region) -> Status {
                 alive: OsLiveness.is_alive(r.owner),
                 since: time(r.since_ns),
             };
-            if r.granted { holders.push(info) } else { queue.push(info) }
+            if r.granted {
+                holders.push(info)
+            } else {
+                queue.push(info)
+            }
         }
         let members = members::entries(region.members())
             .into_iter()
@@ -122,7 +126,10 @@ pub(crate) fn snapshot(region: &Region) -> Status {
             members,
             holders,
             queue,
-            reclaimed_slots: region.header().reclaimed.load(std::sync::atomic::Ordering::Relaxed),
+            reclaimed_slots: region
+                .header()
+                .reclaimed
+                .load(std::sync::atomic::Ordering::Relaxed),
             payload_len,
             payload_generation,
             consistent,
@@ -150,14 +157,25 @@ impl fmt::Display for Status {
             self.payload_capacity,
             self.payload_generation,
             self.reclaimed_slots,
-            if self.consistent { "" } else { " [changed while read]" }
+            if self.consistent {
+                ""
+            } else {
+                " [changed while read]"
+            }
         )?;
         let dead = |alive: bool| if alive { "" } else { " (dead)" };
         if self.members.is_empty() {
             writeln!(f, "owners:  none")?;
         }
         for m in &self.members {
-            writeln!(f, "owner    pid {:>7} {:<9} for {}{}", m.pid, m.share, ago(m.joined), dead(m.alive))?;
+            writeln!(
+                f,
+                "owner    pid {:>7} {:<9} for {}{}",
+                m.pid,
+                m.share,
+                ago(m.joined),
+                dead(m.alive)
+            )?;
         }
         for (label, list) in [("holder", &self.holders), ("waiting", &self.queue)] {
             for t in list {

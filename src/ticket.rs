@@ -38,7 +38,10 @@ impl std::fmt::Debug for LockTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockTicket")
             .field("path", &self.path)
-            .field("permissions", &format_args!("{:04o}", self.create.permissions))
+            .field(
+                "permissions",
+                &format_args!("{:04o}", self.create.permissions),
+            )
             .field("ring_capacity", &self.create.geometry.ring_capacity)
             .field("payload_capacity", &self.create.geometry.payload_capacity)
             .field("creator", &self.creator.0)
@@ -145,7 +148,11 @@ impl Builder {
         let creator = sys::current_identity();
         Ok(LockTicket {
             path,
-            create: Create { permissions: self.permissions, geometry, main_mode: 0 },
+            create: Create {
+                permissions: self.permissions,
+                geometry,
+                main_mode: 0,
+            },
             creator,
             creator_pidfd: sys::pidfd_open(creator.0),
             current: AtomicPtr::new(std::ptr::null_mut()),
@@ -216,7 +223,13 @@ impl LockTicket {
                         Share::Exclusive => layout::MAIN_EXCLUSIVE,
                         Share::Shared => layout::MAIN_SHARED,
                     };
-                    match Region::create(&self.path, Create { main_mode: mode, ..self.create })? {
+                    match Region::create(
+                        &self.path,
+                        Create {
+                            main_mode: mode,
+                            ..self.create
+                        },
+                    )? {
                         Some(r) => (r, true),
                         None => continue, // someone else created it first
                     }
@@ -240,12 +253,26 @@ impl LockTicket {
                     continue;
                 }
             }
-            let index =
-                members::join(region.members(), &census.live, pid, start, share, sys::now_ns())
-                    .map_err(|refused| self.refused(refused, pid, region.geometry()))?;
+            let index = members::join(
+                region.members(),
+                &census.live,
+                pid,
+                start,
+                share,
+                sys::now_ns(),
+            )
+            .map_err(|refused| self.refused(refused, pid, region.geometry()))?;
             drop(cold);
             let region = self.install(&mut regions, region);
-            return Ok(MainGuard { lt: self, region, index, pid, start, created, reclaimed });
+            return Ok(MainGuard {
+                lt: self,
+                region,
+                index,
+                pid,
+                start,
+                created,
+                reclaimed,
+            });
         }
         Err(Error::Corrupted {
             path: self.path.clone(),
@@ -258,7 +285,10 @@ impl LockTicket {
         match refused {
             JoinRefused::Busy { share, pids } => Error::MainLockBusy { path, share, pids },
             JoinRefused::AlreadyRegistered => Error::AlreadyRegistered { path, pid },
-            JoinRefused::Full => Error::RegistryFull { path, capacity: g.member_capacity },
+            JoinRefused::Full => Error::RegistryFull {
+                path,
+                capacity: g.member_capacity,
+            },
         }
     }
 
@@ -365,7 +395,14 @@ impl LockTicket {
             return match outcome {
                 Waited::Granted => {
                     let died = ring.mark_holding(tk);
-                    Ok(Some(TokenGuard { lt: self, region, tk, share, pid, died }))
+                    Ok(Some(TokenGuard {
+                        lt: self,
+                        region,
+                        tk,
+                        share,
+                        pid,
+                        died,
+                    }))
                 }
                 Waited::TimedOut => {
                     ring.release(tk).map_err(|b| self.broken(b))?;
@@ -392,7 +429,10 @@ impl LockTicket {
     }
 
     fn corrupted(&self, detail: &str) -> Error {
-        Error::Corrupted { path: self.path.clone(), detail: detail.to_string() }
+        Error::Corrupted {
+            path: self.path.clone(),
+            detail: detail.to_string(),
+        }
     }
 
     /// In a forked child: fails once the handle's creator has exited.
@@ -410,7 +450,10 @@ impl LockTicket {
             }),
         };
         if gone {
-            return Err(Error::ParentGone { path: self.path.clone(), parent: self.creator.0 });
+            return Err(Error::ParentGone {
+                path: self.path.clone(),
+                parent: self.creator.0,
+            });
         }
         Ok(())
     }
@@ -438,7 +481,9 @@ impl LockTicket {
         let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..64 {
             let Some(region) = Region::open_existing(&self.path, self.perms())? else {
-                return Err(Error::NotCreated { path: self.path.clone() });
+                return Err(Error::NotCreated {
+                    path: self.path.clone(),
+                });
             };
             if region.retired() {
                 // Retired and being removed, or its retirer died: the flock tells which.
@@ -453,13 +498,17 @@ impl LockTicket {
             }
             return Ok(self.install(&mut regions, region));
         }
-        Err(Error::Removed { path: self.path.clone() })
+        Err(Error::Removed {
+            path: self.path.clone(),
+        })
     }
 
     /// Makes `region` the table in use (or keeps the current mapping when it is the same
     /// file), and frees the resources of tables that were removed.
     fn install<'a>(&'a self, regions: &mut Vec<Box<Region>>, region: Region) -> &'a Region {
-        let same = regions.iter().find(|r| r.same_file(&region) && !r.retired());
+        let same = regions
+            .iter()
+            .find(|r| r.same_file(&region) && !r.retired());
         let ptr: *const Region = match same {
             Some(r) => &**r,
             None => {
@@ -468,8 +517,7 @@ impl LockTicket {
             }
         };
         for old in regions.iter() {
-            if !std::ptr::eq(&**old, ptr) && old.retired() && !old.still_at_path().unwrap_or(true)
-            {
+            if !std::ptr::eq(&**old, ptr) && old.retired() && !old.still_at_path().unwrap_or(true) {
                 old.neuter();
             }
         }
@@ -499,7 +547,10 @@ impl LockTicket {
     /// ```
     pub fn set_payload(&self, value: &[u8]) -> Result<()> {
         let region = self.table()?;
-        region.with_payload_writer(|p| p.write(value))?.map(drop).map_err(|e| self.payload_error(e))
+        region
+            .with_payload_writer(|p| p.write(value))?
+            .map(drop)
+            .map_err(|e| self.payload_error(e))
     }
 
     /// The current payload (the original's `GetCustomData`); empty when never set. Takes no
@@ -514,7 +565,10 @@ impl LockTicket {
     }
 
     fn payload_value(&self) -> Result<payload::PayloadValue> {
-        self.table()?.payload().read().map_err(|e| self.payload_error(e))
+        self.table()?
+            .payload()
+            .read()
+            .map_err(|e| self.payload_error(e))
     }
 
     /// Empties the payload (the original's `SetCustomData(undef)`).
@@ -565,17 +619,21 @@ impl LockTicket {
         if bytes.is_empty() {
             return Ok(None);
         }
-        postcard::from_bytes(&bytes).map(Some).map_err(|e| Error::PayloadEncoding {
-            path: self.path.clone(),
-            detail: e.to_string(),
-        })
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| Error::PayloadEncoding {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })
     }
 
     fn payload_error(&self, e: payload::PayloadError) -> Error {
         match e {
-            payload::PayloadError::TooLarge { len, capacity } => {
-                Error::PayloadTooLarge { path: self.path.clone(), len, capacity }
-            }
+            payload::PayloadError::TooLarge { len, capacity } => Error::PayloadTooLarge {
+                path: self.path.clone(),
+                len,
+                capacity,
+            },
             other => self.corrupted(&format!("payload: {other}")),
         }
     }
@@ -643,9 +701,14 @@ impl MainGuard<'_> {
         let region = self.region;
         let cold = region.cold()?;
         if !members::leave(region.members(), self.index, self.pid, self.start) {
-            return Err(self.lt.corrupted("our main-lock registration was removed from the table"));
+            return Err(self
+                .lt
+                .corrupted("our main-lock registration was removed from the table"));
         }
-        if members::census(region.members(), &OsLiveness).live.is_empty() {
+        if members::census(region.members(), &OsLiveness)
+            .live
+            .is_empty()
+        {
             // Last one out. Retire before looking for token users: a process that claims a
             // slot afterwards sees the mark and leaves (both sides use SeqCst).
             region.header().retired.store(1, SeqCst);
@@ -712,7 +775,10 @@ impl TokenGuard<'_> {
         if sys::current_identity().0 != self.pid {
             return Ok(()); // a forked child: the token is the parent's
         }
-        self.region.ring().release(self.tk).map_err(|b| self.lt.broken(b))
+        self.region
+            .ring()
+            .release(self.tk)
+            .map_err(|b| self.lt.broken(b))
     }
 }
 

@@ -72,7 +72,11 @@ pub(crate) fn until_granted<E>(
         if deadline.is_some_and(|d| now >= d) {
             return Waited::TimedOut;
         }
-        let budget = if ahead == 1 { SPIN_BUDGET } else { YIELD_BUDGET };
+        let budget = if ahead == 1 {
+            SPIN_BUDGET
+        } else {
+            YIELD_BUDGET
+        };
         if now.duration_since(phase) < budget {
             if ahead > 1 {
                 sys::yield_now();

@@ -146,7 +146,11 @@ pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 
 /// True when the process behind `pidfd` has exited.
 pub(crate) fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout.
     let rc = unsafe { libc::poll(&mut p, 1, 0) };
     rc > 0 && p.revents & libc::POLLIN != 0
@@ -280,14 +284,19 @@ pub(crate) fn now_ns() -> u64 {
 /// Wall-clock time in ns from the coarse clock (a few ns to read; resolution of a tick).
 #[inline]
 pub(crate) fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     #[cfg(target_os = "linux")]
     let clock = libc::CLOCK_REALTIME_COARSE;
     #[cfg(not(target_os = "linux"))]
     let clock = libc::CLOCK_REALTIME;
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// A random 64-bit value (for table nonces); falls back to time and PID mixing.
@@ -298,7 +307,13 @@ pub(crate) fn random_u64() -> u64 {
     if n == 8 {
         return v;
     }
-    crate::layout::fnv1a(&[now_ns().to_ne_bytes(), u64::from(std::process::id()).to_ne_bytes()].concat())
+    crate::layout::fnv1a(
+        &[
+            now_ns().to_ne_bytes(),
+            u64::from(std::process::id()).to_ne_bytes(),
+        ]
+        .concat(),
+    )
 }
 
 /// This process's effective uid and gid, and its supplementary groups.
@@ -317,7 +332,7 @@ mod tests {
 
     #[test]
     fn stat_parsing_survives_odd_command_names() {
-        let line = b"123 (a) b) (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 424242 19 20\n";
+        let line = b"123 (a) b) (c) S 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 424242 23\n";
         assert_eq!(parse_stat(line), Some((b'S', 424242)));
         assert_eq!(parse_stat(b"garbage"), None);
         assert_eq!(parse_stat(b"1 (x) Z"), None);
