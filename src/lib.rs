@@ -52,6 +52,13 @@ mod sys;
 mod ticket;
 mod wait;
 
+/// Entry points for the fuzz targets (`fuzz/`); not a public API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::ring::model::{Op, run, run_bytes};
+}
+
 pub use error::{Error, Result};
 pub use layout::HeaderError;
 pub use path::{DEFAULT_DIRECTORIES, default_directory};

@@ -534,7 +534,7 @@ impl<'a> Ring<'a> {
                 continue;
             }
             let shared = is_shared_word(w);
-            let granted = (i == 0 || run_shared) && (i == 0 || shared);
+            let granted = i == 0 || (run_shared && shared);
             run_shared = granted && shared;
             let futex = slot.futex.load(Relaxed);
             out.push(Request {
@@ -561,7 +561,7 @@ impl<'a> Ring<'a> {
 }
 
 /// Steps that a process may die between, for the property tests.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 impl Ring<'_> {
     /// The claim CAS alone, without moving `tail` (the claimer dies right after it).
     pub(crate) fn claim_only(&self, share: Share, pid: u32, start: u64) -> Option<Ticket> {
@@ -630,5 +630,7 @@ pub(crate) fn resolve_stale_claim(tail: u64, index: u64, lap: u32, shift: u32) -
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod model;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

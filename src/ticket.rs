@@ -31,6 +31,7 @@ pub struct LockTicket {
     current: AtomicPtr<Region>,
     /// Every table this handle mapped. Boxes are never freed before the handle, so references
     /// handed out (guards, `current`) stay valid; replaced tables are neutered instead.
+    #[allow(clippy::vec_box)] // the boxes give each region an address that never moves
     regions: Mutex<Vec<Box<Region>>>,
 }
 
@@ -505,6 +506,7 @@ impl LockTicket {
 
     /// Makes `region` the table in use (or keeps the current mapping when it is the same
     /// file), and frees the resources of tables that were removed.
+    #[allow(clippy::vec_box)] // see `regions`
     fn install<'a>(&'a self, regions: &mut Vec<Box<Region>>, region: Region) -> &'a Region {
         let same = regions
             .iter()

@@ -64,7 +64,7 @@ pub(crate) fn until_granted<E>(
             Err(b) => return Waited::Broken(b),
         };
         spins += 1;
-        if spins % SPINS_PER_CHECK != 0 && ahead == 1 {
+        if !spins.is_multiple_of(SPINS_PER_CHECK) && ahead == 1 {
             std::hint::spin_loop();
             continue;
         }

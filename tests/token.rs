@@ -27,7 +27,11 @@ fn dispatch(role: &str, args: &[String]) {
         }
         // Takes a token, says so, holds it until told to release (or killed).
         "hold" => {
-            let share = if args[1] == "shared" { Share::Shared } else { Share::Exclusive };
+            let share = if args[1] == "shared" {
+                Share::Shared
+            } else {
+                Share::Exclusive
+            };
             let t0 = Instant::now();
             let g = match share {
                 Share::Shared => lt.token_lock_shared().unwrap(),
@@ -46,7 +50,10 @@ fn dispatch(role: &str, args: &[String]) {
         "append" => {
             let g = lt.token_lock().unwrap();
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().append(true).open(&args[1]).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&args[1])
+                .unwrap();
             writeln!(f, "{}", args[2]).unwrap();
             drop(g);
             say("appended");
@@ -74,7 +81,9 @@ fn table(tag: &str) -> (LockTicket, String) {
 
 /// Waits until the table's queue holds `n` waiters.
 fn wait_queued(lt: &LockTicket, n: usize) {
-    wait_until(&format!("{n} queued"), || lt.status().unwrap().queue.len() == n);
+    wait_until(&format!("{n} queued"), || {
+        lt.status().unwrap().queue.len() == n
+    });
 }
 
 #[test]
@@ -85,7 +94,12 @@ fn mutual_exclusion_between_processes() {
     let counter = scratch.join("counter");
     let per = 500;
     let mut helpers: Vec<Helper> = (0..4)
-        .map(|_| Helper::spawn("count", &[&name, counter.to_str().unwrap(), &per.to_string()]))
+        .map(|_| {
+            Helper::spawn(
+                "count",
+                &[&name, counter.to_str().unwrap(), &per.to_string()],
+            )
+        })
         .collect();
     for h in &mut helpers {
         h.expect("ready");
@@ -129,7 +143,10 @@ fn fifo_order_of_staggered_arrivals() {
     let held = lt.token_lock().unwrap();
     let mut helpers = Vec::new();
     for i in 0..6 {
-        helpers.push(Helper::spawn("append", &[&name, log.to_str().unwrap(), &i.to_string()]));
+        helpers.push(Helper::spawn(
+            "append",
+            &[&name, log.to_str().unwrap(), &i.to_string()],
+        ));
         wait_queued(&lt, i + 1); // arrival i is in the queue before arrival i+1 starts
     }
     let st = lt.status().unwrap();
@@ -157,14 +174,21 @@ fn shared_requests_hold_together_but_not_past_a_queued_exclusive() {
     wait_queued(&lt, 2); // behind the writer, not beside us
     let st = lt.status().unwrap();
     assert_eq!(st.holders.len(), 2);
-    assert_eq!(st.queue.iter().map(|t| t.pid).collect::<Vec<_>>(), [writer.pid(), late_reader.pid()]);
+    assert_eq!(
+        st.queue.iter().map(|t| t.pid).collect::<Vec<_>>(),
+        [writer.pid(), late_reader.pid()]
+    );
     // Shared try-lock must not barge past the queued writer either.
     assert!(lt.try_token_lock_shared().unwrap().is_none());
     drop(mine);
     reader.send("x");
     reader.expect("released");
     writer.expect("held");
-    assert_eq!(lt.status().unwrap().queue.len(), 1, "the late reader still waits");
+    assert_eq!(
+        lt.status().unwrap().queue.len(),
+        1,
+        "the late reader still waits"
+    );
     writer.send("x");
     writer.expect("released");
     late_reader.expect("held");
@@ -184,7 +208,10 @@ fn a_sigkilled_holder_is_reclaimed_and_reported() {
     holder.kill();
     let got = waiter.expect("held");
     let reclaim = killed_at.elapsed();
-    assert!(got.starts_with("died=true"), "the next holder learns the holder died: {got}");
+    assert!(
+        got.starts_with("died=true"),
+        "the next holder learns the holder died: {got}"
+    );
     eprintln!("reclaim after SIGKILL of the holder: {reclaim:?}");
     waiter.send("x");
     waiter.expect("released");
@@ -208,7 +235,10 @@ fn a_sigkilled_waiter_is_skipped() {
     w1.kill();
     drop(held);
     let got = w2.expect("held");
-    assert!(got.starts_with("died=false"), "a dead waiter never held: {got}");
+    assert!(
+        got.starts_with("died=false"),
+        "a dead waiter never held: {got}"
+    );
     w2.send("x");
     w2.expect("released");
 }
@@ -238,15 +268,20 @@ fn more_requests_than_slots_wait_for_a_slot() {
     let scratch = Scratch::new("full");
     let counter = scratch.join("counter");
     let held = lt.token_lock().unwrap();
-    let mut helpers: Vec<Helper> =
-        (0..4).map(|_| Helper::spawn("count", &[&name, counter.to_str().unwrap(), "50"])).collect();
+    let mut helpers: Vec<Helper> = (0..4)
+        .map(|_| Helper::spawn("count", &[&name, counter.to_str().unwrap(), "50"]))
+        .collect();
     for h in &mut helpers {
         h.expect("ready");
         h.send("go");
     }
     // The ring (2 slots) is full: we hold one, one waits, the rest wait for a slot.
     wait_until("a full ring", || lt.status().unwrap().queue.len() == 1);
-    assert!(lt.token_lock_timeout(Duration::from_millis(5)).unwrap().is_none());
+    assert!(
+        lt.token_lock_timeout(Duration::from_millis(5))
+            .unwrap()
+            .is_none()
+    );
     drop(held);
     for h in &mut helpers {
         h.expect("done");
@@ -260,5 +295,8 @@ fn token_calls_need_a_table() {
     let e = lt.token_lock().unwrap_err();
     assert!(matches!(e, lockticket::Error::NotCreated { .. }), "{e}");
     assert!(e.to_string().contains("main lock"), "{e}");
-    assert!(matches!(lt.payload(), Err(lockticket::Error::NotCreated { .. })));
+    assert!(matches!(
+        lt.payload(),
+        Err(lockticket::Error::NotCreated { .. })
+    ));
 }

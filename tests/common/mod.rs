@@ -19,13 +19,19 @@ const ARGS_VAR: &str = "LOCKTICKET_TEST_ARGS";
 /// A table name no other test (or test run) uses.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// If this process was started as a helper, runs `dispatch(role, args)` and exits.
 /// Each test file calls this from a `#[test] fn helper_entry()`.
 pub fn helper_entry(dispatch: fn(&str, &[String])) {
-    let Ok(role) = std::env::var(ROLE_VAR) else { return };
+    let Ok(role) = std::env::var(ROLE_VAR) else {
+        return;
+    };
     let args: Vec<String> = std::env::var(ARGS_VAR)
         .unwrap_or_default()
         .split('\u{1f}')
@@ -64,7 +70,13 @@ impl Helper {
     pub fn spawn(role: &str, args: &[&str]) -> Helper {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
-            .args(["--exact", "helper_entry", "--nocapture", "--test-threads=1", "-q"])
+            .args([
+                "--exact",
+                "helper_entry",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
             .env(ROLE_VAR, role)
             .env(ARGS_VAR, args.join("\u{1f}"))
             .stdin(Stdio::piped())
@@ -77,15 +89,20 @@ impl Helper {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(msg) = line.strip_prefix("@@ ") {
-                    if tx.send(msg.to_string()).is_err() {
-                        break;
-                    }
+                if let Some(msg) = line.strip_prefix("@@ ")
+                    && tx.send(msg.to_string()).is_err()
+                {
+                    break;
                 }
             }
         });
         let stdin = child.stdin.take();
-        Helper { child, stdin, lines: rx, role: role.to_string() }
+        Helper {
+            child,
+            stdin,
+            lines: rx,
+            role: role.to_string(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -96,9 +113,15 @@ impl Helper {
     pub fn next(&mut self) -> String {
         match self.lines.recv_timeout(BOUND) {
             Ok(l) => l,
-            Err(RecvTimeoutError::Timeout) => panic!("helper {} said nothing for {BOUND:?}", self.role),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("helper {} said nothing for {BOUND:?}", self.role)
+            }
             Err(RecvTimeoutError::Disconnected) => {
-                panic!("helper {} exited ({:?}) before saying anything more", self.role, self.child.wait())
+                panic!(
+                    "helper {} exited ({:?}) before saying anything more",
+                    self.role,
+                    self.child.wait()
+                )
             }
         }
     }
@@ -133,7 +156,11 @@ impl Helper {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "helper {} did not exit", self.role);
+            assert!(
+                Instant::now() < deadline,
+                "helper {} did not exit",
+                self.role
+            );
             std::thread::sleep(Duration::from_millis(2)); // polling an exit, not synchronising
         }
     }
@@ -166,7 +193,13 @@ pub struct Counter(std::fs::File);
 impl Counter {
     pub fn open(path: &std::path::Path) -> Counter {
         Counter(
-            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).unwrap(),
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .unwrap(),
         )
     }
     pub fn get(&self) -> u64 {
