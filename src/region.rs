@@ -63,6 +63,8 @@ pub(crate) struct Region {
     fixed: FixedHeader,
     dev: u64,
     ino: u64,
+    /// The ring view over `map`, built once (the lock path reuses it).
+    ring: Ring<'static>,
 }
 
 impl std::fmt::Debug for Region {
@@ -203,6 +205,29 @@ impl Region {
             .len(geometry.payload_region_len as usize)
             .map_raw(&file)
             .map_err(io_err(path, "mmap payload"))?;
+        // SAFETY: the header page and `ring_capacity` slots lie inside `map` (lock_len covers
+        // them; RING_OFFSET is page aligned so the atomics are aligned), and all-bytes-valid
+        // atomics may alias memory other processes write. The 'static lifetime is a lie kept
+        // inside this module: `ring` is only ever handed out borrowed from the Region, which
+        // owns `map`, and `neuter` keeps the range mapped.
+        let ring = unsafe {
+            let base = map.as_ptr();
+            let h = &*(base as *const SharedHeader);
+            let slots = std::slice::from_raw_parts(
+                base.add(layout::RING_OFFSET as usize) as *const Slot,
+                geometry.ring_capacity as usize,
+            );
+            Ring::new(
+                RingWords {
+                    tail: &h.tail,
+                    head: &h.head,
+                    dead_holder: &h.dead_holder,
+                    reclaimed: &h.reclaimed,
+                },
+                slots,
+                wake_one,
+            )
+        };
         Ok(Region {
             path: path.to_path_buf(),
             file: Mutex::new(Some(file)),
@@ -212,6 +237,7 @@ impl Region {
             fixed,
             dev: meta.dev(),
             ino: meta.ino(),
+            ring,
         })
     }
 
@@ -240,20 +266,6 @@ impl Region {
         unsafe { &*(self.map.as_ptr() as *const SharedHeader) }
     }
 
-    /// The token slots.
-    #[inline]
-    pub(crate) fn slots(&self) -> &[Slot] {
-        let n = self.geometry.ring_capacity as usize;
-        // SAFETY: `lock_len` covers RING_OFFSET + n * 64 bytes; RING_OFFSET is 4096-aligned so
-        // every slot is 64-aligned; Slot is atomics and integers, valid for any bytes.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map.as_ptr().add(layout::RING_OFFSET as usize) as *const Slot,
-                n,
-            )
-        }
-    }
-
     /// The main-lock registry.
     pub(crate) fn members(&self) -> &[Member] {
         let n = self.geometry.member_capacity as usize;
@@ -271,18 +283,8 @@ impl Region {
 
     /// The ring over this table.
     #[inline]
-    pub(crate) fn ring(&self) -> Ring<'_> {
-        let h = self.header();
-        Ring::new(
-            RingWords {
-                tail: &h.tail,
-                head: &h.head,
-                dead_holder: &h.dead_holder,
-                reclaimed: &h.reclaimed,
-            },
-            self.slots(),
-            wake_one,
-        )
+    pub(crate) fn ring(&self) -> &Ring<'_> {
+        &self.ring
     }
 
     /// The payload region.

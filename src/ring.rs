@@ -5,10 +5,9 @@
 //! futex) lives in `wait`, liveness answers come in through [`Liveness`].
 //!
 //! # Tickets and slots
-//! `tail` is the next ticket to hand out and `head` the oldest ticket not yet released; both
-//! only grow (wrapping `u64`). Ticket `t` lives in slot `t % capacity`, in *lap*
-//! `t / capacity`. A slot's claim word says, in one atomic value, which lap the slot is in and
-//! who owns it:
+//! `head` is the oldest ticket not yet released; it only grows (wrapping `u64`). Ticket `t`
+//! lives in slot `t % capacity`, in *lap* `t / capacity`. A slot's claim word says, in one
+//! atomic value, which lap the slot is in and who owns it:
 //!
 //! ```text
 //! bits 63..32  lap (low 32 bits of t / capacity)
@@ -21,7 +20,13 @@
 //! * **claimed by P for t**: lap(t), P's PID and start bits. The claim CAS is the moment a
 //!   request enters the queue *and* names its owner: no instant exists where a ticket is taken
 //!   but nobody can be blamed for it.
-//! * **released**: the lap moves on (`lap(t) + 1`, PID 0), which is also "free for t + capacity".
+//! * **released**: the lap moves on (`lap(t) + 1`), which is also "free for t + capacity".
+//!
+//! Tickets are claimed strictly in order: a claimer starts at the oldest ticket it may need and
+//! moves past a ticket only once it has seen it claimed (or released), so the claimed tickets
+//! always form a prefix `[head, end)`. The header's `tail` word is only a *hint* of `end`, stored
+//! (not CASed) after a claim; it never exceeds `end`, so starting a scan there skips nothing.
+//! That keeps an uncontended lock at one read-modify-write.
 //!
 //! A request is granted when `head` reaches it (exclusive), or when every unreleased ticket
 //! before it is shared (shared). Release moves the lap on, then advances `head` over every
@@ -30,8 +35,8 @@
 //! # Crash windows
 //! A process may die at any instruction. Every state it can leave behind is recognised:
 //! a claimed slot names a PID and start bits (reclaimed when that process is dead), a released
-//! slot whose releaser died before advancing `head` is advanced over by any waiter, a half-made
-//! tail advance is finished by the next claimer.
+//! slot whose releaser died before advancing `head` is advanced over by any waiter, a stale
+//! `tail` hint only costs the next claimer a longer scan.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
@@ -79,7 +84,7 @@ const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 /// The shared words a ring works on, besides its slots.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RingWords<'a> {
-    /// Next ticket to hand out.
+    /// A hint of the next ticket to hand out (never beyond it).
     pub tail: &'a AtomicU64,
     /// Oldest ticket not released.
     pub head: &'a AtomicU64,
@@ -107,7 +112,7 @@ pub(crate) enum Claim {
     Full,
     /// Another process moved first; try again.
     Retry,
-    /// The slot at `tail` is in a lap it can never be in: the file was overwritten.
+    /// A slot is in a lap it can never be in: the file was overwritten.
     Broken(Broken),
 }
 
@@ -227,51 +232,63 @@ impl<'a> Ring<'a> {
             | (u64::from(pid) & PID_MASK)
     }
 
-    /// One attempt to enter the queue. `pid` must be in `1..=PID_MAX`.
+    /// What the claim word `w` says about ticket `t`.
     #[inline]
+    fn state(&self, t: u64, w: u64) -> SlotState {
+        let lap = self.lap(t);
+        let wl = lap_of_word(w);
+        if wl == lap {
+            if pid_of_word(w) != 0 {
+                SlotState::Claimed
+            } else if w == free_word(lap) {
+                SlotState::Free
+            } else {
+                SlotState::Impossible
+            }
+        } else if wl == lap.wrapping_add(1) {
+            SlotState::Released
+        } else {
+            SlotState::Impossible
+        }
+    }
+
+    /// One attempt to enter the queue. `pid` must be in `1..=PID_MAX`.
+    #[inline(always)]
     pub(crate) fn try_claim(&self, share: Share, pid: u32, start: u64) -> Claim {
         let head = self.words.head.load(SeqCst);
-        let t = self.words.tail.load(SeqCst);
-        if t.wrapping_sub(head) >= self.capacity() {
-            // Full, or `head` moved past our stale `t` (then the next attempt sees it).
-            return if t.wrapping_sub(head) > u64::MAX / 2 {
-                Claim::Retry
-            } else {
-                Claim::Full
-            };
-        }
-        let slot = self.slot(t);
-        let w = slot.word.load(SeqCst);
-        if w == free_word(self.lap(t)) {
-            let mine = self.claim_word(t, share, pid, start);
-            if slot
-                .word
-                .compare_exchange(w, mine, SeqCst, Relaxed)
-                .is_err()
-            {
-                return Claim::Retry;
+        let hint = self.words.tail.load(Relaxed);
+        // Start at the hint when it is plausible; it never points past the first free ticket.
+        let mut t = if hint.wrapping_sub(head) < self.capacity() {
+            hint
+        } else {
+            head
+        };
+        loop {
+            if t.wrapping_sub(head) >= self.capacity() {
+                return Claim::Full;
             }
-            // Move `tail` on; if this fails another claimer already helped.
-            let _ = self
-                .words
-                .tail
-                .compare_exchange(t, t.wrapping_add(1), SeqCst, Relaxed);
-            let t = self.resolve_ticket(t, mine);
-            return Claim::Claimed(Ticket { t, word: mine });
+            let slot = self.slot(t);
+            let w = slot.word.load(SeqCst);
+            match self.state(t, w) {
+                SlotState::Free => {
+                    let mine = self.claim_word(t, share, pid, start);
+                    if slot.word.compare_exchange(w, mine, SeqCst, Relaxed).is_ok() {
+                        self.words.tail.store(t.wrapping_add(1), Relaxed);
+                        return self.confirm_claim(t, mine);
+                    }
+                    // Someone else took t: look at it again.
+                }
+                SlotState::Claimed | SlotState::Released => t = t.wrapping_add(1),
+                SlotState::Impossible => return self.impossible_at(t, w, head),
+            }
         }
-        if lap_of_word(w) == self.lap(t) && pid_of_word(w) != 0 {
-            // Someone claimed `t` and has not moved `tail` yet (or died first): help.
-            let _ = self
-                .words
-                .tail
-                .compare_exchange(t, t.wrapping_add(1), SeqCst, Relaxed);
-            return Claim::Retry;
-        }
-        // The slot is in another lap (or holds a claim without an owner). Legitimately only
-        // because `tail` moved on since we read it (ticket t - capacity is released before
-        // `head` passes it, and t is released only after `tail` passed it). If `tail` still
-        // reads `t`, the file is corrupt.
-        if self.words.tail.load(SeqCst) == t {
+    }
+
+    /// A slot in a lap it cannot be in. A lap behind is impossible (t - capacity is behind
+    /// `head`, so released); laps ahead mean we are slow and `head` moved on: start over.
+    #[cold]
+    fn impossible_at(&self, t: u64, w: u64, head: u64) -> Claim {
+        if self.words.head.load(SeqCst) == head {
             return Claim::Broken(Broken(format!(
                 "slot of ticket {t} holds {w:#x}, expected lap {} (head {head})",
                 self.lap(t)
@@ -280,19 +297,37 @@ impl<'a> Ring<'a> {
         Claim::Retry
     }
 
-    /// The ticket a successful claim of `mine` stands for.
+    /// Checks a successful claim of ticket `t` with word `mine`.
     ///
-    /// Normally the ticket we read, `t`. If this thread stalled between reading `tail` and its
-    /// CAS for 2^32 laps, the CAS can succeed on the same slot in a later lap with equal low
-    /// lap bits; the real ticket is then the one within a capacity of today's `tail` that has
-    /// this slot and these lap bits (see docs/design.md).
-    #[inline]
-    fn resolve_ticket(&self, t: u64, mine: u64) -> u64 {
-        let tail_now = self.words.tail.load(SeqCst);
-        if tail_now.wrapping_sub(t) <= self.capacity() {
-            return t;
+    /// Normally `t` is within a capacity of `head`. If this thread stalled between reading the
+    /// slot and its CAS for 2^32 laps, the CAS can succeed on the same slot in a later lap with
+    /// equal low lap bits; the real ticket is then the one of this slot within a capacity of
+    /// `head` — or, when that one has other lap bits, a ticket too far ahead to queue: we
+    /// withdraw it and retry (see docs/design.md).
+    #[inline(always)]
+    fn confirm_claim(&self, t: u64, mine: u64) -> Claim {
+        let head = self.words.head.load(SeqCst);
+        if t.wrapping_sub(head) < self.capacity() {
+            return Claim::Claimed(Ticket { t, word: mine });
         }
-        resolve_stale_claim(tail_now, t & self.mask, lap_of_word(mine), self.shift)
+        self.stale_claim(t, mine, head)
+    }
+
+    #[cold]
+    fn stale_claim(&self, t: u64, mine: u64, head: u64) -> Claim {
+        let real = ticket_of_slot(head, t & self.mask, self.mask);
+        if self.lap(real) == lap_of_word(mine) {
+            return Claim::Claimed(Ticket {
+                t: real,
+                word: mine,
+            });
+        }
+        let next = free_word(lap_of_word(mine).wrapping_add(1));
+        let _ = self
+            .slot(t)
+            .word
+            .compare_exchange(mine, next, SeqCst, Relaxed);
+        Claim::Retry
     }
 
     /// Records who waits in the claimed slot: full start time, parent and enqueue time.
@@ -305,6 +340,12 @@ impl<'a> Ring<'a> {
         slot.parent.store(u64::from(parent), Relaxed);
         slot.since_ns.store(since_ns, Relaxed);
         slot.start.store(tag | (start & START_MASK), Release);
+    }
+
+    /// True when `tk` is at the head of the queue (granted, whatever its mode).
+    #[inline(always)]
+    pub(crate) fn granted_at_once(&self, tk: Ticket) -> bool {
+        self.words.head.load(SeqCst) == tk.t
     }
 
     /// Whether `tk` may hold the token now.
@@ -325,6 +366,7 @@ impl<'a> Ring<'a> {
     }
 
     /// True when every unreleased ticket in `head .. head + n` is a shared request.
+    #[inline(never)]
     fn only_shared_before(&self, head: u64, n: u64) -> bool {
         (0..n).all(|i| {
             let t = head.wrapping_add(i);
@@ -333,6 +375,11 @@ impl<'a> Ring<'a> {
             // an unclaimed ticket before ours cannot exist, so be conservative if seen.
             lap_of_word(w) != self.lap(t) || (pid_of_word(w) != 0 && is_shared_word(w))
         })
+    }
+
+    #[cold]
+    fn lost(&self, tk: Ticket) -> Broken {
+        self.explain_lost(tk, self.words.head.load(SeqCst))
     }
 
     #[cold]
@@ -372,54 +419,63 @@ impl<'a> Ring<'a> {
     #[inline]
     pub(crate) fn release(&self, tk: Ticket) -> Result<(), Broken> {
         let slot = self.slot(tk.t);
-        let next_lap = free_word(self.lap(tk.t).wrapping_add(1));
-        if slot
-            .word
-            .compare_exchange(tk.word, next_lap, SeqCst, Relaxed)
-            .is_err()
-        {
-            let head = self.words.head.load(SeqCst);
-            return Err(self.explain_lost(tk, head));
+        // Only the owner changes a live claim (reclaimers only touch dead owners' slots), so a
+        // check and a store do what a CAS would, at a fraction of the cost.
+        if slot.word.load(Relaxed) != tk.word {
+            return Err(self.lost(tk));
         }
-        self.advance_head();
+        slot.word
+            .store(free_word(self.lap(tk.t).wrapping_add(1)), Release);
+        let next = tk.t.wrapping_add(1);
+        if self
+            .words
+            .head
+            .compare_exchange(tk.t, next, SeqCst, Relaxed)
+            .is_ok()
+        {
+            // We were the head (the common case): hand over to the next ticket, if queued.
+            let w = self.slot(next).word.load(SeqCst);
+            match self.state(next, w) {
+                SlotState::Free => {}
+                SlotState::Claimed => self.wake_from(next),
+                SlotState::Released | SlotState::Impossible => self.advance_head(),
+            }
+        } else {
+            self.advance_head();
+        }
         Ok(())
     }
 
     /// Moves `head` over released tickets and wakes the requests this grants (plus the
     /// next-in-line, so it is spinning by the time its turn comes).
+    #[cold]
     pub(crate) fn advance_head(&self) {
-        let mut moved = None;
-        for _ in 0..=self.capacity() {
+        let mut moved = false;
+        for _ in 0..self.capacity() {
             let h = self.words.head.load(SeqCst);
-            let tail = self.words.tail.load(SeqCst);
-            if h == tail || h.wrapping_sub(tail) < u64::MAX / 2 {
-                break; // nothing queued (or a hostile head beyond tail: never move further)
-            }
             let w = self.slot(h).word.load(SeqCst);
-            if lap_of_word(w) == self.lap(h) {
-                break; // ticket h not released yet
+            if self.state(h, w) != SlotState::Released {
+                break; // ticket h queued, held, or not handed out yet
             }
-            if self
+            moved |= self
                 .words
                 .head
                 .compare_exchange(h, h.wrapping_add(1), SeqCst, SeqCst)
-                .is_ok()
-            {
-                moved = Some(h.wrapping_add(1));
-            }
+                .is_ok();
         }
-        if moved.is_some() {
+        if moved {
             self.wake_from(self.words.head.load(SeqCst));
         }
     }
 
     /// Wakes the requests granted when `head == h`, and the first one after them.
+    #[cold]
     fn wake_from(&self, h: u64) {
         let mut run_shared = true;
         for i in 0..self.capacity() {
             let t = h.wrapping_add(i);
             let w = self.slot(t).word.load(SeqCst);
-            if lap_of_word(w) != self.lap(t) || pid_of_word(w) == 0 {
+            if self.state(t, w) != SlotState::Claimed {
                 break;
             }
             let granted = i == 0 || (run_shared && is_shared_word(w));
@@ -464,33 +520,35 @@ impl<'a> Ring<'a> {
     /// times out, so a dead holder blocks nobody for longer than one such timeout.
     pub(crate) fn check_head(&self, liveness: &impl Liveness) -> Result<HeadCheck, Broken> {
         let h = self.words.head.load(SeqCst);
-        let tail = self.words.tail.load(SeqCst);
-        if h == tail {
-            return Ok(HeadCheck::Fine);
-        }
-        if tail.wrapping_sub(h) > self.capacity() {
-            let h2 = self.words.head.load(SeqCst);
-            if h2 == h {
-                return Err(Broken(format!(
-                    "tail {tail} is more than a ring ahead of head {h}"
-                )));
-            }
-            return Ok(HeadCheck::Fine);
-        }
         let slot = self.slot(h);
         let w = slot.word.load(SeqCst);
-        if lap_of_word(w) != self.lap(h) {
-            self.advance_head();
-            return Ok(HeadCheck::Advanced);
-        }
         let pid = pid_of_word(w);
-        if pid == 0 {
-            // `tail` passed h, so h was claimed, and a claim is released by moving the lap:
-            // an ownerless slot in h's lap cannot happen unless the file was overwritten.
-            if self.words.head.load(SeqCst) == h {
-                return Err(Broken(format!("head ticket {h} has no owner ({w:#x})")));
+        match self.state(h, w) {
+            SlotState::Released => {
+                self.advance_head();
+                return Ok(HeadCheck::Advanced);
             }
-            return Ok(HeadCheck::Fine);
+            SlotState::Free => {
+                // An empty queue. Tickets are claimed in order, so a claimed ticket behind a
+                // free head cannot happen unless the file was overwritten.
+                let n = h.wrapping_add(1);
+                let behind = self.state(n, self.slot(n).word.load(SeqCst)) == SlotState::Claimed;
+                if behind && self.words.head.load(SeqCst) == h && slot.word.load(SeqCst) == w {
+                    return Err(Broken(format!(
+                        "ticket {n} is queued behind a free head {h}"
+                    )));
+                }
+                return Ok(HeadCheck::Fine);
+            }
+            SlotState::Impossible => {
+                if self.words.head.load(SeqCst) == h {
+                    return Err(Broken(format!(
+                        "head ticket {h} has an impossible slot {w:#x}"
+                    )));
+                }
+                return Ok(HeadCheck::Fine);
+            }
+            SlotState::Claimed => {}
         }
         if liveness.is_alive(self.owner(h, w)) {
             return Ok(HeadCheck::Fine);
@@ -522,16 +580,16 @@ impl<'a> Ring<'a> {
     /// The requests in the queue, oldest first (a best-effort snapshot).
     pub(crate) fn requests(&self) -> Vec<Request> {
         let head = self.words.head.load(SeqCst);
-        let tail = self.words.tail.load(SeqCst);
-        let n = tail.wrapping_sub(head).min(self.capacity());
         let mut out = Vec::new();
         let mut run_shared = true;
-        for i in 0..n {
+        for i in 0..self.capacity() {
             let t = head.wrapping_add(i);
             let slot = self.slot(t);
             let w = slot.word.load(SeqCst);
-            if lap_of_word(w) != self.lap(t) || pid_of_word(w) == 0 {
-                continue;
+            match self.state(t, w) {
+                SlotState::Claimed => {}
+                SlotState::Released => continue,
+                SlotState::Free | SlotState::Impossible => break,
             }
             let shared = is_shared_word(w);
             let granted = i == 0 || (run_shared && shared);
@@ -554,19 +612,46 @@ impl<'a> Ring<'a> {
         out
     }
 
-    /// `head` and `tail` as they are now.
+    /// `head`, and the first ticket not handed out yet (found by a scan, bounded).
     pub(crate) fn head_tail(&self) -> (u64, u64) {
-        (self.words.head.load(SeqCst), self.words.tail.load(SeqCst))
+        let head = self.words.head.load(SeqCst);
+        let mut t = head;
+        for _ in 0..self.capacity() {
+            match self.state(t, self.slot(t).word.load(SeqCst)) {
+                SlotState::Claimed | SlotState::Released => t = t.wrapping_add(1),
+                SlotState::Free | SlotState::Impossible => break,
+            }
+        }
+        (head, t)
     }
+
+    /// True when nobody holds or waits (the head ticket is free).
+    #[inline]
+    pub(crate) fn is_idle(&self) -> bool {
+        let h = self.words.head.load(SeqCst);
+        self.state(h, self.slot(h).word.load(SeqCst)) == SlotState::Free
+    }
+}
+
+/// What a claim word says about a ticket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// Not handed out yet: claimable.
+    Free,
+    /// Queued or held.
+    Claimed,
+    /// Released (the lap moved on).
+    Released,
+    /// A state no sequence of operations produces: the file was overwritten.
+    Impossible,
 }
 
 /// Steps that a process may die between, for the property tests.
 #[cfg(any(test, feature = "fuzzing"))]
 impl Ring<'_> {
-    /// The claim CAS alone, without moving `tail` (the claimer dies right after it).
+    /// The claim CAS alone, without moving the `tail` hint (the claimer dies right after).
     pub(crate) fn claim_only(&self, share: Share, pid: u32, start: u64) -> Option<Ticket> {
-        let t = self.words.tail.load(SeqCst);
-        let head = self.words.head.load(SeqCst);
+        let (head, t) = self.head_tail();
         if t.wrapping_sub(head) >= self.capacity() {
             return None;
         }
@@ -617,17 +702,9 @@ pub(crate) struct Request {
     pub holding: bool,
 }
 
-/// The ticket in `[tail - capacity, tail + capacity)` with slot index `index` and lap bits
-/// `lap` (a pure function; see [`Ring::resolve_ticket`]).
-pub(crate) fn resolve_stale_claim(tail: u64, index: u64, lap: u32, shift: u32) -> u64 {
-    let cap = 1u64 << shift;
-    let base = tail.wrapping_sub(cap);
-    let first = base.wrapping_add(index.wrapping_sub(base) & (cap - 1));
-    if (first >> shift) as u32 == lap {
-        first
-    } else {
-        first.wrapping_add(cap)
-    }
+/// The ticket in `[head, head + capacity)` that lives in slot `index`.
+pub(crate) fn ticket_of_slot(head: u64, index: u64, mask: u64) -> u64 {
+    head.wrapping_add(index.wrapping_sub(head) & mask)
 }
 
 #[cfg(any(test, feature = "fuzzing"))]

@@ -11,7 +11,7 @@ use crate::layout::{self, Geometry};
 use crate::liveness::{Liveness, OsLiveness, Owner};
 use crate::members::{self, JoinRefused};
 use crate::region::{Create, Region};
-use crate::ring::{Broken, Grant, Ticket};
+use crate::ring::{Broken, Claim, Grant, Ticket};
 use crate::wait::{self, Waited};
 use crate::{Share, payload, sys};
 
@@ -301,14 +301,22 @@ impl LockTicket {
     // Token lock.
 
     /// Takes the exclusive token, waiting in FIFO order (the original's `TokenLock()`).
+    #[inline]
     pub fn token_lock(&self) -> Result<TokenGuard<'_>> {
-        self.acquire_blocking(Share::Exclusive)
+        match self.fast(Share::Exclusive) {
+            Fast::Granted(g) => Ok(g),
+            other => self.acquire_blocking(Share::Exclusive, other),
+        }
     }
 
     /// Takes a shared (reader) token, waiting in FIFO order. Consecutive shared requests hold
     /// together; a shared request behind a queued exclusive one waits for it.
+    #[inline]
     pub fn token_lock_shared(&self) -> Result<TokenGuard<'_>> {
-        self.acquire_blocking(Share::Shared)
+        match self.fast(Share::Shared) {
+            Fast::Granted(g) => Ok(g),
+            other => self.acquire_blocking(Share::Shared, other),
+        }
     }
 
     /// Takes the exclusive token if that is possible without waiting; never blocks and leaves
@@ -333,87 +341,184 @@ impl LockTicket {
         self.acquire(Share::Shared, patience_for(timeout))
     }
 
-    fn acquire_blocking(&self, share: Share) -> Result<TokenGuard<'_>> {
-        match self.acquire(share, Patience::Forever)? {
+    #[cold]
+    fn acquire_blocking<'a>(&'a self, share: Share, fast: Fast<'a>) -> Result<TokenGuard<'a>> {
+        let got = match fast {
+            Fast::Granted(g) => Some(g),
+            Fast::Claimed(region, tk) => {
+                self.after_claim(region, tk, share, Patience::Forever, self.creator.0)?
+            }
+            Fast::Missed => self.acquire_slow(share, Patience::Forever)?,
+        };
+        match got {
             Some(g) => Ok(g),
             None => Err(self.corrupted("a request without deadline returned without a grant")),
         }
     }
 
+    /// Takes a token within `patience`.
+    #[inline]
     fn acquire(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
+        match self.fast(share) {
+            Fast::Granted(g) => Ok(Some(g)),
+            Fast::Claimed(region, tk) => {
+                self.after_claim(region, tk, share, patience, self.creator.0)
+            }
+            Fast::Missed => self.acquire_slow(share, patience),
+        }
+    }
+
+    /// The fast path: one claim attempt on the mapped table, granted at once. Everything else
+    /// (waiting, a full ring, a retired table, a forked child) goes to the cold paths.
+    #[inline(always)]
+    fn fast(&self, share: Share) -> Fast<'_> {
+        let (pid, start) = sys::current_identity();
+        if pid != self.creator.0 {
+            return Fast::Missed; // a forked child: the slow path checks the parent
+        }
+        let Some(region) = self.mapped() else {
+            return Fast::Missed;
+        };
+        let ring = region.ring();
+        let Claim::Claimed(tk) = ring.try_claim(share, pid, start) else {
+            return Fast::Missed;
+        };
+        ring.publish(tk, start, pid, sys::coarse_now_ns());
+        if ring.granted_at_once(tk) && !region.retired() {
+            let died = ring.mark_holding(tk);
+            return Fast::Granted(TokenGuard {
+                lt: self,
+                region,
+                tk,
+                share,
+                pid,
+                died,
+            });
+        }
+        Fast::Claimed(region, tk)
+    }
+
+    #[cold]
+    fn acquire_slow(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
         let (pid, start) = sys::current_identity();
         self.check_parent(pid)?;
         let deadline = match patience {
             Patience::Until(d) => Some(d),
             Patience::Try | Patience::Forever => None,
         };
-        loop {
-            let region = self.table()?;
-            let ring = region.ring();
-            let tk = if let Patience::Try = patience {
-                let (head, tail) = ring.head_tail();
-                if share == Share::Exclusive && head != tail {
-                    return Ok(None);
-                }
-                match ring.try_claim(share, pid, start) {
-                    crate::ring::Claim::Claimed(tk) => tk,
-                    crate::ring::Claim::Broken(b) => return Err(self.broken(b)),
-                    _ => return Ok(None),
-                }
-            } else {
-                let claimed = wait::claim(&ring, share, pid, start, deadline, &OsLiveness, || {
-                    self.check_parent(pid)
-                });
-                match claimed {
-                    Ok(Some(tk)) => tk,
-                    Ok(None) => return Ok(None),
-                    Err(w) => return Err(self.wait_error(w)),
-                }
-            };
-            ring.publish(tk, start, self.creator.0, sys::coarse_now_ns());
-            if region.retired() {
-                // The last owner retired this table after we looked: leave it, use the new one.
-                let _ = ring.release(tk);
-                continue;
+        let region = self.table()?;
+        let ring = region.ring();
+        let tk = if let Patience::Try = patience {
+            if share == Share::Exclusive && !ring.is_idle() {
+                return Ok(None);
             }
-            let outcome = match (patience, ring.grant(tk, share)) {
-                (_, Ok(Grant::Granted)) => Waited::Granted,
-                (_, Err(b)) => Waited::Broken(b),
-                (Patience::Try, Ok(Grant::Waiting { .. })) => Waited::TimedOut,
-                (_, Ok(Grant::Waiting { .. })) => {
-                    wait::until_granted(&ring, tk, share, deadline, &OsLiveness, || {
-                        self.check_parent(pid)
-                    })
-                }
-            };
-            let outcome = match outcome {
-                Waited::Granted if pid != self.creator.0 => match self.check_parent(pid) {
-                    Ok(()) => Waited::Granted,
-                    Err(e) => Waited::Check(e),
-                },
-                other => other,
-            };
-            return match outcome {
-                Waited::Granted => {
-                    let died = ring.mark_holding(tk);
-                    Ok(Some(TokenGuard {
-                        lt: self,
-                        region,
-                        tk,
-                        share,
-                        pid,
-                        died,
-                    }))
-                }
-                Waited::TimedOut => {
-                    ring.release(tk).map_err(|b| self.broken(b))?;
-                    Ok(None)
-                }
-                other => {
-                    let _ = ring.release(tk);
-                    Err(self.wait_error(other))
-                }
-            };
+            match ring.try_claim(share, pid, start) {
+                Claim::Claimed(tk) => tk,
+                Claim::Broken(b) => return Err(self.broken(b)),
+                Claim::Full | Claim::Retry => return Ok(None),
+            }
+        } else {
+            let claimed = wait::claim(&ring, share, pid, start, deadline, &OsLiveness, || {
+                self.check_parent(pid)
+            });
+            match claimed {
+                Ok(Some(tk)) => tk,
+                Ok(None) => return Ok(None),
+                Err(w) => return Err(self.wait_error(w)),
+            }
+        };
+        self.claimed(region, tk, share, patience, pid, start)
+    }
+
+    /// Continues after a successful claim: publish, re-check the table, wait for the grant.
+    #[inline]
+    fn claimed<'a>(
+        &'a self,
+        region: &'a Region,
+        tk: Ticket,
+        share: Share,
+        patience: Patience,
+        pid: u32,
+        start: u64,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        region
+            .ring()
+            .publish(tk, start, self.creator.0, sys::coarse_now_ns());
+        self.after_claim(region, tk, share, patience, pid)
+    }
+
+    /// After a published claim: re-check the table, then wait for the grant.
+    #[cold]
+    fn after_claim<'a>(
+        &'a self,
+        region: &'a Region,
+        tk: Ticket,
+        share: Share,
+        patience: Patience,
+        pid: u32,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        let ring = region.ring();
+        if region.retired() {
+            // The last owner retired this table after we looked: leave it, use the new one.
+            let _ = ring.release(tk);
+            return self.acquire_slow(share, patience);
+        }
+        let first = ring.grant(tk, share);
+        self.wait_claimed(region, tk, share, patience, pid, first)
+    }
+
+    #[cold]
+    fn wait_claimed<'a>(
+        &'a self,
+        region: &'a Region,
+        tk: Ticket,
+        share: Share,
+        patience: Patience,
+        pid: u32,
+        first: Result<Grant, Broken>,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        let ring = region.ring();
+        let deadline = match patience {
+            Patience::Until(d) => Some(d),
+            Patience::Try | Patience::Forever => None,
+        };
+        let outcome = match (patience, first) {
+            (_, Ok(Grant::Granted)) => Waited::Granted,
+            (_, Err(b)) => Waited::Broken(b),
+            (Patience::Try, Ok(Grant::Waiting { .. })) => Waited::TimedOut,
+            (_, Ok(Grant::Waiting { .. })) => {
+                wait::until_granted(&ring, tk, share, deadline, &OsLiveness, || {
+                    self.check_parent(pid)
+                })
+            }
+        };
+        let outcome = match outcome {
+            Waited::Granted if pid != self.creator.0 => match self.check_parent(pid) {
+                Ok(()) => Waited::Granted,
+                Err(e) => Waited::Check(e),
+            },
+            other => other,
+        };
+        match outcome {
+            Waited::Granted => {
+                let died = ring.mark_holding(tk);
+                Ok(Some(TokenGuard {
+                    lt: self,
+                    region,
+                    tk,
+                    share,
+                    pid,
+                    died,
+                }))
+            }
+            Waited::TimedOut => {
+                ring.release(tk).map_err(|b| self.broken(b))?;
+                Ok(None)
+            }
+            other => {
+                let _ = ring.release(tk);
+                Err(self.wait_error(other))
+            }
         }
     }
 
@@ -465,16 +570,23 @@ impl LockTicket {
     /// The table in use, mapping it (again) when it is not mapped yet or was retired.
     #[inline]
     pub(crate) fn table(&self) -> Result<&Region> {
-        let p = self.current.load(Acquire);
-        if !p.is_null() {
-            // SAFETY: `current` only ever points into a Box held by `regions`, and those are
-            // freed only when `self` is dropped, which the borrow of `self` rules out.
-            let r = unsafe { &*p };
-            if !r.retired() {
-                return Ok(r);
-            }
+        match self.mapped() {
+            Some(r) => Ok(r),
+            None => self.remap(),
         }
-        self.remap()
+    }
+
+    /// The table in use, if it is mapped and not retired.
+    #[inline]
+    fn mapped(&self) -> Option<&Region> {
+        let p = self.current.load(Acquire);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: `current` only ever points into a Box held by `regions`, and those are freed
+        // only when `self` is dropped, which the borrow of `self` rules out.
+        let r = unsafe { &*p };
+        (!r.retired()).then_some(r)
     }
 
     #[cold]
@@ -645,6 +757,16 @@ impl LockTicket {
     pub fn status(&self) -> Result<crate::Status> {
         Ok(crate::status::snapshot(self.table()?))
     }
+}
+
+/// What the fast path got.
+enum Fast<'a> {
+    /// The token.
+    Granted(TokenGuard<'a>),
+    /// A published claim that must wait (or a retired table to leave).
+    Claimed(&'a Region, Ticket),
+    /// Nothing: take the slow path.
+    Missed,
 }
 
 fn patience_for(timeout: Duration) -> Patience {

@@ -287,23 +287,27 @@ impl Model<'_> {
                 "exclusive token held together with another: {holders:?}"
             );
         }
-        // Every request the model knows is in the ring, in [head, tail] (a claimer that died
-        // before moving `tail` left its claim at `tail`).
-        let mut at_tail = 0;
+        // Every request the model knows is in the ring, in [head, end).
         for r in self.req.iter().flatten().chain(self.orphans.iter()) {
-            let pos = r.tk.t.wrapping_sub(head);
-            assert!(pos <= used, "request {r:?} outside [{head}, {tail}]");
-            at_tail += usize::from(pos == used);
+            assert!(
+                r.tk.t.wrapping_sub(head) < used,
+                "request {r:?} outside [{head}, {tail})"
+            );
             assert_eq!(
                 self.ring.slot(r.tk.t).word.load(SeqCst),
                 r.tk.word,
                 "slot of {r:?} lost"
             );
         }
-        assert!(at_tail <= 1);
-        // And every claimed slot in [head, tail) belongs to a request the model knows.
-        let known: usize = self.req.iter().flatten().count() + self.orphans.len() - at_tail;
+        // And every claimed slot in [head, end) belongs to a request the model knows.
+        let known: usize = self.req.iter().flatten().count() + self.orphans.len();
         assert_eq!(self.ring.requests().len(), known, "ring and model disagree");
+        // The tail hint never points past the first free ticket.
+        let hint = self.ring.words.tail.load(SeqCst);
+        assert!(
+            hint.wrapping_sub(head) > self.ring.capacity() || hint.wrapping_sub(head) <= used,
+            "tail hint {hint} beyond the queue [{head}, {tail})"
+        );
     }
 
     /// No deadlock by death: with every live process polling and releasing, and waiters

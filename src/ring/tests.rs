@@ -7,6 +7,8 @@ use proptest::prelude::*;
 use super::model::{Op, PROCS, run};
 use super::*;
 
+fn no_wake(_: &AtomicU32) {}
+
 /// The shared words of an in-memory ring.
 #[derive(Default)]
 struct Words {
@@ -54,20 +56,52 @@ proptest! {
 }
 
 #[test]
-fn a_stale_claim_resolves_to_its_real_ticket() {
-    let shift = 3;
-    for real in [0u64, 5, 8, 1 << 40, u64::MAX - 3] {
-        let idx = real & 7;
-        let lap = (real >> shift) as u32;
-        // `tail` anywhere from real - cap + 1 (just claimed) to real + cap (all later claimed).
-        for tail in real.wrapping_sub(7)..=real.wrapping_add(8).max(real.wrapping_sub(7)) {
-            assert_eq!(
-                resolve_stale_claim(tail, idx, lap, shift),
-                real,
-                "tail {tail}"
+fn a_slot_maps_to_one_ticket_per_capacity_window() {
+    let mask = 7;
+    for head in [0u64, 5, 8, 1 << 40, u64::MAX - 3] {
+        for index in 0..8 {
+            let t = ticket_of_slot(head, index, mask);
+            assert_eq!(t & mask, index);
+            assert!(
+                t.wrapping_sub(head) <= mask,
+                "head {head} index {index} -> {t}"
             );
         }
     }
+}
+
+#[test]
+fn a_stale_claim_is_withdrawn_or_resolved() {
+    // A claimer read slot 1 free for ticket 1, then stalled 2^32 laps: its CAS succeeds on the
+    // slot's identical-looking word while the ring is elsewhere.
+    let words = Words::default();
+    let slots: Vec<Slot> = (0..4).map(|_| Slot::default()).collect();
+    let ring = Ring::new(
+        RingWords {
+            tail: &words.tail,
+            head: &words.head,
+            dead_holder: &words.dead_holder,
+            reclaimed: &words.reclaimed,
+        },
+        &slots,
+        no_wake,
+    );
+    let far = (1u64 << 32) * 4 + 1; // same slot, same low lap bits as ticket 1
+    ring.reset_at(far - 1);
+    let mine = ring.claim_word(1, Share::Exclusive, 9, 9);
+    slots[1].word.store(mine, SeqCst);
+    assert_eq!(
+        ring.confirm_claim(1, mine),
+        Claim::Claimed(Ticket { t: far, word: mine })
+    );
+    // Too far ahead to queue: withdrawn (released), and the caller retries.
+    ring.reset_at(far - 5);
+    slots[1].word.store(mine, SeqCst);
+    assert_eq!(ring.confirm_claim(1, mine), Claim::Retry);
+    assert_eq!(
+        ring.state(far, slots[1].word.load(SeqCst)),
+        SlotState::Released
+    );
 }
 
 #[test]
