@@ -418,7 +418,7 @@ impl LockTicket {
                 Claim::Full | Claim::Retry => return Ok(None),
             }
         } else {
-            let claimed = wait::claim(&ring, share, pid, start, deadline, &OsLiveness, || {
+            let claimed = wait::claim(ring, share, pid, start, deadline, &OsLiveness, || {
                 self.check_parent(pid)
             });
             match claimed {
@@ -487,7 +487,7 @@ impl LockTicket {
             (_, Err(b)) => Waited::Broken(b),
             (Patience::Try, Ok(Grant::Waiting { .. })) => Waited::TimedOut,
             (_, Ok(Grant::Waiting { .. })) => {
-                wait::until_granted(&ring, tk, share, deadline, &OsLiveness, || {
+                wait::until_granted(ring, tk, share, deadline, &OsLiveness, || {
                     self.check_parent(pid)
                 })
             }

@@ -1,2 +1,469 @@
-//! The `lockticket` command (work in progress).
-fn main() {}
+//! The `lockticket` command: a fair (FIFO), crash-proof `flock(1)` for shell scripts, and the
+//! tools to inspect and maintain lock tables.
+//!
+//! ```text
+//! lockticket exec [OPTIONS] NAME|PATH COMMAND [ARGS...]
+//! lockticket exec [OPTIONS] NAME|PATH -c 'SHELL COMMAND'
+//! lockticket status NAME|PATH [--json]
+//! lockticket payload get|set|clear NAME|PATH [VALUE|-]
+//! lockticket list [DIR]
+//! lockticket clean NAME|PATH | --all [--dir DIR]
+//! ```
+//!
+//! See `docs/cli.md` for the full manual, exit codes and the JSON schema of `status --json`.
+
+// The crate root is src/bin/lockticket.rs, so its modules are named by path.
+#[path = "lockticket/exec.rs"]
+mod exec;
+#[path = "lockticket/inspect.rs"]
+mod inspect;
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use lockticket::{Error, LockTicket};
+
+/// Exit codes (sysexits.h where one fits; flock(1) uses the same for usage errors).
+pub(crate) mod code {
+    /// Success; for `exec`, the command's own status is passed through instead.
+    pub const OK: i32 = 0;
+    /// The lock was not obtained with `-n` or within `-w` (the default of `-E`).
+    pub const CONFLICT: u8 = 1;
+    /// EX_USAGE: bad command line (unknown option, missing argument, invalid name or mode).
+    pub const USAGE: i32 = 64;
+    /// EX_DATAERR: the payload value does not fit the table.
+    pub const DATA: i32 = 65;
+    /// EX_NOINPUT: no lock table exists at that name or path.
+    pub const NO_TABLE: i32 = 66;
+    /// EX_OSERR: the operating system refused a resource (fork, signals).
+    pub const OS: i32 = 71;
+    /// EX_IOERR: the table cannot be used (not a lock table, corrupted, doubtful permissions,
+    /// symlink, I/O error, busy with an exclusive owner…).
+    pub const TABLE: i32 = 74;
+    /// The command was found but could not be executed (as shells do).
+    pub const CANNOT_EXECUTE: i32 = 126;
+    /// The command was not found (as shells do).
+    pub const NOT_FOUND: i32 = 127;
+}
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0        success (exec: the command's own status is returned)
+  1        exec: the lock was not obtained (-n, or -w expired); change with -E
+  64       bad usage: unknown option, missing argument, invalid name or --mode
+  65       payload set: the value does not fit the table's payload capacity
+  66       no lock table exists at that name or path (status, payload)
+  71       the operating system refused a resource (fork, signal setup)
+  74       the table cannot be used: not a lock table, corrupted, doubtful
+           permissions, symbolic link, I/O error
+  126      exec: the command cannot be executed
+  127      exec: the command was not found
+  128+N    exec: the command was killed by signal N
+A status of lockticket's own (64-74, 126, 127) always comes with a one-line
+message on stderr, starting with \"lockticket:\".
+
+Tables given by NAME ([-_A-Za-z0-9]{1,218}) live in the first writable memory
+filesystem among /dev/shm, /run/shm, /run, /tmp as lockticket-NAME.lt; a PATH
+(/..., ./..., ../...) is used as given. Manual: docs/cli.md.";
+
+const EXEC_AFTER: &str = "\
+Like flock(1), but fair: waiting commands get the lock in the order they asked
+for it (first come, first served), shared (-s) requests queued behind an
+exclusive one wait for it, and a holder or waiter that dies (even by SIGKILL)
+is replaced within milliseconds. `lockticket status NAME` shows who holds the
+lock and who waits.
+
+lockticket holds the lock itself while the command runs as its child, and
+forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it. If
+lockticket is killed (even by SIGKILL), the command is killed with it, so the
+lock is never free while the command still runs. With -F the command replaces
+lockticket (same PID) and holds the lock itself until it exits.
+
+The command gets LOCKTICKET_PATH (the table file) and
+LOCKTICKET_PREVIOUS_HOLDER_DIED (1 when the previous holder died holding the
+lock: repair what it protected) in its environment.
+
+Not supported from flock(1): the file-descriptor form (flock 9) and -u; -o is
+accepted and changes nothing (the lock is never inherited by the command's
+children).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lockticket",
+    version,
+    about = "FIFO, crash-proof inter-process locks for shell scripts (a fair flock(1)), \
+             and tools to inspect lock tables",
+    after_help = EXIT_CODES,
+    disable_help_subcommand = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a command while holding a table's lock (flock(1)-compatible options)
+    #[command(
+        after_help = format!("{EXEC_AFTER}\n\n{EXIT_CODES}"),
+        override_usage = "lockticket exec [OPTIONS] <NAME|PATH> <COMMAND> [ARGS]...\n       \
+                          lockticket exec [OPTIONS] <NAME|PATH> -c <SHELL COMMAND>"
+    )]
+    Exec(ExecArgs),
+    /// Show a table's owners, holders and queue (FIFO order, with wait times)
+    #[command(after_help = EXIT_CODES)]
+    Status(StatusArgs),
+    /// Get, set or clear a table's payload (a small value shared by its users)
+    #[command(subcommand)]
+    Payload(PayloadCommand),
+    /// List the lock tables in the default directory (or DIR) with their state
+    #[command(after_help = EXIT_CODES)]
+    List(ListArgs),
+    /// Remove tables whose owners are all dead and that no live process uses
+    #[command(after_help = EXIT_CODES)]
+    Clean(CleanArgs),
+}
+
+/// Options of `exec`.
+#[derive(Args, Debug)]
+pub(crate) struct ExecArgs {
+    /// Take a shared (reader) lock: shared holders run together
+    #[arg(short = 's', long = "shared", overrides_with = "exclusive")]
+    pub shared: bool,
+    /// Take an exclusive (writer) lock [default]
+    #[arg(
+        short = 'x',
+        visible_short_alias = 'e',
+        long = "exclusive",
+        overrides_with = "shared"
+    )]
+    pub exclusive: bool,
+    /// Fail at once (with the conflict exit code) if the lock is not free
+    #[arg(short = 'n', long = "nonblock", visible_alias = "nb")]
+    pub nonblock: bool,
+    /// Fail (with the conflict exit code) if the lock is not obtained within SECONDS
+    /// (fractions allowed; 0 is the same as -n)
+    #[arg(
+        short = 'w',
+        long = "timeout",
+        visible_alias = "wait",
+        value_name = "SECONDS",
+        value_parser = parse_seconds
+    )]
+    pub timeout: Option<f64>,
+    /// Exit status when the lock is not obtained with -n or -w
+    #[arg(
+        short = 'E',
+        long = "conflict-exit-code",
+        value_name = "N",
+        default_value_t = code::CONFLICT
+    )]
+    pub conflict_exit_code: u8,
+    /// Do not fork: replace lockticket by the command, which then holds the lock under the same
+    /// PID until it exits
+    #[arg(short = 'F', long = "no-fork")]
+    pub no_fork: bool,
+    /// Accepted for flock(1) compatibility; changes nothing (the command's children never
+    /// inherit the lock)
+    #[arg(short = 'o', long = "close")]
+    pub close: bool,
+    /// Report on stderr how long the wait took, who held the lock, and what runs
+    #[arg(long)]
+    pub verbose: bool,
+    /// Permissions of the table (octal, e.g. 0660 to share it with the group) [default: 0600]
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub mode: Option<u32>,
+    /// The table: a NAME, or a PATH starting with /, ./ or ../
+    #[arg(value_name = "NAME|PATH")]
+    pub table: OsString,
+    /// Run SHELL COMMAND with /bin/sh -c
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SHELL COMMAND",
+        conflicts_with = "argv"
+    )]
+    pub shell: Option<OsString>,
+    /// The command to run and its arguments
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 1..
+    )]
+    pub argv: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The table: a NAME, or a PATH starting with /, ./ or ../
+    #[arg(value_name = "NAME|PATH")]
+    table: OsString,
+    /// Print a JSON object (schema: docs/cli.md, "format": 1)
+    #[arg(long)]
+    json: bool,
+    /// Accept a table with these permissions (octal) [default: the file's own mode]
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    mode: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+enum PayloadCommand {
+    /// Write the payload to stdout, byte for byte (no newline is added)
+    #[command(after_help = EXIT_CODES)]
+    Get(PayloadTable),
+    /// Store VALUE (or stdin, with -) as the payload; the table must exist
+    #[command(after_help = EXIT_CODES)]
+    Set(PayloadSet),
+    /// Empty the payload; the table must exist
+    #[command(after_help = EXIT_CODES)]
+    Clear(PayloadTable),
+}
+
+#[derive(Args, Debug)]
+struct PayloadTable {
+    /// The table: a NAME, or a PATH starting with /, ./ or ../
+    #[arg(value_name = "NAME|PATH")]
+    table: OsString,
+    /// Permissions the table is expected to have (octal) [default: 0600]
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    mode: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct PayloadSet {
+    #[command(flatten)]
+    target: PayloadTable,
+    /// The value, stored byte for byte; - reads it from stdin
+    #[arg(value_name = "VALUE|-", allow_hyphen_values = true)]
+    value: OsString,
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    /// Directory to list [default: the default directory of named tables]
+    #[arg(value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct CleanArgs {
+    /// The table to clean: a NAME, or a PATH starting with /, ./ or ../
+    #[arg(
+        value_name = "NAME|PATH",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    table: Option<OsString>,
+    /// Clean every table (lockticket-*.lt) in the default directory (or --dir)
+    #[arg(long)]
+    all: bool,
+    /// With --all: the directory to clean
+    #[arg(long, value_name = "DIR", requires = "all")]
+    dir: Option<PathBuf>,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{s:?}: give a number of seconds, 0 or more"));
+    }
+    Ok(v)
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(format!("{s:?} is not an octal mode such as 0600 or 0660"));
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?;
+    if mode > 0o777 || mode & 0o600 != 0o600 {
+        return Err(format!(
+            "{s:?}: give permission bits (at most 0777) that include owner read and write (0600)"
+        ));
+    }
+    Ok(mode)
+}
+
+/// A failure to report: one line on stderr, and an exit status.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `what failed: the library's message` with the exit status its kind calls for.
+    pub fn table(what: &str, e: &Error) -> Self {
+        let mut message = match e {
+            // The library's advice (take the main lock) is for programs; say it for the CLI.
+            Error::NotCreated { path } => format!(
+                "{what}: {}: no lock table exists (`lockticket exec` creates one; the last \
+                 process to leave removes it)",
+                path.display()
+            ),
+            Error::InvalidName { .. } | Error::InvalidOption(_) => format!("bad usage: {e}"),
+            _ => format!("{what}: {e}"),
+        };
+        if matches!(e, Error::DoubtfulPermissions { .. }) {
+            message.push_str(" (if the table is shared on purpose, pass its mode with --mode)");
+        }
+        Failure {
+            code: exit_code_of(e),
+            message,
+        }
+    }
+}
+
+/// The exit status for a library error.
+pub(crate) fn exit_code_of(e: &Error) -> i32 {
+    match e {
+        Error::InvalidName { .. } | Error::InvalidOption(_) => code::USAGE,
+        Error::NotCreated { .. } | Error::Removed { .. } => code::NO_TABLE,
+        Error::PayloadTooLarge { .. } => code::DATA,
+        _ => code::TABLE,
+    }
+}
+
+fn main() {
+    // Behave like other Unix tools when stdout is a closed pipe (`lockticket list | head -1`).
+    // SAFETY: setting a signal disposition to its default at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let code = match Cli::try_parse() {
+        Ok(cli) => match run(cli) {
+            Ok(code) => code,
+            Err(f) => {
+                report(&f.message);
+                f.code
+            }
+        },
+        Err(e) => usage_error(e),
+    };
+    std::process::exit(code);
+}
+
+/// Prints `lockticket: MESSAGE` on one line of stderr.
+pub(crate) fn report(message: &str) {
+    let line = message.replace('\n', " ");
+    let _ = writeln!(std::io::stderr().lock(), "lockticket: {line}");
+}
+
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                code::USAGE
+            } else {
+                code::OK
+            }
+        }
+        _ => {
+            // The first paragraph of clap's message, on one line.
+            let rendered = e.render().to_string();
+            let first: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let first = first.join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            let sub = std::env::args()
+                .skip(1)
+                .find(|a| ["exec", "status", "payload", "list", "clean"].contains(&a.as_str()));
+            let help = match sub {
+                Some(s) => format!("lockticket {s} --help"),
+                None => "lockticket --help".to_string(),
+            };
+            report(&format!("bad usage: {first} (see '{help}')"));
+            code::USAGE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32, Failure> {
+    match cli.command {
+        Command::Exec(a) => exec::run(a),
+        Command::Status(a) => inspect::status(&a.table, a.mode, a.json),
+        Command::Payload(p) => payload(p),
+        Command::List(a) => inspect::list(a.dir.as_deref()),
+        Command::Clean(a) => match (a.table, a.all) {
+            (Some(t), false) => inspect::clean_one(&t),
+            (None, true) => inspect::clean_all(a.dir.as_deref()),
+            _ => Err(Failure::new(
+                code::USAGE,
+                "bad usage: give a NAME|PATH or --all",
+            )),
+        },
+    }
+}
+
+/// Opens a handle on an existing table for the payload commands.
+fn payload_table(t: &PayloadTable) -> Result<LockTicket, Failure> {
+    LockTicket::builder(&t.table)
+        .permissions(t.mode.unwrap_or(0o600))
+        .open()
+        .map_err(|e| Failure::table("cannot open the lock table", &e))
+}
+
+fn payload(p: PayloadCommand) -> Result<i32, Failure> {
+    match p {
+        PayloadCommand::Get(t) => {
+            let lt = payload_table(&t)?;
+            let bytes = lt
+                .payload()
+                .map_err(|e| Failure::table("cannot read the payload", &e))?;
+            write_stdout(&bytes)?;
+        }
+        PayloadCommand::Set(s) => {
+            let lt = payload_table(&s.target)?;
+            let value = if s.value == "-" {
+                let mut v = Vec::new();
+                std::io::stdin()
+                    .lock()
+                    .read_to_end(&mut v)
+                    .map_err(|e| Failure::new(code::TABLE, format!("cannot read stdin: {e}")))?;
+                v
+            } else {
+                use std::os::unix::ffi::OsStringExt;
+                s.value.into_vec()
+            };
+            lt.set_payload(&value)
+                .map_err(|e| Failure::table("cannot set the payload", &e))?;
+        }
+        PayloadCommand::Clear(t) => {
+            let lt = payload_table(&t)?;
+            lt.clear_payload()
+                .map_err(|e| Failure::table("cannot clear the payload", &e))?;
+        }
+    }
+    Ok(code::OK)
+}
+
+/// Writes all of `bytes` to stdout.
+pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::new(code::TABLE, format!("cannot write to stdout: {e}")))
+}
