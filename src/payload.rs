@@ -1,8 +1,9 @@
 //! The payload region: a small byte value handed between processes.
 //!
 //! The region is a page-aligned part of the table file, mapped on its own
-//! (`MAP_SHARED`). Writers are serialised by the caller (an OFD lock on the
-//! file, see `sys::ofd`); readers take no lock at all and never see a torn
+//! (`MAP_SHARED`). Writers are serialised by a lock word in the region that
+//! names the writer (`Payload::with_writer`; a dead writer's lock is taken
+//! over); readers take no lock at all and never see a torn
 //! value: a double buffer plus a sequence word lets a reader detect that the
 //! buffer it copied may have been overwritten, and retry.
 //!
@@ -17,7 +18,8 @@
 //! | offset                | size | field                                                    |
 //! |-----------------------|------|----------------------------------------------------------|
 //! | 0                     | 8    | `seq`: the sequence word (see below)                     |
-//! | 8                     | 56   | reserved, zero                                           |
+//! | 8                     | 8    | `writer`: writer lock, 0 = free, else start time << 22 \| PID |
+//! | 16                    | 48   | reserved, zero                                           |
 //! | 64 + b·(64+S)         | 8    | buffer `b` (0 or 1): `generation` of the value           |
 //! | 64 + b·(64+S) + 8     | 8    | buffer `b`: `length` of the value in bytes (`<= C`)      |
 //! | 64 + b·(64+S) + 16    | 8    | buffer `b`: `checksum` (see below)                       |
@@ -69,6 +71,8 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use crossbeam_utils::Backoff;
 
+use crate::liveness::{Liveness, Owner};
+
 /// Largest payload capacity a table may be created with (16 MiB).
 #[doc(hidden)]
 pub const MAX_CAPACITY: u64 = 16 * 1024 * 1024;
@@ -83,6 +87,11 @@ const CONTROL_LEN: u64 = LINE;
 const HEADER_LEN: u64 = LINE;
 /// Offset of the `seq` word in the region.
 const OFF_SEQ: u64 = 0;
+/// Offset of the writer-lock word: 0 = free, else the writer's identity (see
+/// [`writer_identity`]).
+const OFF_WRITER: u64 = 8;
+/// Bits of the writer identity that hold the PID.
+const WRITER_PID_BITS: u32 = 22;
 /// Offsets of the header fields inside a buffer.
 const OFF_GENERATION: u64 = 0;
 const OFF_LENGTH: u64 = 8;
@@ -92,6 +101,21 @@ const MAX_READ_ATTEMPTS: u32 = 1000;
 
 /// Multiplier of the checksum's mixing step (2^64 / golden ratio, odd).
 const HASH_K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The payload writer-lock value naming process `pid` started at `start` (clock ticks after
+/// boot): the start time's low 42 bits above the PID — a whole identity in one word, immune to
+/// PID reuse.
+pub(crate) fn writer_identity(pid: u32, start: u64) -> u64 {
+    (start << WRITER_PID_BITS) | (u64::from(pid) & ((1 << WRITER_PID_BITS) - 1))
+}
+
+fn writer_owner(word: u64) -> Owner {
+    Owner {
+        pid: (word & ((1 << WRITER_PID_BITS) - 1)) as u32,
+        start: Some(word >> WRITER_PID_BITS),
+        start_fp: None,
+    }
+}
 
 /// A complete value read from (or decoded out of) the payload region.
 #[doc(hidden)]
@@ -456,6 +480,42 @@ impl Payload {
             self.word(offset).store(0, Ordering::Relaxed);
         }
         self.seq().store(0, Ordering::Release);
+    }
+
+    /// Runs `f` as the only writer of the region.
+    ///
+    /// Writers take the lock word by CAS with their identity `me` (see
+    /// [`writer_identity`]): threads of one process and other processes are
+    /// serialised alike, in ~10 ns when uncontended. A writer that died holding
+    /// it (killed mid-write) is recognised by `liveness` and its lock is taken
+    /// over — the value it was writing was never published.
+    pub(crate) fn with_writer<T>(
+        &self,
+        me: u64,
+        liveness: &impl Liveness,
+        f: impl FnOnce(&Self) -> T,
+    ) -> T {
+        let lock = self.word(OFF_WRITER);
+        let backoff = Backoff::new();
+        loop {
+            let owner = match lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(owner) => owner,
+            };
+            if !backoff.is_completed() {
+                backoff.snooze();
+                continue;
+            }
+            // Held for long: a live writer is slow (or stopped); a dead one never lets go.
+            if !liveness.is_alive(writer_owner(owner)) {
+                let _ = lock.compare_exchange(owner, 0, Ordering::Relaxed, Ordering::Relaxed);
+                continue;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        let out = f(self);
+        lock.store(0, Ordering::Release);
+        out
     }
 
     /// Publishes `value` and returns its generation.
@@ -865,6 +925,58 @@ mod tests {
             v.push(x as u8);
         }
         v
+    }
+
+    /// Liveness for the writer-lock tests: PIDs below 100 are alive.
+    struct LowPidsAlive;
+    impl Liveness for LowPidsAlive {
+        fn is_alive(&self, o: Owner) -> bool {
+            o.pid < 100
+        }
+    }
+
+    #[test]
+    fn the_writer_lock_serialises_writers() {
+        let r = Region::new(64);
+        let counter = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for pid in 1..=3u32 {
+                let (r, counter) = (&r, &counter);
+                s.spawn(move || {
+                    for _ in 0..5000 {
+                        r.payload
+                            .with_writer(writer_identity(pid, 7), &LowPidsAlive, |_| {
+                                // A non-atomic increment: exact only under mutual exclusion.
+                                let v = counter.load(Ordering::Relaxed);
+                                std::hint::spin_loop();
+                                counter.store(v + 1, Ordering::Relaxed);
+                            });
+                    }
+                });
+            }
+        });
+        assert_eq!(counter.load(Ordering::Relaxed), 15_000);
+        assert_eq!(r.get_u64(OFF_WRITER), 0, "released");
+    }
+
+    #[test]
+    fn a_dead_writers_lock_is_taken_over() {
+        let r = Region::new(64);
+        let dead = writer_identity(4000, 12345);
+        r.put_u64(OFF_WRITER, dead);
+        let g = r
+            .payload
+            .with_writer(writer_identity(5, 1), &LowPidsAlive, |p| p.write(b"after"));
+        assert_eq!(g, Ok(1));
+        assert_eq!(value_of(&r).bytes, b"after");
+        assert_eq!(
+            writer_owner(dead),
+            Owner {
+                pid: 4000,
+                start: Some(12345),
+                start_fp: None
+            }
+        );
     }
 
     #[test]

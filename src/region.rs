@@ -16,6 +16,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE, hot};
+use crate::liveness::OsLiveness;
 use crate::members::Member;
 use crate::payload::{self, Payload};
 use crate::ring::{Ring, RingWords, Slot};
@@ -323,19 +324,11 @@ impl Region {
         })
     }
 
-    /// Runs `f` as the only payload writer: this process's threads are serialised by the
-    /// mutex, processes by an OFD lock on the payload's first byte (dropped by the kernel if
-    /// the writer dies).
-    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload) -> T) -> Result<T> {
-        let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(file) = guard.as_ref() else {
-            return Err(Error::Removed {
-                path: self.path.clone(),
-            });
-        };
-        let _lock = sys::ofd::lock_range(file, self.geometry.payload_offset(), 1)
-            .map_err(io_err(&self.path, "lock payload"))?;
-        Ok(f(&self.payload()))
+    /// Runs `f` as the only payload writer (see `Payload::with_writer`).
+    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload) -> T) -> T {
+        let (pid, start) = sys::current_identity();
+        let payload = self.payload();
+        payload.with_writer(payload::writer_identity(pid, start), &OsLiveness, f)
     }
 
     /// True when both map the same file.

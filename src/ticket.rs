@@ -662,7 +662,7 @@ impl LockTicket {
     pub fn set_payload(&self, value: &[u8]) -> Result<()> {
         let region = self.table()?;
         region
-            .with_payload_writer(|p| p.write(value))?
+            .with_payload_writer(|p| p.write(value))
             .map(drop)
             .map_err(|e| self.payload_error(e))
     }

@@ -3,8 +3,6 @@
 //! Every system call of the crate goes through this module (and `region` for the mapping), so
 //! the algorithm modules stay free of OS calls and can be tested in memory.
 
-pub(crate) mod ofd;
-
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
