@@ -82,3 +82,22 @@ impl std::fmt::Display for Share {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `LockTicket` is shared between threads; guards stay in theirs.
+    #[test]
+    fn public_types_are_send_sync_and_debug() {
+        fn send_sync<T: Send + Sync>() {}
+        fn debug<T: std::fmt::Debug>() {}
+        send_sync::<crate::LockTicket>();
+        send_sync::<crate::Error>();
+        send_sync::<crate::Status>();
+        debug::<crate::LockTicket>();
+        debug::<crate::Builder>();
+        debug::<crate::MainGuard<'_>>();
+        debug::<crate::TokenGuard<'_>>();
+        debug::<crate::Status>();
+        debug::<crate::Share>();
+    }
+}
