@@ -153,7 +153,13 @@ impl Region {
             .map_err(|e| classify_open_error(path, e))?;
         let made = Self::fill_new(path, &tmp, file, opts);
         let outcome = match made {
-            Ok(region) => match std::fs::hard_link(&tmp, path) {
+            // Hold the table's flock from before it is visible until the caller has
+            // registered (it takes the same lock again with `cold`, then drops it): a joiner
+            // must not find a new table without owners and take it for an orphan.
+            Ok(region) => match region
+                .lock_new()
+                .and_then(|()| std::fs::hard_link(&tmp, path))
+            {
                 Ok(()) => Ok(Some(region)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(io_err(path, "link new table into place")(e)),
@@ -331,6 +337,15 @@ impl Region {
         payload.with_writer(payload::writer_identity(pid, start), &OsLiveness, f)
     }
 
+    /// Takes the flock of a table that is not visible yet (see `create`).
+    fn lock_new(&self) -> io::Result<()> {
+        let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(file) => sys::flock_exclusive(file),
+            None => Ok(()),
+        }
+    }
+
     /// True when both map the same file.
     pub(crate) fn same_file(&self, other: &Region) -> bool {
         (self.dev, self.ino) == (other.dev, other.ino)
@@ -446,10 +461,20 @@ fn classify_open_error(path: &Path, e: io::Error) -> Error {
             path: path.to_path_buf(),
             kind: "a directory",
         },
-        _ => Error::Io {
-            path: path.to_path_buf(),
-            op: "open",
-            source: e,
+        // A socket (ENXIO) or another special file that cannot be opened: say what it is.
+        _ => match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_file() && !meta.file_type().is_symlink() => {
+                check_kind(path, &meta).err().unwrap_or(Error::Io {
+                    path: path.to_path_buf(),
+                    op: "open",
+                    source: e,
+                })
+            }
+            _ => Error::Io {
+                path: path.to_path_buf(),
+                op: "open",
+                source: e,
+            },
         },
     }
 }

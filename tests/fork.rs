@@ -1,0 +1,489 @@
+//! Fork semantics: a handle inherited through `fork` works in the child under the child's PID
+//! and names its creator as parent; once that parent is gone the child's lock calls fail with
+//! `ParentGone` (also while waiting); guards dropped in a child never release what the parent
+//! holds.
+//!
+//! Every `fork` happens inside a helper process (never in the multi-threaded test harness).
+//! The forked child shares the helper's stdout, so it reports on the same pipe (messages
+//! prefixed `child-`); the helper itself stays silent while the child may speak, so the order
+//! of messages is fixed. Children end with `_exit`, never returning into the test harness.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use lockticket::{Error, LockTicket, Share};
+
+/// The variant of an error and its message, for reports between processes.
+fn describe<T>(r: &lockticket::Result<T>) -> String {
+    match r {
+        Ok(_) => "Ok".to_string(),
+        Err(e @ Error::ParentGone { parent, .. }) => format!("ParentGone parent={parent} {e}"),
+        Err(e) => format!("Err {e:?}"),
+    }
+}
+
+/// Forks; 0 in the child, the child's PID in the parent.
+fn fork() -> libc::pid_t {
+    // SAFETY: this helper process runs its work on one thread; the child only uses the
+    // allocator, the inherited handle and stdio, then `_exit`s (see `child_main`).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    pid
+}
+
+/// The forked child's whole life: runs `body`, then `_exit`s (101 if it panicked), never
+/// returning into the test harness.
+fn child_main(body: impl FnOnce()) -> ! {
+    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(()) => 0,
+        Err(_) => 101,
+    };
+    // SAFETY: ends the child without running the test harness's exit path a second time.
+    unsafe { libc::_exit(code) }
+}
+
+/// Forks a child that runs `body` (borrowing what it needs); returns its PID.
+fn fork_child(body: impl FnOnce()) -> libc::pid_t {
+    let pid = fork();
+    if pid == 0 {
+        child_main(body);
+    }
+    pid
+}
+
+/// Waits for our child; its exit code (128 + signal if killed).
+fn reap(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
+}
+
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+fn parent_pid() -> u32 {
+    std::os::unix::process::parent_id()
+}
+
+fn dispatch(role: &str, args: &[String]) {
+    let lt = LockTicket::open(&args[0]).unwrap();
+    match role {
+        // (a) The child takes the token on the inherited handle and holds it until told.
+        "child-takes" => {
+            say(format!("helper pid={}", my_pid()));
+            let child = fork_child(|| {
+                let creator = format!("creator: {}", parent_pid());
+                let creator_ok = format!("{lt:?}").contains(&creator);
+                let g = lt.token_lock().unwrap();
+                say(format!(
+                    "child-held pid={} parent={} creator_ok={creator_ok}",
+                    my_pid(),
+                    parent_pid()
+                ));
+                let _ = hear();
+                g.unlock().unwrap();
+                say("child-released");
+                // A shared token works the same way.
+                let g = lt.token_lock_shared().unwrap();
+                say(format!("child-held-shared pid={}", my_pid()));
+                let _ = hear();
+                drop(g);
+                say("child-released-shared");
+            });
+            say(format!("child-exit {}", reap(child)));
+            if hear() != "take" {
+                return;
+            }
+            // The parent's own tokens still carry its PID.
+            let g = lt.token_lock().unwrap();
+            say(format!("helper-held pid={}", my_pid()));
+            let _ = hear();
+            drop(g);
+            say("helper-released");
+        }
+        // (b) The helper forks, then dies (killed by the test, or exits when args[1] is
+        // "exit"); the child then tries to lock.
+        "orphan" => {
+            say(format!("helper pid={}", my_pid()));
+            let child = fork_child(|| {
+                say(format!("child-ready pid={}", my_pid()));
+                if hear() != "go" {
+                    return;
+                }
+                say(format!("child-token_lock {}", describe(&lt.token_lock())));
+                say(format!(
+                    "child-try_token_lock {}",
+                    describe(&lt.try_token_lock())
+                ));
+                say(format!(
+                    "child-token_lock_timeout {}",
+                    describe(&lt.token_lock_timeout(Duration::from_secs(5)))
+                ));
+                say(format!(
+                    "child-token_lock_shared {}",
+                    describe(&lt.token_lock_shared())
+                ));
+                // Reading the table is still fine: only locking is void.
+                say(format!("child-status {}", describe(&lt.status())));
+            });
+            if args[1] == "exit" {
+                return; // the helper exits; the child lives on
+            }
+            reap(child); // blocks until the test kills us
+        }
+        // (b) The child waits in token_lock (the test holds the token) when the helper dies.
+        "orphan-waiter" => {
+            let shared = args[1] == "shared";
+            say(format!("helper pid={}", my_pid()));
+            let child = fork_child(|| {
+                say(format!("child-waiting pid={}", my_pid()));
+                let r = if shared {
+                    lt.token_lock_shared()
+                } else {
+                    lt.token_lock()
+                };
+                say(format!("child-result {}", describe(&r)));
+            });
+            reap(child); // blocks until the test kills us
+        }
+        // The child holds the token when the helper is killed, then releases on "go".
+        "orphan-holder" => {
+            say(format!("helper pid={}", my_pid()));
+            let child = fork_child(|| {
+                let g = lt.token_lock().unwrap();
+                say(format!("child-held pid={}", my_pid()));
+                if hear() != "go" {
+                    return;
+                }
+                say(format!("child-unlock {}", describe(&g.unlock())));
+            });
+            reap(child); // blocks until the test kills us
+        }
+        // (c) The helper holds the token; its child drops (or unlocks) its copy of the guard.
+        "child-drops-token" => {
+            let unlock = args[1] == "unlock";
+            let g = lt.token_lock().unwrap();
+            say(format!("helper-held pid={}", my_pid()));
+            let child = fork();
+            if child == 0 {
+                child_main(|| {
+                    if unlock {
+                        let r = g.unlock();
+                        say(format!(
+                            "child-dropped pid={} unlock={}",
+                            my_pid(),
+                            describe(&r)
+                        ));
+                    } else {
+                        drop(g);
+                        say(format!("child-dropped pid={} unlock=none", my_pid()));
+                    }
+                });
+            }
+            say(format!("child-exit {}", reap(child)));
+            let _ = hear();
+            g.unlock().unwrap();
+            say("helper-released");
+        }
+        // (d) The helper owns the table; its child drops (or unlocks) its copy of the guard.
+        "child-drops-main" => {
+            let unlock = args[1] == "unlock";
+            let main = lt.main_lock(Share::Exclusive).unwrap();
+            say(format!("helper-owns pid={}", my_pid()));
+            let child = fork();
+            if child == 0 {
+                child_main(|| {
+                    if unlock {
+                        let r = main.unlock();
+                        say(format!(
+                            "child-dropped pid={} unlock={}",
+                            my_pid(),
+                            describe(&r)
+                        ));
+                    } else {
+                        drop(main);
+                        say(format!("child-dropped pid={} unlock=none", my_pid()));
+                    }
+                });
+            }
+            say(format!("child-exit {}", reap(child)));
+            let _ = hear();
+            main.unlock().unwrap();
+            say("helper-unlocked");
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn helper_entry() {
+    common::helper_entry(dispatch);
+}
+
+fn table(tag: &str) -> (LockTicket, String) {
+    let name = unique(tag);
+    (LockTicket::open(&name).unwrap(), name)
+}
+
+/// Splits `key=value` words.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+#[test]
+fn a_forked_child_takes_tokens_under_its_own_pid() {
+    let (lt, name) = table("forktake");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("child-takes", &[&name]);
+    let helper: u32 = h.expect("helper pid=").parse().unwrap();
+    assert_eq!(helper, h.pid());
+    let held = h.expect("child-held");
+    let child: u32 = field(&held, "pid").parse().unwrap();
+    assert_ne!(child, helper);
+    assert_eq!(field(&held, "parent"), helper.to_string());
+    assert_eq!(
+        field(&held, "creator_ok"),
+        "true",
+        "the handle's creator is the helper"
+    );
+
+    let st = lt.status().unwrap();
+    assert_eq!(st.holders.len(), 1, "{st}");
+    assert_eq!(
+        st.holders[0].pid, child,
+        "the token carries the child's PID: {st}"
+    );
+    assert_eq!(
+        st.holders[0].parent, helper,
+        "and names the handle's creator: {st}"
+    );
+    assert_eq!(st.holders[0].share, Share::Exclusive);
+    assert!(st.holders[0].alive);
+    assert!(
+        lt.try_token_lock().unwrap().is_none(),
+        "the child's token excludes us"
+    );
+
+    h.send("release");
+    h.expect("child-released");
+    let shared = h.expect("child-held-shared pid=");
+    assert_eq!(shared, child.to_string());
+    let st = lt.status().unwrap();
+    assert_eq!(
+        st.holders
+            .iter()
+            .map(|t| (t.pid, t.parent, t.share))
+            .collect::<Vec<_>>(),
+        [(child, helper, Share::Shared)],
+        "{st}"
+    );
+    let mine = lt.try_token_lock_shared().unwrap();
+    assert!(mine.is_some(), "a shared token joins the child's");
+    drop(mine);
+    h.send("release");
+    h.expect("child-released-shared");
+    assert_eq!(h.expect("child-exit"), "0");
+
+    let st = lt.status().unwrap();
+    assert!(st.holders.is_empty() && st.queue.is_empty(), "{st}");
+    h.send("take");
+    assert_eq!(h.expect("helper-held pid="), helper.to_string());
+    let st = lt.status().unwrap();
+    assert_eq!(
+        st.holders
+            .iter()
+            .map(|t| (t.pid, t.parent))
+            .collect::<Vec<_>>(),
+        [(helper, helper)],
+        "{st}"
+    );
+    h.send("release");
+    h.expect("helper-released");
+}
+
+/// Runs the "orphan" scenario: the helper forks and dies (`how`), then the child locks.
+fn orphaned_child_gets_parent_gone(how: &str) {
+    let (lt, name) = table("orphan");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("orphan", &[&name, how]);
+    let helper: u32 = h.expect("helper pid=").parse().unwrap();
+    let child: u32 = h.expect("child-ready pid=").parse().unwrap();
+    if how == "kill" {
+        h.kill();
+    } else {
+        wait_until("the helper to exit", || {
+            h.child.try_wait().unwrap().is_some()
+        });
+    }
+    h.send("go"); // read by the child: the helper is gone
+    for op in [
+        "child-token_lock",
+        "child-try_token_lock",
+        "child-token_lock_timeout",
+        "child-token_lock_shared",
+    ] {
+        let r = h.expect(op);
+        assert!(
+            r.starts_with(&format!("ParentGone parent={helper}")),
+            "{how}: {op} in the orphaned child {child}: {r}"
+        );
+    }
+    let st = h.expect("child-status");
+    assert_eq!(st, "Ok", "status still works in the orphan");
+    let st = lt.status().unwrap();
+    assert!(
+        st.holders.is_empty() && st.queue.is_empty(),
+        "a refused call left a trace: {st}"
+    );
+    assert!(lt.try_token_lock().unwrap().is_some());
+}
+
+#[test]
+fn a_child_whose_parent_was_killed_gets_parent_gone() {
+    orphaned_child_gets_parent_gone("kill");
+}
+
+#[test]
+fn a_child_whose_parent_exited_gets_parent_gone() {
+    orphaned_child_gets_parent_gone("exit");
+}
+
+#[test]
+fn a_child_waiting_when_its_parent_dies_gets_parent_gone() {
+    for share in ["exclusive", "shared"] {
+        let (lt, name) = table("orphanwait");
+        let _main = lt.main_lock(Share::Shared).unwrap();
+        let held = lt.token_lock().unwrap(); // another process holds: the child must wait
+        let mut h = Helper::spawn("orphan-waiter", &[&name, share]);
+        let helper: u32 = h.expect("helper pid=").parse().unwrap();
+        let child: u32 = h.expect("child-waiting pid=").parse().unwrap();
+        wait_until("the child to queue", || {
+            lt.status().unwrap().queue.iter().any(|t| t.pid == child)
+        });
+        let st = lt.status().unwrap();
+        assert_eq!(st.queue[0].parent, helper, "{st}");
+        let killed = Instant::now();
+        h.kill();
+        let r = h.expect("child-result");
+        let took = killed.elapsed();
+        assert!(
+            r.starts_with(&format!("ParentGone parent={helper}")),
+            "{share}: the waiting child {child} got {r}"
+        );
+        eprintln!("{share} waiter: ParentGone {took:?} after its parent's SIGKILL");
+        assert!(
+            took < Duration::from_secs(10),
+            "ParentGone took {took:?} (bound 10 s)"
+        );
+        let st = lt.status().unwrap();
+        assert!(st.queue.is_empty(), "the void request left the queue: {st}");
+        assert_eq!(st.holders.len(), 1, "{st}");
+        drop(held);
+        assert!(lt.try_token_lock().unwrap().is_some());
+    }
+}
+
+/// A child that holds the token when its parent dies keeps mutual exclusion (nobody else is
+/// granted behind its back) and can still release it; then the others go on.
+#[test]
+fn a_child_holding_the_token_when_its_parent_dies_can_release_it() {
+    let (lt, name) = table("orphanhold");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("orphan-holder", &[&name]);
+    let helper: u32 = h.expect("helper pid=").parse().unwrap();
+    let child: u32 = h.expect("child-held pid=").parse().unwrap();
+    h.kill();
+    let st = lt.status().unwrap();
+    assert_eq!(
+        st.holders
+            .iter()
+            .map(|t| (t.pid, t.parent, t.alive))
+            .collect::<Vec<_>>(),
+        [(child, helper, true)],
+        "{st}"
+    );
+    assert!(
+        lt.token_lock_timeout(Duration::from_millis(20))
+            .unwrap()
+            .is_none(),
+        "granted while the orphaned child still holds the token"
+    );
+    h.send("go");
+    assert_eq!(h.expect("child-unlock"), "Ok");
+    let g = lt.token_lock_timeout(common::BOUND).unwrap();
+    assert!(g.is_some());
+    assert!(!g.unwrap().previous_holder_died());
+}
+
+#[test]
+fn a_token_guard_dropped_in_a_forked_child_keeps_the_parents_token() {
+    for how in ["drop", "unlock"] {
+        let (lt, name) = table("forktoken");
+        let _main = lt.main_lock(Share::Shared).unwrap();
+        let mut h = Helper::spawn("child-drops-token", &[&name, how]);
+        let helper: u32 = h.expect("helper-held pid=").parse().unwrap();
+        let dropped = h.expect("child-dropped");
+        assert_ne!(field(&dropped, "pid"), helper.to_string());
+        if how == "unlock" {
+            assert_eq!(field(&dropped, "unlock"), "Ok", "{dropped}");
+        }
+        assert_eq!(h.expect("child-exit"), "0");
+        let st = lt.status().unwrap();
+        assert_eq!(
+            st.holders.iter().map(|t| t.pid).collect::<Vec<_>>(),
+            [helper],
+            "{how} in the child released the parent's token: {st}"
+        );
+        assert!(
+            lt.try_token_lock().unwrap().is_none(),
+            "{how} in the child released the parent's token"
+        );
+        h.send("release");
+        h.expect("helper-released");
+        assert!(lt.try_token_lock().unwrap().is_some());
+    }
+}
+
+#[test]
+fn a_main_guard_dropped_in_a_forked_child_keeps_the_parent_registered() {
+    for how in ["drop", "unlock"] {
+        let (lt, name) = table("forkmain");
+        let mut h = Helper::spawn("child-drops-main", &[&name, how]);
+        let helper: u32 = h.expect("helper-owns pid=").parse().unwrap();
+        let dropped = h.expect("child-dropped");
+        assert_ne!(field(&dropped, "pid"), helper.to_string());
+        if how == "unlock" {
+            assert_eq!(field(&dropped, "unlock"), "Ok", "{dropped}");
+        }
+        assert_eq!(h.expect("child-exit"), "0");
+        assert!(
+            lt.path().exists(),
+            "{how} in the child removed the parent's table"
+        );
+        let st = lt.status().unwrap();
+        assert_eq!(
+            st.members
+                .iter()
+                .map(|m| (m.pid, m.share))
+                .collect::<Vec<_>>(),
+            [(helper, Share::Exclusive)],
+            "{how} in the child unregistered the parent: {st}"
+        );
+        let e = lt.main_lock(Share::Shared).unwrap_err();
+        assert!(matches!(e, Error::MainLockBusy { .. }), "{e:?}");
+        h.send("unlock");
+        h.expect("helper-unlocked");
+        assert!(!lt.path().exists());
+    }
+}
