@@ -66,7 +66,7 @@ fn dispatch(role: &str, args: &[String]) {
                 torn += u64::from(!whole(&v));
                 backwards += u64::from(generation < last_gen);
                 last_gen = generation;
-                if reads % 256 == 0 && std::fs::metadata(&args[1]).is_ok() {
+                if reads.is_multiple_of(256) && std::fs::metadata(&args[1]).is_ok() {
                     break;
                 }
             }
