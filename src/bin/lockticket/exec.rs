@@ -1,0 +1,423 @@
+//! `lockticket exec`: join the table, take the token, run the command, release, leave.
+//!
+//! The token's owner is a PID. By default the token is taken by this process, the command runs
+//! as its child, and the child is made to die with us (`PR_SET_PDEATHSIG` = `SIGKILL`): the
+//! lock can never be free while the command still runs, even if we are killed by `SIGKILL`.
+//! With `-F` the command replaces this process (same PID, same start time), so it is the
+//! token's owner itself until it exits.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use lockticket::{Error, LockTicket, MainGuard, Share, TokenGuard};
+
+use crate::{ExecArgs, Failure, code, inspect, report};
+
+/// Signals sent to `lockticket` that are passed on to the command.
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Main-lock registry entries of a table this command creates: many concurrent `exec`s
+/// (xargs -P, parallel make) each register as an owner.
+const MEMBERS: u32 = 1024;
+
+/// How many times a vanished table is joined again before giving up.
+const REJOIN_ATTEMPTS: u32 = 16;
+
+/// The PID of the running command, for the signal handler (0: none).
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+#[derive(Clone, Copy)]
+enum Patience {
+    Try,
+    Until(Instant),
+    Forever,
+}
+
+pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
+    let (program, args) = command_of(&a)?;
+    let share = if a.shared {
+        Share::Shared
+    } else {
+        Share::Exclusive
+    };
+    let patience = if a.nonblock {
+        Patience::Try
+    } else {
+        match a.timeout {
+            None => Patience::Forever,
+            Some(s) if s <= 0.0 => Patience::Try,
+            Some(s) => Duration::try_from_secs_f64(s)
+                .ok()
+                .and_then(|d| Instant::now().checked_add(d))
+                .map_or(Patience::Forever, Patience::Until),
+        }
+    };
+    let lt = LockTicket::builder(&a.table)
+        .permissions(a.mode.unwrap_or(0o600))
+        .member_capacity(MEMBERS)
+        .open()
+        .map_err(|e| Failure::table("cannot open the lock table", &e))?;
+
+    let t0 = Instant::now();
+    let Some((main, token)) = acquire(&lt, share, patience, a.verbose)? else {
+        if a.verbose {
+            let how = match patience {
+                Patience::Try => "it is not free (-n)".to_string(),
+                _ => format!("timed out after {:.6} seconds", t0.elapsed().as_secs_f64()),
+            };
+            report(&format!(
+                "did not get the {share} lock on {}: {how}",
+                lt.path().display()
+            ));
+        }
+        return Ok(i32::from(a.conflict_exit_code));
+    };
+    let died = token.previous_holder_died();
+    if a.verbose {
+        report(&format!(
+            "got the {share} lock on {} after {:.6} seconds{}",
+            lt.path().display(),
+            t0.elapsed().as_secs_f64(),
+            if died {
+                " (its previous holder died holding it)"
+            } else {
+                ""
+            }
+        ));
+    }
+
+    let mut cmd = Command::new(&program);
+    cmd.args(&args).env("LOCKTICKET_PATH", lt.path()).env(
+        "LOCKTICKET_PREVIOUS_HOLDER_DIED",
+        if died { "1" } else { "0" },
+    );
+    if a.verbose {
+        report(&format!("executing {}", shown(&program, &args)));
+    }
+
+    if a.no_fork {
+        // On success `exec` does not return: the command is this process now, and holds the
+        // token and the main-lock registration under our PID until it exits.
+        let err = cmd.exec();
+        let failure = spawn_failure(&program, &err);
+        release(token, main);
+        return Err(failure);
+    }
+
+    let outcome = run_child(cmd, &program);
+    release(token, main);
+    outcome.map(status_code)
+}
+
+/// The program and its arguments, from `COMMAND [ARGS...]` or `-c 'SHELL COMMAND'`.
+fn command_of(a: &ExecArgs) -> Result<(OsString, Vec<OsString>), Failure> {
+    match (&a.shell, a.argv.split_first()) {
+        (Some(c), None) => Ok(("/bin/sh".into(), vec!["-c".into(), c.clone()])),
+        (None, Some((program, args))) => Ok((program.clone(), args.to_vec())),
+        (Some(_), Some(_)) => Err(Failure::new(
+            code::USAGE,
+            "bad usage: -c takes exactly one argument, the shell command (see 'lockticket exec \
+             --help')",
+        )),
+        (None, None) => Err(Failure::new(
+            code::USAGE,
+            "bad usage: no command given: lockticket exec [OPTIONS] NAME|PATH COMMAND [ARGS...] \
+             (the file-descriptor form of flock(1) is not supported; see 'lockticket exec --help')",
+        )),
+    }
+}
+
+/// Joins the table (shared main lock, creating it) and takes the token. `None` when the token
+/// was not obtained within `patience`; the registration is then given up again.
+fn acquire<'a>(
+    lt: &'a LockTicket,
+    share: Share,
+    patience: Patience,
+    verbose: bool,
+) -> Result<Option<(Option<MainGuard<'a>>, TokenGuard<'a>)>, Failure> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let main = match lt.main_lock(Share::Shared) {
+            Ok(g) => {
+                if verbose && g.reclaimed() {
+                    report(&format!(
+                        "took over {}: its previous owners had all died",
+                        lt.path().display()
+                    ));
+                }
+                Some(g)
+            }
+            // An owner holds it exclusively, or its registry is full: use its tokens without
+            // registering. Its owners keep it in place; a table is never removed while a live
+            // process holds or waits for a token.
+            Err(e @ (Error::MainLockBusy { .. } | Error::RegistryFull { .. })) => {
+                if verbose {
+                    report(&format!("using the table without joining its owners: {e}"));
+                }
+                None
+            }
+            Err(e) => return Err(Failure::table("cannot join the lock table", &e)),
+        };
+        if verbose && attempt == 1 {
+            describe_contention(lt, share);
+        }
+        let got = match (patience, share) {
+            (Patience::Try, Share::Exclusive) => lt.try_token_lock(),
+            (Patience::Try, Share::Shared) => lt.try_token_lock_shared(),
+            (Patience::Until(deadline), s) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match s {
+                    Share::Exclusive => lt.token_lock_timeout(left),
+                    Share::Shared => lt.token_lock_shared_timeout(left),
+                }
+            }
+            (Patience::Forever, Share::Exclusive) => lt.token_lock().map(Some),
+            (Patience::Forever, Share::Shared) => lt.token_lock_shared().map(Some),
+        };
+        match got {
+            Ok(Some(token)) => return Ok(Some((main, token))),
+            Ok(None) => return Ok(None),
+            // Not registered, and the owners removed the table meanwhile: join the new one.
+            Err(Error::NotCreated { .. } | Error::Removed { .. })
+                if main.is_none() && attempt < REJOIN_ATTEMPTS =>
+            {
+                continue;
+            }
+            Err(e) => return Err(Failure::table("cannot take the lock", &e)),
+        }
+    }
+}
+
+/// With --verbose: who holds the lock when we have to wait.
+fn describe_contention(lt: &LockTicket, share: Share) {
+    let Ok(st) = lt.status() else { return };
+    if st.holders.is_empty() && st.queue.is_empty() {
+        return;
+    }
+    let holders: Vec<String> = st
+        .holders
+        .iter()
+        .map(|h| {
+            let cmd = inspect::command_line(h.pid, h.alive)
+                .map(|c| format!(" ({})", inspect::truncated(&c, 60)))
+                .unwrap_or_default();
+            format!("pid {} {}{}", h.pid, h.share, cmd)
+        })
+        .collect();
+    report(&format!(
+        "waiting for the {share} lock on {}: held by {}; {} waiting ahead",
+        lt.path().display(),
+        if holders.is_empty() {
+            "nobody".to_string()
+        } else {
+            holders.join(", ")
+        },
+        st.queue.len()
+    ));
+}
+
+/// Releases the token, then leaves the table (the last owner out removes it). Failures are
+/// reported; the command's status is still what we exit with.
+fn release(token: TokenGuard<'_>, main: Option<MainGuard<'_>>) {
+    if let Err(e) = token.unlock() {
+        report(&Failure::table("cannot release the lock", &e).message);
+    }
+    if let Some(main) = main
+        && let Err(e) = main.unlock()
+    {
+        report(&Failure::table("cannot leave the lock table", &e).message);
+    }
+}
+
+/// Runs the command as our child, forwarding signals to it, and waits for it.
+fn run_child(mut cmd: Command, program: &OsStr) -> Result<ExitStatus, Failure> {
+    let parent = std::process::id() as libc::pid_t;
+    let os = |what: &str| {
+        let e = io::Error::last_os_error();
+        Failure::new(code::OS, format!("cannot {what}: {e}"))
+    };
+    // Block the forwarded signals until the child's PID is known to the handler; a signal that
+    // comes meanwhile stays pending and is forwarded when they are unblocked.
+    // SAFETY: plain libc calls on local, initialised sigset_t values.
+    let mut ignored = [false; FORWARDED.len()];
+    let old_mask = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
+            return Err(os("block signals"));
+        }
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = forward as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        act.sa_mask = set;
+        for (i, s) in FORWARDED.into_iter().enumerate() {
+            let mut prev: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(s, &act, &mut prev) != 0 {
+                let f = os("install signal handlers");
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+                return Err(f);
+            }
+            if prev.sa_sigaction == libc::SIG_IGN {
+                // Ignored by whoever started us (nohup, a background job of a script): keep
+                // ignoring it, and let the command inherit that, as it would under flock(1).
+                libc::sigaction(s, &prev, std::ptr::null_mut());
+                ignored[i] = true;
+            }
+        }
+        old
+    };
+    let restore_mask = || {
+        // SAFETY: restores a mask obtained from pthread_sigmask above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
+    };
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (signal, prctl, getppid, _exit, pthread_sigmask); it
+    // allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (s, ignored) in FORWARDED.into_iter().zip(ignored) {
+                if !ignored {
+                    libc::signal(s, libc::SIG_DFL);
+                }
+            }
+            // Die with lockticket: it owns the lock, so the command must not outlive it.
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                if libc::getppid() != parent {
+                    // lockticket died before prctl took effect: the lock is gone already.
+                    libc::_exit(code::OS);
+                }
+            }
+            let _ = parent;
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            restore_mask();
+            return Err(spawn_failure(program, &e));
+        }
+    };
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    restore_mask();
+
+    // Wait until it has exited, without reaping it: while it is not reaped its PID cannot be
+    // reused, so a signal forwarded meanwhile cannot reach another process.
+    loop {
+        // SAFETY: waitid with a valid out-pointer; WNOWAIT leaves the child waitable.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                child.id() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    CHILD.store(0, Ordering::SeqCst);
+    child
+        .wait()
+        .map_err(|e| Failure::new(code::OS, format!("cannot wait for the command: {e}")))
+}
+
+/// Signal handler: passes the signal on to the command. Signals the terminal sent to the
+/// whole foreground process group (Ctrl-C, Ctrl-\, hang-up) reached the command already and
+/// are not sent twice.
+extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO; errno is saved and restored
+    // around kill(2), which is async-signal-safe.
+    unsafe {
+        if !info.is_null() && from_terminal(&*info) {
+            return;
+        }
+        let errno = errno_location();
+        let saved = *errno;
+        libc::kill(pid, sig);
+        *errno = saved;
+    }
+}
+
+/// True for a signal the kernel sent on behalf of the terminal (to the whole foreground
+/// process group, the command included).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn from_terminal(info: &libc::siginfo_t) -> bool {
+    info.si_code == libc::SI_KERNEL
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn from_terminal(_info: &libc::siginfo_t) -> bool {
+    false
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+unsafe fn errno_location() -> *mut libc::c_int {
+    // SAFETY: returns the calling thread's errno; always valid.
+    unsafe { libc::__errno_location() }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+unsafe fn errno_location() -> *mut libc::c_int {
+    // SAFETY: returns the calling thread's errno; always valid.
+    unsafe { libc::__error() }
+}
+
+/// The failure for a command that could not be started: 127 when not found, 126 when not
+/// executable (as shells do), 71 when the system refused a process.
+fn spawn_failure(program: &OsStr, e: &io::Error) -> Failure {
+    let (code, what) = match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR) => (code::NOT_FOUND, "command not found"),
+        Some(libc::EAGAIN | libc::ENOMEM) => (code::OS, "cannot start a process"),
+        _ => (code::CANNOT_EXECUTE, "cannot execute the command"),
+    };
+    Failure::new(code, format!("{what}: {}: {e}", program.to_string_lossy()))
+}
+
+/// The command's exit status, or 128 + the signal that killed it, as shells report it.
+fn status_code(s: ExitStatus) -> i32 {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 128,
+    }
+}
+
+fn shown(program: &OsStr, args: &[OsString]) -> String {
+    std::iter::once(program)
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,448 @@
+//! `status`, `list` and `clean`: looking at tables, and removing dead ones.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockticket::{Error, LockTicket, MemberInfo, Share, Status, TokenInfo};
+use serde_json::{Value, json};
+
+use crate::{Failure, code, report, write_stdout};
+
+/// Version of the `status --json` object (its `"format"` field).
+const JSON_FORMAT: u32 = 1;
+
+/// The command line of a live process, for showing who holds a lock.
+pub(crate) fn command_line(pid: u32, alive: bool) -> Option<String> {
+    if !alive {
+        return None;
+    }
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let words: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// `s` cut to at most `max` characters, with an ellipsis when cut.
+pub(crate) fn truncated(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// The table file of a name or path (creates nothing).
+fn resolve(table: &OsStr) -> Result<PathBuf, Failure> {
+    LockTicket::open(table)
+        .map(|lt| lt.path().to_path_buf())
+        .map_err(|e| Failure::table("invalid table", &e))
+}
+
+/// A handle for looking at (or cleaning) the table at `path`. Unless `mode` is given, the
+/// file's own mode is accepted: looking at a table shared on purpose needs no --mode.
+fn open_inspect(path: &Path, mode: Option<u32>) -> Result<LockTicket, Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = mode.unwrap_or_else(|| match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => (m.mode() & 0o777) | 0o600,
+        _ => 0o600,
+    });
+    LockTicket::builder(path)
+        .permissions(mode)
+        .open()
+        .map_err(|e| Failure::table("cannot open the lock table", &e))
+}
+
+/// True when a live process owns the table, holds its token or waits for it.
+fn in_use(st: &Status) -> bool {
+    st.members.iter().any(|m| m.alive) || st.holders.iter().chain(&st.queue).any(|t| t.alive)
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn age(t: Option<SystemTime>, now: SystemTime) -> Option<Duration> {
+    t.map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
+}
+
+fn human_duration(d: Option<Duration>) -> String {
+    let Some(d) = d else { return "-".into() };
+    let s = d.as_secs_f64();
+    if s < 1.0 {
+        format!("{:.1}ms", s * 1e3)
+    } else if s < 60.0 {
+        format!("{s:.1}s")
+    } else if s < 3600.0 {
+        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    } else {
+        format!("{}h{:02}m", d.as_secs() / 3600, d.as_secs() / 60 % 60)
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+// ---------------------------------------------------------------------------------------------
+// status
+
+pub(crate) fn status(table: &OsStr, mode: Option<u32>, json: bool) -> Result<i32, Failure> {
+    let path = resolve(table)?;
+    let lt = open_inspect(&path, mode)?;
+    let st = lt
+        .status()
+        .map_err(|e| Failure::table("cannot read the lock table", &e))?;
+    let now = SystemTime::now();
+    let out = if json {
+        let mut s = serde_json::to_string_pretty(&status_json(&st, now))
+            .map_err(|e| Failure::new(code::TABLE, format!("cannot render JSON: {e}")))?;
+        s.push('\n');
+        s
+    } else {
+        status_text(&st, now)
+    };
+    write_stdout(out.as_bytes())?;
+    Ok(code::OK)
+}
+
+fn share_str(s: Share) -> &'static str {
+    match s {
+        Share::Exclusive => "exclusive",
+        Share::Shared => "shared",
+    }
+}
+
+fn member_json(m: &MemberInfo, now: SystemTime) -> Value {
+    json!({
+        "pid": m.pid,
+        "share": share_str(m.share),
+        "alive": m.alive,
+        "joined": m.joined.map(unix_seconds),
+        "age_seconds": age(m.joined, now).map(|d| d.as_secs_f64()),
+        "command": command_line(m.pid, m.alive),
+    })
+}
+
+fn token_json(t: &TokenInfo, position: Option<usize>, now: SystemTime) -> Value {
+    let mut v = json!({
+        "pid": t.pid,
+        "parent": t.parent,
+        "share": share_str(t.share),
+        "ticket": t.ticket,
+        "alive": t.alive,
+        "since": t.since.map(unix_seconds),
+        "age_seconds": age(t.since, now).map(|d| d.as_secs_f64()),
+        "command": command_line(t.pid, t.alive),
+    });
+    if let (Some(p), Value::Object(map)) = (position, &mut v) {
+        map.insert("position".into(), json!(p));
+    }
+    v
+}
+
+/// The `status --json` object. Every field is documented in docs/cli.md; bump
+/// [`JSON_FORMAT`] for any change that is not a pure addition.
+fn status_json(st: &Status, now: SystemTime) -> Value {
+    json!({
+        "format": JSON_FORMAT,
+        "path": st.path.to_string_lossy(),
+        "now": unix_seconds(now),
+        "in_use": in_use(st),
+        "table_format": st.format_version,
+        "ring_capacity": st.ring_capacity,
+        "payload_capacity": st.payload_capacity,
+        "payload_len": st.payload_len,
+        "payload_generation": st.payload_generation,
+        "reclaimed_slots": st.reclaimed_slots,
+        "consistent": st.consistent,
+        "members": st.members.iter().map(|m| member_json(m, now)).collect::<Vec<_>>(),
+        "holders": st.holders.iter().map(|t| token_json(t, None, now)).collect::<Vec<_>>(),
+        "queue": st
+            .queue
+            .iter()
+            .enumerate()
+            .map(|(i, t)| token_json(t, Some(i + 1), now))
+            .collect::<Vec<_>>(),
+    })
+}
+
+fn status_text(st: &Status, now: SystemTime) -> String {
+    let mut o = String::new();
+    let dead = |alive: bool| if alive { "" } else { "  (dead)" };
+    let cmd = |pid: u32, alive: bool| {
+        command_line(pid, alive)
+            .map(|c| format!("  {}", truncated(&c, 72)))
+            .unwrap_or_default()
+    };
+    let _ = writeln!(o, "table    {}", st.path.display());
+    let _ = writeln!(
+        o,
+        "state    {}",
+        if in_use(st) {
+            "in use"
+        } else {
+            "unused: no live process owns or uses it"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "payload  {} of {} bytes (generation {})",
+        st.payload_len, st.payload_capacity, st.payload_generation
+    );
+    let _ = writeln!(
+        o,
+        "slots    {} token slots; {} reclaimed from dead processes; table format {}{}",
+        st.ring_capacity,
+        st.reclaimed_slots,
+        st.format_version,
+        if st.consistent {
+            ""
+        } else {
+            "; changed while read"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "owners   {}",
+        if st.members.is_empty() {
+            "none"
+        } else {
+            "(main lock)"
+        }
+    );
+    for m in &st.members {
+        let _ = writeln!(
+            o,
+            "         pid {:<8} {:<9}  for {:<8}{}{}",
+            m.pid,
+            share_str(m.share),
+            human_duration(age(m.joined, now)),
+            dead(m.alive),
+            cmd(m.pid, m.alive)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "holders  {}",
+        if st.holders.is_empty() {
+            "none: the lock is free"
+        } else {
+            ""
+        }
+    );
+    for t in &st.holders {
+        let _ = writeln!(
+            o,
+            "         pid {:<8} {:<9}  ticket {:<6} since {:<8}{}{}",
+            t.pid,
+            share_str(t.share),
+            t.ticket,
+            human_duration(age(t.since, now)),
+            dead(t.alive),
+            cmd(t.pid, t.alive)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "queue    {}",
+        if st.queue.is_empty() {
+            "empty".to_string()
+        } else {
+            "first come, first served:".into()
+        }
+    );
+    for (i, t) in st.queue.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "  {:>4}.  pid {:<8} {:<9}  ticket {:<6} waiting {:<8}{}{}",
+            i + 1,
+            t.pid,
+            share_str(t.share),
+            t.ticket,
+            human_duration(age(t.since, now)),
+            dead(t.alive),
+            cmd(t.pid, t.alive)
+        );
+    }
+    o.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
+}
+
+// ---------------------------------------------------------------------------------------------
+// list
+
+/// One line about a table's state.
+fn summary(st: &Status) -> String {
+    let alive_members = st.members.iter().filter(|m| m.alive).count();
+    let dead_members = st.members.len() - alive_members;
+    let holders = st.holders.iter().filter(|t| t.alive).count();
+    let waiting = st.queue.iter().filter(|t| t.alive).count();
+    let dead_tokens = st.holders.len() + st.queue.len() - holders - waiting;
+    let mut parts = vec![
+        plural(alive_members, "owner", "owners"),
+        plural(holders, "holder", "holders"),
+        format!("{waiting} waiting"),
+        format!("payload {} bytes", st.payload_len),
+    ];
+    if dead_members + dead_tokens > 0 {
+        parts.push(format!(
+            "{} dead",
+            plural(dead_members + dead_tokens, "entry", "entries")
+        ));
+    }
+    let state = if in_use(st) {
+        "in use"
+    } else {
+        "unused (lockticket clean removes it)"
+    };
+    format!("{state}: {}", parts.join(", "))
+}
+
+/// The table files (`lockticket-*.lt`) in `dir`, sorted.
+fn tables_in(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Failure::new(code::TABLE, format!("cannot list {}: {e}", dir.display())))?;
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.as_encoded_bytes();
+            n.starts_with(b"lockticket-") && n.ends_with(b".lt") && n.len() > 14
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The directory to look in: `dir` (made absolute, so its files are paths to the library) or
+/// the default directory of named tables.
+fn directory(dir: Option<&Path>) -> Result<PathBuf, Failure> {
+    match dir {
+        Some(d) => std::path::absolute(d)
+            .map_err(|e| Failure::new(code::USAGE, format!("bad directory {}: {e}", d.display()))),
+        None => lockticket::default_directory()
+            .map_err(|e| Failure::table("no directory for lock tables", &e)),
+    }
+}
+
+pub(crate) fn list(dir: Option<&Path>) -> Result<i32, Failure> {
+    let dir = directory(dir)?;
+    let tables = tables_in(&dir)?;
+    let mut out = String::new();
+    if tables.is_empty() {
+        let _ = writeln!(out, "no lock tables in {}", dir.display());
+    }
+    for path in &tables {
+        let state = match open_inspect(path, None).and_then(|lt| {
+            lt.status()
+                .map_err(|e| Failure::table("cannot read the lock table", &e))
+        }) {
+            Ok(st) => summary(&st),
+            Err(f) if f.code == code::NO_TABLE => continue, // removed meanwhile
+            Err(f) => format!("unusable: {}", f.message),
+        };
+        let _ = writeln!(out, "{}  {state}", path.display());
+    }
+    write_stdout(out.as_bytes())?;
+    Ok(code::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// clean
+
+enum Cleaned {
+    Removed(String),
+    Kept(String),
+    Absent,
+}
+
+/// Removes the table at `path` if no live process owns or uses it.
+///
+/// A table in use is never touched: its status is read first, and the removal itself goes
+/// through the library's main lock, which re-checks under the table's lock. The main lock is
+/// taken *shared*: a process that joins at the same moment (an `exec`) joins alongside instead
+/// of failing, and the table then stays.
+fn clean_path(path: &Path) -> Result<Cleaned, Failure> {
+    let lt = open_inspect(path, None)?;
+    let st = match lt.status() {
+        Ok(st) => st,
+        Err(Error::NotCreated { .. } | Error::Removed { .. }) => return Ok(Cleaned::Absent),
+        Err(e) => return Err(Failure::table("cannot read the lock table", &e)),
+    };
+    if in_use(&st) {
+        return Ok(Cleaned::Kept(summary(&st)));
+    }
+    let dead: Vec<String> = st.members.iter().map(|m| m.pid.to_string()).collect();
+    match lt.main_lock(Share::Shared) {
+        Ok(guard) => guard
+            .unlock()
+            .map_err(|e| Failure::table("cannot remove the table", &e))?,
+        Err(Error::MainLockBusy { pids, .. }) => {
+            return Ok(Cleaned::Kept(format!("in use: owned by pid(s) {pids:?}")));
+        }
+        Err(e) => return Err(Failure::table("cannot take over the table", &e)),
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Ok(Cleaned::Kept(
+            "in use: a process joined it meanwhile".into(),
+        ));
+    }
+    Ok(Cleaned::Removed(if dead.is_empty() {
+        "no owner".into()
+    } else {
+        format!("dead owner pid(s) {}", dead.join(", "))
+    }))
+}
+
+fn report_clean(path: &Path, outcome: Result<Cleaned, Failure>, out: &mut String) -> i32 {
+    match outcome {
+        Ok(Cleaned::Removed(why)) => {
+            let _ = writeln!(out, "removed {} ({why})", path.display());
+            code::OK
+        }
+        Ok(Cleaned::Kept(why)) => {
+            let _ = writeln!(out, "kept {}: {why}", path.display());
+            code::OK
+        }
+        Ok(Cleaned::Absent) => {
+            let _ = writeln!(out, "no lock table at {}", path.display());
+            code::OK
+        }
+        Err(f) => {
+            report(&f.message);
+            f.code
+        }
+    }
+}
+
+pub(crate) fn clean_one(table: &OsStr) -> Result<i32, Failure> {
+    let path = resolve(table)?;
+    let mut out = String::new();
+    let rc = report_clean(&path, clean_path(&path), &mut out);
+    write_stdout(out.as_bytes())?;
+    Ok(rc)
+}
+
+pub(crate) fn clean_all(dir: Option<&Path>) -> Result<i32, Failure> {
+    let dir = directory(dir)?;
+    let mut rc = code::OK;
+    let mut out = String::new();
+    for path in tables_in(&dir)? {
+        let r = report_clean(&path, clean_path(&path), &mut out);
+        if rc == code::OK {
+            rc = r;
+        }
+    }
+    if out.is_empty() && rc == code::OK {
+        let _ = writeln!(out, "no lock tables in {}", dir.display());
+    }
+    write_stdout(out.as_bytes())?;
+    Ok(rc)
+}

@@ -1,0 +1,792 @@
+//! The `lockticket` command, run as a user runs it: the built binary, `std::process::Command`.
+//!
+//! Every test uses its own table. Nothing sleeps to synchronise: tests wait for table states
+//! (via the library's `status`) or for files and lines the commands produce, always with a
+//! bound (`BOUND`), so a bug fails a test instead of hanging it. Shell loops in the commands
+//! are bounded the same way.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lockticket::{LockTicket, Share};
+
+/// Upper bound of any wait: a hang becomes a failure.
+const BOUND: Duration = Duration::from_secs(30);
+
+/// `lockticket`'s exit codes (docs/cli.md).
+const USAGE: i32 = 64;
+const DATA: i32 = 65;
+const NO_TABLE: i32 = 66;
+const TABLE: i32 = 74;
+
+/// A shell fragment that waits (bounded: 30 s) until the file `$1`-style path exists, or exits
+/// with status 9.
+fn sh_wait_for(path: &Path) -> String {
+    format!(
+        "i=0; while [ ! -e '{}' ]; do i=$((i+1)); [ $i -gt 3000 ] && exit 9; sleep 0.01; done",
+        path.display()
+    )
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lockticket")
+}
+
+/// A table name of this test and this test run.
+fn name(test: &str) -> String {
+    format!("cli-{test}-{}", std::process::id())
+}
+
+fn lockticket<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut c = Command::new(bin());
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+/// Runs `lockticket ARGS` to completion (bounded).
+fn run<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let child = lockticket(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lockticket");
+    finish(child)
+}
+
+/// Waits (bounded) for a child and collects its output.
+fn finish(mut child: Child) -> Output {
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut o = Vec::new();
+        let mut e = Vec::new();
+        if let Some(s) = out.as_mut() {
+            s.read_to_end(&mut o).unwrap();
+        }
+        if let Some(s) = err.as_mut() {
+            s.read_to_end(&mut e).unwrap();
+        }
+        (o, e)
+    });
+    let status = wait_child(&mut child);
+    let (stdout, stderr) = reader.join().unwrap();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Waits for a child's exit, at most `BOUND`; kills it and fails on timeout.
+fn wait_child(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pid {} did not finish within {BOUND:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Polls `cond` until it holds, at most `BOUND`.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Children killed when the test ends, however it ends.
+#[derive(Default)]
+struct Kids(Vec<Child>);
+
+impl Kids {
+    fn spawn(&mut self, mut c: Command) -> usize {
+        self.0.push(c.spawn().expect("spawn lockticket"));
+        self.0.len() - 1
+    }
+    fn pid(&self, i: usize) -> u32 {
+        self.0[i].id()
+    }
+    fn wait(&mut self, i: usize) -> std::process::ExitStatus {
+        wait_child(&mut self.0[i])
+    }
+}
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A scratch directory, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("lockticket-cli-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A failure message as a person should see it: one line, `lockticket: …`, no panic.
+fn assert_one_line_error(o: &Output, code: i32, mentions: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "status of {o:?}");
+    assert_eq!(e.lines().count(), 1, "one line expected: {e:?}");
+    assert!(e.starts_with("lockticket: "), "{e:?}");
+    assert!(
+        !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
+        "{e:?}"
+    );
+    assert!(e.contains(mentions), "{e:?} should mention {mentions:?}");
+}
+
+/// The table is gone (its last user removed it).
+fn assert_no_table(name: &str) {
+    let o = run(["status", name]);
+    assert_eq!(
+        o.status.code(),
+        Some(NO_TABLE),
+        "table {name} should be gone: {o:?}"
+    );
+}
+
+fn json_status(name: &str) -> serde_json::Value {
+    let o = run(["status", "--json", name]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    serde_json::from_slice(&o.stdout).expect("status --json is JSON")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn exec_returns_the_command_status_and_removes_the_table() {
+    let n = name("status-code");
+    let n = n.as_str();
+    assert_eq!(run(["exec", n, "true"]).status.code(), Some(0));
+    assert_eq!(
+        run(["exec", n, "sh", "-c", "exit 42"]).status.code(),
+        Some(42)
+    );
+    assert_eq!(run(["exec", n, "-c", "exit 3"]).status.code(), Some(3));
+    let o = run(["exec", n, "-c", "echo \"$LOCKTICKET_PATH\"; echo out"]);
+    assert_eq!(o.status.code(), Some(0));
+    let s = stdout(&o);
+    assert!(
+        s.contains(&format!("lockticket-{n}.lt")) && s.ends_with("out\n"),
+        "{s:?}"
+    );
+    // Options after the command belong to the command.
+    let o = run(["exec", n, "printf", "%s|", "-n", "--verbose", "-c", "x"]);
+    assert_eq!(stdout(&o), "-n|--verbose|-c|x|");
+    // Killed by a signal: 128 + N, as shells report it.
+    assert_eq!(
+        run(["exec", n, "sh", "-c", "kill -TERM $$"]).status.code(),
+        Some(128 + 15)
+    );
+    assert_no_table(n);
+}
+
+#[test]
+fn command_not_found_or_not_executable() {
+    let n = name("notfound");
+    let n = n.as_str();
+    let o = run(["exec", n, "/nonexistent/command"]);
+    assert_one_line_error(&o, 127, "/nonexistent/command");
+    let s = Scratch::new("noexec");
+    let f = s.path("not-executable");
+    std::fs::write(&f, "#!/bin/sh\n").unwrap();
+    let o = run(["exec".as_ref(), n.as_ref(), f.as_os_str()]);
+    assert_one_line_error(&o, 126, "not-executable");
+    assert_no_table(n);
+}
+
+#[test]
+fn verbose_reports_the_wait_and_the_grant() {
+    let n = name("verbose");
+    let n = n.as_str();
+    let o = run(["exec", "--verbose", n, "true"]);
+    assert_eq!(o.status.code(), Some(0));
+    let e = stderr(&o);
+    assert!(
+        e.contains("got the exclusive lock") && e.contains("seconds"),
+        "{e}"
+    );
+    assert!(e.contains("executing true"), "{e}");
+}
+
+#[test]
+fn nonblock_timeout_and_conflict_code_on_a_held_lock() {
+    let n = name("conflict");
+    let n = n.as_str();
+    let lt = LockTicket::open(n).unwrap();
+    let main = lt.main_lock(Share::Shared).unwrap();
+    let token = lt.token_lock().unwrap();
+
+    let t0 = Instant::now();
+    let o = run(["exec", "-n", n, "true"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        o.stderr.is_empty(),
+        "silent without --verbose, like flock(1): {o:?}"
+    );
+    assert!(t0.elapsed() < BOUND);
+    assert_eq!(
+        run(["exec", "-n", "-E", "7", n, "true"]).status.code(),
+        Some(7)
+    );
+    assert_eq!(
+        run(["exec", "-s", "--nb", n, "true"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(run(["exec", "-w", "0", n, "true"]).status.code(), Some(1));
+
+    let t0 = Instant::now();
+    let o = run(["exec", "-w", "0.2", "--verbose", n, "-c", "echo ran"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+    assert!(o.stdout.is_empty(), "the command must not run");
+    assert!(stderr(&o).contains("timed out"), "{o:?}");
+    assert_eq!(
+        run(["exec", "--wait", "0.05", "-E", "9", n, "true"])
+            .status
+            .code(),
+        Some(9)
+    );
+
+    // The failed attempts left no trace: the lock is ours, nobody waits.
+    let st = lt.status().unwrap();
+    assert!(st.queue.is_empty(), "{st}");
+    assert_eq!(st.holders.len(), 1);
+    assert_eq!(
+        st.members.len(),
+        1,
+        "the failed execs left the table again: {st}"
+    );
+
+    drop(token);
+    assert_eq!(run(["exec", "-n", n, "true"]).status.code(), Some(0));
+    assert_eq!(run(["exec", "-w", "5", n, "true"]).status.code(), Some(0));
+    main.unlock().unwrap();
+    assert_no_table(n);
+}
+
+#[test]
+fn shared_execs_run_together_and_exclude_writers() {
+    let n = name("shared");
+    let n = n.as_str();
+    let s = Scratch::new("shared");
+    let (a, b) = (s.path("a"), s.path("b"));
+    let mut kids = Kids::default();
+    // The first reader announces itself, then holds its shared lock until the second reader
+    // has run: only possible if both hold the lock at once.
+    let script = format!("touch '{}'; {}", a.display(), sh_wait_for(&b));
+    let first = kids.spawn(lockticket(["exec", "-s", n, "-c", &script]));
+    wait_until("the first reader to run", || a.exists());
+
+    assert_eq!(
+        run(["exec", "-n", n, "true"]).status.code(),
+        Some(1),
+        "a writer must wait"
+    );
+    assert_eq!(run(["exec", "-x", "-n", n, "true"]).status.code(), Some(1));
+    let touch_b = format!("touch '{}'", b.display());
+    let o = run(["exec", "-s", "-n", n, "-c", &touch_b]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "a second reader runs at once: {o:?}"
+    );
+    assert_eq!(
+        kids.wait(first).code(),
+        Some(0),
+        "the first reader saw the second one"
+    );
+    assert_no_table(n);
+}
+
+#[test]
+fn exclusive_execs_exclude_each_other() {
+    let n = name("exclusive");
+    let n = n.as_str();
+    let s = Scratch::new("exclusive");
+    let (a, b) = (s.path("a"), s.path("b"));
+    let mut kids = Kids::default();
+    let script = format!("touch '{}'; {}", a.display(), sh_wait_for(&b));
+    let first = kids.spawn(lockticket(["exec", n, "-c", &script]));
+    wait_until("the first command to run", || a.exists());
+    assert_eq!(run(["exec", "-n", n, "true"]).status.code(), Some(1));
+    assert_eq!(run(["exec", "-s", "-n", n, "true"]).status.code(), Some(1));
+    let st = json_status(n);
+    assert_eq!(st["holders"][0]["pid"], kids.pid(first));
+    assert_eq!(st["holders"][0]["share"], "exclusive");
+    std::fs::write(&b, "").unwrap();
+    assert_eq!(kids.wait(first).code(), Some(0));
+    assert_no_table(n);
+}
+
+#[test]
+fn waiting_execs_run_in_fifo_order_and_status_shows_the_queue() {
+    const N: usize = 5;
+    let n = name("fifo");
+    let n = n.as_str();
+    let s = Scratch::new("fifo");
+    let log = s.path("log");
+    std::fs::write(&log, "").unwrap();
+    let lt = LockTicket::open(n).unwrap();
+    let main = lt.main_lock(Share::Shared).unwrap();
+    let token = lt.token_lock().unwrap();
+
+    let mut kids = Kids::default();
+    for i in 0..N {
+        let append = format!("echo {i} >> '{}'", log.display());
+        let k = kids.spawn(lockticket(["exec", n, "-c", &append]));
+        let pid = kids.pid(k);
+        wait_until(&format!("exec {i} to queue"), || {
+            let q = lt.status().unwrap().queue;
+            q.len() == i + 1 && q[i].pid == pid
+        });
+    }
+
+    // During contention: the holder is us, the queue lists the execs in arrival order.
+    let st = json_status(n);
+    assert_eq!(st["format"], 1);
+    assert_eq!(st["in_use"], true);
+    assert_eq!(st["holders"].as_array().unwrap().len(), 1);
+    assert_eq!(st["holders"][0]["pid"], std::process::id());
+    assert_eq!(st["holders"][0]["alive"], true);
+    let queue = st["queue"].as_array().unwrap();
+    assert_eq!(queue.len(), N);
+    for (i, q) in queue.iter().enumerate() {
+        assert_eq!(q["position"], i + 1);
+        assert_eq!(q["pid"], kids.pid(i));
+        assert_eq!(q["share"], "exclusive");
+        assert!(q["age_seconds"].as_f64().unwrap() >= 0.0);
+        assert!(q["command"].as_str().unwrap().contains("exec"), "{q}");
+    }
+    let tickets: Vec<u64> = queue
+        .iter()
+        .map(|q| q["ticket"].as_u64().unwrap())
+        .collect();
+    assert!(tickets.windows(2).all(|w| w[0] < w[1]), "{tickets:?}");
+    assert_eq!(st["members"].as_array().unwrap().len(), N + 1);
+    let text = stdout(&run(["status", n]));
+    for i in 0..N {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{}.", i + 1)))
+            .unwrap_or_else(|| panic!("no queue line {}: {text}", i + 1));
+        assert!(line.contains(&kids.pid(i).to_string()), "{line}");
+    }
+
+    drop(token);
+    for i in 0..N {
+        assert_eq!(kids.wait(i).code(), Some(0));
+    }
+    let order = std::fs::read_to_string(&log).unwrap();
+    let expected: String = (0..N).map(|i| format!("{i}\n")).collect();
+    assert_eq!(order, expected, "first come, first served");
+    main.unlock().unwrap();
+    assert_no_table(n);
+}
+
+#[test]
+fn no_fork_runs_the_command_under_the_lockticket_pid() {
+    let n = name("nofork");
+    let n = n.as_str();
+    let s = Scratch::new("nofork");
+    let go = s.path("go");
+    let mut kids = Kids::default();
+    let script = format!("echo $$; {}", sh_wait_for(&go));
+    let mut c = lockticket(["exec", "-F", n, "-c", &script]);
+    c.stdout(Stdio::piped());
+    let k = kids.spawn(c);
+    let pid = kids.pid(k);
+    let mut line = String::new();
+    BufReader::new(kids.0[k].stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        pid.to_string(),
+        "the command is the lockticket process itself"
+    );
+
+    // The command holds the lock itself, under that PID.
+    let st = json_status(n);
+    assert_eq!(st["holders"][0]["pid"], pid);
+    assert_eq!(st["holders"][0]["alive"], true);
+    assert!(
+        st["holders"][0]["command"]
+            .as_str()
+            .unwrap()
+            .starts_with("/bin/sh"),
+        "{st}"
+    );
+    assert_eq!(run(["exec", "-n", n, "true"]).status.code(), Some(1));
+
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(kids.wait(k).code(), Some(0));
+    // Its exit freed the lock (it never released it: the next holder is told it died).
+    let lt = LockTicket::open(n).unwrap();
+    let token = lt
+        .token_lock_timeout(BOUND)
+        .unwrap()
+        .expect("the lock is freed");
+    assert!(token.previous_holder_died());
+    drop(token);
+    // Its registration is dead, so `clean` removes the table.
+    let o = run(["clean", n]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(stdout(&o).starts_with("removed "), "{o:?}");
+    assert_no_table(n);
+}
+
+/// True when `pid` has exited (gone, or a zombie nobody reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => {
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next());
+            matches!(state, Some(Some('Z' | 'X')))
+        }
+    }
+}
+
+#[test]
+fn killing_lockticket_kills_its_command_and_frees_the_lock() {
+    let n = name("sigkill");
+    let n = n.as_str();
+    let mut kids = Kids::default();
+    let mut c = lockticket(["exec", n, "-c", "echo $$; exec sleep 60"]);
+    c.stdout(Stdio::piped());
+    let k = kids.spawn(c);
+    let lockticket_pid = kids.pid(k);
+    let mut line = String::new();
+    BufReader::new(kids.0[k].stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let command_pid: u32 = line.trim().parse().expect("the command's pid");
+    assert_ne!(command_pid, lockticket_pid);
+    let st = json_status(n);
+    assert_eq!(st["holders"][0]["pid"], lockticket_pid);
+
+    kids.0[k].kill().unwrap(); // SIGKILL
+    kids.wait(k);
+    wait_until("the command to die with lockticket", || exited(command_pid));
+
+    // The lock is free again: a waiter reclaims the dead holder's slot.
+    let lt = LockTicket::open(n).unwrap();
+    let token = lt
+        .token_lock_timeout(BOUND)
+        .unwrap()
+        .expect("the lock is freed");
+    assert!(token.previous_holder_died());
+    drop(token);
+    assert_eq!(run(["exec", "-n", n, "true"]).status.code(), Some(0));
+    let o = run(["clean", n]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_no_table(n);
+}
+
+#[test]
+fn signals_to_lockticket_reach_the_command() {
+    for (sig, tag) in [
+        (libc::SIGTERM, "term"),
+        (libc::SIGINT, "int"),
+        (libc::SIGHUP, "hup"),
+    ] {
+        let n = name(&format!("signal-{tag}"));
+        let n = n.as_str();
+        let mut kids = Kids::default();
+        // The command reports the signal it got through its exit status.
+        let script = "trap 'kill $! 2>/dev/null; exit 5' TERM INT HUP; sleep 60 & echo ready; wait";
+        let mut c = lockticket(["exec", n, "-c", script]);
+        c.stdout(Stdio::piped());
+        // Whoever runs the tests may ignore these signals (nohup, a background job), and
+        // ignored signals are inherited: start lockticket with their default handling.
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            c.pre_exec(|| {
+                for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                    libc::signal(s, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
+        let k = kids.spawn(c);
+        let mut line = String::new();
+        BufReader::new(kids.0[k].stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        // SAFETY: sending a signal to our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(kids.pid(k) as libc::pid_t, sig) }, 0);
+        assert_eq!(kids.wait(k).code(), Some(5), "SIG{tag} reached the command");
+        assert_no_table(n);
+    }
+}
+
+#[test]
+fn payload_round_trip_through_stdin_and_stdout() {
+    let n = name("payload");
+    let n = n.as_str();
+    // The payload commands never create a table.
+    let o = run(["payload", "get", n]);
+    assert_one_line_error(&o, NO_TABLE, n);
+    assert_one_line_error(&run(["payload", "set", n, "x"]), NO_TABLE, n);
+    assert_one_line_error(&run(["payload", "clear", n]), NO_TABLE, n);
+
+    let lt = LockTicket::open(n).unwrap();
+    let main = lt.main_lock(Share::Shared).unwrap();
+    let value: Vec<u8> = [
+        b"\0line one\n\0".as_slice(),
+        &[0xff, 0xfe, b'\r', b'\n', 0],
+        b"-",
+    ]
+    .concat();
+    let mut set = lockticket(["payload", "set", n, "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin.take().unwrap().write_all(&value).unwrap();
+    assert_eq!(wait_child(&mut set).code(), Some(0));
+    let o = run(["payload", "get", n]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.stdout, value, "bytes pass through unchanged");
+    assert_eq!(lt.payload().unwrap(), value);
+    assert_eq!(json_status(n)["payload_len"], value.len());
+
+    assert_eq!(run(["payload", "set", n, "-v"]).status.code(), Some(0));
+    assert_eq!(run(["payload", "get", n]).stdout, b"-v", "no newline added");
+    lt.set_payload(b"from the library").unwrap();
+    assert_eq!(run(["payload", "get", n]).stdout, b"from the library");
+    assert_eq!(run(["payload", "clear", n]).status.code(), Some(0));
+    let o = run(["payload", "get", n]);
+    assert_eq!((o.status.code(), o.stdout.len()), (Some(0), 0));
+
+    let big = "x".repeat(4097); // the default capacity is 4096 bytes
+    assert_one_line_error(&run(["payload", "set", n, &big]), DATA, "does not fit");
+    main.unlock().unwrap();
+    assert_no_table(n);
+}
+
+#[test]
+fn bad_arguments_give_the_usage_code_and_one_line() {
+    let n = name("usage");
+    let n = n.as_str();
+    let cases: &[&[&str]] = &[
+        &["frobnicate"],
+        &["exec"],
+        &["exec", n],
+        &["exec", "--bogus", n, "true"],
+        &["exec", "-w", "soon", n, "true"],
+        &["exec", "-w", "-1", n, "true"],
+        &["exec", "-E", "300", n, "true"],
+        &["exec", "--mode", "999", n, "true"],
+        &["exec", "--mode", "0644x", n, "true"],
+        &["exec", "--mode", "0400", n, "true"],
+        &["exec", n, "-c"],
+        &["exec", n, "-c", "true", "extra"],
+        &["exec", "bad name!", "true"],
+        &["exec", "a/b", "true"],
+        &["status"],
+        &["status", "no/such/name"],
+        &["payload"],
+        &["payload", "set", n],
+        &["payload", "frob", n],
+        &["clean"],
+        &["clean", n, "--all"],
+    ];
+    for args in cases {
+        let o = run(*args);
+        assert_eq!(o.status.code(), Some(USAGE), "{args:?}: {o:?}");
+        let e = stderr(&o);
+        if args.len() > 1 || args[0] == "frobnicate" {
+            assert_eq!(e.lines().count(), 1, "{args:?}: one line expected: {e}");
+            assert!(e.starts_with("lockticket: "), "{args:?}: {e}");
+        }
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+    }
+    assert_no_table(n);
+    let o = run(["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("Exit status:") && stdout(&o).contains("64"));
+    assert!(stdout(&run(["exec", "--help"])).contains("--conflict-exit-code"));
+}
+
+#[test]
+fn hostile_table_files_give_the_table_error() {
+    let s = Scratch::new("hostile");
+    let marker = s.path("ran");
+    let garbage = s.path("garbage.lt");
+    std::fs::write(&garbage, b"this is not a lock table \0\xff\xfe".repeat(100)).unwrap();
+    let empty = s.path("empty.lt");
+    std::fs::write(&empty, b"").unwrap();
+    let link = s.path("link.lt");
+    std::os::unix::fs::symlink(&garbage, &link).unwrap();
+    let dir = s.path("dir.lt");
+    std::fs::create_dir(&dir).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&garbage, &empty] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let touch = format!("touch '{}'", marker.display());
+    for path in [&garbage, &empty, &link, &dir] {
+        let p = path.to_str().unwrap();
+        let shown = path.file_name().unwrap().to_str().unwrap();
+        assert_one_line_error(&run(["exec", p, "-c", &touch]), TABLE, shown);
+        assert_one_line_error(&run(["exec", "-n", "-s", p, "true"]), TABLE, shown);
+        assert_one_line_error(&run(["status", p]), TABLE, shown);
+        assert_one_line_error(&run(["status", "--json", p]), TABLE, shown);
+        assert_one_line_error(&run(["payload", "get", p]), TABLE, shown);
+        assert_one_line_error(&run(["payload", "set", p, "v"]), TABLE, shown);
+        assert_one_line_error(&run(["clean", p]), TABLE, shown);
+    }
+    assert!(!marker.exists(), "no command ran on a hostile table");
+    assert!(
+        garbage.exists() && empty.exists() && link.exists(),
+        "nothing was removed"
+    );
+
+    // A table wider than requested is refused ("doubtful permissions") unless --mode says so.
+    let shared = s.path("shared.lt");
+    let shared = shared.to_str().unwrap();
+    let mut kids = Kids::default();
+    let (started, go) = (s.path("started"), s.path("go"));
+    let script = format!("touch '{}'; {}", started.display(), sh_wait_for(&go));
+    let k = kids.spawn(lockticket([
+        "exec", "--mode", "0660", shared, "-c", &script,
+    ]));
+    wait_until("the command on the shared table to run", || {
+        started.exists()
+    });
+    let o = run(["exec", "-n", shared, "true"]);
+    assert_one_line_error(&o, TABLE, "doubtful permissions");
+    assert!(stderr(&o).contains("--mode"));
+    assert_eq!(
+        run(["exec", "-n", "--mode", "660", shared, "true"])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        run(["status", shared]).status.code(),
+        Some(0),
+        "status accepts the file's mode"
+    );
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(kids.wait(k).code(), Some(0));
+    assert!(!Path::new(shared).exists());
+}
+
+#[test]
+fn list_and_clean_remove_only_dead_tables() {
+    let s = Scratch::new("list");
+    let dir = s.0.to_str().unwrap().to_string();
+    let orphan = s.path("lockticket-orphan.lt");
+    let live = s.path("lockticket-live.lt");
+    let broken = s.path("lockticket-broken.lt");
+    std::fs::write(&broken, b"garbage").unwrap();
+
+    // -F leaves a table whose only owner (the command) is dead.
+    let o = run([
+        "exec".as_ref(),
+        "-F".as_ref(),
+        orphan.as_os_str(),
+        "true".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(orphan.exists());
+    let lt = LockTicket::open(&live).unwrap();
+    let main = lt.main_lock(Share::Shared).unwrap();
+
+    let o = run(["list", &dir]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let text = stdout(&o);
+    let line = |f: &Path| {
+        let f = f.to_str().unwrap().to_string();
+        text.lines()
+            .find(|l| l.starts_with(&f))
+            .unwrap_or_else(|| panic!("{f} in {text}"))
+            .to_string()
+    };
+    assert!(line(&orphan).contains("unused"), "{text}");
+    assert!(line(&live).contains("in use: 1 owner"), "{text}");
+    assert!(
+        line(&broken).contains("unusable") && line(&broken).contains("not a valid"),
+        "{text}"
+    );
+
+    // A live table is kept, even when asked by name.
+    let o = run(["clean".as_ref(), live.as_os_str()]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(stdout(&o).starts_with("kept "), "{o:?}");
+    assert!(live.exists());
+
+    let o = run(["clean", "--all", "--dir", &dir]);
+    assert_eq!(
+        o.status.code(),
+        Some(TABLE),
+        "the broken file is reported: {o:?}"
+    );
+    assert_eq!(stderr(&o).lines().count(), 1, "{o:?}");
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!("removed {}", orphan.display())),
+        "{text}"
+    );
+    assert!(text.contains(&format!("kept {}", live.display())), "{text}");
+    assert!(!orphan.exists() && live.exists() && broken.exists());
+
+    main.unlock().unwrap();
+    assert!(!live.exists());
+    let o = run(["clean".as_ref(), orphan.as_os_str()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).starts_with("no lock table"), "{o:?}");
+    std::fs::remove_file(&broken).unwrap();
+    assert!(stdout(&run(["list", &dir])).starts_with("no lock tables"));
+}
