@@ -1,0 +1,716 @@
+//! Multi-process benches: contended throughput and fairness (1, 2 and 4 processes), handoff
+//! latency (ping-pong) and reclaim time after a SIGKILLed holder — lockticket against flock,
+//! a robust process-shared pthread mutex and a bare CAS spin lock, in one run.
+//!
+//! Criterion's timing loop measures one thread; these benches measure *processes*, so this
+//! binary has its own harness (`harness = false`, no criterion): it re-executes itself as
+//! worker processes (role in `LOCKTICKET_BENCH_ROLE`), measures outside any timing loop, prints
+//! a summary and writes `target/lockticket-bench/contended.json` (read by
+//! `cargo run --release --example bench_report`).
+//!
+//! * `cargo bench --bench contended` — the full run (about 40 s).
+//! * `LOCKTICKET_BENCH_QUICK=1 cargo bench --bench contended`, or `-- --quick` — short
+//!   windows, 5 reclaim runs (about 10 s).
+//! * `cargo bench --bench contended -- FILTER` — only the measurements whose id contains
+//!   FILTER (e.g. `contended/flock`); the results then go to `contended-partial.json`.
+//! * Without `--bench` (`cargo test --benches`) — a smoke run of a few ms per case, no JSON.
+//!
+//! Throughput: N workers each loop "lock → non-atomic increment of a shared counter → unlock"
+//! until told to stop. After a warm-up the orchestrator samples the counter over several
+//! windows; the median window rate is the throughput; each worker's grants in the measured
+//! span give the shares (min/max) and the mean burst (consecutive grants to one process).
+//! The counter must equal the sum of all workers' operations at the end (else: panic). Wait
+//! times (lock call start to holding) are measured in a *separate* run of the same workers
+//! with two clock reads per operation, so that the throughput run carries no timing cost.
+
+mod support;
+
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
+
+use lockticket::{LockTicket, MainGuard, Share};
+use serde_json::{Value, json};
+use support::locks::{Kind, Mechanism, PosixSem, Visit, with_mechanism};
+use support::procs::{self, Worker};
+use support::stats::{Histogram, median};
+use support::{Arena, Control, PHASE_GO, PHASE_STOP, monotonic_ns, process_cpu_ns, wait_until};
+
+/// Mechanisms of the throughput and handoff measurements.
+const CONTENDED: [Kind; 5] = [
+    Kind::LockTicket,
+    Kind::Flock,
+    Kind::RobustMutex,
+    Kind::CasSpin,
+    Kind::TicketSpin,
+];
+/// Mechanisms of the reclaim measurement (flock for reference: the kernel drops it at exit).
+const RECLAIM: [Kind; 3] = [Kind::LockTicket, Kind::RobustMutex, Kind::Flock];
+/// Process counts of the throughput measurement.
+const PROCESSES: [usize; 3] = [1, 2, 4];
+/// Bound on any single wait for a worker: a hang becomes a failure.
+const BOUND: Duration = Duration::from_secs(60);
+
+const TAG_VAR: &str = "LOCKTICKET_BENCH_TAG";
+const KIND_VAR: &str = "LOCKTICKET_BENCH_KIND";
+const INDEX_VAR: &str = "LOCKTICKET_BENCH_INDEX";
+const TIMED_VAR: &str = "LOCKTICKET_BENCH_TIMED";
+
+/// Durations of one run.
+#[derive(Clone, Copy, Debug)]
+struct Config {
+    mode: &'static str,
+    /// Run time before the first sample.
+    warmup: Duration,
+    /// Length of one throughput sample window.
+    window: Duration,
+    /// Number of windows.
+    windows: usize,
+    /// Length of one ping-pong window.
+    handoff_window: Duration,
+    /// Number of ping-pong windows.
+    handoff_windows: usize,
+    /// Length of the separate wait-time run.
+    timed: Duration,
+    /// Reclaim runs per mechanism.
+    reclaim_runs: usize,
+    /// How long the reclaim waiter waits (and goes to sleep) before the holder is killed.
+    asleep: Duration,
+}
+
+impl Config {
+    fn full() -> Config {
+        Config {
+            mode: "full",
+            warmup: Duration::from_millis(150),
+            window: Duration::from_millis(200),
+            windows: 5,
+            handoff_window: Duration::from_millis(100),
+            handoff_windows: 9,
+            timed: Duration::from_millis(500),
+            reclaim_runs: 21,
+            asleep: Duration::from_millis(20),
+        }
+    }
+
+    fn quick() -> Config {
+        Config {
+            mode: "quick",
+            warmup: Duration::from_millis(50),
+            window: Duration::from_millis(50),
+            windows: 3,
+            handoff_window: Duration::from_millis(50),
+            handoff_windows: 3,
+            timed: Duration::from_millis(100),
+            reclaim_runs: 5,
+            asleep: Duration::from_millis(20),
+        }
+    }
+
+    fn smoke() -> Config {
+        Config {
+            mode: "smoke",
+            warmup: Duration::from_millis(5),
+            window: Duration::from_millis(10),
+            windows: 1,
+            handoff_window: Duration::from_millis(10),
+            handoff_windows: 1,
+            timed: Duration::from_millis(10),
+            reclaim_runs: 1,
+            asleep: Duration::from_millis(20),
+        }
+    }
+}
+
+fn main() {
+    if let Some(role) = procs::role() {
+        worker(&role);
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bench = args.iter().any(|a| a == "--bench");
+    let filters: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let cfg = if !bench {
+        Config::smoke()
+    } else if support::quick_mode() {
+        Config::quick()
+    } else {
+        Config::full()
+    };
+    let wanted = |id: &str| filters.is_empty() || filters.iter().any(|f| id.contains(f));
+    let load_before = loadavg();
+    let started = Instant::now();
+
+    let mut throughput = Vec::new();
+    for n in PROCESSES {
+        for kind in CONTENDED {
+            let id = format!("contended/{}/{n}", kind.name());
+            if wanted(&id) {
+                throughput.push(contended(&id, kind, n, cfg));
+            }
+        }
+    }
+    let mut handoff = Vec::new();
+    for kind in CONTENDED.into_iter().chain([Kind::NoLock]) {
+        let id = format!("handoff/{}", kind.name());
+        if wanted(&id) {
+            handoff.push(ping_pong(&id, kind, cfg));
+        }
+    }
+    let mut reclaim = Vec::new();
+    for kind in RECLAIM {
+        let id = format!("reclaim/{}", kind.name());
+        if wanted(&id) {
+            reclaim.push(reclaim_runs(&id, kind, cfg));
+        }
+    }
+
+    let report = json!({
+        "mode": cfg.mode,
+        "config": format!("{cfg:?}"),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+        "unix_time": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "throughput": throughput,
+        "handoff": handoff,
+        "reclaim": reclaim,
+    });
+    if bench {
+        let dir = support::results_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = if filters.is_empty() {
+            "contended.json"
+        } else {
+            "contended-partial.json"
+        };
+        let path = dir.join(file);
+        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        println!(
+            "wrote {} ({:.1} s)",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers.
+
+fn worker(role: &str) {
+    if role == "loop" {
+        return profile_loop();
+    }
+    let arena = Arena::open(&procs::param(TAG_VAR));
+    let kind = Kind::from_name(&procs::param(KIND_VAR)).expect("mechanism");
+    let index: usize = procs::param(INDEX_VAR).parse().unwrap();
+    let ctl = arena.ctl.get();
+    match role {
+        "contend" => {
+            let timed = procs::param(TIMED_VAR) == "1";
+            let line = with_mechanism(kind, &arena, Contend { ctl, index, timed });
+            procs::say(line);
+        }
+        "pingpong" => {
+            let line = with_mechanism(kind, &arena, PingPong { ctl, index });
+            procs::say(line);
+        }
+        "hold" => with_mechanism(kind, &arena, Hold),
+        "wait" => {
+            let line = with_mechanism(kind, &arena, WaitOnce);
+            procs::say(line);
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// For profilers (`valgrind --tool=callgrind`): one process, `LOCKTICKET_BENCH_COUNT`
+/// iterations of lock + unlock of `LOCKTICKET_BENCH_KIND` (a mechanism name), or of payload
+/// set + get (`payload64`, `payload4096`), on fresh files of its own.
+fn profile_loop() {
+    let what = procs::param(KIND_VAR);
+    let count: u64 = procs::param("LOCKTICKET_BENCH_COUNT").parse().unwrap();
+    if let Some(size) = what.strip_prefix("payload") {
+        let value = vec![7u8; size.parse().unwrap()];
+        let lt = LockTicket::builder(format!("bench-{}", support::unique_tag()))
+            .payload_capacity(8192)
+            .open()
+            .unwrap();
+        let main = lt.main_lock(Share::Shared).unwrap();
+        for _ in 0..count {
+            lt.set_payload(std::hint::black_box(&value)).unwrap();
+            std::hint::black_box(lt.payload().unwrap());
+        }
+        main.unlock().unwrap();
+        return;
+    }
+    struct Loop(u64);
+    impl Visit for Loop {
+        type Out = ();
+        fn visit<M: Mechanism>(self, m: &M) {
+            for _ in 0..self.0 {
+                m.with_lock(|| std::hint::black_box(()));
+            }
+        }
+    }
+    let setup = Setup {
+        arena: Arena::create(),
+        table: None,
+        main: None,
+    };
+    with_mechanism(
+        Kind::from_name(&what).expect("mechanism"),
+        &setup.arena,
+        Loop(count),
+    );
+}
+
+/// Registers as ready and waits for the start signal.
+fn start_line(ctl: &Control) {
+    ctl.ready.0.fetch_add(1, SeqCst);
+    while ctl.phase.0.load(Acquire) < PHASE_GO {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// This process's (voluntary, involuntary) context switches and CPU time in ns. Sleeping in
+/// the kernel (futex, flock) counts as voluntary; preemption and `sched_yield` as involuntary.
+fn sched_counters() -> [u64; 3] {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    [
+        field("voluntary_ctxt_switches:"),
+        field("nonvoluntary_ctxt_switches:"),
+        process_cpu_ns(),
+    ]
+}
+
+/// Lock → increment → unlock until stopped. Reports `ops bursts voluntary-switches
+/// involuntary-switches cpu-ns histogram`.
+struct Contend<'a> {
+    ctl: &'a Control,
+    index: usize,
+    timed: bool,
+}
+
+impl Visit for Contend<'_> {
+    type Out = String;
+    fn visit<M: Mechanism>(self, m: &M) -> String {
+        let ctl = self.ctl;
+        let me = self.index as u64;
+        let counter = &ctl.counter.0;
+        let count = &ctl.counts[self.index].0;
+        let bursts = &ctl.bursts[self.index].0;
+        let mut hist = Histogram::default();
+        let (mut n, mut b) = (0u64, 0u64);
+        start_line(ctl);
+        let before = sched_counters();
+        if self.timed {
+            loop {
+                let t0 = Instant::now();
+                let (t1, new) = m.with_lock(|| (Instant::now(), counter.bump(me)));
+                hist.record(t1.duration_since(t0).as_nanos() as u64);
+                n += 1;
+                b += u64::from(new);
+                count.store(n, Relaxed);
+                bursts.store(b, Relaxed);
+                if ctl.phase.0.load(Relaxed) == PHASE_STOP {
+                    break;
+                }
+            }
+        } else {
+            loop {
+                let new = m.with_lock(|| counter.bump(me));
+                n += 1;
+                b += u64::from(new);
+                count.store(n, Relaxed);
+                bursts.store(b, Relaxed);
+                if ctl.phase.0.load(Relaxed) == PHASE_STOP {
+                    break;
+                }
+            }
+        }
+        let after = sched_counters();
+        let [v, i, cpu] = [0, 1, 2].map(|k| after[k] - before[k]);
+        format!("{n} {b} {v} {i} {cpu} {}", hist.encode())
+    }
+}
+
+/// Two workers pass the turn back and forth through the lock: under the lock, the side whose
+/// turn it is hands it to the other; the other side keeps taking the lock until it sees its
+/// turn. Reports `handoffs`.
+struct PingPong<'a> {
+    ctl: &'a Control,
+    index: usize,
+}
+
+impl Visit for PingPong<'_> {
+    type Out = String;
+    fn visit<M: Mechanism>(self, m: &M) -> String {
+        let ctl = self.ctl;
+        let me = self.index as u64;
+        let c = &ctl.counter.0;
+        let count = &ctl.counts[self.index].0;
+        let mut n = 0u64;
+        start_line(ctl);
+        loop {
+            let flipped = m.with_lock(|| {
+                if c.turn.load(Acquire) == me {
+                    let v = c.value.load(Relaxed);
+                    c.value.store(v + 1, Relaxed);
+                    c.turn.store(1 - me, Release);
+                    true
+                } else {
+                    false
+                }
+            });
+            if flipped {
+                n += 1;
+                count.store(n, Relaxed);
+            }
+            if ctl.phase.0.load(Relaxed) == PHASE_STOP {
+                break;
+            }
+        }
+        format!("{n}")
+    }
+}
+
+/// Takes the lock, says so, and holds it until killed.
+struct Hold;
+
+impl Visit for Hold {
+    type Out = ();
+    fn visit<M: Mechanism>(self, m: &M) {
+        m.with_lock(|| {
+            procs::say("held");
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    }
+}
+
+/// Says it is about to wait, waits for the lock once, and reports `acquired_at_ns cpu_ns
+/// wall_ns owner_died`.
+struct WaitOnce;
+
+impl Visit for WaitOnce {
+    type Out = String;
+    fn visit<M: Mechanism>(self, m: &M) -> String {
+        procs::say("waiting");
+        let (wall0, cpu0) = (monotonic_ns(), process_cpu_ns());
+        let (t1, cpu1) = m.with_lock(|| (monotonic_ns(), process_cpu_ns()));
+        format!("{t1} {} {} {}", cpu1 - cpu0, t1 - wall0, m.owner_died())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orchestration.
+
+/// The arena of one measurement, and the table for lockticket (kept alive by our main lock).
+struct Setup {
+    arena: Arena,
+    table: Option<&'static LockTicket>,
+    main: Option<MainGuard<'static>>,
+}
+
+impl Setup {
+    fn new(kind: Kind) -> Setup {
+        let arena = Arena::create();
+        let (mut table, mut main) = (None, None);
+        if matches!(kind, Kind::LockTicket | Kind::LockTicketShared) {
+            // Leaked (a few hundred bytes per measurement) so that the main guard can live
+            // next to it; the guard removes the table when dropped.
+            let lt: &'static LockTicket =
+                Box::leak(Box::new(LockTicket::open(arena.table_name()).unwrap()));
+            main = Some(lt.main_lock(Share::Shared).unwrap());
+            table = Some(lt);
+        }
+        Setup { arena, table, main }
+    }
+
+    fn spawn(&self, role: &str, kind: Kind, index: usize, timed: bool) -> Worker {
+        Worker::spawn(
+            role,
+            &[
+                (TAG_VAR, self.arena.tag.clone()),
+                (KIND_VAR, kind.name().to_string()),
+                (INDEX_VAR, index.to_string()),
+                (TIMED_VAR, if timed { "1" } else { "0" }.to_string()),
+            ],
+        )
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(main) = self.main.take() {
+            main.unlock().expect("main unlock");
+        }
+        PosixSem::unlink(&self.arena.sem_name());
+    }
+}
+
+/// What the orchestrator reads at one instant.
+struct Snapshot {
+    at: Instant,
+    counter: u64,
+    counts: Vec<u64>,
+    bursts: Vec<u64>,
+}
+
+fn snapshot(ctl: &Control, n: usize) -> Snapshot {
+    Snapshot {
+        at: Instant::now(),
+        counter: ctl.counter.0.value.load(Relaxed),
+        counts: (0..n).map(|i| ctl.counts[i].0.load(Relaxed)).collect(),
+        bursts: (0..n).map(|i| ctl.bursts[i].0.load(Relaxed)).collect(),
+    }
+}
+
+/// One run of `n` workers in `role`: start, sample `windows` windows, stop, collect reports.
+fn run_workers(
+    setup: &Setup,
+    role: &str,
+    kind: Kind,
+    n: usize,
+    timed: bool,
+    warmup: Duration,
+    windows: &[Duration],
+) -> (Vec<Snapshot>, Vec<String>) {
+    let ctl = setup.arena.ctl.get();
+    ctl.ready.0.store(0, SeqCst);
+    ctl.phase.0.store(0, SeqCst);
+    ctl.counter.0.value.store(0, SeqCst);
+    ctl.counter.0.last.store(0, SeqCst);
+    ctl.counter.0.turn.store(0, SeqCst);
+    for i in 0..n {
+        ctl.counts[i].0.store(0, SeqCst);
+        ctl.bursts[i].0.store(0, SeqCst);
+    }
+    let mut workers: Vec<Worker> = (0..n).map(|i| setup.spawn(role, kind, i, timed)).collect();
+    wait_until("workers ready", BOUND, || {
+        ctl.ready.0.load(SeqCst) as usize == n
+    });
+    ctl.phase.0.store(PHASE_GO, SeqCst);
+    std::thread::sleep(warmup);
+    let mut snaps = vec![snapshot(ctl, n)];
+    for w in windows {
+        std::thread::sleep(*w);
+        snaps.push(snapshot(ctl, n));
+    }
+    ctl.phase.0.store(PHASE_STOP, SeqCst);
+    let reports = workers.iter_mut().map(|w| w.hear(BOUND)).collect();
+    for w in &mut workers {
+        w.join();
+    }
+    (snaps, reports)
+}
+
+fn rate(a: &Snapshot, b: &Snapshot) -> f64 {
+    (b.counter - a.counter) as f64 / b.at.duration_since(a.at).as_secs_f64()
+}
+
+/// What the contend workers reported, summed.
+#[derive(Default)]
+struct Reports {
+    ops: Vec<u64>,
+    voluntary: u64,
+    involuntary: u64,
+    cpu_ns: u64,
+    hist: Histogram,
+}
+
+/// Parses contend reports and checks the counter.
+fn check_contend_reports(id: &str, ctl: &Control, reports: &[String]) -> Reports {
+    let mut out = Reports::default();
+    for r in reports {
+        let f: Vec<&str> = r.splitn(6, ' ').collect();
+        let num = |i: usize| f[i].parse::<u64>().unwrap();
+        out.ops.push(num(0));
+        out.voluntary += num(2);
+        out.involuntary += num(3);
+        out.cpu_ns += num(4);
+        out.hist.merge(&Histogram::decode(f[5]));
+    }
+    let total: u64 = out.ops.iter().sum();
+    let counter = ctl.counter.0.value.load(SeqCst);
+    assert_eq!(
+        counter, total,
+        "{id}: the counter is {counter} after {total} increments under the lock: mutual \
+         exclusion failed"
+    );
+    out
+}
+
+fn contended(id: &str, kind: Kind, n: usize, cfg: Config) -> Value {
+    let setup = Setup::new(kind);
+    let ctl = setup.arena.ctl.get();
+    // Throughput and fairness, no clock reads in the loop.
+    let windows = vec![cfg.window; cfg.windows];
+    let (snaps, reports) = run_workers(&setup, "contend", kind, n, false, cfg.warmup, &windows);
+    let rep = check_contend_reports(id, ctl, &reports);
+    let all_ops = rep.ops.iter().sum::<u64>().max(1) as f64;
+    let rates: Vec<f64> = snaps.windows(2).map(|w| rate(&w[0], &w[1])).collect();
+    let (first, last) = (&snaps[0], &snaps[snaps.len() - 1]);
+    let grants: Vec<u64> = (0..n).map(|i| last.counts[i] - first.counts[i]).collect();
+    let new_bursts: u64 = (0..n).map(|i| last.bursts[i] - first.bursts[i]).sum();
+    let total: u64 = grants.iter().sum();
+    let shares: Vec<f64> = grants
+        .iter()
+        .map(|&g| g as f64 / total.max(1) as f64)
+        .collect();
+    let min_max =
+        *grants.iter().min().unwrap() as f64 / (*grants.iter().max().unwrap()).max(1) as f64;
+    let mean_burst = total as f64 / new_bursts.max(1) as f64;
+    let ops_per_s = median(&rates);
+
+    // Wait times, in a separate run with two clock reads per operation.
+    let (tsnaps, treports) =
+        run_workers(&setup, "contend", kind, n, true, cfg.warmup, &[cfg.timed]);
+    let hist = check_contend_reports(id, ctl, &treports).hist;
+    let timed_rate = rate(&tsnaps[0], &tsnaps[1]);
+
+    println!(
+        "{id:<28} {:>9.3} M ops/s  min/max share {min_max:.3}  mean burst {mean_burst:>7.1}  \
+         wait p50 {} p99 {} max {} ns  (timed run {:.3} M ops/s, {} ops total)  per op: \
+         {:.3} voluntary + {:.3} involuntary switches, {:.0} ns CPU",
+        ops_per_s / 1e6,
+        hist.quantile(0.5),
+        hist.quantile(0.99),
+        hist.max(),
+        timed_rate / 1e6,
+        all_ops,
+        rep.voluntary as f64 / all_ops,
+        rep.involuntary as f64 / all_ops,
+        rep.cpu_ns as f64 / all_ops,
+    );
+    json!({
+        "id": id,
+        "mechanism": kind.name(),
+        "processes": n,
+        "ops_per_s": ops_per_s,
+        "window_ops_per_s": rates,
+        "grants": grants,
+        "shares": shares,
+        "min_max_share": min_max,
+        "mean_burst": mean_burst,
+        "counter_checked": true,
+        "wait_ns": {
+            "p50": hist.quantile(0.5),
+            "p90": hist.quantile(0.9),
+            "p99": hist.quantile(0.99),
+            "p999": hist.quantile(0.999),
+            "max": hist.max(),
+            "samples": hist.total(),
+        },
+        "timed_run_ops_per_s": timed_rate,
+        "per_op": {
+            "voluntary_switches": rep.voluntary as f64 / all_ops,
+            "involuntary_switches": rep.involuntary as f64 / all_ops,
+            "cpu_ns": rep.cpu_ns as f64 / all_ops,
+        },
+    })
+}
+
+fn ping_pong(id: &str, kind: Kind, cfg: Config) -> Value {
+    let setup = Setup::new(kind);
+    let ctl = setup.arena.ctl.get();
+    let windows = vec![cfg.handoff_window; cfg.handoff_windows];
+    let (snaps, reports) = run_workers(&setup, "pingpong", kind, 2, false, cfg.warmup, &windows);
+    let total: u64 = reports.iter().map(|r| r.parse::<u64>().unwrap()).sum();
+    let counter = ctl.counter.0.value.load(SeqCst);
+    assert_eq!(
+        counter, total,
+        "{id}: counter {counter} after {total} handoffs"
+    );
+    // Handoffs are the counter's increments: each passes the turn to the other process.
+    let ns: Vec<f64> = snaps
+        .windows(2)
+        .map(|w| {
+            let d = (w[1].counter - w[0].counter).max(1) as f64;
+            w[1].at.duration_since(w[0].at).as_nanos() as f64 / d
+        })
+        .collect();
+    let med = median(&ns);
+    println!("{id:<28} {med:>9.0} ns per handoff (windows: {ns:.0?})");
+    json!({
+        "id": id,
+        "mechanism": kind.name(),
+        "ns_per_handoff": med,
+        "window_ns_per_handoff": ns,
+        "handoffs": total,
+    })
+}
+
+fn reclaim_runs(id: &str, kind: Kind, cfg: Config) -> Value {
+    let setup = Setup::new(kind);
+    let mut reclaim_ms = Vec::new();
+    let mut cpu_pct = Vec::new();
+    let mut died = Vec::new();
+    for _ in 0..cfg.reclaim_runs {
+        let mut holder = setup.spawn("hold", kind, 0, false);
+        assert_eq!(holder.hear(BOUND), "held");
+        let mut waiter = setup.spawn("wait", kind, 1, false);
+        assert_eq!(waiter.hear(BOUND), "waiting");
+        if let Some(lt) = setup.table {
+            let pid = waiter.pid();
+            wait_until("the waiter in the queue", BOUND, || {
+                lt.status().unwrap().queue.iter().any(|t| t.pid == pid)
+            });
+        }
+        // Long past any spin or yield phase: the waiter sleeps now.
+        std::thread::sleep(cfg.asleep);
+        let killed_at = monotonic_ns();
+        holder.kill();
+        let line = waiter.hear(BOUND);
+        waiter.join();
+        let f: Vec<&str> = line.split(' ').collect();
+        let acquired_at: u64 = f[0].parse().unwrap();
+        let cpu_ns: f64 = f[1].parse().unwrap();
+        let wall_ns: f64 = f[2].parse().unwrap();
+        reclaim_ms.push(acquired_at.saturating_sub(killed_at) as f64 / 1e6);
+        cpu_pct.push(100.0 * cpu_ns / wall_ns);
+        died.push(f[3] == "true");
+    }
+    let med = median(&reclaim_ms);
+    let max = reclaim_ms.iter().cloned().fold(0.0, f64::max);
+    let cpu = median(&cpu_pct);
+    let cpu_max = cpu_pct.iter().cloned().fold(0.0, f64::max);
+    let died_all = died.iter().all(|&d| d);
+    println!(
+        "{id:<28} median {med:.3} ms, max {max:.3} ms over {} runs; waiter CPU while waiting \
+         median {cpu:.2} % (max {cpu_max:.2} %); owner death reported: {died_all}",
+        reclaim_ms.len()
+    );
+    json!({
+        "id": id,
+        "mechanism": kind.name(),
+        "median_ms": med,
+        "max_ms": max,
+        "runs_ms": reclaim_ms,
+        "waiter_cpu_percent_median": cpu,
+        "waiter_cpu_percent_max": cpu_max,
+        "owner_death_reported": died_all,
+    })
+}

@@ -1,0 +1,100 @@
+//! Uncontended lock + unlock in one process: lockticket's exclusive and shared tokens against
+//! the mechanisms a user would pick instead, all on tmpfs, in one run.
+//!
+//! `cargo bench --bench uncontended` (`LOCKTICKET_BENCH_QUICK=1` for a short run). Results: criterion's
+//! `target/criterion/uncontended/*/new/estimates.json`, summarised by
+//! `cargo run --release --example bench_report`.
+
+mod support;
+
+use std::hint::black_box;
+use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use support::Arena;
+use support::locks::{Kind, Mechanism, PosixSem, Visit, with_mechanism};
+
+/// Benchmarks one lock + unlock of a mechanism.
+struct LockUnlock<'a, 'c> {
+    group: &'a mut criterion::BenchmarkGroup<'c, criterion::measurement::WallTime>,
+    name: &'static str,
+}
+
+impl Visit for LockUnlock<'_, '_> {
+    type Out = ();
+    fn visit<M: Mechanism>(self, m: &M) {
+        self.group
+            .bench_function(self.name, |b| b.iter(|| m.with_lock(|| black_box(()))));
+    }
+}
+
+fn uncontended(c: &mut Criterion) {
+    let arena = Arena::create();
+    // The table stays alive across the benches (as in an application holding its main lock).
+    let lt = lockticket::LockTicket::open(arena.table_name()).unwrap();
+    let keep = lt.main_lock(lockticket::Share::Shared).unwrap();
+    let mut group = c.benchmark_group("uncontended");
+    support::configure(&mut group);
+    // lockticket through the public API, exactly as an application calls it.
+    group.bench_function("lockticket_exclusive", |b| {
+        b.iter(|| drop(black_box(lt.token_lock().unwrap())))
+    });
+    group.bench_function("lockticket_shared", |b| {
+        b.iter(|| drop(black_box(lt.token_lock_shared().unwrap())))
+    });
+    for kind in [
+        Kind::Flock,
+        Kind::Ofd,
+        Kind::RobustMutex,
+        Kind::PosixSem,
+        Kind::CasSpin,
+        Kind::TicketSpin,
+    ] {
+        with_mechanism(
+            kind,
+            &arena,
+            LockUnlock {
+                group: &mut group,
+                name: kind.name(),
+            },
+        );
+    }
+    group.finish();
+    PosixSem::unlink(&arena.sem_name());
+    keep.unlock().unwrap();
+}
+
+/// The building blocks' costs, to explain the figures above: one atomic read-modify-write on
+/// a word of a shared tmpfs mapping (x86: a `lock`-prefixed instruction), a sequentially
+/// consistent store (`xchg`), and the clocks a lock path might read.
+fn primitives(c: &mut Criterion) {
+    let arena = Arena::create();
+    let word = &arena.ctl.get().counter.0.value;
+    let mut group = c.benchmark_group("primitives");
+    support::configure(&mut group);
+    group.bench_function("cas", |b| {
+        let mut v = word.load(Relaxed);
+        b.iter(|| {
+            v = match word.compare_exchange(v, v.wrapping_add(1), SeqCst, Relaxed) {
+                Ok(_) => v.wrapping_add(1),
+                Err(now) => now,
+            }
+        })
+    });
+    group.bench_function("fetch_add", |b| b.iter(|| word.fetch_add(1, SeqCst)));
+    group.bench_function("seqcst_store", |b| {
+        b.iter(|| word.store(black_box(1), SeqCst))
+    });
+    group.bench_function("release_store", |b| {
+        b.iter(|| word.store(black_box(1), Release))
+    });
+    group.bench_function("instant_now", |b| b.iter(std::time::Instant::now));
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = uncontended, primitives
+}
+criterion_main!(benches);
