@@ -73,7 +73,8 @@ pub(crate) struct Slot {
     pub start: AtomicU64,
     /// PID of the owner's parent (the handle's creator), for status.
     pub parent: AtomicU64,
-    /// When the request entered the queue, in ns since the Unix epoch (0 = not recorded).
+    /// When the request entered the queue, then when it got the token, in ns since the Unix
+    /// epoch (0 = not recorded).
     pub since_ns: AtomicU64,
     /// Wait state (low 16 bits) tagged with the lap (high 16 bits); the futex sleeps on it.
     pub futex: AtomicU32,
@@ -346,6 +347,11 @@ impl<'a> Ring<'a> {
     #[inline(always)]
     pub(crate) fn granted_at_once(&self, tk: Ticket) -> bool {
         self.words.head.load(SeqCst) == tk.t
+    }
+
+    /// Records when a waiter got the token (status shows holders' grant times).
+    pub(crate) fn set_since(&self, tk: Ticket, ns: u64) {
+        self.slot(tk.t).since_ns.store(ns, Relaxed);
     }
 
     /// Whether `tk` may hold the token now.

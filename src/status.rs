@@ -37,7 +37,7 @@ pub struct TokenInfo {
     pub ticket: u64,
     /// False when the process is dead (its slot is reclaimed by the next waiter that looks).
     pub alive: bool,
-    /// When it entered the queue.
+    /// Holders: when they got the token; waiters: when they entered the queue.
     pub since: Option<SystemTime>,
 }
 

@@ -501,6 +501,7 @@ impl LockTicket {
         };
         match outcome {
             Waited::Granted => {
+                ring.set_since(tk, sys::coarse_now_ns()); // now "held since", for status
                 let died = ring.mark_holding(tk);
                 Ok(Some(TokenGuard {
                     lt: self,
