@@ -31,6 +31,35 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Handing a value to the next holder
+//!
+//! The payload is a small value kept in its own mapped region: a path to a file holding big
+//! data, a row id, a small struct. Readers take no lock and always get a complete value (the
+//! previous one, or the new one whole), even when a writer is killed mid-write.
+//!
+//! ```
+//! use lockticket::{LockTicket, Share};
+//!
+//! # fn main() -> lockticket::Result<()> {
+//! # let name = format!("doc-handoff-{}", std::process::id());
+//! let lt = LockTicket::open(&name)?;
+//! let _owner = lt.main_lock(Share::Shared)?;
+//! {
+//!     let _token = lt.token_lock()?;
+//!     // ... write the job's data to a file, then tell the next holder where it is:
+//!     lt.set_payload(b"/var/tmp/job-17.json")?;
+//! }
+//! // The next holder (any process with the table open):
+//! let _token = lt.token_lock()?;
+//! let (path, generation) = lt.payload_with_generation()?;
+//! assert_eq!(path, b"/var/tmp/job-17.json");
+//! assert_eq!(generation, 1); // one value written so far
+//! # Ok(()) }
+//! ```
+//!
+//! Typed values: [`LockTicket::set_payload_pod`] / [`LockTicket::payload_pod`] for
+//! `bytemuck::Pod` types, and `set_data` / `data` for any serde type with the `serde` feature.
+//!
 //! Child processes take tokens on the handle their parent opened (after `fork`), or open the
 //! same name themselves. See `docs/design.md` for the algorithm and its crash analysis,
 //! `docs/format.md` for the file layout, and `docs/migration.md` for the Perl original's calls.
