@@ -385,17 +385,29 @@ impl LockTicket {
         };
         ring.publish(tk, start, pid, sys::coarse_now_ns());
         if ring.granted_at_once(tk) && !region.retired() {
-            let died = ring.mark_holding(tk);
-            return Fast::Granted(TokenGuard {
-                lt: self,
-                region,
-                tk,
-                share,
-                pid,
-                died,
-            });
+            return Fast::Granted(self.holding(region, tk, share, pid));
         }
         Fast::Claimed(region, tk)
+    }
+
+    /// The guard of a granted request, marked as holding.
+    #[inline(always)]
+    fn holding<'a>(
+        &'a self,
+        region: &'a Region,
+        tk: Ticket,
+        share: Share,
+        pid: u32,
+    ) -> TokenGuard<'a> {
+        let died = region.ring().mark_holding(tk);
+        TokenGuard {
+            lt: self,
+            region,
+            tk,
+            share,
+            pid,
+            died,
+        }
     }
 
     #[cold]
@@ -502,15 +514,7 @@ impl LockTicket {
         match outcome {
             Waited::Granted => {
                 ring.set_since(tk, sys::coarse_now_ns()); // now "held since", for status
-                let died = ring.mark_holding(tk);
-                Ok(Some(TokenGuard {
-                    lt: self,
-                    region,
-                    tk,
-                    share,
-                    pid,
-                    died,
-                }))
+                Ok(Some(self.holding(region, tk, share, pid)))
             }
             Waited::TimedOut => {
                 ring.release(tk).map_err(|b| self.broken(b))?;

@@ -191,34 +191,6 @@ fn dispatch(role: &str, args: &[String]) {
             g.unlock().unwrap();
             say("unlocked");
         }
-        // Owns the table exclusively, forks; the child drops its copy of the guard.
-        "fork-drop" => {
-            let lt = LockTicket::open(&args[0]).unwrap();
-            let main = lt.main_lock(Share::Exclusive).unwrap();
-            say(format!("owns pid={}", std::process::id()));
-            // SAFETY: the child only drops a guard, writes a line and _exits.
-            let child = unsafe { libc::fork() };
-            assert!(child >= 0, "fork failed");
-            if child == 0 {
-                let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    drop(main);
-                    say(format!("child-dropped pid={}", std::process::id()));
-                })) {
-                    Ok(()) => 0,
-                    Err(_) => 101,
-                };
-                // SAFETY: ends the forked child without running the harness's exit code.
-                unsafe { libc::_exit(code) };
-            }
-            let mut status = 0;
-            // SAFETY: waits for our own child.
-            let rc = unsafe { libc::waitpid(child, &mut status, 0) };
-            assert_eq!(rc, child);
-            say(format!("child-exit {}", libc::WEXITSTATUS(status)));
-            let _ = hear();
-            main.unlock().unwrap();
-            say("unlocked");
-        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -586,35 +558,6 @@ fn only_the_last_owner_removes_the_table() {
         !lt.path().exists(),
         "the last owner's drop leaves the table behind"
     );
-}
-
-#[test]
-fn a_main_guard_dropped_in_a_forked_child_does_nothing() {
-    let (lt, name) = table("forkmain");
-    let mut h = Helper::spawn("fork-drop", &[&name]);
-    let owner = h.expect("owns pid=");
-    assert_eq!(owner, h.pid().to_string());
-    let child = h.expect("child-dropped pid=");
-    assert_ne!(child, owner);
-    assert_eq!(h.expect("child-exit"), "0");
-    assert!(
-        lt.path().exists(),
-        "the child's drop removed the parent's table"
-    );
-    let st = lt.status().unwrap();
-    assert_eq!(
-        st.members
-            .iter()
-            .map(|m| (m.pid, m.share))
-            .collect::<Vec<_>>(),
-        [(h.pid(), Share::Exclusive)],
-        "{st}"
-    );
-    let e = lt.main_lock(Share::Shared).unwrap_err();
-    assert!(matches!(e, Error::MainLockBusy { .. }), "{e:?}");
-    h.send("x");
-    h.expect("unlocked");
-    assert!(!lt.path().exists());
 }
 
 #[test]

@@ -10,16 +10,42 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use super::*;
 use crate::liveness::{Liveness, Owner, START_FP_MASK};
 
-/// The shared words of an in-memory ring.
-#[derive(Default)]
-struct Words {
+/// An in-memory ring: the shared words and the slots a mapped table would hold.
+pub(crate) struct MemRing {
     tail: AtomicU64,
     head: AtomicU64,
     dead_holder: AtomicU64,
     reclaimed: AtomicU64,
+    /// The slots.
+    pub(crate) slots: Vec<Slot>,
 }
 
-fn no_wake(_: &AtomicU32) {}
+impl MemRing {
+    /// `capacity` free slots, head and tail at 0.
+    pub(crate) fn new(capacity: usize) -> Self {
+        MemRing {
+            tail: AtomicU64::new(0),
+            head: AtomicU64::new(0),
+            dead_holder: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
+            slots: (0..capacity).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    /// A ring view; `wake` is called for every futex wake.
+    pub(crate) fn ring(&self, wake: fn(&AtomicU32)) -> Ring<'_> {
+        let words = RingWords {
+            tail: &self.tail,
+            head: &self.head,
+            dead_holder: &self.dead_holder,
+            reclaimed: &self.reclaimed,
+        };
+        Ring::new(words, &self.slots, wake)
+    }
+}
+
+/// A waker for single-threaded models: nobody sleeps.
+pub(crate) fn no_wake(_: &AtomicU32) {}
 
 /// Which processes live, and since when (start times): the test's stand-in for /proc.
 #[derive(Default)]
@@ -352,18 +378,8 @@ impl Model<'_> {
 /// the invariants after every step (panics on a violation), then drains the queue.
 pub fn run(cap_shift: u32, start_ticket: u64, ops: &[Op]) {
     let cap = 1usize << cap_shift;
-    let words = Words::default();
-    let slots: Vec<Slot> = (0..cap).map(|_| Slot::default()).collect();
-    let ring = Ring::new(
-        RingWords {
-            tail: &words.tail,
-            head: &words.head,
-            dead_holder: &words.dead_holder,
-            reclaimed: &words.reclaimed,
-        },
-        &slots,
-        no_wake,
-    );
+    let mem = MemRing::new(cap);
+    let ring = mem.ring(no_wake);
     ring.reset_at(start_ticket);
     let world = World::default();
     let start: [u64; PROCS] = [1000, 2001, 3002, 4003, 5004];

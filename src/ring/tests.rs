@@ -4,19 +4,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use proptest::prelude::*;
 
-use super::model::{Op, PROCS, run};
+use super::model::{MemRing, Op, PROCS, no_wake, run};
 use super::*;
-
-fn no_wake(_: &AtomicU32) {}
-
-/// The shared words of an in-memory ring.
-#[derive(Default)]
-struct Words {
-    tail: AtomicU64,
-    head: AtomicU64,
-    dead_holder: AtomicU64,
-    reclaimed: AtomicU64,
-}
 
 fn op() -> impl Strategy<Value = Op> {
     let p = 0..PROCS;
@@ -74,18 +63,9 @@ fn a_slot_maps_to_one_ticket_per_capacity_window() {
 fn a_stale_claim_is_withdrawn_or_resolved() {
     // A claimer read slot 1 free for ticket 1, then stalled 2^32 laps: its CAS succeeds on the
     // slot's identical-looking word while the ring is elsewhere.
-    let words = Words::default();
-    let slots: Vec<Slot> = (0..4).map(|_| Slot::default()).collect();
-    let ring = Ring::new(
-        RingWords {
-            tail: &words.tail,
-            head: &words.head,
-            dead_holder: &words.dead_holder,
-            reclaimed: &words.reclaimed,
-        },
-        &slots,
-        no_wake,
-    );
+    let mem = MemRing::new(4);
+    let slots = &mem.slots;
+    let ring = mem.ring(no_wake);
     let far = (1u64 << 32) * 4 + 1; // same slot, same low lap bits as ticket 1
     ring.reset_at(far - 1);
     let mine = ring.claim_word(1, Share::Exclusive, 9, 9);
@@ -112,18 +92,8 @@ fn wake_up_is_not_lost_when_parking_races_a_release() {
     fn count(_: &AtomicU32) {
         WOKEN.fetch_add(1, SeqCst);
     }
-    let words = Words::default();
-    let slots: Vec<Slot> = (0..4).map(|_| Slot::default()).collect();
-    let ring = Ring::new(
-        RingWords {
-            tail: &words.tail,
-            head: &words.head,
-            dead_holder: &words.dead_holder,
-            reclaimed: &words.reclaimed,
-        },
-        &slots,
-        count,
-    );
+    let mem = MemRing::new(4);
+    let ring = mem.ring(count);
     let Claim::Claimed(a) = ring.try_claim(Share::Exclusive, 1, 1) else {
         panic!()
     };
