@@ -67,9 +67,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+mod handle;
 #[doc(hidden)]
 pub mod layout;
 mod liveness;
+mod main_lock;
 mod members;
 mod path;
 #[doc(hidden)]
@@ -78,7 +80,7 @@ mod region;
 mod ring;
 mod status;
 mod sys;
-mod ticket;
+mod token;
 mod wait;
 
 /// Entry points for the fuzz targets (`fuzz/`); not a public API.
@@ -89,10 +91,12 @@ pub mod fuzzing {
 }
 
 pub use error::{Error, Result};
+pub use handle::{Builder, LockTicket};
 pub use layout::HeaderError;
+pub use main_lock::MainGuard;
 pub use path::{DEFAULT_DIRECTORIES, default_directory};
 pub use status::{MemberInfo, Status, TokenInfo};
-pub use ticket::{Builder, LockTicket, MainGuard, TokenGuard};
+pub use token::TokenGuard;
 
 /// Exclusive or shared: the mode of a main lock or a token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

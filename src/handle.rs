@@ -1,0 +1,423 @@
+//! The public handle: options, opening, the mapped table, payload and status calls.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, Ordering::*};
+
+use crate::error::{Error, Result};
+use crate::layout::{self, Geometry};
+use crate::liveness::{Liveness, OsLiveness, Owner};
+use crate::region::{Create, Region};
+use crate::ring::Broken;
+use crate::{payload, sys};
+
+/// A handle on a lock table: the main lock, FIFO token locks and the payload.
+///
+/// Opening a handle creates nothing; [`main_lock`](Self::main_lock) creates the table. The
+/// handle is `Send + Sync`: threads of one process queue in the same FIFO as other processes.
+/// A handle inherited through `fork` works in the child: its tokens carry the child's PID and
+/// name the handle's creator as parent; once that parent is gone the child's lock calls fail
+/// with [`Error::ParentGone`].
+pub struct LockTicket {
+    pub(crate) path: PathBuf,
+    pub(crate) create: Create,
+    pub(crate) creator: (u32, u64),
+    pub(crate) creator_pidfd: Option<OwnedFd>,
+    /// The table in use: points into one of `regions`, or null before the first use.
+    pub(crate) current: AtomicPtr<Region>,
+    /// Every table this handle mapped. Boxes are never freed before the handle, so references
+    /// handed out (guards, `current`) stay valid; replaced tables are neutered instead.
+    #[allow(clippy::vec_box)] // the boxes give each region an address that never moves
+    pub(crate) regions: Mutex<Vec<Box<Region>>>,
+}
+
+impl std::fmt::Debug for LockTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockTicket")
+            .field("path", &self.path)
+            .field(
+                "permissions",
+                &format_args!("{:04o}", self.create.permissions),
+            )
+            .field("ring_capacity", &self.create.geometry.ring_capacity)
+            .field("payload_capacity", &self.create.geometry.payload_capacity)
+            .field("creator", &self.creator.0)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for [`LockTicket`], each with a sensible default.
+///
+/// ```
+/// # fn main() -> lockticket::Result<()> {
+/// let dir = std::env::temp_dir();
+/// let lt = lockticket::LockTicket::builder("builder-doc")
+///     .permissions(0o600)
+///     .ring_capacity(64)
+///     .payload_capacity(1024)
+///     .directory(&dir)
+///     .open()?;
+/// assert!(lt.path().starts_with(&dir));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Builder {
+    name_or_path: PathBuf,
+    permissions: u32,
+    ring_capacity: u32,
+    member_capacity: u32,
+    payload_capacity: u64,
+    directory: Option<PathBuf>,
+}
+
+impl Builder {
+    /// File mode of the table (default `0o600`). Wider modes let other users share the lock;
+    /// an existing table that grants more than this is refused ("doubtful permissions").
+    pub fn permissions(mut self, mode: u32) -> Self {
+        self.permissions = mode;
+        self
+    }
+
+    /// Token slots: how many requests can be queued at once (default 256; rounded up to a
+    /// power of two, 2 to 65536). More requests than slots wait for a free slot.
+    pub fn ring_capacity(mut self, slots: u32) -> Self {
+        self.ring_capacity = slots;
+        self
+    }
+
+    /// Main-lock registry entries: how many processes can hold the shared main lock at once
+    /// (default 64, at most 4096).
+    pub fn member_capacity(mut self, entries: u32) -> Self {
+        self.member_capacity = entries;
+        self
+    }
+
+    /// Payload capacity in bytes (default 4096, at most 16 MiB).
+    pub fn payload_capacity(mut self, bytes: usize) -> Self {
+        self.payload_capacity = bytes as u64;
+        self
+    }
+
+    /// Directory for a table given by *name* (default: the first of `/dev/shm`, `/run/shm`,
+    /// `/run`, `/tmp` that is writable and memory-backed). Ignored for paths.
+    pub fn directory(mut self, dir: impl AsRef<Path>) -> Self {
+        self.directory = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Resolves the path and checks the options. Creates nothing.
+    pub fn open(self) -> Result<LockTicket> {
+        if self.permissions & !0o777 != 0 || self.permissions & 0o600 != 0o600 {
+            return Err(Error::InvalidOption(format!(
+                "permissions {:04o}: give permission bits (at most 0o777) that include owner \
+                 read and write (0o600)",
+                self.permissions
+            )));
+        }
+        let ring = self.ring_capacity.max(layout::MIN_RING_CAPACITY);
+        if ring > layout::MAX_RING_CAPACITY {
+            return Err(Error::InvalidOption(format!(
+                "ring_capacity {ring}: at most {}",
+                layout::MAX_RING_CAPACITY
+            )));
+        }
+        if self.member_capacity == 0 || self.member_capacity > layout::MAX_MEMBER_CAPACITY {
+            return Err(Error::InvalidOption(format!(
+                "member_capacity {}: 1 to {}",
+                self.member_capacity,
+                layout::MAX_MEMBER_CAPACITY
+            )));
+        }
+        if self.payload_capacity == 0 || self.payload_capacity > layout::MAX_PAYLOAD_CAPACITY {
+            return Err(Error::InvalidOption(format!(
+                "payload_capacity {}: 1 to {} bytes",
+                self.payload_capacity,
+                layout::MAX_PAYLOAD_CAPACITY
+            )));
+        }
+        let path = crate::path::resolve(&self.name_or_path, self.directory.as_deref())?;
+        let geometry = Geometry {
+            ring_capacity: ring.next_power_of_two(),
+            member_capacity: self.member_capacity,
+            payload_capacity: self.payload_capacity,
+            payload_region_len: payload::region_len(self.payload_capacity),
+        };
+        let creator = sys::current_identity();
+        Ok(LockTicket {
+            path,
+            create: Create {
+                permissions: self.permissions,
+                geometry,
+                main_mode: 0,
+            },
+            creator,
+            creator_pidfd: sys::pidfd_open(creator.0),
+            current: AtomicPtr::new(std::ptr::null_mut()),
+            regions: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl LockTicket {
+    /// A handle on the table `name_or_path` with default options (see [`Builder`]).
+    ///
+    /// A *name* (`[-_A-Za-z0-9]{1,218}`) is placed in the default directory as
+    /// `lockticket-NAME.lt`; a *path* (`/…`, `./…`, `../…`) is used as given.
+    pub fn open(name_or_path: impl AsRef<Path>) -> Result<LockTicket> {
+        Self::builder(name_or_path).open()
+    }
+
+    /// A builder for a handle with non-default options.
+    pub fn builder(name_or_path: impl AsRef<Path>) -> Builder {
+        Builder {
+            name_or_path: name_or_path.as_ref().to_path_buf(),
+            permissions: 0o600,
+            ring_capacity: layout::DEFAULT_RING_CAPACITY,
+            member_capacity: layout::DEFAULT_MEMBER_CAPACITY,
+            payload_capacity: layout::DEFAULT_PAYLOAD_CAPACITY as usize as u64,
+            directory: None,
+        }
+    }
+
+    /// The table's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn perms(&self) -> u32 {
+        self.create.permissions
+    }
+
+    pub(crate) fn broken(&self, b: Broken) -> Error {
+        self.corrupted(&b.0)
+    }
+
+    pub(crate) fn corrupted(&self, detail: &str) -> Error {
+        Error::Corrupted {
+            path: self.path.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// In a forked child: fails once the handle's creator has exited.
+    #[inline]
+    pub(crate) fn check_parent(&self, pid: u32) -> Result<()> {
+        if pid == self.creator.0 {
+            return Ok(());
+        }
+        let gone = match &self.creator_pidfd {
+            Some(fd) => sys::pidfd_exited(fd),
+            None => !OsLiveness.is_alive(Owner {
+                pid: self.creator.0,
+                start: Some(self.creator.1),
+                start_fp: None,
+            }),
+        };
+        if gone {
+            return Err(Error::ParentGone {
+                path: self.path.clone(),
+                parent: self.creator.0,
+            });
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The mapped table.
+
+    /// The table in use, mapping it (again) when it is not mapped yet or was retired.
+    #[inline]
+    pub(crate) fn table(&self) -> Result<&Region> {
+        match self.mapped() {
+            Some(r) => Ok(r),
+            None => self.remap(),
+        }
+    }
+
+    /// The table in use, if it is mapped and not retired.
+    #[inline]
+    pub(crate) fn mapped(&self) -> Option<&Region> {
+        let p = self.current.load(Acquire);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: `current` only ever points into a Box held by `regions`, and those are freed
+        // only when `self` is dropped, which the borrow of `self` rules out.
+        let r = unsafe { &*p };
+        (!r.retired()).then_some(r)
+    }
+
+    #[cold]
+    pub(crate) fn remap(&self) -> Result<&Region> {
+        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..64 {
+            let Some(region) = Region::open_existing(&self.path, self.perms())? else {
+                return Err(Error::NotCreated {
+                    path: self.path.clone(),
+                });
+            };
+            if region.retired() {
+                // Retired and being removed, or its retirer died: the flock tells which.
+                let cold = region.cold()?;
+                if region.retired() && region.still_at_path()? {
+                    region.header().retired.store(0, SeqCst);
+                }
+                drop(cold);
+                if region.retired() {
+                    continue;
+                }
+            }
+            return Ok(self.install(&mut regions, region));
+        }
+        Err(Error::Removed {
+            path: self.path.clone(),
+        })
+    }
+
+    /// Makes `region` the table in use (or keeps the current mapping when it is the same
+    /// file), and frees the resources of tables that were removed.
+    #[allow(clippy::vec_box)] // see `regions`
+    pub(crate) fn install<'a>(
+        &'a self,
+        regions: &mut Vec<Box<Region>>,
+        region: Region,
+    ) -> &'a Region {
+        let same = regions
+            .iter()
+            .find(|r| r.same_file(&region) && !r.retired());
+        let ptr: *const Region = match same {
+            Some(r) => &**r,
+            None => {
+                regions.push(Box::new(region));
+                &**regions.last().expect("just pushed")
+            }
+        };
+        for old in regions.iter() {
+            if !std::ptr::eq(&**old, ptr) && old.retired() && !old.still_at_path().unwrap_or(true) {
+                old.neuter();
+            }
+        }
+        self.current.store(ptr as *mut Region, Release);
+        // SAFETY: points into a Box owned by `regions`, which lives as long as `self`.
+        unsafe { &*ptr }
+    }
+}
+
+/// Payload and status.
+impl LockTicket {
+    /// Stores `value` as the table's payload (the original's `SetCustomData`). Readers see
+    /// either the previous value or this one, whole; a writer killed mid-write leaves the
+    /// previous value readable. Concurrent writers are serialised. A value larger than the
+    /// table's payload capacity gives [`Error::PayloadTooLarge`] and changes nothing.
+    ///
+    /// ```
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let name = format!("doc-payload-{}", std::process::id());
+    /// let lt = lockticket::LockTicket::open(&name)?;
+    /// let _owner = lt.main_lock(lockticket::Share::Exclusive)?;
+    /// lt.set_payload(b"/var/tmp/job-17.json")?;
+    /// assert_eq!(lt.payload()?, b"/var/tmp/job-17.json");
+    /// lt.clear_payload()?;
+    /// assert!(lt.payload()?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn set_payload(&self, value: &[u8]) -> Result<()> {
+        let region = self.table()?;
+        region
+            .with_payload_writer(|p| p.write(value))
+            .map(drop)
+            .map_err(|e| self.payload_error(e))
+    }
+
+    /// The current payload (the original's `GetCustomData`); empty when never set. Takes no
+    /// lock: a complete snapshot, possibly already replaced by a newer one.
+    pub fn payload(&self) -> Result<Vec<u8>> {
+        self.payload_value().map(|v| v.bytes)
+    }
+
+    /// The current payload and its generation (incremented by every write).
+    pub fn payload_with_generation(&self) -> Result<(Vec<u8>, u64)> {
+        self.payload_value().map(|v| (v.bytes, v.generation))
+    }
+
+    fn payload_value(&self) -> Result<payload::PayloadValue> {
+        self.table()?
+            .payload()
+            .read()
+            .map_err(|e| self.payload_error(e))
+    }
+
+    /// Empties the payload (the original's `SetCustomData(undef)`).
+    pub fn clear_payload(&self) -> Result<()> {
+        self.set_payload(&[])
+    }
+
+    /// Stores a plain-old-data value as the payload.
+    pub fn set_payload_pod<T: bytemuck::Pod>(&self, value: &T) -> Result<()> {
+        self.set_payload(bytemuck::bytes_of(value))
+    }
+
+    /// Reads a plain-old-data value; `None` when the payload is empty, an error when its size
+    /// is not `size_of::<T>()`.
+    pub fn payload_pod<T: bytemuck::Pod>(&self) -> Result<Option<T>> {
+        let bytes = self.payload()?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if bytes.len() != std::mem::size_of::<T>() {
+            return Err(Error::PayloadEncoding {
+                path: self.path.clone(),
+                detail: format!(
+                    "payload has {} bytes, {} needs {}",
+                    bytes.len(),
+                    std::any::type_name::<T>(),
+                    std::mem::size_of::<T>()
+                ),
+            });
+        }
+        Ok(Some(bytemuck::pod_read_unaligned(&bytes)))
+    }
+
+    /// Stores a structured value (encoded with postcard).
+    #[cfg(feature = "serde")]
+    pub fn set_data<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let bytes = postcard::to_allocvec(value).map_err(|e| Error::PayloadEncoding {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })?;
+        self.set_payload(&bytes)
+    }
+
+    /// Reads a structured value stored by [`set_data`](Self::set_data); `None` when empty.
+    #[cfg(feature = "serde")]
+    pub fn data<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>> {
+        let bytes = self.payload()?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| Error::PayloadEncoding {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })
+    }
+
+    fn payload_error(&self, e: payload::PayloadError) -> Error {
+        match e {
+            payload::PayloadError::TooLarge { len, capacity } => Error::PayloadTooLarge {
+                path: self.path.clone(),
+                len,
+                capacity,
+            },
+            other => self.corrupted(&format!("payload: {other}")),
+        }
+    }
+
+    /// A snapshot of the table: owners, holders, the queue in FIFO order, counters. Never
+    /// blocks the lock. Fails with [`Error::NotCreated`] when there is no table.
+    pub fn status(&self) -> Result<crate::Status> {
+        Ok(crate::status::snapshot(self.table()?))
+    }
+}

@@ -1,0 +1,183 @@
+//! The main lock: registering the owners of a table, and the last one out.
+
+use std::sync::atomic::Ordering::*;
+
+use crate::LockTicket;
+use crate::error::{Error, Result};
+use crate::layout::{self, Geometry};
+use crate::liveness::OsLiveness;
+use crate::members::{self, JoinRefused};
+use crate::region::{Create, Region};
+use crate::{Share, sys};
+
+impl LockTicket {
+    // -----------------------------------------------------------------------------------------
+    // Main lock.
+
+    /// Registers this process as an owner of the table, creating the table if needed.
+    ///
+    /// * [`Share::Exclusive`] (the original's `MainLock()`): succeeds when no live process owns
+    ///   the table; creates it when absent.
+    /// * [`Share::Shared`] (`MainLock(1)`): joins other shared owners.
+    ///
+    /// A table whose owners are all dead is reclaimed ([`MainGuard::reclaimed`] says so). The
+    /// last owner to leave removes the file. Errors: [`Error::MainLockBusy`] when live owners
+    /// hold it in a conflicting mode, [`Error::AlreadyRegistered`] when this process holds it
+    /// already, and the file errors of [`LockTicket::open`].
+    pub fn main_lock(&self, share: Share) -> Result<MainGuard<'_>> {
+        let (pid, start) = sys::current_identity();
+        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reclaimed = false;
+        for _ in 0..64 {
+            let (region, created) = match Region::open_existing(&self.path, self.perms())? {
+                Some(r) => (r, false),
+                None => {
+                    let mode = match share {
+                        Share::Exclusive => layout::MAIN_EXCLUSIVE,
+                        Share::Shared => layout::MAIN_SHARED,
+                    };
+                    match Region::create(
+                        &self.path,
+                        Create {
+                            main_mode: mode,
+                            ..self.create
+                        },
+                    )? {
+                        Some(r) => (r, true),
+                        None => continue, // someone else created it first
+                    }
+                }
+            };
+            let cold = region.cold()?;
+            if !region.still_at_path()? {
+                continue; // removed or replaced while we opened it
+            }
+            if region.retired() {
+                // We hold the flock and the file is still there: whoever retired it died
+                // before unlinking (retiring and unlinking happen under one flock).
+                region.header().retired.store(0, SeqCst);
+            }
+            let census = members::census(region.members(), &OsLiveness);
+            if census.live.is_empty() && !created {
+                reclaimed = true;
+                if !region.ring().has_live_requests(&OsLiveness) {
+                    // An orphan: start afresh rather than trust what dead owners left.
+                    cold.retire_and_unlink()?;
+                    continue;
+                }
+            }
+            let index = members::join(
+                region.members(),
+                &census.live,
+                pid,
+                start,
+                share,
+                sys::now_ns(),
+            )
+            .map_err(|refused| self.refused(refused, pid, region.geometry()))?;
+            drop(cold);
+            let region = self.install(&mut regions, region);
+            return Ok(MainGuard {
+                lt: self,
+                region,
+                index,
+                pid,
+                start,
+                created,
+                reclaimed,
+            });
+        }
+        Err(Error::Corrupted {
+            path: self.path.clone(),
+            detail: "the table kept changing under us (created and removed 64 times)".into(),
+        })
+    }
+
+    fn refused(&self, refused: JoinRefused, pid: u32, g: Geometry) -> Error {
+        let path = self.path.clone();
+        match refused {
+            JoinRefused::Busy { share, pids } => Error::MainLockBusy { path, share, pids },
+            JoinRefused::AlreadyRegistered => Error::AlreadyRegistered { path, pid },
+            JoinRefused::Full => Error::RegistryFull {
+                path,
+                capacity: g.member_capacity,
+            },
+        }
+    }
+}
+
+/// A registration as owner of the table (the main lock). Leaves on [`unlock`](Self::unlock)
+/// or drop; the last owner out removes the table. Dropped in a forked child, it does nothing.
+#[must_use = "the main lock is released when the guard is dropped"]
+pub struct MainGuard<'a> {
+    lt: &'a LockTicket,
+    region: &'a Region,
+    index: usize,
+    pid: u32,
+    start: u64,
+    created: bool,
+    reclaimed: bool,
+}
+
+impl std::fmt::Debug for MainGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MainGuard")
+            .field("path", &self.lt.path)
+            .field("pid", &self.pid)
+            .field("created", &self.created)
+            .field("reclaimed", &self.reclaimed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MainGuard<'_> {
+    /// True when this call created the table.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// True when the table existed but all its registered owners were dead, and was taken
+    /// over (the original refused such "orphan" tables).
+    pub fn reclaimed(&self) -> bool {
+        self.reclaimed
+    }
+
+    /// Leaves (the original's `MainUnlock()`); the last owner removes the table.
+    pub fn unlock(self) -> Result<()> {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        this.leave()
+    }
+
+    fn leave(&mut self) -> Result<()> {
+        if sys::current_identity().0 != self.pid {
+            return Ok(()); // a forked child: the registration is the parent's
+        }
+        let region = self.region;
+        let cold = region.cold()?;
+        if !members::leave(region.members(), self.index, self.pid, self.start) {
+            return Err(self
+                .lt
+                .corrupted("our main-lock registration was removed from the table"));
+        }
+        if members::census(region.members(), &OsLiveness)
+            .live
+            .is_empty()
+        {
+            // Last one out. Retire before looking for token users: a process that claims a
+            // slot afterwards sees the mark and leaves (both sides use SeqCst).
+            region.header().retired.store(1, SeqCst);
+            if region.ring().has_live_requests(&OsLiveness) {
+                region.header().retired.store(0, SeqCst); // still in use: keep it
+            } else {
+                cold.retire_and_unlink()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MainGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.leave();
+    }
+}

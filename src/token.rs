@@ -1,0 +1,340 @@
+//! The token lock calls: the fast path, waiting, the guard.
+
+use std::time::{Duration, Instant};
+
+use crate::LockTicket;
+use crate::error::{Error, Result};
+use crate::liveness::OsLiveness;
+use crate::region::Region;
+use crate::ring::{Broken, Claim, Grant, Ticket};
+use crate::wait::{self, Waited};
+use crate::{Share, sys};
+
+/// How long a token request may wait.
+#[derive(Clone, Copy, Debug)]
+enum Patience {
+    /// Not at all.
+    Try,
+    /// Until this instant.
+    Until(Instant),
+    /// Forever.
+    Forever,
+}
+
+impl LockTicket {
+    // -----------------------------------------------------------------------------------------
+    // Token lock.
+
+    /// Takes the exclusive token, waiting in FIFO order (the original's `TokenLock()`).
+    #[inline]
+    pub fn token_lock(&self) -> Result<TokenGuard<'_>> {
+        match self.fast(Share::Exclusive) {
+            Fast::Granted(g) => Ok(g),
+            other => self.acquire_blocking(Share::Exclusive, other),
+        }
+    }
+
+    /// Takes a shared (reader) token, waiting in FIFO order. Consecutive shared requests hold
+    /// together; a shared request behind a queued exclusive one waits for it.
+    #[inline]
+    pub fn token_lock_shared(&self) -> Result<TokenGuard<'_>> {
+        match self.fast(Share::Shared) {
+            Fast::Granted(g) => Ok(g),
+            other => self.acquire_blocking(Share::Shared, other),
+        }
+    }
+
+    /// Takes the exclusive token if that is possible without waiting; never blocks and leaves
+    /// no trace in the queue when it fails.
+    pub fn try_token_lock(&self) -> Result<Option<TokenGuard<'_>>> {
+        self.acquire(Share::Exclusive, Patience::Try)
+    }
+
+    /// Takes a shared token if that is possible without waiting.
+    pub fn try_token_lock_shared(&self) -> Result<Option<TokenGuard<'_>>> {
+        self.acquire(Share::Shared, Patience::Try)
+    }
+
+    /// Takes the exclusive token, waiting at most `timeout`. `Ok(None)` on timeout; the
+    /// request then leaves the queue without a trace.
+    pub fn token_lock_timeout(&self, timeout: Duration) -> Result<Option<TokenGuard<'_>>> {
+        self.acquire(Share::Exclusive, patience_for(timeout))
+    }
+
+    /// Takes a shared token, waiting at most `timeout`.
+    pub fn token_lock_shared_timeout(&self, timeout: Duration) -> Result<Option<TokenGuard<'_>>> {
+        self.acquire(Share::Shared, patience_for(timeout))
+    }
+
+    #[cold]
+    fn acquire_blocking<'a>(&'a self, share: Share, fast: Fast<'a>) -> Result<TokenGuard<'a>> {
+        let got = match fast {
+            Fast::Granted(g) => Some(g),
+            Fast::Claimed(region, tk) => {
+                self.after_claim(region, tk, share, Patience::Forever, self.creator.0)?
+            }
+            Fast::Missed => self.acquire_slow(share, Patience::Forever)?,
+        };
+        match got {
+            Some(g) => Ok(g),
+            None => Err(self.corrupted("a request without deadline returned without a grant")),
+        }
+    }
+
+    /// Takes a token within `patience`.
+    #[inline]
+    fn acquire(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
+        match self.fast(share) {
+            Fast::Granted(g) => Ok(Some(g)),
+            Fast::Claimed(region, tk) => {
+                self.after_claim(region, tk, share, patience, self.creator.0)
+            }
+            Fast::Missed => self.acquire_slow(share, patience),
+        }
+    }
+
+    /// The fast path: one claim attempt on the mapped table, granted at once. Everything else
+    /// (waiting, a full ring, a retired table, a forked child) goes to the cold paths.
+    #[inline(always)]
+    fn fast(&self, share: Share) -> Fast<'_> {
+        let (pid, start) = sys::current_identity();
+        if pid != self.creator.0 {
+            return Fast::Missed; // a forked child: the slow path checks the parent
+        }
+        let Some(region) = self.mapped() else {
+            return Fast::Missed;
+        };
+        let ring = region.ring();
+        let Claim::Claimed(tk) = ring.try_claim(share, pid, start) else {
+            return Fast::Missed;
+        };
+        ring.publish(tk, start, pid, sys::coarse_now_ns());
+        if ring.granted_at_once(tk) && !region.retired() {
+            return Fast::Granted(self.holding(region, tk, share, pid));
+        }
+        Fast::Claimed(region, tk)
+    }
+
+    /// The guard of a granted request, marked as holding.
+    #[inline(always)]
+    fn holding<'a>(
+        &'a self,
+        region: &'a Region,
+        tk: Ticket,
+        share: Share,
+        pid: u32,
+    ) -> TokenGuard<'a> {
+        let died = region.ring().mark_holding(tk);
+        TokenGuard {
+            lt: self,
+            region,
+            tk,
+            share,
+            pid,
+            died,
+        }
+    }
+
+    #[cold]
+    fn acquire_slow(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
+        let (pid, start) = sys::current_identity();
+        self.check_parent(pid)?;
+        let deadline = match patience {
+            Patience::Until(d) => Some(d),
+            Patience::Try | Patience::Forever => None,
+        };
+        let region = self.table()?;
+        let ring = region.ring();
+        let tk = if let Patience::Try = patience {
+            if share == Share::Exclusive && !ring.is_idle() {
+                return Ok(None);
+            }
+            match ring.try_claim(share, pid, start) {
+                Claim::Claimed(tk) => tk,
+                Claim::Broken(b) => return Err(self.broken(b)),
+                Claim::Full | Claim::Retry => return Ok(None),
+            }
+        } else {
+            let claimed = wait::claim(ring, share, pid, start, deadline, &OsLiveness, || {
+                self.check_parent(pid)
+            });
+            match claimed {
+                Ok(Some(tk)) => tk,
+                Ok(None) => return Ok(None),
+                Err(w) => return Err(self.wait_error(w)),
+            }
+        };
+        self.claimed(region, tk, share, patience, pid, start)
+    }
+
+    /// Continues after a successful claim: publish, re-check the table, wait for the grant.
+    #[inline]
+    fn claimed<'a>(
+        &'a self,
+        region: &'a Region,
+        tk: Ticket,
+        share: Share,
+        patience: Patience,
+        pid: u32,
+        start: u64,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        region
+            .ring()
+            .publish(tk, start, self.creator.0, sys::coarse_now_ns());
+        self.after_claim(region, tk, share, patience, pid)
+    }
+
+    /// After a published claim: re-check the table, then wait for the grant.
+    #[cold]
+    fn after_claim<'a>(
+        &'a self,
+        region: &'a Region,
+        tk: Ticket,
+        share: Share,
+        patience: Patience,
+        pid: u32,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        let ring = region.ring();
+        if region.retired() {
+            // The last owner retired this table after we looked: leave it, use the new one.
+            let _ = ring.release(tk);
+            return self.acquire_slow(share, patience);
+        }
+        let first = ring.grant(tk, share);
+        self.wait_claimed(region, tk, share, patience, pid, first)
+    }
+
+    #[cold]
+    fn wait_claimed<'a>(
+        &'a self,
+        region: &'a Region,
+        tk: Ticket,
+        share: Share,
+        patience: Patience,
+        pid: u32,
+        first: Result<Grant, Broken>,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        let ring = region.ring();
+        let deadline = match patience {
+            Patience::Until(d) => Some(d),
+            Patience::Try | Patience::Forever => None,
+        };
+        let outcome = match (patience, first) {
+            (_, Ok(Grant::Granted)) => Waited::Granted,
+            (_, Err(b)) => Waited::Broken(b),
+            (Patience::Try, Ok(Grant::Waiting { .. })) => Waited::TimedOut,
+            (_, Ok(Grant::Waiting { .. })) => {
+                wait::until_granted(ring, tk, share, deadline, &OsLiveness, || {
+                    self.check_parent(pid)
+                })
+            }
+        };
+        let outcome = match outcome {
+            Waited::Granted if pid != self.creator.0 => match self.check_parent(pid) {
+                Ok(()) => Waited::Granted,
+                Err(e) => Waited::Check(e),
+            },
+            other => other,
+        };
+        match outcome {
+            Waited::Granted => {
+                ring.set_since(tk, sys::coarse_now_ns()); // now "held since", for status
+                Ok(Some(self.holding(region, tk, share, pid)))
+            }
+            Waited::TimedOut => {
+                ring.release(tk).map_err(|b| self.broken(b))?;
+                Ok(None)
+            }
+            other => {
+                let _ = ring.release(tk);
+                Err(self.wait_error(other))
+            }
+        }
+    }
+
+    fn wait_error(&self, w: Waited<Error>) -> Error {
+        match w {
+            Waited::Broken(b) => self.broken(b),
+            Waited::Check(e) => e,
+            Waited::Granted | Waited::TimedOut => self.corrupted("unexpected wait outcome"),
+        }
+    }
+}
+
+/// What the fast path got.
+enum Fast<'a> {
+    /// The token.
+    Granted(TokenGuard<'a>),
+    /// A published claim that must wait (or a retired table to leave).
+    Claimed(&'a Region, Ticket),
+    /// Nothing: take the slow path.
+    Missed,
+}
+
+fn patience_for(timeout: Duration) -> Patience {
+    match Instant::now().checked_add(timeout) {
+        Some(d) => Patience::Until(d),
+        None => Patience::Forever,
+    }
+}
+
+/// A held token. Released on [`unlock`](Self::unlock) or drop (the original's
+/// `TokenUnlock()`); dropped in a forked child, it does nothing.
+#[must_use = "the token is released when the guard is dropped"]
+pub struct TokenGuard<'a> {
+    lt: &'a LockTicket,
+    region: &'a Region,
+    tk: Ticket,
+    share: Share,
+    pid: u32,
+    died: bool,
+}
+
+impl std::fmt::Debug for TokenGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenGuard")
+            .field("path", &self.lt.path)
+            .field("share", &self.share)
+            .field("ticket", &self.tk.t)
+            .field("pid", &self.pid)
+            .field("previous_holder_died", &self.died)
+            .finish()
+    }
+}
+
+impl TokenGuard<'_> {
+    /// True when the previous holder died while holding the token (like `EOWNERDEAD`): the
+    /// state it protected may be half-updated; repair it before relying on it.
+    pub fn previous_holder_died(&self) -> bool {
+        self.died
+    }
+
+    /// Exclusive or shared.
+    pub fn share(&self) -> Share {
+        self.share
+    }
+
+    /// Releases the token. Fails only if the table was corrupted meanwhile.
+    pub fn unlock(self) -> Result<()> {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.release()
+    }
+
+    #[inline]
+    fn release(&self) -> Result<()> {
+        if sys::current_identity().0 != self.pid {
+            return Ok(()); // a forked child: the token is the parent's
+        }
+        self.region
+            .ring()
+            .release(self.tk)
+            .map_err(|b| self.lt.broken(b))
+    }
+}
+
+impl Drop for TokenGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
