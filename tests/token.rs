@@ -65,6 +65,36 @@ fn dispatch(role: &str, args: &[String]) {
             let tried = lt.try_token_lock().unwrap();
             say(format!("try got={}", tried.is_some()));
         }
+        // Holds the token in this (non-main) thread, then makes the main thread exit alone:
+        // the process lives on, its leader a zombie.
+        "leader-exits" => {
+            extern "C" fn exit_thread(_: libc::c_int) {
+                // SAFETY: ends only the calling thread (the main one), as pthread_exit would.
+                unsafe { libc::syscall(libc::SYS_exit, 0) };
+            }
+            let g = lt.token_lock().unwrap();
+            // SAFETY: installs a handler that only ends the thread it runs on, then sends the
+            // signal to the main thread (tid == pid).
+            unsafe {
+                libc::signal(
+                    libc::SIGUSR1,
+                    exit_thread as *const () as libc::sighandler_t,
+                );
+                let pid = libc::getpid();
+                libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGUSR1);
+            }
+            wait_until("our main thread to be a zombie", || {
+                let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+                stat.rsplit(')').next().unwrap().split_whitespace().next() == Some("Z")
+            });
+            say("held leader-gone");
+            hear();
+            drop(g);
+            say("released");
+            // SAFETY: ends the process from its last thread without unwinding a harness whose
+            // main thread is gone.
+            unsafe { libc::_exit(0) };
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -299,4 +329,26 @@ fn token_calls_need_a_table() {
         lt.payload(),
         Err(lockticket::Error::NotCreated { .. })
     ));
+}
+
+#[test]
+fn a_holder_whose_main_thread_exited_still_holds() {
+    let (lt, name) = table("leader");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("leader-exits", &[&name]);
+    h.expect("held leader-gone");
+    // Its thread group leader is a zombie, but another thread holds the token: not dead.
+    assert!(
+        lt.token_lock_timeout(Duration::from_millis(50))
+            .unwrap()
+            .is_none()
+    );
+    let st = lt.status().unwrap();
+    assert_eq!(st.holders.len(), 1);
+    assert!(st.holders[0].alive, "{st}");
+    assert_eq!(st.reclaimed_slots, 0);
+    h.send("release");
+    h.expect("released");
+    let g = lt.token_lock().unwrap();
+    assert!(!g.previous_holder_died());
 }

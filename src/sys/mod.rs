@@ -87,8 +87,11 @@ pub(crate) fn process_status(pid: u32) -> ProcStatus {
     let path = format!("/proc/{pid}/stat");
     match std::fs::read(&path) {
         Ok(bytes) => match parse_stat(&bytes) {
-            Some((b'Z' | b'X', _)) => ProcStatus::Dead,
-            Some((_, start)) => ProcStatus::Alive { start },
+            // A zombie has exited and only waits to be reaped: dead. Unless it is a thread
+            // group leader whose *other* threads still run (the main thread exited alone):
+            // that process is alive and may hold a lock in one of them.
+            Some(st) if matches!(st.state, b'Z' | b'X') && st.threads <= 1 => ProcStatus::Dead,
+            Some(st) => ProcStatus::Alive { start: st.start },
             None => ProcStatus::AliveUnknownStart,
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => ProcStatus::Dead,
@@ -102,16 +105,32 @@ pub(crate) fn process_status(pid: u32) -> ProcStatus {
     }
 }
 
-/// Parses `/proc/PID/stat`: returns (state, start time). The command name (field 2) may hold
-/// spaces and parentheses, so fields are counted after the *last* ')'.
-pub(crate) fn parse_stat(bytes: &[u8]) -> Option<(u8, u64)> {
+/// The fields of `/proc/PID/stat` we use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stat {
+    /// Field 3: `R`, `S`, `D`, `T`, `Z`, ...
+    pub state: u8,
+    /// Field 20: number of threads.
+    pub threads: u64,
+    /// Field 22: start time, clock ticks after boot.
+    pub start: u64,
+}
+
+/// Parses `/proc/PID/stat`. The command name (field 2) may hold spaces and parentheses, so
+/// fields are counted after the *last* ')'.
+pub(crate) fn parse_stat(bytes: &[u8]) -> Option<Stat> {
     let close = bytes.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(bytes.get(close + 1..)?).ok()?;
     let mut fields = rest.split_ascii_whitespace();
-    // After ')' come field 3 (state) ... field 22 (starttime): state is the 1st, start the 20th.
+    // After ')' come field 3 (state), 4, ... : threads is the 18th of them, start the 20th.
     let state = *fields.next()?.as_bytes().first()?;
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+    let threads = fields.nth(16)?.parse().ok()?;
+    let start = fields.nth(1)?.parse().ok()?;
+    Some(Stat {
+        state,
+        threads,
+        start,
+    })
 }
 
 /// `kill(pid, 0)`: true unless the process certainly does not exist.
@@ -330,8 +349,13 @@ mod tests {
 
     #[test]
     fn stat_parsing_survives_odd_command_names() {
-        let line = b"123 (a) b) (c) S 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 424242 23\n";
-        assert_eq!(parse_stat(line), Some((b'S', 424242)));
+        let line = b"123 (a) b) (c) S 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 3 21 424242 23\n";
+        let st = Stat {
+            state: b'S',
+            threads: 3,
+            start: 424242,
+        };
+        assert_eq!(parse_stat(line), Some(st));
         assert_eq!(parse_stat(b"garbage"), None);
         assert_eq!(parse_stat(b"1 (x) Z"), None);
     }
