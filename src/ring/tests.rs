@@ -34,7 +34,9 @@ fn start_ticket(cap_shift: u32) -> impl Strategy<Value = u64> {
 
 proptest! {
     // Miri interprets every instruction: a handful of cases there, hundreds natively.
-    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 512 }, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 512 },
+        // Miri isolates the file system: no regression files there.
+        failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence }, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_under_any_interleaving(
@@ -118,7 +120,8 @@ fn wake_up_is_not_lost_when_parking_races_a_release() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 2 } else { 256 }, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 2 } else { 256 },
+        failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence }, ..ProptestConfig::default() })]
 
     /// The fuzz target's byte decoder drives the same model.
     #[test]
