@@ -325,10 +325,12 @@ impl TokenGuard<'_> {
         if sys::current_identity().0 != self.pid {
             return Ok(()); // a forked child: the token is the parent's
         }
-        self.region
-            .ring()
-            .release(self.tk)
-            .map_err(|b| self.lt.broken(b))
+        let ring = self.region.ring();
+        let released = match self.share {
+            Share::Exclusive => ring.release_exclusive(self.tk),
+            Share::Shared => ring.release(self.tk),
+        };
+        released.map_err(|b| self.lt.broken(b))
     }
 }
 

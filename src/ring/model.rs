@@ -230,7 +230,11 @@ impl Model<'_> {
             }
             Op::Release(i) => {
                 if let Some(r) = self.req[i].take() {
-                    self.ring.release(r.tk).expect("release");
+                    if r.phase == Phase::Holding && r.share == Share::Exclusive {
+                        self.ring.release_exclusive(r.tk).expect("release");
+                    } else {
+                        self.ring.release(r.tk).expect("release");
+                    }
                 }
             }
             Op::ReleaseAndDie(i) => {

@@ -129,3 +129,37 @@ proptest! {
         super::model::run_bytes(&data);
     }
 }
+
+#[test]
+fn a_late_head_store_moves_head_back_over_released_tickets_only() {
+    // A holds t and releases its slot, then stalls before storing `head`. A waiter's head
+    // check moves `head` on and B holds t + 1, releases; C waits at t + 2. A's late store of
+    // `head = t + 1` moves `head` back over B's released ticket: nobody is granted by it, and
+    // the next head check moves it on to C.
+    let mem = MemRing::new(4);
+    let ring = mem.ring(no_wake);
+    let claim = |pid| match ring.try_claim(Share::Exclusive, pid, pid.into()) {
+        Claim::Claimed(tk) => tk,
+        other => panic!("{other:?}"),
+    };
+    let (a, b, c) = (claim(1), claim(2), claim(3));
+    assert_eq!(ring.grant(a, Share::Exclusive), Ok(Grant::Granted));
+    ring.release_slot(a).unwrap(); // ... and A stalls here
+    struct AllAlive;
+    impl crate::liveness::Liveness for AllAlive {
+        fn is_alive(&self, _: crate::liveness::Owner) -> bool {
+            true
+        }
+    }
+    assert_eq!(ring.check_head(&AllAlive), Ok(HeadCheck::Advanced));
+    assert_eq!(ring.grant(b, Share::Exclusive), Ok(Grant::Granted));
+    ring.release_exclusive(b).unwrap();
+    assert_eq!(ring.grant(c, Share::Exclusive), Ok(Grant::Granted));
+    ring.words.head.store(a.t + 1, SeqCst); // A's late store
+    assert_eq!(
+        ring.grant(c, Share::Exclusive),
+        Ok(Grant::Waiting { ahead: 1 })
+    );
+    assert_eq!(ring.check_head(&AllAlive), Ok(HeadCheck::Advanced));
+    assert_eq!(ring.grant(c, Share::Exclusive), Ok(Grant::Granted));
+}
