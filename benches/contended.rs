@@ -1,6 +1,7 @@
 //! Multi-process benches: contended throughput and fairness (1, 2 and 4 processes), handoff
 //! latency (ping-pong) and reclaim time after a SIGKILLed holder — lockticket against flock,
-//! a robust process-shared pthread mutex and a bare CAS spin lock, in one run.
+//! a robust process-shared pthread mutex, a bare CAS spin lock and a plain FIFO ticket spin
+//! lock, in one run.
 //!
 //! Criterion's timing loop measures one thread; these benches measure *processes*, so this
 //! binary has its own harness (`harness = false`, no criterion): it re-executes itself as
@@ -8,7 +9,7 @@
 //! a summary and writes `target/lockticket-bench/contended.json` (read by
 //! `cargo run --release --example bench_report`).
 //!
-//! * `cargo bench --bench contended` — the full run (about 40 s).
+//! * `cargo bench --bench contended` — the full run (about 70 s).
 //! * `LOCKTICKET_BENCH_QUICK=1 cargo bench --bench contended`, or `-- --quick` — short
 //!   windows, 5 reclaim runs (about 10 s).
 //! * `cargo bench --bench contended -- FILTER` — only the measurements whose id contains
@@ -17,11 +18,19 @@
 //!
 //! Throughput: N workers each loop "lock → non-atomic increment of a shared counter → unlock"
 //! until told to stop. After a warm-up the orchestrator samples the counter over several
-//! windows; the median window rate is the throughput; each worker's grants in the measured
-//! span give the shares (min/max) and the mean burst (consecutive grants to one process).
-//! The counter must equal the sum of all workers' operations at the end (else: panic). Wait
-//! times (lock call start to holding) are measured in a *separate* run of the same workers
-//! with two clock reads per operation, so that the throughput run carries no timing cost.
+//! windows; each worker's grants in the measured span give the shares (min/max) and the mean
+//! burst (consecutive grants to one process). The counter must equal the sum of all workers'
+//! operations at the end (else: panic). Measurements run in rounds, every mechanism once per
+//! round, each after a short no-lock ping-pong that probes how far apart the CPUs are at that
+//! moment (on a VM the host moves virtual CPUs around, and handoff-bound figures follow); the
+//! throughput is the median window over all rounds. Wait times (lock call start to holding)
+//! are measured in a *separate* run with two clock reads per operation, so that the
+//! throughput runs carry no timing cost.
+//!
+//! For profilers: `LOCKTICKET_BENCH_ROLE=loop LOCKTICKET_BENCH_KIND=lockticket
+//! LOCKTICKET_BENCH_COUNT=100000 valgrind --tool=callgrind target/release/deps/contended-HASH`
+//! runs one process doing that many lock + unlock pairs (or `payload64` / `payload4096`
+//! set + get); subtract a run with `COUNT=0`.
 
 mod support;
 
@@ -63,12 +72,17 @@ struct Config {
     warmup: Duration,
     /// Length of one throughput sample window.
     window: Duration,
-    /// Number of windows.
+    /// Number of windows per round.
     windows: usize,
+    /// Rounds: each round measures every mechanism once, in turn, so that slow phases of the
+    /// (virtual) machine hit all of them alike.
+    rounds: usize,
     /// Length of one ping-pong window.
     handoff_window: Duration,
-    /// Number of ping-pong windows.
+    /// Number of ping-pong windows per round.
     handoff_windows: usize,
+    /// Length of the cross-CPU link probe run before each measurement.
+    probe: Duration,
     /// Length of the separate wait-time run.
     timed: Duration,
     /// Reclaim runs per mechanism.
@@ -83,9 +97,11 @@ impl Config {
             mode: "full",
             warmup: Duration::from_millis(150),
             window: Duration::from_millis(200),
-            windows: 5,
+            windows: 2,
+            rounds: 4,
             handoff_window: Duration::from_millis(100),
-            handoff_windows: 9,
+            handoff_windows: 3,
+            probe: Duration::from_millis(30),
             timed: Duration::from_millis(500),
             reclaim_runs: 21,
             asleep: Duration::from_millis(20),
@@ -98,8 +114,10 @@ impl Config {
             warmup: Duration::from_millis(50),
             window: Duration::from_millis(50),
             windows: 3,
+            rounds: 1,
             handoff_window: Duration::from_millis(50),
             handoff_windows: 3,
+            probe: Duration::from_millis(20),
             timed: Duration::from_millis(100),
             reclaim_runs: 5,
             asleep: Duration::from_millis(20),
@@ -112,8 +130,10 @@ impl Config {
             warmup: Duration::from_millis(5),
             window: Duration::from_millis(10),
             windows: 1,
+            rounds: 1,
             handoff_window: Duration::from_millis(10),
             handoff_windows: 1,
+            probe: Duration::from_millis(10),
             timed: Duration::from_millis(10),
             reclaim_runs: 1,
             asleep: Duration::from_millis(20),
@@ -146,20 +166,67 @@ fn main() {
 
     let mut throughput = Vec::new();
     for n in PROCESSES {
-        for kind in CONTENDED {
-            let id = format!("contended/{}/{n}", kind.name());
-            if wanted(&id) {
-                throughput.push(contended(&id, kind, n, cfg));
+        let kinds: Vec<Kind> = CONTENDED
+            .into_iter()
+            .filter(|k| wanted(&format!("contended/{}/{n}", k.name())))
+            .collect();
+        let mut accs: Vec<Throughput> = kinds.iter().map(|_| Throughput::new(n)).collect();
+        for _ in 0..cfg.rounds {
+            for (kind, acc) in kinds.iter().zip(&mut accs) {
+                let before = link_probe(cfg);
+                let windows = acc.round(*kind, cfg);
+                let after = link_probe(cfg);
+                acc.links.extend([before, after]);
+                acc.window_links
+                    .extend(std::iter::repeat_n(before.max(after), windows));
             }
+        }
+        for (kind, acc) in kinds.iter().zip(accs) {
+            throughput.push(acc.finish(*kind, cfg));
         }
     }
     let mut handoff = Vec::new();
-    for kind in CONTENDED.into_iter().chain([Kind::NoLock]) {
-        let id = format!("handoff/{}", kind.name());
-        if wanted(&id) {
-            handoff.push(ping_pong(&id, kind, cfg));
+    let kinds: Vec<Kind> = CONTENDED
+        .into_iter()
+        .chain([Kind::NoLock])
+        .filter(|k| wanted(&format!("handoff/{}", k.name())))
+        .collect();
+    // Per mechanism: ns per handoff of every window, the link probes, each window's link.
+    type Acc = (Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut accs: Vec<Acc> = kinds.iter().map(|_| Default::default()).collect();
+    for _ in 0..cfg.rounds {
+        for (kind, (ns, links, window_links)) in kinds.iter().zip(&mut accs) {
+            let before = link_probe(cfg);
+            let windows = ping_pong(*kind, cfg);
+            let after = link_probe(cfg);
+            links.extend([before, after]);
+            window_links.extend(std::iter::repeat_n(before.max(after), windows.len()));
+            ns.extend(windows);
         }
     }
+    for (kind, (ns, links, window_links)) in kinds.iter().zip(accs) {
+        let id = format!("handoff/{}", kind.name());
+        let med = median(&ns);
+        let (near, far) = split_by_link(&ns, &window_links);
+        println!(
+            "{id:<28} {med:>9.0} ns per handoff (CPUs near: {:.0} ns, far: {:.0} ns; windows: \
+             {ns:.0?})",
+            median(&near),
+            median(&far)
+        );
+        handoff.push(json!({
+            "id": id,
+            "mechanism": kind.name(),
+            "ns_per_handoff": med,
+            "near": by_link(&near),
+            "far": by_link(&far),
+            "window_ns_per_handoff": ns,
+            "window_link_ns": window_links,
+            "link_ns": median(&links),
+            "link_probes_ns": links,
+        }));
+    }
+
     let mut reclaim = Vec::new();
     for kind in RECLAIM {
         let id = format!("reclaim/{}", kind.name());
@@ -563,104 +630,192 @@ fn check_contend_reports(id: &str, ctl: &Control, reports: &[String]) -> Reports
     out
 }
 
-fn contended(id: &str, kind: Kind, n: usize, cfg: Config) -> Value {
-    let setup = Setup::new(kind);
-    let ctl = setup.arena.ctl.get();
-    // Throughput and fairness, no clock reads in the loop.
-    let windows = vec![cfg.window; cfg.windows];
-    let (snaps, reports) = run_workers(&setup, "contend", kind, n, false, cfg.warmup, &windows);
-    let rep = check_contend_reports(id, ctl, &reports);
-    let all_ops = rep.ops.iter().sum::<u64>().max(1) as f64;
-    let rates: Vec<f64> = snaps.windows(2).map(|w| rate(&w[0], &w[1])).collect();
-    let (first, last) = (&snaps[0], &snaps[snaps.len() - 1]);
-    let grants: Vec<u64> = (0..n).map(|i| last.counts[i] - first.counts[i]).collect();
-    let new_bursts: u64 = (0..n).map(|i| last.bursts[i] - first.bursts[i]).sum();
-    let total: u64 = grants.iter().sum();
-    let shares: Vec<f64> = grants
-        .iter()
-        .map(|&g| g as f64 / total.max(1) as f64)
-        .collect();
-    let min_max =
-        *grants.iter().min().unwrap() as f64 / (*grants.iter().max().unwrap()).max(1) as f64;
-    let mean_burst = total as f64 / new_bursts.max(1) as f64;
-    let ops_per_s = median(&rates);
-
-    // Wait times, in a separate run with two clock reads per operation.
-    let (tsnaps, treports) =
-        run_workers(&setup, "contend", kind, n, true, cfg.warmup, &[cfg.timed]);
-    let hist = check_contend_reports(id, ctl, &treports).hist;
-    let timed_rate = rate(&tsnaps[0], &tsnaps[1]);
-
-    println!(
-        "{id:<28} {:>9.3} M ops/s  min/max share {min_max:.3}  mean burst {mean_burst:>7.1}  \
-         wait p50 {} p99 {} max {} ns  (timed run {:.3} M ops/s, {} ops total)  per op: \
-         {:.3} voluntary + {:.3} involuntary switches, {:.0} ns CPU",
-        ops_per_s / 1e6,
-        hist.quantile(0.5),
-        hist.quantile(0.99),
-        hist.max(),
-        timed_rate / 1e6,
-        all_ops,
-        rep.voluntary as f64 / all_ops,
-        rep.involuntary as f64 / all_ops,
-        rep.cpu_ns as f64 / all_ops,
-    );
-    json!({
-        "id": id,
-        "mechanism": kind.name(),
-        "processes": n,
-        "ops_per_s": ops_per_s,
-        "window_ops_per_s": rates,
-        "grants": grants,
-        "shares": shares,
-        "min_max_share": min_max,
-        "mean_burst": mean_burst,
-        "counter_checked": true,
-        "wait_ns": {
-            "p50": hist.quantile(0.5),
-            "p90": hist.quantile(0.9),
-            "p99": hist.quantile(0.99),
-            "p999": hist.quantile(0.999),
-            "max": hist.max(),
-            "samples": hist.total(),
-        },
-        "timed_run_ops_per_s": timed_rate,
-        "per_op": {
-            "voluntary_switches": rep.voluntary as f64 / all_ops,
-            "involuntary_switches": rep.involuntary as f64 / all_ops,
-            "cpu_ns": rep.cpu_ns as f64 / all_ops,
-        },
-    })
+/// The throughput measurement of one mechanism at one process count, over rounds.
+struct Throughput {
+    n: usize,
+    /// Ops/s of every window of every round.
+    rates: Vec<f64>,
+    /// Grants per worker in the measured windows, summed over rounds.
+    grants: Vec<u64>,
+    /// New bursts in the measured windows, summed over rounds.
+    bursts: u64,
+    ops: u64,
+    voluntary: u64,
+    involuntary: u64,
+    cpu_ns: u64,
+    /// Cross-CPU link probes taken before and after each round (ns per cache-line handoff).
+    links: Vec<f64>,
+    /// For each window, the slower of its round's two probes.
+    window_links: Vec<f64>,
 }
 
-fn ping_pong(id: &str, kind: Kind, cfg: Config) -> Value {
+impl Throughput {
+    fn new(n: usize) -> Throughput {
+        Throughput {
+            n,
+            rates: Vec::new(),
+            grants: vec![0; n],
+            bursts: 0,
+            ops: 0,
+            voluntary: 0,
+            involuntary: 0,
+            cpu_ns: 0,
+            links: Vec::new(),
+            window_links: Vec::new(),
+        }
+    }
+
+    /// One round: `n` workers, warm-up, `cfg.windows` windows; no clock reads in the loop.
+    /// Returns the number of windows.
+    fn round(&mut self, kind: Kind, cfg: Config) -> usize {
+        let n = self.n;
+        let id = format!("contended/{}/{n}", kind.name());
+        let setup = Setup::new(kind);
+        let windows = vec![cfg.window; cfg.windows];
+        let (snaps, reports) = run_workers(&setup, "contend", kind, n, false, cfg.warmup, &windows);
+        let rep = check_contend_reports(&id, setup.arena.ctl.get(), &reports);
+        self.rates
+            .extend(snaps.windows(2).map(|w| rate(&w[0], &w[1])));
+        let (first, last) = (&snaps[0], &snaps[snaps.len() - 1]);
+        for i in 0..n {
+            self.grants[i] += last.counts[i] - first.counts[i];
+            self.bursts += last.bursts[i] - first.bursts[i];
+        }
+        self.ops += rep.ops.iter().sum::<u64>();
+        self.voluntary += rep.voluntary;
+        self.involuntary += rep.involuntary;
+        self.cpu_ns += rep.cpu_ns;
+        windows.len()
+    }
+
+    /// Adds the wait-time run (two clock reads per operation) and summarises.
+    fn finish(self, kind: Kind, cfg: Config) -> Value {
+        let n = self.n;
+        let id = format!("contended/{}/{n}", kind.name());
+        let setup = Setup::new(kind);
+        let (tsnaps, treports) =
+            run_workers(&setup, "contend", kind, n, true, cfg.warmup, &[cfg.timed]);
+        let hist = check_contend_reports(&id, setup.arena.ctl.get(), &treports).hist;
+        let timed_rate = rate(&tsnaps[0], &tsnaps[1]);
+
+        let total: u64 = self.grants.iter().sum();
+        let shares: Vec<f64> = self
+            .grants
+            .iter()
+            .map(|&g| g as f64 / total.max(1) as f64)
+            .collect();
+        let max = *self.grants.iter().max().unwrap();
+        let min_max = *self.grants.iter().min().unwrap() as f64 / max.max(1) as f64;
+        let mean_burst = total as f64 / self.bursts.max(1) as f64;
+        let ops_per_s = median(&self.rates);
+        let all_ops = self.ops.max(1) as f64;
+        let link = median(&self.links);
+        let (near, far) = split_by_link(&self.rates, &self.window_links);
+        println!(
+            "{id:<28} {:>9.3} M ops/s  min/max share {min_max:.3}  mean burst {mean_burst:>7.1}  \
+             wait p50 {} p99 {} max {} ns  (timed run {:.3} M ops/s)  per op: {:.3} voluntary + \
+             {:.3} involuntary switches, {:.0} ns CPU; CPUs near {:.3} M, far {:.3} M ops/s",
+            ops_per_s / 1e6,
+            hist.quantile(0.5),
+            hist.quantile(0.99),
+            hist.max(),
+            timed_rate / 1e6,
+            self.voluntary as f64 / all_ops,
+            self.involuntary as f64 / all_ops,
+            self.cpu_ns as f64 / all_ops,
+            median(&near) / 1e6,
+            median(&far) / 1e6,
+        );
+        json!({
+            "id": id,
+            "mechanism": kind.name(),
+            "processes": n,
+            "ops_per_s": ops_per_s,
+            "window_ops_per_s": self.rates,
+            "grants": self.grants,
+            "shares": shares,
+            "min_max_share": min_max,
+            "mean_burst": mean_burst,
+            "counter_checked": true,
+            "wait_ns": {
+                "p50": hist.quantile(0.5),
+                "p90": hist.quantile(0.9),
+                "p99": hist.quantile(0.99),
+                "p999": hist.quantile(0.999),
+                "max": hist.max(),
+                "samples": hist.total(),
+            },
+            "timed_run_ops_per_s": timed_rate,
+            "per_op": {
+                "voluntary_switches": self.voluntary as f64 / all_ops,
+                "involuntary_switches": self.involuntary as f64 / all_ops,
+                "cpu_ns": self.cpu_ns as f64 / all_ops,
+            },
+            "near": by_link(&near),
+            "far": by_link(&far),
+            "window_link_ns": self.window_links,
+            "link_ns": link,
+            "link_probes_ns": self.links,
+        })
+    }
+}
+
+/// Probes slower than this (ns per cache-line handoff) mean the two CPUs were far apart.
+const FAR_LINK_NS: f64 = 100.0;
+
+/// Splits window values by their round's link probe: (CPUs near, CPUs far).
+fn split_by_link(values: &[f64], links: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let near = values.iter().zip(links).filter(|(_, l)| **l < FAR_LINK_NS);
+    let far = values.iter().zip(links).filter(|(_, l)| **l >= FAR_LINK_NS);
+    (
+        near.map(|(v, _)| *v).collect(),
+        far.map(|(v, _)| *v).collect(),
+    )
+}
+
+/// The JSON summary of the windows measured in one link state (`null` when none).
+fn by_link(values: &[f64]) -> Value {
+    if values.is_empty() {
+        return Value::Null;
+    }
+    json!({ "median": median(values), "windows": values.len() })
+}
+
+/// The ping-pong of `kind`: ns per handoff in each window of one run.
+fn ping_pong(kind: Kind, cfg: Config) -> Vec<f64> {
+    ping_pong_run(
+        kind,
+        cfg.warmup,
+        &vec![cfg.handoff_window; cfg.handoff_windows],
+    )
+}
+
+/// How far apart the two CPUs are right now: a no-lock ping-pong (ns per cache-line
+/// handoff). On a VM this moves with the host's placement of the virtual CPUs.
+fn link_probe(cfg: Config) -> f64 {
+    median(&ping_pong_run(Kind::NoLock, cfg.probe / 3, &[cfg.probe]))
+}
+
+fn ping_pong_run(kind: Kind, warmup: Duration, windows: &[Duration]) -> Vec<f64> {
     let setup = Setup::new(kind);
     let ctl = setup.arena.ctl.get();
-    let windows = vec![cfg.handoff_window; cfg.handoff_windows];
-    let (snaps, reports) = run_workers(&setup, "pingpong", kind, 2, false, cfg.warmup, &windows);
+    let (snaps, reports) = run_workers(&setup, "pingpong", kind, 2, false, warmup, windows);
     let total: u64 = reports.iter().map(|r| r.parse::<u64>().unwrap()).sum();
     let counter = ctl.counter.0.value.load(SeqCst);
     assert_eq!(
-        counter, total,
-        "{id}: counter {counter} after {total} handoffs"
+        counter,
+        total,
+        "handoff/{}: counter {counter} after {total} handoffs",
+        kind.name()
     );
     // Handoffs are the counter's increments: each passes the turn to the other process.
-    let ns: Vec<f64> = snaps
+    snaps
         .windows(2)
         .map(|w| {
             let d = (w[1].counter - w[0].counter).max(1) as f64;
             w[1].at.duration_since(w[0].at).as_nanos() as f64 / d
         })
-        .collect();
-    let med = median(&ns);
-    println!("{id:<28} {med:>9.0} ns per handoff (windows: {ns:.0?})");
-    json!({
-        "id": id,
-        "mechanism": kind.name(),
-        "ns_per_handoff": med,
-        "window_ns_per_handoff": ns,
-        "handoffs": total,
-    })
+        .collect()
 }
 
 fn reclaim_runs(id: &str, kind: Kind, cfg: Config) -> Value {

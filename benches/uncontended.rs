@@ -66,7 +66,8 @@ fn uncontended(c: &mut Criterion) {
 
 /// The building blocks' costs, to explain the figures above: one atomic read-modify-write on
 /// a word of a shared tmpfs mapping (x86: a `lock`-prefixed instruction), a sequentially
-/// consistent store (`xchg`), and the clocks a lock path might read.
+/// consistent store (`xchg`), and the clocks a lock path might read (`Instant::now` is
+/// `CLOCK_MONOTONIC`; lockticket stamps requests with `CLOCK_REALTIME_COARSE`).
 fn primitives(c: &mut Criterion) {
     let arena = Arena::create();
     let word = &arena.ctl.get().counter.0.value;
@@ -89,6 +90,17 @@ fn primitives(c: &mut Criterion) {
         b.iter(|| word.store(black_box(1), Release))
     });
     group.bench_function("instant_now", |b| b.iter(std::time::Instant::now));
+    group.bench_function("clock_realtime_coarse", |b| {
+        b.iter(|| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec into a valid local.
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+            black_box(ts.tv_nsec)
+        })
+    });
     group.finish();
 }
 
