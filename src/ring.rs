@@ -104,6 +104,30 @@ pub(crate) struct Ticket {
     pub word: u64,
 }
 
+impl Ticket {
+    /// Its lap, as carried in the claim word (no need to know the capacity).
+    #[inline(always)]
+    fn lap(&self) -> u32 {
+        lap_of_word(self.word)
+    }
+
+    /// The PID that claimed it.
+    #[inline(always)]
+    pub(crate) fn pid(&self) -> u32 {
+        pid_of_word(self.word)
+    }
+
+    /// Its mode.
+    #[inline(always)]
+    pub(crate) fn share(&self) -> Share {
+        if is_shared_word(self.word) {
+            Share::Shared
+        } else {
+            Share::Exclusive
+        }
+    }
+}
+
 /// Result of one claim attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Claim {
@@ -216,7 +240,7 @@ impl<'a> Ring<'a> {
     pub(crate) fn slot(&self, t: u64) -> &'a Slot {
         // `mask` is capacity - 1 and capacity == slots.len(): always in bounds, whatever `t`
         // a hostile file put in `head` or `tail`.
-        &self.slots[(t & self.mask) as usize]
+        &self.slots[(t as usize) & self.slots.len().wrapping_sub(1)]
     }
 
     /// The claim word ticket `t` would carry for this owner.
@@ -335,9 +359,8 @@ impl<'a> Ring<'a> {
     #[inline]
     pub(crate) fn publish(&self, tk: Ticket, start: u64, parent: u32, since_ns: u64) {
         let slot = self.slot(tk.t);
-        let tag = u64::from(self.lap(tk.t) & 0xff_ffff) << START_BITS;
-        slot.futex
-            .store(futex_tag(self.lap(tk.t)) | WAITING, Relaxed);
+        let tag = u64::from(tk.lap() & 0xff_ffff) << START_BITS;
+        slot.futex.store(futex_tag(tk.lap()) | WAITING, Relaxed);
         slot.parent.store(u64::from(parent), Relaxed);
         slot.since_ns.store(since_ns, Relaxed);
         slot.start.store(tag | (start & START_MASK), Release);
@@ -407,14 +430,14 @@ impl<'a> Ring<'a> {
     pub(crate) fn mark_holding(&self, tk: Ticket) -> bool {
         self.slot(tk.t)
             .futex
-            .store(futex_tag(self.lap(tk.t)) | HOLDING, Release);
+            .store(futex_tag(tk.lap()) | HOLDING, Release);
         self.words.dead_holder.load(Relaxed) != 0 && self.words.dead_holder.swap(0, AcqRel) != 0
     }
 
     /// Prepares to sleep: the futex word and the value to sleep on. The caller must re-check
     /// [`Ring::grant`] after this and before sleeping (no lost wake-up: see `wake_slot`).
     pub(crate) fn park_word(&self, tk: Ticket) -> (&'a AtomicU32, u32) {
-        let value = futex_tag(self.lap(tk.t)) | PARKED;
+        let value = futex_tag(tk.lap()) | PARKED;
         let f = &self.slot(tk.t).futex;
         f.store(value, SeqCst);
         (f, value)
@@ -465,7 +488,7 @@ impl<'a> Ring<'a> {
             return Err(self.lost(tk));
         }
         slot.word
-            .store(free_word(self.lap(tk.t).wrapping_add(1)), Release);
+            .store(free_word(tk.lap().wrapping_add(1)), Release);
         Ok(())
     }
 
@@ -705,7 +728,7 @@ impl Ring<'_> {
 
     /// The release CAS alone, without moving `head` (the releaser dies right after it).
     pub(crate) fn release_only(&self, tk: Ticket) -> bool {
-        let next = free_word(self.lap(tk.t).wrapping_add(1));
+        let next = free_word(tk.lap().wrapping_add(1));
         self.slot(tk.t)
             .word
             .compare_exchange(tk.word, next, SeqCst, Relaxed)

@@ -110,29 +110,16 @@ impl LockTicket {
         };
         ring.publish(tk, start, pid, sys::coarse_now_ns());
         if ring.granted_at_once(tk) && !region.retired() {
-            return Fast::Granted(self.holding(region, tk, share, pid));
+            return Fast::Granted(self.holding(region, tk));
         }
         Fast::Claimed(region, tk)
     }
 
     /// The guard of a granted request, marked as holding.
     #[inline(always)]
-    fn holding<'a>(
-        &'a self,
-        region: &'a Region,
-        tk: Ticket,
-        share: Share,
-        pid: u32,
-    ) -> TokenGuard<'a> {
+    fn holding<'a>(&'a self, region: &'a Region, tk: Ticket) -> TokenGuard<'a> {
         let died = region.ring().mark_holding(tk);
-        TokenGuard {
-            lt: self,
-            region,
-            tk,
-            share,
-            pid,
-            died,
-        }
+        TokenGuard { region, tk, died }
     }
 
     #[cold]
@@ -239,7 +226,7 @@ impl LockTicket {
         match outcome {
             Waited::Granted => {
                 ring.set_since(tk, sys::coarse_now_ns()); // now "held since", for status
-                Ok(Some(self.holding(region, tk, share, pid)))
+                Ok(Some(self.holding(region, tk)))
             }
             Waited::TimedOut => {
                 ring.release(tk).map_err(|b| self.broken(b))?;
@@ -282,21 +269,19 @@ fn patience_for(timeout: Duration) -> Patience {
 /// `TokenUnlock()`); dropped in a forked child, it does nothing.
 #[must_use = "the token is released when the guard is dropped"]
 pub struct TokenGuard<'a> {
-    lt: &'a LockTicket,
     region: &'a Region,
+    /// Ticket and claim word; the word names the owner PID and the mode.
     tk: Ticket,
-    share: Share,
-    pid: u32,
     died: bool,
 }
 
 impl std::fmt::Debug for TokenGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenGuard")
-            .field("path", &self.lt.path)
-            .field("share", &self.share)
+            .field("path", &self.region.path())
+            .field("share", &self.share())
             .field("ticket", &self.tk.t)
-            .field("pid", &self.pid)
+            .field("pid", &self.tk.pid())
             .field("previous_holder_died", &self.died)
             .finish()
     }
@@ -311,7 +296,7 @@ impl TokenGuard<'_> {
 
     /// Exclusive or shared.
     pub fn share(&self) -> Share {
-        self.share
+        self.tk.share()
     }
 
     /// Releases the token. Fails only if the table was corrupted meanwhile.
@@ -322,15 +307,18 @@ impl TokenGuard<'_> {
 
     #[inline]
     fn release(&self) -> Result<()> {
-        if sys::current_identity().0 != self.pid {
+        if sys::current_identity().0 != self.tk.pid() {
             return Ok(()); // a forked child: the token is the parent's
         }
         let ring = self.region.ring();
-        let released = match self.share {
+        let released = match self.tk.share() {
             Share::Exclusive => ring.release_exclusive(self.tk),
             Share::Shared => ring.release(self.tk),
         };
-        released.map_err(|b| self.lt.broken(b))
+        released.map_err(|b| Error::Corrupted {
+            path: self.region.path().to_path_buf(),
+            detail: b.0,
+        })
     }
 }
 
