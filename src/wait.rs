@@ -94,15 +94,18 @@ pub(crate) fn until_granted<E>(
         }
         sys::futex_wait(word, parked, nap);
         if now.elapsed() >= nap {
-            // Nobody woke us: make sure the head of the queue is alive.
+            // Nobody woke us: make sure the head of the queue is alive, then sleep again
+            // (the spin budget stays spent: no CPU burnt behind a long holder).
             if let Err(b) = ring.check_head(liveness) {
                 return Waited::Broken(b);
             }
             if let Err(e) = check() {
                 return Waited::Check(e);
             }
+        } else {
+            // Woken (our turn is near): spin or yield again before sleeping.
+            phase = Instant::now();
         }
-        phase = Instant::now();
         spins = 0;
     }
 }
