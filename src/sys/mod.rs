@@ -361,6 +361,21 @@ mod tests {
     }
 
     #[test]
+    fn filesystems_are_told_apart() {
+        assert_eq!(network_fs_name(0x6969), Some("NFS"));
+        assert_eq!(network_fs_name(0xff53_4d42_u32 as i64), Some("CIFS"));
+        assert_eq!(network_fs_name(0xfe53_4d42_u32 as i64), Some("SMB2"));
+        assert_eq!(network_fs_name(0x0102_1994), None); // tmpfs
+        assert!(is_memory_fs(0x0102_1994));
+        assert!(is_memory_fs(0x8584_58f6_u32 as i64));
+        assert!(!is_memory_fs(0xef53)); // ext4
+        // /dev/shm is tmpfs on every Linux this runs on; its magic is read, not guessed.
+        if let Ok(magic) = fs_magic_of_path(std::path::Path::new("/dev/shm")) {
+            assert!(is_memory_fs(magic), "{magic:#x}");
+        }
+    }
+
+    #[test]
     fn we_are_alive_and_pid_zero_is_not() {
         let (pid, start) = current_identity();
         assert_eq!(pid, std::process::id());
