@@ -6,7 +6,7 @@ use crate::LockTicket;
 use crate::error::{Error, Result};
 use crate::liveness::OsLiveness;
 use crate::region::Region;
-use crate::ring::{Broken, Claim, Grant, Ticket};
+use crate::ring::{Claim, Grant, Ticket};
 use crate::wait::{self, Waited};
 use crate::{Share, sys};
 
@@ -19,6 +19,15 @@ enum Patience {
     Until(Instant),
     /// Forever.
     Forever,
+}
+
+impl Patience {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Patience::Until(d) => Some(d),
+            Patience::Try | Patience::Forever => None,
+        }
+    }
 }
 
 impl LockTicket {
@@ -68,14 +77,7 @@ impl LockTicket {
 
     #[cold]
     fn acquire_blocking<'a>(&'a self, share: Share, fast: Fast<'a>) -> Result<TokenGuard<'a>> {
-        let got = match fast {
-            Fast::Granted(g) => Some(g),
-            Fast::Claimed(region, tk) => {
-                self.after_claim(region, tk, share, Patience::Forever, self.creator.0)?
-            }
-            Fast::Missed => self.acquire_slow(share, Patience::Forever)?,
-        };
-        match got {
+        match self.slow(share, Patience::Forever, fast)? {
             Some(g) => Ok(g),
             None => Err(self.corrupted("a request without deadline returned without a grant")),
         }
@@ -86,15 +88,12 @@ impl LockTicket {
     fn acquire(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
         match self.fast(share) {
             Fast::Granted(g) => Ok(Some(g)),
-            Fast::Claimed(region, tk) => {
-                self.after_claim(region, tk, share, patience, self.creator.0)
-            }
-            Fast::Missed => self.acquire_slow(share, patience),
+            other => self.slow(share, patience, other),
         }
     }
 
     /// The fast path: one claim attempt on the mapped table, granted at once. Everything else
-    /// (waiting, a full ring, a retired table, a forked child) goes to the cold paths.
+    /// (waiting, a full ring, a retired table, a forked child) goes to [`Self::slow`].
     #[inline(always)]
     fn fast(&self, share: Share) -> Fast<'_> {
         let (pid, start) = sys::current_identity();
@@ -122,102 +121,86 @@ impl LockTicket {
         TokenGuard { region, tk, died }
     }
 
+    /// Everything the fast path did not finish, from where it stopped.
     #[cold]
-    fn acquire_slow(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
+    fn slow<'a>(
+        &'a self,
+        share: Share,
+        patience: Patience,
+        fast: Fast<'a>,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        match fast {
+            Fast::Granted(g) => Ok(Some(g)),
+            Fast::Claimed(region, tk) => self.wait_for_grant(region, tk, patience),
+            Fast::Missed => {
+                let (region, tk) = match self.claim(share, patience)? {
+                    Some(claimed) => claimed,
+                    None => return Ok(None),
+                };
+                self.wait_for_grant(region, tk, patience)
+            }
+        }
+    }
+
+    /// Enters the queue of the current table (waiting for a slot if the ring is full) and
+    /// publishes the request. `None`: no slot within `patience`.
+    fn claim(&self, share: Share, patience: Patience) -> Result<Option<(&Region, Ticket)>> {
         let (pid, start) = sys::current_identity();
         self.check_parent(pid)?;
-        let deadline = match patience {
-            Patience::Until(d) => Some(d),
-            Patience::Try | Patience::Forever => None,
-        };
         let region = self.table()?;
         let ring = region.ring();
-        let tk = if let Patience::Try = patience {
-            if share == Share::Exclusive && !ring.is_idle() {
-                return Ok(None);
+        let tk = match patience {
+            Patience::Try => {
+                if share == Share::Exclusive && !ring.is_idle() {
+                    return Ok(None);
+                }
+                match ring.try_claim(share, pid, start) {
+                    Claim::Claimed(tk) => tk,
+                    Claim::Broken(b) => return Err(self.broken(b)),
+                    Claim::Full | Claim::Retry => return Ok(None),
+                }
             }
-            match ring.try_claim(share, pid, start) {
-                Claim::Claimed(tk) => tk,
-                Claim::Broken(b) => return Err(self.broken(b)),
-                Claim::Full | Claim::Retry => return Ok(None),
-            }
-        } else {
-            let claimed = wait::claim(ring, share, pid, start, deadline, &OsLiveness, || {
-                self.check_parent(pid)
-            });
-            match claimed {
-                Ok(Some(tk)) => tk,
-                Ok(None) => return Ok(None),
-                Err(w) => return Err(self.wait_error(w)),
+            Patience::Until(_) | Patience::Forever => {
+                let deadline = patience.deadline();
+                let check = || self.check_parent(pid);
+                match wait::claim(ring, share, pid, start, deadline, &OsLiveness, check) {
+                    Ok(Some(tk)) => tk,
+                    Ok(None) => return Ok(None),
+                    Err(w) => return Err(self.wait_error(w)),
+                }
             }
         };
-        self.claimed(region, tk, share, patience, pid, start)
+        ring.publish(tk, start, self.creator.0, sys::coarse_now_ns());
+        Ok(Some((region, tk)))
     }
 
-    /// Continues after a successful claim: publish, re-check the table, wait for the grant.
-    #[inline]
-    fn claimed<'a>(
+    /// After a published claim: leave a table retired meanwhile, else wait for the grant
+    /// within `patience`; on any outcome but a grant, leave the queue.
+    fn wait_for_grant<'a>(
         &'a self,
         region: &'a Region,
         tk: Ticket,
-        share: Share,
         patience: Patience,
-        pid: u32,
-        start: u64,
-    ) -> Result<Option<TokenGuard<'a>>> {
-        region
-            .ring()
-            .publish(tk, start, self.creator.0, sys::coarse_now_ns());
-        self.after_claim(region, tk, share, patience, pid)
-    }
-
-    /// After a published claim: re-check the table, then wait for the grant.
-    #[cold]
-    fn after_claim<'a>(
-        &'a self,
-        region: &'a Region,
-        tk: Ticket,
-        share: Share,
-        patience: Patience,
-        pid: u32,
     ) -> Result<Option<TokenGuard<'a>>> {
         let ring = region.ring();
+        let (share, pid) = (tk.share(), tk.pid());
         if region.retired() {
             // The last owner retired this table after we looked: leave it, use the new one.
             let _ = ring.release(tk);
-            return self.acquire_slow(share, patience);
+            return self.slow(share, patience, Fast::Missed);
         }
-        let first = ring.grant(tk, share);
-        self.wait_claimed(region, tk, share, patience, pid, first)
-    }
-
-    #[cold]
-    fn wait_claimed<'a>(
-        &'a self,
-        region: &'a Region,
-        tk: Ticket,
-        share: Share,
-        patience: Patience,
-        pid: u32,
-        first: Result<Grant, Broken>,
-    ) -> Result<Option<TokenGuard<'a>>> {
-        let ring = region.ring();
-        let deadline = match patience {
-            Patience::Until(d) => Some(d),
-            Patience::Try | Patience::Forever => None,
-        };
-        let outcome = match (patience, first) {
+        let check = || self.check_parent(pid);
+        let outcome = match (patience, ring.grant(tk, share)) {
             (_, Ok(Grant::Granted)) => Waited::Granted,
             (_, Err(b)) => Waited::Broken(b),
             (Patience::Try, Ok(Grant::Waiting { .. })) => Waited::TimedOut,
             (_, Ok(Grant::Waiting { .. })) => {
-                wait::until_granted(ring, tk, share, deadline, &OsLiveness, || {
-                    self.check_parent(pid)
-                })
+                wait::until_granted(ring, tk, share, patience.deadline(), &OsLiveness, check)
             }
         };
+        // A forked child's parent may have died while it waited: then the token is void.
         let outcome = match outcome {
-            Waited::Granted if pid != self.creator.0 => match self.check_parent(pid) {
+            Waited::Granted if pid != self.creator.0 => match check() {
                 Ok(()) => Waited::Granted,
                 Err(e) => Waited::Check(e),
             },
