@@ -1026,3 +1026,65 @@ fn a_claim_by_a_live_process_is_not_reclaimed() {
     drop(g);
     main.unlock().unwrap();
 }
+
+/// A tmpfs of 16 KiB mounted for one test, unmounted on drop.
+struct TinyTmpfs(std::path::PathBuf);
+
+impl TinyTmpfs {
+    /// `None` where mounting is not allowed (not root, or no mount namespace rights).
+    fn mount(scratch: &Scratch) -> Option<TinyTmpfs> {
+        let dir = scratch.join("tiny");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(TinyTmpfs(dir))
+    }
+}
+
+impl Drop for TinyTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_filesystem_gives_a_clear_error_and_leaves_nothing() {
+    let scratch = Scratch::new("fullfs");
+    let Some(fs) = TinyTmpfs::mount(&scratch) else {
+        // CI runs as root, where this test does its work; elsewhere there is nothing to mount.
+        eprintln!(
+            "a_full_filesystem_gives_a_clear_error_and_leaves_nothing: cannot mount, skipped"
+        );
+        return;
+    };
+    let path = fs.0.join("table.lt");
+    // A default table (~40 KiB) does not fit a 16 KiB tmpfs: posix_fallocate says so up
+    // front, instead of a SIGBUS when the mapping is first written.
+    let lt = LockTicket::open(&path).unwrap();
+    let e = lt.main_lock(Share::Exclusive).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    assert!(
+        msg.contains(path.to_str().unwrap()) || msg.contains("tiny"),
+        "{msg}"
+    );
+    assert!(msg.to_lowercase().contains("space"), "{msg}");
+    assert_eq!(
+        listing(&fs.0),
+        Vec::<String>::new(),
+        "nothing half-made is left"
+    );
+    // A table small enough to fit works.
+    let small = LockTicket::builder(&path)
+        .ring_capacity(2)
+        .member_capacity(1)
+        .payload_capacity(64)
+        .open()
+        .unwrap();
+    let _main = small.main_lock(Share::Exclusive).unwrap();
+    drop(small.token_lock().unwrap());
+}
