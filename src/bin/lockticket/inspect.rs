@@ -175,12 +175,6 @@ fn status_json(st: &Status, now: SystemTime) -> Value {
 
 fn status_text(st: &Status, now: SystemTime) -> String {
     let mut o = String::new();
-    let dead = |alive: bool| if alive { "" } else { "  (dead)" };
-    let cmd = |pid: u32, alive: bool| {
-        command_line(pid, alive)
-            .map(|c| format!("  {}", truncated(&c, 72)))
-            .unwrap_or_default()
-    };
     let _ = writeln!(o, "table    {}", st.path.display());
     let _ = writeln!(
         o,
@@ -238,16 +232,7 @@ fn status_text(st: &Status, now: SystemTime) -> String {
         }
     );
     for t in &st.holders {
-        let _ = writeln!(
-            o,
-            "         pid {:<8} {:<9}  ticket {:<6} since {:<8}{}{}",
-            t.pid,
-            share_str(t.share),
-            t.ticket,
-            human_duration(age(t.since, now)),
-            dead(t.alive),
-            cmd(t.pid, t.alive)
-        );
+        let _ = writeln!(o, "{}", token_line("         ", "since", t, now));
     }
     let _ = writeln!(
         o,
@@ -261,17 +246,36 @@ fn status_text(st: &Status, now: SystemTime) -> String {
     for (i, t) in st.queue.iter().enumerate() {
         let _ = writeln!(
             o,
-            "  {:>4}.  pid {:<8} {:<9}  ticket {:<6} waiting {:<8}{}{}",
-            i + 1,
-            t.pid,
-            share_str(t.share),
-            t.ticket,
-            human_duration(age(t.since, now)),
-            dead(t.alive),
-            cmd(t.pid, t.alive)
+            "{}",
+            token_line(&format!("  {:>4}.  ", i + 1), "waiting", t, now)
         );
     }
     o.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
+}
+
+/// Marks a dead process.
+fn dead(alive: bool) -> &'static str {
+    if alive { "" } else { "  (dead)" }
+}
+
+/// A live process's command line, shortened, after two spaces (empty when unknown).
+fn cmd(pid: u32, alive: bool) -> String {
+    command_line(pid, alive)
+        .map(|c| format!("  {}", truncated(&c, 72)))
+        .unwrap_or_default()
+}
+
+/// One line of the holders or the queue: `prefix`, then the request, its age labelled `when`.
+fn token_line(prefix: &str, when: &str, t: &TokenInfo, now: SystemTime) -> String {
+    format!(
+        "{prefix}pid {:<8} {:<9}  ticket {:<6} {when} {:<8}{}{}",
+        t.pid,
+        share_str(t.share),
+        t.ticket,
+        human_duration(age(t.since, now)),
+        dead(t.alive),
+        cmd(t.pid, t.alive)
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
