@@ -1,12 +1,17 @@
-//! A model of the ring's users, driven step by step: enqueue, publish, grant, release, death
-//! at every step boundary, PID reuse, reclaim, with the design brief's invariants checked after
-//! every step and a drain at the end (no deadlock by death). Pure: no OS calls, so Miri runs
-//! it. Used by the property tests and by the `ring_ops` fuzz target.
+//! A model of the ring's users, driven one shared-memory access at a time: every process runs
+//! the real ring code on a thread of its own and stops at every `step!()` mark (see
+//! `interleave`), so claims, releases, head advances and reclaims interleave at any point,
+//! and a process may stall between two of its writes for any number of other steps or be
+//! killed there. The design brief's invariants are checked after every single step, and a
+//! drain at the end checks that the queue empties and a full lap of the ring still works
+//! (no deadlock by death, no permanent damage). No OS calls, so Miri runs it. Used by the
+//! property tests and by the `ring_ops` fuzz target.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 
+use super::interleave::{Procs, Status};
 use super::*;
 use crate::liveness::{Liveness, Owner, START_FP_MASK};
 
@@ -44,18 +49,29 @@ impl MemRing {
     }
 }
 
-/// A waker for single-threaded models: nobody sleeps.
+/// A waker for models: nobody sleeps.
 pub(crate) fn no_wake(_: &AtomicU32) {}
 
 /// Which processes live, and since when (start times): the test's stand-in for /proc.
 #[derive(Default)]
-struct World {
-    alive: RefCell<HashMap<u32, u64>>,
+pub(crate) struct World {
+    alive: Mutex<HashMap<u32, u64>>,
+}
+
+impl World {
+    fn set(&self, pid: u32, start: Option<u64>) {
+        let mut alive = self.alive.lock().unwrap_or_else(|e| e.into_inner());
+        match start {
+            Some(s) => alive.insert(pid, s),
+            None => alive.remove(&pid),
+        };
+    }
 }
 
 impl Liveness for World {
     fn is_alive(&self, o: Owner) -> bool {
-        match self.alive.borrow().get(&o.pid) {
+        let alive = self.alive.lock().unwrap_or_else(|e| e.into_inner());
+        match alive.get(&o.pid) {
             None => false,
             Some(&start) => match (o.start, o.start_fp) {
                 (Some(s), _) => s == start,
@@ -66,340 +82,461 @@ impl Liveness for World {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Claimed, start time not yet published.
-    Claimed,
-    /// Published, waiting.
-    Waiting,
-    /// Saw its grant.
-    Holding,
+/// The ring's memory and the world, shared by the scheduler and the process threads.
+struct Shared {
+    mem: Option<MemRing>,
+    world: World,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Req {
-    tk: Ticket,
-    share: Share,
-    phase: Phase,
-    /// Sequence number of the claim (the model's arrival order).
-    arrival: u64,
+impl Shared {
+    fn ring(&self) -> Ring<'_> {
+        match &self.mem {
+            Some(m) => m.ring(no_wake),
+            None => unreachable!("the model always has a ring"),
+        }
+    }
 }
 
-/// One step of the model.
+/// One step of the model. A process that is in the middle of an operation takes one more
+/// step of it for any of `Enqueue`, `Poll`, `Release` and `CheckHead`; the others stall.
 #[derive(Clone, Debug)]
 pub enum Op {
-    /// Process `.0` queues (shared when `.1`).
+    /// Process `.0` queues (shared when `.1`): claim, then publish.
     Enqueue(usize, bool),
-    /// Claim, then die before moving `tail`.
-    EnqueueAndDie(usize, bool),
-    /// Process publishes its start time.
-    Publish(usize),
-    /// Process checks for its grant.
+    /// Process checks for its grant (and marks itself holding).
     Poll(usize),
     /// Process releases (or withdraws) its request.
     Release(usize),
-    /// Release the slot, then die before moving `head`.
-    ReleaseAndDie(usize),
-    /// Process is SIGKILLed.
+    /// Process checks the head of the queue for a dead owner.
+    CheckHead(usize),
+    /// Process takes up to `.1` more steps of its operation.
+    Step(usize, u8),
+    /// Process is SIGKILLed, wherever it stands.
     Kill(usize),
     /// The dead process's PID is handed to a new process (new start time).
     Reuse(usize),
-    /// Process checks the head of the queue for a dead owner.
-    CheckHead(usize),
 }
 
 /// Processes in the model.
 pub const PROCS: usize = 5;
 
-struct Model<'a> {
-    ring: Ring<'a>,
-    world: &'a World,
-    /// pid of process i is i + 1; its current start time.
-    start: [u64; PROCS],
-    /// The request each process has (at most one; dead processes keep theirs until reclaimed).
-    req: [Option<Req>; PROCS],
-    /// Requests of dead processes (orphans), not yet reclaimed: tickets.
-    orphans: Vec<Req>,
-    arrivals: u64,
-    /// Ticket the model expects the next claim to get.
-    next_ticket: u64,
-    /// Number of holders the model saw die while holding, not yet reported.
-    pending_death_report: bool,
+/// What an operation returned.
+#[derive(Debug)]
+enum Out {
+    Enqueued(Result<Option<Ticket>, Broken>),
+    /// `Some(died)` when granted.
+    Polled(Result<Option<bool>, Broken>),
+    Released(Result<(), Broken>),
+    Checked(Result<HeadCheck, Broken>),
 }
 
-impl Model<'_> {
-    fn pid(i: usize) -> u32 {
-        i as u32 + 1
-    }
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Enqueue,
+    Poll,
+    Release,
+    CheckHead,
+}
 
-    fn alive(&self, i: usize) -> bool {
-        self.world.alive.borrow().contains_key(&Self::pid(i))
-    }
+#[derive(Clone, Copy, Debug)]
+struct Req {
+    tk: Ticket,
+    holding: bool,
+}
 
-    fn die(&mut self, i: usize) {
-        self.world.alive.borrow_mut().remove(&Self::pid(i));
-        if let Some(r) = self.req[i].take() {
-            self.orphans.push(r);
-        }
+/// A process incarnation.
+#[derive(Clone, Copy, Debug)]
+struct Proc {
+    pid: u32,
+    start: u64,
+    thread: usize,
+    req: Option<Req>,
+    /// The operation in flight.
+    op: Option<Kind>,
+}
+
+struct Model {
+    shared: Arc<Shared>,
+    procs: Procs<Out>,
+    /// The live incarnation of each PID slot (None: dead, not reused yet).
+    live: [Option<Proc>; PROCS],
+    /// Incarnations that were killed, with what they had and were doing.
+    dead: Vec<Proc>,
+    /// `head` after the previous step: it never moves back.
+    last_head: u64,
+    /// Holders killed while holding (not while releasing).
+    holder_deaths: u64,
+    next_start: u64,
+}
+
+impl Model {
+    fn ring(&self) -> Ring<'_> {
+        self.shared.ring()
     }
 
     fn step(&mut self, op: &Op) {
         match *op {
-            Op::Enqueue(i, shared) | Op::EnqueueAndDie(i, shared) => {
-                if !self.alive(i) || self.req[i].is_some() {
-                    return;
-                }
+            Op::Enqueue(i, shared) => {
                 let share = if shared {
                     Share::Shared
                 } else {
                     Share::Exclusive
                 };
-                let tk = if matches!(op, Op::EnqueueAndDie(..)) {
-                    self.ring.claim_only(share, Self::pid(i), self.start[i])
-                } else {
-                    let mut got = None;
-                    // Single-threaded, so Retry only happens while helping a dead claimer.
-                    for _ in 0..4 {
-                        match self.ring.try_claim(share, Self::pid(i), self.start[i]) {
-                            Claim::Claimed(tk) => {
-                                got = Some(tk);
-                                break;
-                            }
-                            Claim::Full => break,
-                            Claim::Retry => continue,
-                            Claim::Broken(b) => panic!("broken: {b:?}"),
-                        }
-                    }
-                    got
-                };
-                match tk {
-                    None => {
-                        // Only a full ring refuses (after helping a dead claimer's tail);
-                        // the bare claim CAS also fails on a slot a dead claimer took.
-                        let (head, tail) = self.ring.head_tail();
-                        let full = tail.wrapping_sub(head) >= self.ring.capacity();
-                        assert!(
-                            full || matches!(op, Op::EnqueueAndDie(..)),
-                            "claim refused on a ring with room"
-                        );
-                    }
-                    Some(tk) => {
-                        let (head, _) = self.ring.head_tail();
-                        assert!(
-                            tk.t.wrapping_sub(head) < self.ring.capacity(),
-                            "claimed beyond a full ring"
-                        );
-                        assert_eq!(tk.t, self.next_ticket, "tickets are handed out in order");
-                        self.next_ticket = self.next_ticket.wrapping_add(1);
-                        self.arrivals += 1;
-                        self.req[i] = Some(Req {
-                            tk,
-                            share,
-                            phase: Phase::Claimed,
-                            arrival: self.arrivals,
-                        });
-                        if matches!(op, Op::EnqueueAndDie(..)) {
-                            self.die(i);
-                        }
-                    }
-                }
+                self.act(i, Kind::Enqueue, share);
             }
-            Op::Publish(i) => {
-                if let Some(r) = self.req[i].as_mut().filter(|r| r.phase == Phase::Claimed) {
-                    self.ring.publish(r.tk, self.start[i], 0, 0);
-                    r.phase = Phase::Waiting;
-                }
-            }
-            Op::Poll(i) => {
-                let Some(r) = self.req[i] else { return };
-                if r.phase == Phase::Holding {
-                    return;
-                }
-                if let Grant::Granted = self.ring.grant(r.tk, r.share).expect("grant") {
-                    self.check_fifo_grant(i, r);
-                    let died = self.ring.mark_holding(r.tk);
-                    if died {
-                        assert!(
-                            self.pending_death_report,
-                            "death reported that never happened"
-                        );
+            Op::Poll(i) => self.act(i, Kind::Poll, Share::Exclusive),
+            Op::Release(i) => self.act(i, Kind::Release, Share::Exclusive),
+            Op::CheckHead(i) => self.act(i, Kind::CheckHead, Share::Exclusive),
+            Op::Step(i, n) => {
+                for _ in 0..n {
+                    if !self.live[i].is_some_and(|p| p.op.is_some()) {
+                        break;
                     }
-                    self.pending_death_report &= !died;
-                    self.req[i].as_mut().unwrap().phase = Phase::Holding;
-                }
-            }
-            Op::Release(i) => {
-                if let Some(r) = self.req[i].take() {
-                    if r.phase == Phase::Holding && r.share == Share::Exclusive {
-                        self.ring.release_exclusive(r.tk).expect("release");
-                    } else {
-                        self.ring.release(r.tk).expect("release");
-                    }
-                }
-            }
-            Op::ReleaseAndDie(i) => {
-                if let Some(r) = self.req[i].take() {
-                    assert!(self.ring.release_only(r.tk));
-                    self.world.alive.borrow_mut().remove(&Self::pid(i));
+                    self.advance(i);
                 }
             }
             Op::Kill(i) => {
-                if self.alive(i) {
-                    self.die(i);
+                if let Some(p) = self.live[i].take() {
+                    self.procs.kill(p.thread);
+                    self.shared.world.set(p.pid, None);
+                    if may_hold(&p) {
+                        self.holder_deaths += 1;
+                    }
+                    self.dead.push(p);
                 }
             }
             Op::Reuse(i) => {
-                if !self.alive(i) {
-                    self.start[i] += 1; // a new process, same PID, later start
-                    self.world
-                        .alive
-                        .borrow_mut()
-                        .insert(Self::pid(i), self.start[i]);
-                }
-            }
-            Op::CheckHead(i) => {
-                if !self.alive(i) {
-                    return;
-                }
-                match self.ring.check_head(self.world).expect("check_head") {
-                    HeadCheck::Reclaimed { pid, was_holding } => {
-                        let pos = self
-                            .orphans
-                            .iter()
-                            .position(|o| o.tk.word & PID_MASK == u64::from(pid))
-                            .expect("reclaimed a slot no dead process owned");
-                        let o = self.orphans.remove(pos);
-                        assert_eq!(was_holding, o.phase == Phase::Holding);
-                        if was_holding {
-                            self.pending_death_report = true;
-                        }
-                    }
-                    HeadCheck::Fine | HeadCheck::Advanced => {}
+                if self.live[i].is_none() {
+                    self.next_start += 1;
+                    let p = Proc {
+                        pid: i as u32 + 1,
+                        start: self.next_start,
+                        thread: self.procs.spawn(),
+                        req: None,
+                        op: None,
+                    };
+                    self.shared.world.set(p.pid, Some(p.start));
+                    self.live[i] = Some(p);
                 }
             }
         }
         self.check_invariants();
     }
 
-    /// FIFO: nothing that arrived earlier and conflicts is still in the ring.
-    fn check_fifo_grant(&self, i: usize, r: Req) {
-        let earlier = self
-            .req
+    /// Process `i` takes one step: of its operation in flight, or the first of `kind`.
+    fn act(&mut self, i: usize, kind: Kind, share: Share) {
+        let Some(p) = self.live[i] else { return };
+        if p.op.is_some() {
+            self.advance(i);
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let status = match (kind, p.req) {
+            (Kind::Enqueue, None) => self.procs.start(p.thread, move || {
+                let ring = shared.ring();
+                Out::Enqueued(enqueue(&ring, share, p.pid, p.start))
+            }),
+            (Kind::Poll, Some(r)) if !r.holding => self.procs.start(p.thread, move || {
+                let ring = shared.ring();
+                Out::Polled(ring.grant(r.tk, r.tk.share()).map(|g| match g {
+                    Grant::Granted => Some(ring.mark_holding(r.tk)),
+                    Grant::Waiting { .. } => None,
+                }))
+            }),
+            (Kind::Release, Some(r)) => self.procs.start(p.thread, move || {
+                let ring = shared.ring();
+                Out::Released(if r.holding && r.tk.share() == Share::Exclusive {
+                    ring.release_exclusive(r.tk)
+                } else {
+                    ring.release(r.tk)
+                })
+            }),
+            (Kind::CheckHead, _) => self.procs.start(p.thread, move || {
+                Out::Checked(shared.ring().check_head(&shared.world))
+            }),
+            _ => return,
+        };
+        if let Some(p) = self.live[i].as_mut() {
+            p.op = Some(kind);
+        }
+        self.settle(i, status);
+    }
+
+    fn advance(&mut self, i: usize) {
+        let Some(p) = self.live[i] else { return };
+        let status = self.procs.step(p.thread);
+        self.settle(i, status);
+    }
+
+    /// Runs process `i`'s operation in flight to its end.
+    fn finish(&mut self, i: usize) {
+        while self.live[i].is_some_and(|p| p.op.is_some()) {
+            self.advance(i);
+            self.check_invariants();
+        }
+    }
+
+    /// Books what an operation of process `i` returned, checking it.
+    fn settle(&mut self, i: usize, status: Status<Out>) {
+        let Status::Done(out) = status else { return };
+        let Some(mut p) = self.live[i] else { return };
+        p.op = None;
+        match out {
+            Out::Enqueued(r) => {
+                if let Some(tk) = r.unwrap_or_else(|b| panic!("claim of process {i}: {b:?}")) {
+                    let head = self.ring().words.head.load(SeqCst);
+                    assert!(
+                        tk.t.wrapping_sub(head) < self.ring().capacity(),
+                        "ticket {} claimed beyond the ring (head {head})",
+                        tk.t
+                    );
+                    p.req = Some(Req { tk, holding: false });
+                }
+            }
+            Out::Polled(r) => {
+                if let Some(died) = r.unwrap_or_else(|b| panic!("grant of process {i}: {b:?}")) {
+                    let Some(mut req) = p.req else {
+                        unreachable!("only a queued process polls")
+                    };
+                    self.check_fifo_grant(i, req.tk);
+                    assert!(
+                        !died || self.holder_deaths > 0,
+                        "a holder's death reported that never happened"
+                    );
+                    req.holding = true;
+                    p.req = Some(req);
+                }
+            }
+            Out::Released(r) => {
+                r.unwrap_or_else(|b| panic!("release of process {i}: {b:?}"));
+                p.req = None;
+            }
+            Out::Checked(r) => match r.unwrap_or_else(|b| panic!("head check: {b:?}")) {
+                HeadCheck::Reclaimed { pid, was_holding } => {
+                    let owner = self.dead.iter().filter(|d| d.pid == pid).collect::<Vec<_>>();
+                    assert!(!owner.is_empty(), "reclaimed a slot of live PID {pid}");
+                    assert!(
+                        !was_holding || owner.iter().any(|d| may_hold(d)),
+                        "reclaimed PID {pid} as a holder, but it never held"
+                    );
+                }
+                HeadCheck::Fine | HeadCheck::Advanced => {}
+            },
+        }
+        self.live[i] = Some(p);
+    }
+
+    /// The requests that still count: those (of live or dead processes) whose slot still
+    /// holds their claim and that `head` has not passed. A request being released counts
+    /// until its first write (an exclusive one moves `head` first, a shared one its slot).
+    fn standing(&self) -> Vec<(Option<usize>, Req)> {
+        let ring = self.ring();
+        let head = ring.words.head.load(SeqCst);
+        let live = self
+            .live
             .iter()
-            .flatten()
-            .chain(self.orphans.iter())
-            .filter(|o| o.arrival < r.arrival);
-        for o in earlier {
-            let conflicts = r.share == Share::Exclusive || o.share == Share::Exclusive;
+            .enumerate()
+            .filter_map(|(i, p)| Some((Some(i), (*p)?.req?)));
+        let dead = self.dead.iter().filter_map(|p| Some((None, p.req?)));
+        live.chain(dead)
+            .filter(|(_, r)| {
+                ring.slot(r.tk.t).word.load(SeqCst) == r.tk.word
+                    && r.tk.t.wrapping_sub(head) < ring.capacity()
+            })
+            .collect()
+    }
+
+    /// Live requests that are not being released.
+    fn live_requests(&self) -> Vec<(usize, Req)> {
+        let live = self.live.iter().enumerate();
+        live.filter_map(|(i, p)| {
+            let p = (*p)?;
+            (p.op != Some(Kind::Release)).then_some((i, p.req?))
+        })
+        .collect()
+    }
+
+    /// FIFO: no earlier conflicting request is still queued when `tk` is granted.
+    fn check_fifo_grant(&self, i: usize, tk: Ticket) {
+        let cap = self.ring().capacity();
+        for (who, r) in self.standing() {
+            let before = tk.t.wrapping_sub(r.tk.t);
+            let conflicts = tk.share() == Share::Exclusive || r.tk.share() == Share::Exclusive;
             assert!(
-                !conflicts,
-                "process {i} ({:?}, ticket {}) granted before earlier {:?} ticket {}",
-                r.share, r.tk.t, o.share, o.tk.t
+                !(conflicts && before > 0 && before < cap),
+                "process {i} ({:?}, ticket {}) granted before earlier {:?} ticket {} (of {who:?})",
+                tk.share(),
+                tk.t,
+                r.tk.share(),
+                r.tk.t
             );
         }
     }
 
-    fn check_invariants(&self) {
-        let (head, tail) = self.ring.head_tail();
-        let used = tail.wrapping_sub(head);
-        assert!(used <= self.ring.capacity(), "head {head} tail {tail}");
-        // Mutual exclusion among holders (live or dead-but-unreclaimed).
-        let holders: Vec<&Req> = self
-            .req
-            .iter()
-            .flatten()
-            .chain(self.orphans.iter())
-            .filter(|r| r.phase == Phase::Holding)
-            .collect();
+    fn check_invariants(&mut self) {
+        let head = self.ring().words.head.load(SeqCst);
+        // `head` only moves forward (wrapping), and never by more than a lap at once.
+        let moved = head.wrapping_sub(self.last_head);
+        assert!(
+            moved <= self.ring().capacity(),
+            "head moved from {} to {head} (back, or past unreleased tickets)",
+            self.last_head
+        );
+        self.last_head = head;
+        let ring = self.ring();
+        let cap = ring.capacity();
+        let (_, end) = ring.head_tail();
+        let used = end.wrapping_sub(head);
+        assert!(used <= cap, "head {head} end {end}");
+        // Mutual exclusion among holders (live, or dead and not reclaimed).
+        let standing = self.standing();
+        let holders: Vec<_> = standing.iter().filter(|(_, r)| r.holding).collect();
         if holders.len() > 1 {
             assert!(
-                holders.iter().all(|r| r.share == Share::Shared),
+                holders.iter().all(|(_, r)| r.tk.share() == Share::Shared),
                 "exclusive token held together with another: {holders:?}"
             );
         }
-        // Every request the model knows is in the ring, in [head, end).
-        for r in self.req.iter().flatten().chain(self.orphans.iter()) {
+        // A live request (not being released) keeps its slot and its place in the queue.
+        for (who, r) in self.live_requests() {
+            assert_eq!(
+                ring.slot(r.tk.t).word.load(SeqCst),
+                r.tk.word,
+                "slot of {who:?}'s {r:?} lost"
+            );
             assert!(
                 r.tk.t.wrapping_sub(head) < used,
-                "request {r:?} outside [{head}, {tail})"
-            );
-            assert_eq!(
-                self.ring.slot(r.tk.t).word.load(SeqCst),
-                r.tk.word,
-                "slot of {r:?} lost"
+                "request {r:?} of {who:?} outside [{head}, {end})"
             );
         }
-        // And every claimed slot in [head, end) belongs to a request the model knows.
-        let known: usize = self.req.iter().flatten().count() + self.orphans.len();
-        assert_eq!(self.ring.requests().len(), known, "ring and model disagree");
         // The tail hint never points past the first free ticket.
-        let hint = self.ring.words.tail.load(SeqCst);
+        let hint = ring.words.tail.load(SeqCst);
         assert!(
-            hint.wrapping_sub(head) > self.ring.capacity() || hint.wrapping_sub(head) <= used,
-            "tail hint {hint} beyond the queue [{head}, {tail})"
+            hint.wrapping_sub(head) > cap || hint.wrapping_sub(head) <= used,
+            "tail hint {hint} beyond the queue [{head}, {end})"
         );
     }
 
-    /// No deadlock by death: with every live process polling and releasing, and waiters
-    /// checking the head, the queue drains.
-    fn drain(&mut self) {
-        for _ in 0..(4 * self.ring.capacity() as usize + 4 * PROCS) {
-            for i in 0..PROCS {
-                if self.req[i].is_some() && self.req[i].unwrap().phase == Phase::Claimed {
-                    self.step(&Op::Publish(i));
-                }
-                self.step(&Op::Poll(i));
-                if self.req[i].is_some_and(|r| r.phase == Phase::Holding) {
-                    self.step(&Op::Release(i));
-                }
-            }
-            // Someone alive looks at the head (spawn one if everybody died).
-            let looker = (0..PROCS).find(|&i| self.alive(i)).unwrap_or_else(|| {
+    fn alive_looker(&mut self) -> usize {
+        match (0..PROCS).find(|&i| self.live[i].is_some()) {
+            Some(i) => i,
+            None => {
                 self.step(&Op::Reuse(0));
                 0
-            });
-            self.step(&Op::CheckHead(looker));
-            let (head, tail) = self.ring.head_tail();
-            if head == tail && self.req.iter().all(Option::is_none) {
-                if self.orphans.is_empty() {
-                    return;
-                }
-                // A claimer died before moving `tail`: the next claimer moves it on, and the
-                // dead claim is then reclaimed like any other.
-                self.step(&Op::Enqueue(looker, false));
             }
         }
-        panic!(
-            "queue did not drain: head/tail {:?}, requests {:?}, orphans {:?}",
-            self.ring.head_tail(),
-            self.req,
-            self.orphans
-        );
     }
+
+    /// Runs one whole operation of process `i`.
+    fn whole(&mut self, i: usize, op: Op) {
+        self.step(&op);
+        self.finish(i);
+    }
+
+    /// No deadlock by death, no lasting damage: every live process finishes what it was
+    /// doing, the live ones poll and release while someone checks the head, and the queue
+    /// drains; then one process goes round the whole ring twice.
+    fn drain(&mut self) {
+        let cap = self.ring().capacity() as usize;
+        let mut drained = false;
+        for _ in 0..(4 * cap + 4 * PROCS) {
+            for i in 0..PROCS {
+                self.finish(i);
+                match self.live[i].and_then(|p| p.req) {
+                    Some(r) if r.holding => self.whole(i, Op::Release(i)),
+                    Some(_) => self.whole(i, Op::Poll(i)),
+                    None => {}
+                }
+            }
+            let looker = self.alive_looker();
+            self.whole(looker, Op::CheckHead(looker));
+            let idle = self.live.iter().flatten().all(|p| p.req.is_none());
+            if idle && self.ring().requests().is_empty() {
+                drained = true;
+                break;
+            }
+        }
+        assert!(
+            drained,
+            "queue did not drain: head/tail {:?}, requests {:?}, live {:?}",
+            self.ring().head_tail(),
+            self.ring().requests(),
+            self.live
+        );
+        let i = self.alive_looker();
+        for lap in 0..2 * cap {
+            let mut got = false;
+            for _ in 0..(4 * cap + 4) {
+                self.whole(i, Op::Enqueue(i, lap % 3 == 0));
+                if self.live[i].is_some_and(|p| p.req.is_some()) {
+                    got = true;
+                    break;
+                }
+                self.whole(i, Op::CheckHead(i));
+            }
+            assert!(got, "no slot after the drain: {:?}", self.ring().head_tail());
+            for _ in 0..(4 * cap + 4) {
+                self.whole(i, Op::Poll(i));
+                if self.live[i].is_some_and(|p| p.req.is_some_and(|r| r.holding)) {
+                    break;
+                }
+                self.whole(i, Op::CheckHead(i));
+            }
+            self.whole(i, Op::Release(i));
+            assert!(
+                self.live[i].is_some_and(|p| p.req.is_none()),
+                "a lone request was never granted: {:?}",
+                self.ring().head_tail()
+            );
+        }
+    }
+}
+
+/// A dead process may have died holding the token: it held (perhaps before the first write
+/// of its release), or died in the middle of a poll (after marking itself holding, before the
+/// model heard of its grant).
+fn may_hold(p: &Proc) -> bool {
+    p.req.is_some_and(|r| r.holding) || p.op == Some(Kind::Poll)
+}
+
+/// A claim as the blocking path makes it (retrying when another process moved first), then
+/// the publication of the request.
+fn enqueue(ring: &Ring<'_>, share: Share, pid: u32, start: u64) -> Result<Option<Ticket>, Broken> {
+    for _ in 0..4 {
+        match ring.try_claim(share, pid, start) {
+            Claim::Claimed(tk) => {
+                ring.publish(tk, start, 0, 0);
+                return Ok(Some(tk));
+            }
+            Claim::Full => return Ok(None),
+            Claim::Retry => continue,
+            Claim::Broken(b) => return Err(b),
+        }
+    }
+    Ok(None)
 }
 
 /// Runs `ops` on a ring of `2^cap_shift` slots whose first ticket is `start_ticket`, checking
 /// the invariants after every step (panics on a violation), then drains the queue.
 pub fn run(cap_shift: u32, start_ticket: u64, ops: &[Op]) {
     let cap = 1usize << cap_shift;
-    let mem = MemRing::new(cap);
-    let ring = mem.ring(no_wake);
-    ring.reset_at(start_ticket);
-    let world = World::default();
-    let start: [u64; PROCS] = [1000, 2001, 3002, 4003, 5004];
-    for (i, s) in start.iter().enumerate() {
-        world.alive.borrow_mut().insert(i as u32 + 1, *s);
-    }
+    let shared = Arc::new(Shared {
+        mem: Some(MemRing::new(cap)),
+        world: World::default(),
+    });
+    shared.ring().reset_at(start_ticket);
     let mut m = Model {
-        ring,
-        world: &world,
-        start,
-        req: [None; PROCS],
-        orphans: Vec::new(),
-        arrivals: 0,
-        next_ticket: start_ticket,
-        pending_death_report: false,
+        shared,
+        procs: Procs::default(),
+        live: [None; PROCS],
+        dead: Vec::new(),
+        last_head: start_ticket,
+        holder_deaths: 0,
+        next_start: 1000,
     };
+    for i in 0..PROCS {
+        m.step(&Op::Reuse(i));
+    }
     for op in ops {
         m.step(op);
     }
@@ -428,18 +565,18 @@ pub fn run_bytes(data: &[u8]) {
     let ops: Vec<Op> = rest
         .chunks(2)
         .map(|c| {
-            let p = usize::from(c.get(1).copied().unwrap_or(0)) % PROCS;
-            let shared = c.get(1).copied().unwrap_or(0) & 0x80 != 0;
-            match c[0] % 9 {
+            let arg = c.get(1).copied().unwrap_or(0);
+            let p = usize::from(arg) % PROCS;
+            let shared = arg & 0x80 != 0;
+            match c[0] % 8 {
                 0 => Op::Enqueue(p, shared),
-                1 => Op::EnqueueAndDie(p, shared),
-                2 => Op::Publish(p),
-                3 => Op::Poll(p),
-                4 => Op::Release(p),
-                5 => Op::ReleaseAndDie(p),
-                6 => Op::Kill(p),
-                7 => Op::Reuse(p),
-                _ => Op::CheckHead(p),
+                1 => Op::Poll(p),
+                2 => Op::Release(p),
+                3 => Op::CheckHead(p),
+                4 => Op::Step(p, 1 + (arg >> 3) % 4),
+                5 => Op::Kill(p),
+                6 => Op::Reuse(p),
+                _ => Op::Step(p, 255),
             }
         })
         .collect();
