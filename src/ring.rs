@@ -43,6 +43,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*, fence};
 use crate::Share;
 use crate::liveness::{Liveness, Owner, START_FP_BITS, START_FP_MASK};
 
+/// A place where a process may be preempted, stopped or killed: between two accesses to
+/// shared words. Nothing in production builds; in tests and fuzzing builds a scheduler may
+/// stop the process here for as long as it likes (see `interleave`).
+macro_rules! step {
+    () => {
+        #[cfg(any(test, feature = "fuzzing"))]
+        interleave::point();
+    };
+}
+
 const PID_BITS: u32 = 22;
 const PID_MASK: u64 = (1 << PID_BITS) - 1;
 const FP_SHIFT: u32 = PID_BITS;
@@ -272,6 +282,8 @@ impl<'a> Ring<'a> {
             }
         } else if wl == lap.wrapping_add(1) {
             SlotState::Released
+        } else if wl == lap.wrapping_sub(1) && pid_of_word(w) != 0 {
+            SlotState::Lagging
         } else {
             SlotState::Impossible
         }
@@ -281,7 +293,9 @@ impl<'a> Ring<'a> {
     #[inline(always)]
     pub(crate) fn try_claim(&self, share: Share, pid: u32, start: u64) -> Claim {
         let head = self.words.head.load(SeqCst);
+        step!();
         let hint = self.words.tail.load(Relaxed);
+        step!();
         // Start at the hint when it is plausible; it never points past the first free ticket.
         let mut t = if hint.wrapping_sub(head) < self.capacity() {
             hint
@@ -294,16 +308,21 @@ impl<'a> Ring<'a> {
             }
             let slot = self.slot(t);
             let w = slot.word.load(SeqCst);
+            step!();
             match self.state(t, w) {
                 SlotState::Free => {
                     let mine = self.claim_word(t, share, pid, start);
                     if slot.word.compare_exchange(w, mine, SeqCst, Relaxed).is_ok() {
+                        step!();
                         self.words.tail.store(t.wrapping_add(1), Relaxed);
+                        step!();
                         return self.confirm_claim(t, mine);
                     }
+                    step!();
                     // Someone else took t: look at it again.
                 }
                 SlotState::Claimed | SlotState::Released => t = t.wrapping_add(1),
+                SlotState::Lagging => return Claim::Full,
                 SlotState::Impossible => return self.impossible_at(t, w, head),
             }
         }
@@ -361,9 +380,11 @@ impl<'a> Ring<'a> {
         let slot = self.slot(tk.t);
         let tag = u64::from(tk.lap() & 0xff_ffff) << START_BITS;
         slot.futex.store(futex_tag(tk.lap()) | WAITING, Relaxed);
+        step!();
         slot.parent.store(u64::from(parent), Relaxed);
         slot.since_ns.store(since_ns, Relaxed);
         slot.start.store(tag | (start & START_MASK), Release);
+        step!();
     }
 
     /// True when `tk` is at the head of the queue (granted, whatever its mode).
@@ -381,6 +402,7 @@ impl<'a> Ring<'a> {
     #[inline]
     pub(crate) fn grant(&self, tk: Ticket, share: Share) -> Result<Grant, Broken> {
         let head = self.words.head.load(SeqCst);
+        step!();
         let ahead = tk.t.wrapping_sub(head);
         if ahead == 0 {
             return Ok(Grant::Granted);
@@ -400,9 +422,14 @@ impl<'a> Ring<'a> {
         (0..n).all(|i| {
             let t = head.wrapping_add(i);
             let w = self.slot(t).word.load(SeqCst);
-            // Released tickets (lap moved on) do not block; claimed ones block unless shared;
-            // an unclaimed ticket before ours cannot exist, so be conservative if seen.
-            lap_of_word(w) != self.lap(t) || (pid_of_word(w) != 0 && is_shared_word(w))
+            step!();
+            // Released tickets do not block; claimed ones block unless shared; an unclaimed
+            // or lagging ticket before ours cannot exist, so be conservative if seen.
+            match self.state(t, w) {
+                SlotState::Released => true,
+                SlotState::Claimed => is_shared_word(w),
+                SlotState::Free | SlotState::Lagging | SlotState::Impossible => false,
+            }
         })
     }
 
@@ -426,12 +453,26 @@ impl<'a> Ring<'a> {
 
     /// Marks a granted request as holding (so its death is reported to the next holder) and
     /// returns whether the previous holder died holding.
+    ///
+    /// `dead_holder` names the dead holder's ticket + 1. A value left by a reclaimer that
+    /// stalled for more than a lap names a ticket that cannot be our predecessor: dropped.
     #[inline]
     pub(crate) fn mark_holding(&self, tk: Ticket) -> bool {
         self.slot(tk.t)
             .futex
             .store(futex_tag(tk.lap()) | HOLDING, Release);
-        self.words.dead_holder.load(Relaxed) != 0 && self.words.dead_holder.swap(0, AcqRel) != 0
+        step!();
+        if self.words.dead_holder.load(Relaxed) == 0 {
+            return false;
+        }
+        self.died_before(tk)
+    }
+
+    #[cold]
+    fn died_before(&self, tk: Ticket) -> bool {
+        let dead = self.words.dead_holder.swap(0, AcqRel);
+        // dead - 1 is the dead holder's ticket: in [t - capacity, t).
+        dead != 0 && tk.t.wrapping_sub(dead) < self.capacity()
     }
 
     /// Prepares to sleep: the futex word and the value to sleep on. The caller must re-check
@@ -448,14 +489,17 @@ impl<'a> Ring<'a> {
     #[inline]
     pub(crate) fn release(&self, tk: Ticket) -> Result<(), Broken> {
         self.release_slot(tk)?;
+        step!();
         if self
             .words
             .head
             .compare_exchange(tk.t, tk.t.wrapping_add(1), SeqCst, Relaxed)
             .is_ok()
         {
+            step!();
             self.hand_over(tk.t.wrapping_add(1));
         } else {
+            step!();
             self.advance_head(); // not the head (a waiter leaving, a shared holder): look
         }
         Ok(())
@@ -464,17 +508,30 @@ impl<'a> Ring<'a> {
     /// Releases a *held exclusive* token: like [`release`](Self::release), one atomic
     /// read-modify-write cheaper.
     ///
-    /// `head` is stored, not CASed. Invariant: `head` never passes an unreleased ticket. Every
-    /// ticket before ours was released when we were granted (at `head`), and ours is now, so
-    /// `t + 1` keeps it — even if a checker moved `head` further meanwhile (it then moves
-    /// back over released tickets only, which grants nobody, and the next release or head
-    /// check moves it on). Never for a waiting request: its `t + 1` would pass the holders.
+    /// `head` moves first, by a plain store, then the slot is released. While we hold, our
+    /// claimed slot pins `head` at our ticket (head only moves over released slots, and a
+    /// live claim is changed by nobody else), so the store does what a CAS would: `head` only
+    /// ever moves forward, however long we stall between the two writes (issue 9: releasing
+    /// the slot first let a checker move `head` on, and a late store then moved it back
+    /// across laps). Between the two writes our slot still carries our claim while `head` has
+    /// passed it: the slot is *lagging* ([`SlotState::Lagging`]). Ticket `t + capacity`,
+    /// which needs the slot, waits for it like for a full ring; if we die there, the head
+    /// check releases it for us once `head` reaches `t + capacity`.
     #[inline]
     pub(crate) fn release_exclusive(&self, tk: Ticket) -> Result<(), Broken> {
         debug_assert!(!is_shared_word(tk.word));
-        self.release_slot(tk)?;
-        self.words.head.store(tk.t.wrapping_add(1), Release);
-        self.hand_over(tk.t.wrapping_add(1));
+        let slot = self.slot(tk.t);
+        if slot.word.load(Relaxed) != tk.word {
+            return Err(self.lost(tk));
+        }
+        step!();
+        let next = tk.t.wrapping_add(1);
+        self.words.head.store(next, Release);
+        step!();
+        slot.word
+            .store(free_word(tk.lap().wrapping_add(1)), Release);
+        step!();
+        self.hand_over(next);
         Ok(())
     }
 
@@ -487,6 +544,7 @@ impl<'a> Ring<'a> {
         if slot.word.load(Relaxed) != tk.word {
             return Err(self.lost(tk));
         }
+        step!();
         slot.word
             .store(free_word(tk.lap().wrapping_add(1)), Release);
         Ok(())
@@ -496,10 +554,11 @@ impl<'a> Ring<'a> {
     #[inline(always)]
     fn hand_over(&self, next: u64) {
         let w = self.slot(next).word.load(SeqCst);
+        step!();
         match self.state(next, w) {
             // Nobody queued. A request claimed from now on reads the new `head` (it spins
             // before it ever sleeps, and re-checks after a full fence before sleeping).
-            SlotState::Free => {}
+            SlotState::Free | SlotState::Lagging => {}
             SlotState::Claimed => {
                 // Order our `head` update before reading its wait word (see `wake_slot`).
                 fence(SeqCst);
@@ -516,7 +575,9 @@ impl<'a> Ring<'a> {
         let mut moved = false;
         for _ in 0..self.capacity() {
             let h = self.words.head.load(SeqCst);
+            step!();
             let w = self.slot(h).word.load(SeqCst);
+            step!();
             if self.state(h, w) != SlotState::Released {
                 break; // ticket h queued, held, or not handed out yet
             }
@@ -525,6 +586,7 @@ impl<'a> Ring<'a> {
                 .head
                 .compare_exchange(h, h.wrapping_add(1), SeqCst, SeqCst)
                 .is_ok();
+            step!();
         }
         if moved {
             self.wake_from(self.words.head.load(SeqCst));
@@ -538,6 +600,7 @@ impl<'a> Ring<'a> {
         for i in 0..self.capacity() {
             let t = h.wrapping_add(i);
             let w = self.slot(t).word.load(SeqCst);
+            step!();
             if self.state(t, w) != SlotState::Claimed {
                 break;
             }
@@ -583,8 +646,10 @@ impl<'a> Ring<'a> {
     /// times out, so a dead holder blocks nobody for longer than one such timeout.
     pub(crate) fn check_head(&self, liveness: &impl Liveness) -> Result<HeadCheck, Broken> {
         let h = self.words.head.load(SeqCst);
+        step!();
         let slot = self.slot(h);
         let w = slot.word.load(SeqCst);
+        step!();
         let pid = pid_of_word(w);
         match self.state(h, w) {
             SlotState::Released => {
@@ -611,12 +676,22 @@ impl<'a> Ring<'a> {
                 }
                 return Ok(HeadCheck::Fine);
             }
+            SlotState::Lagging => return Ok(self.finish_lagging(h, w, liveness)),
             SlotState::Claimed => {}
         }
         if liveness.is_alive(self.owner(h, w)) {
             return Ok(HeadCheck::Fine);
         }
+        step!();
         let was_holding = slot.futex.load(SeqCst) == futex_tag(self.lap(h)) | HOLDING;
+        step!();
+        if was_holding {
+            // Raised *before* the slot is freed, so that whoever is granted next sees it. A
+            // checker that stalls here and then loses the reclaim to another may raise it a
+            // second time: a duplicate report (see `mark_holding`), never a lost one.
+            self.words.dead_holder.store(h.wrapping_add(1), Release);
+            step!();
+        }
         let next_lap = free_word(self.lap(h).wrapping_add(1));
         if slot
             .word
@@ -625,12 +700,37 @@ impl<'a> Ring<'a> {
         {
             return Ok(HeadCheck::Fine); // someone else reclaimed it first
         }
+        step!();
         self.words.reclaimed.fetch_add(1, Relaxed);
-        if was_holding {
-            self.words.dead_holder.store(h.wrapping_add(1), Release);
-        }
+        step!();
         self.advance_head();
         Ok(HeadCheck::Reclaimed { pid, was_holding })
+    }
+
+    /// The slot of ticket `h` (= `head`) still holds the claim `w` of ticket `h - capacity`,
+    /// whose holder moved `head` on but has not released the slot. If that process is dead,
+    /// release the slot for it (it had given up the token: no death to report).
+    #[cold]
+    fn finish_lagging(&self, h: u64, w: u64, liveness: &impl Liveness) -> HeadCheck {
+        let prev = h.wrapping_sub(self.capacity());
+        if liveness.is_alive(self.owner(prev, w)) {
+            return HeadCheck::Fine; // stalled, not dead: it will finish
+        }
+        step!();
+        let freed = self
+            .slot(h)
+            .word
+            .compare_exchange(w, free_word(self.lap(h)), SeqCst, Relaxed)
+            .is_ok();
+        step!();
+        if !freed {
+            return HeadCheck::Fine;
+        }
+        self.words.reclaimed.fetch_add(1, Relaxed);
+        HeadCheck::Reclaimed {
+            pid: pid_of_word(w),
+            was_holding: false,
+        }
     }
 
     /// True when `head .. tail` holds a slot claimed by a live process.
@@ -652,7 +752,7 @@ impl<'a> Ring<'a> {
             match self.state(t, w) {
                 SlotState::Claimed => {}
                 SlotState::Released => continue,
-                SlotState::Free | SlotState::Impossible => break,
+                SlotState::Free | SlotState::Lagging | SlotState::Impossible => break,
             }
             let shared = is_shared_word(w);
             let granted = i == 0 || (run_shared && shared);
@@ -682,7 +782,7 @@ impl<'a> Ring<'a> {
         for _ in 0..self.capacity() {
             match self.state(t, self.slot(t).word.load(SeqCst)) {
                 SlotState::Claimed | SlotState::Released => t = t.wrapping_add(1),
-                SlotState::Free | SlotState::Impossible => break,
+                SlotState::Free | SlotState::Lagging | SlotState::Impossible => break,
             }
         }
         (head, t)
@@ -705,6 +805,10 @@ enum SlotState {
     Claimed,
     /// Released (the lap moved on).
     Released,
+    /// Still claimed by ticket `t - capacity`, whose exclusive holder moved `head` past it
+    /// and has not released the slot yet (stalled between its two writes, or dead there).
+    /// Ticket `t` cannot be claimed until then: the ring is full at `t`.
+    Lagging,
     /// A state no sequence of operations produces: the file was overwritten.
     Impossible,
 }
@@ -712,29 +816,6 @@ enum SlotState {
 /// Steps that a process may die between, for the property tests.
 #[cfg(any(test, feature = "fuzzing"))]
 impl Ring<'_> {
-    /// The claim CAS alone, without moving the `tail` hint (the claimer dies right after).
-    pub(crate) fn claim_only(&self, share: Share, pid: u32, start: u64) -> Option<Ticket> {
-        let (head, t) = self.head_tail();
-        if t.wrapping_sub(head) >= self.capacity() {
-            return None;
-        }
-        let mine = self.claim_word(t, share, pid, start);
-        self.slot(t)
-            .word
-            .compare_exchange(free_word(self.lap(t)), mine, SeqCst, Relaxed)
-            .ok()
-            .map(|_| Ticket { t, word: mine })
-    }
-
-    /// The release CAS alone, without moving `head` (the releaser dies right after it).
-    pub(crate) fn release_only(&self, tk: Ticket) -> bool {
-        let next = free_word(tk.lap().wrapping_add(1));
-        self.slot(tk.t)
-            .word
-            .compare_exchange(tk.word, next, SeqCst, Relaxed)
-            .is_ok()
-    }
-
     /// Sets up an empty ring whose next ticket is `t` (to test wrap-around).
     pub(crate) fn reset_at(&self, t: u64) {
         self.words.head.store(t, SeqCst);
@@ -770,6 +851,8 @@ pub(crate) fn ticket_of_slot(head: u64, index: u64, mask: u64) -> u64 {
     head.wrapping_add(index.wrapping_sub(head) & mask)
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod interleave;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod model;
 #[cfg(test)]

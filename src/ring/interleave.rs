@@ -168,19 +168,6 @@ impl<O: Send + 'static> Procs<O> {
         }
     }
 
-    /// Runs `op` on idle process `i` to its end.
-    pub(crate) fn run(&mut self, i: usize, op: impl FnOnce() -> O + Send + 'static) -> O {
-        match self.start(i, op) {
-            Status::Done(o) => o,
-            Status::Paused => self.finish(i),
-        }
-    }
-
-    /// True while process `i` has an operation in flight.
-    pub(crate) fn busy(&self, i: usize) -> bool {
-        self.procs[i].busy
-    }
-
     /// Kills process `i`: it never takes another step (its thread is only let go on drop).
     pub(crate) fn kill(&mut self, i: usize) {
         self.procs[i].frozen = true;

@@ -313,7 +313,11 @@ impl Model {
             }
             Out::Checked(r) => match r.unwrap_or_else(|b| panic!("head check: {b:?}")) {
                 HeadCheck::Reclaimed { pid, was_holding } => {
-                    let owner = self.dead.iter().filter(|d| d.pid == pid).collect::<Vec<_>>();
+                    let owner = self
+                        .dead
+                        .iter()
+                        .filter(|d| d.pid == pid)
+                        .collect::<Vec<_>>();
                     assert!(!owner.is_empty(), "reclaimed a slot of live PID {pid}");
                     assert!(
                         !was_holding || owner.iter().any(|d| may_hold(d)),
@@ -474,7 +478,11 @@ impl Model {
                 }
                 self.whole(i, Op::CheckHead(i));
             }
-            assert!(got, "no slot after the drain: {:?}", self.ring().head_tail());
+            assert!(
+                got,
+                "no slot after the drain: {:?}",
+                self.ring().head_tail()
+            );
             for _ in 0..(4 * cap + 4) {
                 self.whole(i, Op::Poll(i));
                 if self.live[i].is_some_and(|p| p.req.is_some_and(|r| r.holding)) {

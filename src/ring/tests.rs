@@ -183,7 +183,13 @@ fn an_exclusive_releaser_stalled_anywhere_for_laps_does_no_harm() {
         let mut last_head = ring.words.head.load(SeqCst);
         let mut waiting = None;
         for pid in 2..(2 + 3 * 4) {
-            let tk = claim(&ring, pid);
+            // A lagging slot of A's (head moved, slot not released yet) fills the ring at
+            // A's ticket + capacity: the others then wait for A like for a full ring.
+            let tk = match ring.try_claim(Share::Exclusive, pid, pid.into()) {
+                Claim::Claimed(tk) => tk,
+                Claim::Full => break,
+                other => panic!("{other:?}"),
+            };
             for _ in 0..8 {
                 if ring.grant(tk, Share::Exclusive) == Ok(Grant::Granted) {
                     break;
