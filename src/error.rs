@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::Share;
+use crate::share::Share;
 use crate::layout::HeaderError;
 
 /// Everything that can go wrong, each variant saying what happened and what to do.

@@ -8,7 +8,8 @@ use crate::layout::{self, Geometry};
 use crate::liveness::OsLiveness;
 use crate::members::{self, JoinRefused};
 use crate::region::{Create, Region};
-use crate::{Share, sys};
+use crate::share::Share;
+use crate::sys;
 
 impl LockTicket {
     // -----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use crate::Share;
+use crate::share::Share;
 use crate::liveness::{Liveness, Owner};
 use crate::sys::PID_MAX;
 

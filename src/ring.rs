@@ -40,7 +40,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*, fence};
 
-use crate::Share;
+use crate::share::Share;
 use crate::liveness::{Liveness, Owner, START_FP_BITS, START_FP_MASK};
 
 const PID_BITS: u32 = 22;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::Share;
+use crate::share::Share;
 use crate::liveness::{Liveness, OsLiveness};
 use crate::members;
 use crate::region::Region;

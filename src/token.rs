@@ -8,7 +8,8 @@ use crate::liveness::OsLiveness;
 use crate::region::Region;
 use crate::ring::{Claim, Grant, Ticket};
 use crate::wait::{self, Waited};
-use crate::{Share, sys};
+use crate::share::Share;
+use crate::sys;
 
 /// How long a token request may wait.
 #[derive(Clone, Copy, Debug)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
-use crate::Share;
+use crate::share::Share;
 use crate::liveness::Liveness;
 use crate::ring::{Broken, Claim, Grant, Ring, Ticket};
 use crate::sys;
