@@ -58,7 +58,7 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
 pub fn default_directory() -> Result<PathBuf> {
     let writable: Vec<&str> = DEFAULT_DIRECTORIES
         .into_iter()
-        .filter(|d| is_writable_dir(d))
+        .filter(|d| sys::is_writable_dir(Path::new(d)))
         .collect();
     let memory = writable
         .iter()
@@ -69,15 +69,6 @@ pub fn default_directory() -> Result<PathBuf> {
         .ok_or_else(|| Error::NoDirectory {
             candidates: DEFAULT_DIRECTORIES.join(", "),
         })
-}
-
-fn is_writable_dir(d: &str) -> bool {
-    Path::new(d).is_dir()
-        && nix::unistd::access(
-            d,
-            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-        )
-        .is_ok()
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ impl Region {
         file.set_permissions(std::fs::Permissions::from_mode(opts.permissions))
             .map_err(io_err(tmp, "chmod"))?;
         let size = opts.geometry.file_size();
-        allocate(&file, size).map_err(io_err(tmp, "allocate"))?;
+        sys::allocate(&file, size).map_err(io_err(tmp, "allocate"))?;
         let fixed = layout::new_header(
             opts.geometry,
             opts.permissions,
@@ -369,19 +369,10 @@ impl Region {
             return;
         }
         for m in [&self.map, &self.payload_map] {
-            // SAFETY: replaces our own mapping in place (same address and length) with
-            // anonymous private memory; the range stays mapped, so references into it stay
-            // valid. MmapRaw unmaps the range on drop as before.
-            unsafe {
-                libc::mmap(
-                    m.as_mut_ptr().cast(),
-                    m.len(),
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-            }
+            // SAFETY: `m` is a whole mapping we own; the memory behind our references into
+            // it (header, ring, registry, payload) is atomics and integers, valid as zeroes.
+            // MmapRaw unmaps the range on drop as before.
+            unsafe { sys::remap_anonymous(m.as_mut_ptr(), m.len()) };
         }
         let h = self.header();
         h.retired.store(1, SeqCst);
@@ -438,18 +429,6 @@ fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-fn allocate(file: &File, size: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // Reserve the pages now, so a full tmpfs gives ENOSPC here instead of SIGBUS later.
-    // SAFETY: posix_fallocate on an fd we own.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
-    match rc {
-        0 => Ok(()),
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
-        e => Err(io::Error::from_raw_os_error(e)),
-    }
 }
 
 fn classify_open_error(path: &Path, e: io::Error) -> Error {
