@@ -68,7 +68,6 @@
 
 mod error;
 mod handle;
-#[doc(hidden)]
 pub mod layout;
 mod liveness;
 mod main_lock;

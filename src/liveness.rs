@@ -7,10 +7,7 @@
 
 use crate::sys::{self, ProcStatus};
 
-/// The bits of a start time kept in a slot's claim word (see `ring`): enough to tell a
-/// recycled PID from its previous owner in the few nanoseconds before the full start time is
-/// published.
-pub(crate) const START_FP_BITS: u32 = 9;
+pub(crate) use crate::layout::START_FP_BITS;
 /// Mask for [`START_FP_BITS`].
 pub(crate) const START_FP_MASK: u64 = (1 << START_FP_BITS) - 1;
 

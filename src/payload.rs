@@ -74,14 +74,9 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use crossbeam_utils::Backoff;
 
+use crate::layout::{MAX_PAYLOAD_CAPACITY, PAGE, PID_BITS};
 use crate::liveness::{Liveness, Owner};
 
-/// Largest payload capacity a table may be created with (16 MiB).
-#[doc(hidden)]
-pub const MAX_CAPACITY: u64 = 16 * 1024 * 1024;
-
-/// Size of a page: the region length is a multiple of it.
-const PAGE: u64 = 4096;
 /// A cache line: the control block and the buffer headers each take one.
 const LINE: u64 = 64;
 /// Bytes of the control block (the `seq` word plus reserved space).
@@ -93,8 +88,6 @@ const OFF_SEQ: u64 = 0;
 /// Offset of the writer-lock word: 0 = free, else the writer's identity (see
 /// [`writer_identity`]).
 const OFF_WRITER: u64 = 8;
-/// Bits of the writer identity that hold the PID.
-const WRITER_PID_BITS: u32 = 22;
 /// Offsets of the header fields inside a buffer.
 const OFF_GENERATION: u64 = 0;
 const OFF_LENGTH: u64 = 8;
@@ -109,13 +102,13 @@ const HASH_K: u64 = 0x9E37_79B9_7F4A_7C15;
 /// boot): the start time's low 42 bits above the PID — a whole identity in one word, immune to
 /// PID reuse.
 pub(crate) fn writer_identity(pid: u32, start: u64) -> u64 {
-    (start << WRITER_PID_BITS) | (u64::from(pid) & ((1 << WRITER_PID_BITS) - 1))
+    (start << PID_BITS) | (u64::from(pid) & ((1 << PID_BITS) - 1))
 }
 
 fn writer_owner(word: u64) -> Owner {
     Owner {
-        pid: (word & ((1 << WRITER_PID_BITS) - 1)) as u32,
-        start: Some(word >> WRITER_PID_BITS),
+        pid: (word & ((1 << PID_BITS) - 1)) as u32,
+        start: Some(word >> PID_BITS),
         start_fp: None,
     }
 }
@@ -163,8 +156,8 @@ pub enum PayloadError {
         /// Bytes the layout for the capacity needs.
         needed: u64,
     },
-    /// A capacity outside `1..=MAX_CAPACITY`.
-    #[error("invalid payload capacity {0} (must be between 1 and {max} bytes)", max = MAX_CAPACITY)]
+    /// A capacity outside `1..=MAX_PAYLOAD_CAPACITY`.
+    #[error("invalid payload capacity {0} (must be between 1 and {max} bytes)", max = MAX_PAYLOAD_CAPACITY)]
     InvalidCapacity(u64),
 }
 
@@ -190,16 +183,16 @@ const fn used_len(capacity: u64) -> u64 {
 }
 
 /// Size in bytes of the payload region for `capacity` payload bytes: a
-/// multiple of 4096. Meaningful for capacities in `1..=MAX_CAPACITY` (check
+/// multiple of 4096. Meaningful for capacities in `1..=MAX_PAYLOAD_CAPACITY` (check
 /// them first with the table header's validation); saturates beyond.
 #[doc(hidden)]
 pub const fn region_len(capacity: u64) -> u64 {
     round_up(used_len(capacity), PAGE)
 }
 
-/// `Ok` if `capacity` is in `1..=MAX_CAPACITY`.
+/// `Ok` if `capacity` is in `1..=MAX_PAYLOAD_CAPACITY`.
 pub(crate) fn validate_capacity(capacity: u64) -> Result<(), PayloadError> {
-    if capacity == 0 || capacity > MAX_CAPACITY {
+    if capacity == 0 || capacity > MAX_PAYLOAD_CAPACITY {
         Err(PayloadError::InvalidCapacity(capacity))
     } else {
         Ok(())
@@ -363,7 +356,7 @@ pub(crate) struct Payload {
     /// Length of the region, `region_len(capacity)`.
     len: usize,
     /// Capacity fixed at creation, known locally (never re-read from the
-    /// mapping), in `1..=MAX_CAPACITY`.
+    /// mapping), in `1..=MAX_PAYLOAD_CAPACITY`.
     capacity: u64,
 }
 
@@ -396,7 +389,7 @@ impl Payload {
     /// and valid for reads and writes of `len` bytes for the whole lifetime
     /// of the returned value (a `MAP_SHARED` mapping kept alive by the
     /// caller); `len` must equal `region_len(capacity)` and `capacity` must
-    /// be in `1..=MAX_CAPACITY`. All processes and threads must access the
+    /// be in `1..=MAX_PAYLOAD_CAPACITY`. All processes and threads must access the
     /// region only through `Payload` (or other atomic accesses); a hostile
     /// process writing garbage cannot cause UB here, only errors.
     pub(crate) unsafe fn from_raw(ptr: *mut u8, len: usize, capacity: u64) -> Self {
@@ -696,7 +689,7 @@ mod tests {
 
     #[test]
     fn region_len_is_page_multiple_and_fits_layout() {
-        for cap in [1, 7, 63, 64, 65, 1000, 4096, 64 * 1024, MAX_CAPACITY] {
+        for cap in [1, 7, 63, 64, 65, 1000, 4096, 64 * 1024, MAX_PAYLOAD_CAPACITY] {
             let len = region_len(cap);
             assert_eq!(len % 4096, 0, "cap {cap}");
             assert!(len >= used_len(cap));
@@ -885,8 +878,8 @@ mod tests {
         let zeros = vec![0u8; 8192];
         assert_eq!(decode(&zeros, 0), Err(PayloadError::InvalidCapacity(0)));
         assert_eq!(
-            decode(&zeros, MAX_CAPACITY + 1),
-            Err(PayloadError::InvalidCapacity(MAX_CAPACITY + 1))
+            decode(&zeros, MAX_PAYLOAD_CAPACITY + 1),
+            Err(PayloadError::InvalidCapacity(MAX_PAYLOAD_CAPACITY + 1))
         );
         let needed = used_len(100);
         assert_eq!(

@@ -41,9 +41,9 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*, fence};
 
 use crate::share::Share;
+use crate::layout::{PID_BITS, SLOT_SIZE};
 use crate::liveness::{Liveness, Owner, START_FP_BITS, START_FP_MASK};
 
-const PID_BITS: u32 = 22;
 const PID_MASK: u64 = (1 << PID_BITS) - 1;
 const FP_SHIFT: u32 = PID_BITS;
 const SHARED_BIT: u64 = 1 << 31;
@@ -80,7 +80,7 @@ pub(crate) struct Slot {
     pub futex: AtomicU32,
     _reserved: [u32; 7],
 }
-const _: () = assert!(core::mem::size_of::<Slot>() == 64);
+const _: () = assert!(core::mem::size_of::<Slot>() == SLOT_SIZE as usize);
 
 /// The shared words a ring works on, besides its slots.
 #[derive(Clone, Copy, Debug)]
