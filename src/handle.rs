@@ -411,6 +411,10 @@ impl LockTicket {
                 len,
                 capacity,
             },
+            payload::PayloadError::Busy { attempts } => Error::PayloadBusy {
+                path: self.path.clone(),
+                attempts,
+            },
             other => self.corrupted(&format!("payload: {other}")),
         }
     }
