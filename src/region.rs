@@ -295,17 +295,18 @@ impl Region {
     }
 
     /// The payload region.
-    pub(crate) fn payload(&self) -> Payload {
-        // SAFETY: payload_map is exactly region_len(capacity) bytes at a page-aligned file
-        // offset, page aligned in memory, and lives as long as `self` (the Payload is used
-        // only while `self` is borrowed by the caller).
-        unsafe {
-            Payload::from_raw(
-                self.payload_map.as_mut_ptr(),
-                self.payload_map.len(),
-                self.geometry.payload_capacity,
+    pub(crate) fn payload(&self) -> Payload<'_> {
+        // SAFETY: payload_map is exactly region_len(capacity) bytes (a multiple of 8) at a
+        // page-aligned address, so aligned for AtomicU64; it lives as long as `self`, which
+        // the returned borrow ties it to (`neuter` keeps the range mapped); atomics are valid
+        // for any bytes and may alias memory other processes write.
+        let words = unsafe {
+            std::slice::from_raw_parts(
+                self.payload_map.as_ptr().cast::<AtomicU64>(),
+                self.payload_map.len() / 8,
             )
-        }
+        };
+        Payload::new(words, self.geometry.payload_capacity)
     }
 
     /// True once the last owner retired this table (it is, or is about to be, unlinked).
@@ -331,7 +332,7 @@ impl Region {
     }
 
     /// Runs `f` as the only payload writer (see `Payload::with_writer`).
-    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload) -> T) -> T {
+    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> T {
         let (pid, start) = sys::current_identity();
         let payload = self.payload();
         payload.with_writer(payload::writer_identity(pid, start), &OsLiveness, f)
