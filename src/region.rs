@@ -16,29 +16,30 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE, hot};
-use crate::liveness::OsLiveness;
+use crate::liveness::{Liveness, OsLiveness};
 use crate::members::Member;
 use crate::payload::{self, Payload};
 use crate::ring::{Ring, RingWords, Slot};
 use crate::sys;
 
-/// The header page as shared atomics. Offsets are fixed by `layout` (checked below).
+/// The header page as shared atomics. Offsets are fixed by `layout` (checked below). Private
+/// to this module: the retire lifecycle is changed only through [`Region`] and [`Cold`].
 #[repr(C)]
-pub(crate) struct SharedHeader {
+struct SharedHeader {
     fixed: [AtomicU64; 16],
     /// Non-zero once retired by the last owner.
-    pub retired: AtomicU32,
+    retired: AtomicU32,
     _pad0: [u32; 31],
-    /// Next ticket.
-    pub tail: AtomicU64,
+    /// A hint of the next ticket to hand out (see `ring`).
+    tail: AtomicU64,
     _pad1: [u64; 15],
     /// Oldest unreleased ticket.
-    pub head: AtomicU64,
+    head: AtomicU64,
     _pad2: [u64; 15],
     /// Ticket + 1 of a holder that died holding.
-    pub dead_holder: AtomicU64,
+    dead_holder: AtomicU64,
     /// Reclaimed slot count.
-    pub reclaimed: AtomicU64,
+    reclaimed: AtomicU64,
     _pad3: [u64; 14],
 }
 const _: () = {
@@ -265,7 +266,7 @@ impl Region {
 
     /// The header's shared words.
     #[inline]
-    pub(crate) fn header(&self) -> &SharedHeader {
+    fn header(&self) -> &SharedHeader {
         // SAFETY: the mapping is at least HEADER_SIZE bytes (geometry.lock_len() includes the
         // header page), page aligned (so aligned for every atomic), lives as long as `self`,
         // and an all-bytes-valid type (atomics and integers) may alias memory other processes
@@ -313,6 +314,20 @@ impl Region {
     #[inline]
     pub(crate) fn retired(&self) -> bool {
         self.header().retired.load(SeqCst) != 0
+    }
+
+    /// For a table found retired: takes the cold lock and revives the table if its retirer
+    /// died before unlinking it (see [`Cold::revive_abandoned`]). True when it is usable.
+    pub(crate) fn revive_if_abandoned(&self) -> Result<bool> {
+        if self.retired() {
+            self.cold()?.revive_abandoned()?;
+        }
+        Ok(!self.retired())
+    }
+
+    /// How many slots were reclaimed from dead processes (statistics).
+    pub(crate) fn reclaimed_slots(&self) -> u64 {
+        self.header().reclaimed.load(Relaxed)
     }
 
     /// Exclusive access to the table's cold paths: serialises this process's threads (mutex)
@@ -389,6 +404,32 @@ pub(crate) struct Cold<'a> {
 }
 
 impl Cold<'_> {
+    /// Clears the retired mark of a table whose retirer died before unlinking it: retiring
+    /// and unlinking happen under this lock, so a retired table still at its path, seen with
+    /// the lock held, was abandoned half-way.
+    pub(crate) fn revive_abandoned(&self) -> Result<()> {
+        let r = self.region;
+        if r.retired() && r.still_at_path()? {
+            r.header().retired.store(0, SeqCst);
+        }
+        Ok(())
+    }
+
+    /// The last owner's way out: retires and unlinks the table unless a live process still
+    /// has a token request in it. Retires *before* looking at the ring: a process that claims
+    /// a slot afterwards sees the mark and leaves (both sides use `SeqCst`); if the ring is in
+    /// use, the mark is taken back. True when the table was retired.
+    pub(crate) fn retire_unless_in_use(&self, liveness: &impl Liveness) -> Result<bool> {
+        let r = self.region;
+        r.header().retired.store(1, SeqCst);
+        if r.ring().has_live_requests(liveness) {
+            r.header().retired.store(0, SeqCst); // still in use: keep it
+            return Ok(false);
+        }
+        self.retire_and_unlink()?;
+        Ok(true)
+    }
+
     /// Marks the table retired and unlinks it if the path still names it.
     pub(crate) fn retire_and_unlink(&self) -> Result<()> {
         let r = self.region;

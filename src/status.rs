@@ -126,10 +126,7 @@ pub(crate) fn snapshot(region: &Region) -> Status {
             members,
             holders,
             queue,
-            reclaimed_slots: region
-                .header()
-                .reclaimed
-                .load(std::sync::atomic::Ordering::Relaxed),
+            reclaimed_slots: region.reclaimed_slots(),
             payload_len,
             payload_generation,
             consistent,
