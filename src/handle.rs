@@ -1,4 +1,11 @@
 //! The public handle: options, opening, the mapped table, payload and status calls.
+//!
+//! `LockTicket`'s methods live in three files, one `impl` block per concern:
+//! * here: [`Builder`], opening, the mapped table (`table`, `remap`, `open_or_create`,
+//!   `install`), the payload calls and `status`;
+//! * `src/main_lock.rs`: `main_lock` and [`MainGuard`](crate::MainGuard);
+//! * `src/token.rs`: the `token_lock*` calls, waiting for a grant, and
+//!   [`TokenGuard`](crate::TokenGuard).
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -7,7 +14,8 @@ use std::sync::atomic::{AtomicPtr, Ordering::*};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, Geometry};
-use crate::liveness::{Liveness, OsLiveness, Owner};
+use crate::liveness::{Liveness, Owner};
+use crate::sys::OsLiveness;
 use crate::region::{Create, Region};
 use crate::ring::Broken;
 use crate::{payload, sys};

@@ -73,8 +73,7 @@ mod liveness;
 mod main_lock;
 mod members;
 mod path;
-#[doc(hidden)]
-pub mod payload;
+mod payload;
 mod region;
 mod ring;
 mod share;
@@ -83,10 +82,12 @@ mod sys;
 mod token;
 mod wait;
 
-/// Entry points for the fuzz targets (`fuzz/`); not a public API.
+/// Entry points for the fuzz targets (`fuzz/`), with the `fuzzing` feature only; not a
+/// public API. The file format itself is the public [`layout`] module.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::payload::{PayloadError, PayloadValue, decode, region_len};
     pub use crate::ring::model::{Op, run, run_bytes};
 }
 

@@ -4,7 +4,6 @@ use crate::LockTicket;
 use crate::handle::REOPEN_ATTEMPTS;
 use crate::error::{Error, Result};
 use crate::layout::{self, Geometry};
-use crate::liveness::OsLiveness;
 use crate::members::{self, JoinRefused};
 use crate::region::{Create, Region};
 use crate::share::Share;
@@ -43,10 +42,10 @@ impl LockTicket {
             // We hold the flock and the file is still there: if it is retired, whoever
             // retired it died before unlinking (retiring and unlinking happen under one flock).
             cold.revive_abandoned()?;
-            let census = members::census(region.members(), &OsLiveness);
+            let census = members::census(region.members(), &sys::OsLiveness);
             if census.live.is_empty() && !created {
                 reclaimed = true;
-                if !region.ring().has_live_requests(&OsLiveness) {
+                if !region.ring().has_live_requests(&sys::OsLiveness) {
                     // An orphan: start afresh rather than trust what dead owners left.
                     cold.retire_and_unlink()?;
                     return Ok(None);
@@ -151,11 +150,11 @@ impl MainGuard<'_> {
                 .lt
                 .corrupted("our main-lock registration was removed from the table"));
         }
-        if members::census(region.members(), &OsLiveness)
+        if members::census(region.members(), &sys::OsLiveness)
             .live
             .is_empty()
         {
-            cold.retire_unless_in_use(&OsLiveness)?; // last one out
+            cold.retire_unless_in_use(&sys::OsLiveness)?; // last one out
         }
         Ok(())
     }

@@ -114,7 +114,6 @@ fn writer_owner(word: u64) -> Owner {
 }
 
 /// A complete value read from (or decoded out of) the payload region.
-#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayloadValue {
     /// The value's bytes (at most the capacity).
@@ -125,7 +124,6 @@ pub struct PayloadValue {
 }
 
 /// Errors of the payload region.
-#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     /// The value does not fit the capacity fixed at creation; nothing was
@@ -146,7 +144,8 @@ pub enum PayloadError {
     /// The region holds bytes no correct writer produces.
     #[error("payload region is corrupt: {0}")]
     Corrupt(String),
-    /// A region snapshot is shorter than the layout for its capacity.
+    /// A region snapshot is shorter than the layout for its capacity (only `decode`).
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
     #[error(
         "payload region snapshot of {len} bytes is shorter than the {needed} bytes its layout needs"
     )]
@@ -185,7 +184,6 @@ const fn used_len(capacity: u64) -> u64 {
 /// Size in bytes of the payload region for `capacity` payload bytes: a
 /// multiple of 4096. Meaningful for capacities in `1..=MAX_PAYLOAD_CAPACITY` (check
 /// them first with the table header's validation); saturates beyond.
-#[doc(hidden)]
 pub const fn region_len(capacity: u64) -> u64 {
     round_up(used_len(capacity), PAGE)
 }
@@ -303,6 +301,7 @@ fn finish(header: Header, data: Vec<u8>) -> Result<PayloadValue, PayloadError> {
 }
 
 /// Reads the native-endian `u64` at `offset` of a snapshot, if in bounds.
+#[cfg(any(test, feature = "fuzzing"))]
 fn snapshot_u64(region: &[u8], offset: u64) -> Result<u64, PayloadError> {
     usize::try_from(offset)
         .ok()
@@ -318,7 +317,7 @@ fn snapshot_u64(region: &[u8], offset: u64) -> Result<u64, PayloadError> {
 /// a pure function, validating everything (the fuzz target). `region` may be
 /// longer than the layout needs (e.g. the page-padded region); it must hold
 /// at least the bytes used by both buffers.
-#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn decode(region: &[u8], capacity: u64) -> Result<PayloadValue, PayloadError> {
     validate_capacity(capacity)?;
     let needed = used_len(capacity);

@@ -16,7 +16,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE, hot};
-use crate::liveness::{Liveness, OsLiveness};
+use crate::liveness::Liveness;
 use crate::members::Member;
 use crate::payload::{self, Payload};
 use crate::ring::{Ring, RingWords, Slot};
@@ -350,7 +350,7 @@ impl Region {
     pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> T {
         let (pid, start) = sys::current_identity();
         let payload = self.payload();
-        payload.with_writer(payload::writer_identity(pid, start), &OsLiveness, f)
+        payload.with_writer(payload::writer_identity(pid, start), &sys::OsLiveness, f)
     }
 
     /// Takes the flock of a table that is not visible yet (see `create`).

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::share::Share;
-use crate::liveness::{Liveness, OsLiveness};
+use crate::liveness::Liveness;
+use crate::sys::OsLiveness;
 use crate::members;
 use crate::region::Region;
 

@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use crate::LockTicket;
 use crate::error::{Error, Result};
-use crate::liveness::OsLiveness;
 use crate::region::Region;
 use crate::ring::{Claim, Grant, Ticket};
 use crate::wait::{self, Outcome, WaitError, Waiter};
@@ -164,7 +163,7 @@ impl LockTicket {
             Patience::Until(_) | Patience::Forever => {
                 let mut waiter = Waiter {
                     deadline: patience.deadline(),
-                    liveness: &OsLiveness,
+                    liveness: &sys::OsLiveness,
                     check: || self.check_parent(pid),
                 };
                 match wait::claim(ring, share, pid, start, &mut waiter) {
@@ -201,7 +200,7 @@ impl LockTicket {
             (_, Ok(Grant::Waiting { .. })) => {
                 let mut waiter = Waiter {
                     deadline: patience.deadline(),
-                    liveness: &OsLiveness,
+                    liveness: &sys::OsLiveness,
                     check,
                 };
                 wait::until_granted(ring, tk, &mut waiter)

@@ -1,4 +1,5 @@
-//! OS plumbing: process identity, /proc, futexes, flock, statfs, pidfd.
+//! OS plumbing: process identity, /proc (and [`OsLiveness`] over it), futexes, flock, statfs,
+//! pidfd, file allocation, the neutering remap.
 //!
 //! Every system call of the crate goes through this module, so the algorithm modules stay free
 //! of OS calls and can be tested in memory. The one exception is creating the mappings, which
@@ -10,6 +11,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
+
+mod os_liveness;
+pub(crate) use os_liveness::OsLiveness;
 
 /// Largest PID Linux hands out (`PID_MAX_LIMIT` is 2^22).
 pub(crate) const PID_MAX: u32 = (1 << 22) - 1;
