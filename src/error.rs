@@ -3,8 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::share::Share;
 use crate::layout::HeaderError;
+use crate::share::Share;
 
 /// Everything that can go wrong, each variant saying what happened and what to do.
 #[derive(Debug, thiserror::Error)]

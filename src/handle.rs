@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicPtr, Ordering::*};
 use crate::error::{Error, Result};
 use crate::layout::{self, Geometry};
 use crate::liveness::{Liveness, Owner};
-use crate::sys::OsLiveness;
 use crate::region::{Create, Region};
 use crate::ring::Broken;
+use crate::sys::OsLiveness;
 use crate::{payload, sys};
 
 /// How many times a cold path opens the table again when it was removed, replaced or retired

@@ -114,7 +114,7 @@ const _: () = assert!(FIXED_HEADER_SIZE == 128);
 pub mod hot {
     /// `u32`: non-zero once the last owner has retired the table (about to unlink it).
     pub const RETIRED: u64 = 128;
-    /// `u64`: next ticket to hand out.
+    /// `u64`: a hint of the next ticket to hand out (never beyond it; see `ring`).
     pub const TAIL: u64 = 256;
     /// `u64`: oldest ticket not yet released.
     pub const HEAD: u64 = 384;

@@ -67,5 +67,4 @@ mod tests {
         assert!(!judge(owner(Some(1000), None), ProcStatus::Dead));
         assert!(judge(owner(Some(1), None), ProcStatus::AliveUnknownStart));
     }
-
 }

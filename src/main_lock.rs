@@ -1,8 +1,8 @@
 //! The main lock: registering the owners of a table, and the last one out.
 
 use crate::LockTicket;
-use crate::handle::REOPEN_ATTEMPTS;
 use crate::error::{Error, Result};
+use crate::handle::REOPEN_ATTEMPTS;
 use crate::layout::{self, Geometry};
 use crate::members::{self, JoinRefused};
 use crate::region::{Create, Region};

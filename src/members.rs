@@ -7,8 +7,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use crate::share::Share;
 use crate::liveness::{Liveness, Owner};
+use crate::share::Share;
 use crate::sys::PID_MAX;
 
 const MODE_EXCLUSIVE: u32 = 1;

@@ -652,7 +652,17 @@ mod tests {
 
     #[test]
     fn region_len_is_page_multiple_and_fits_layout() {
-        for cap in [1, 7, 63, 64, 65, 1000, 4096, 64 * 1024, MAX_PAYLOAD_CAPACITY] {
+        for cap in [
+            1,
+            7,
+            63,
+            64,
+            65,
+            1000,
+            4096,
+            64 * 1024,
+            MAX_PAYLOAD_CAPACITY,
+        ] {
             let len = region_len(cap);
             assert_eq!(len % 4096, 0, "cap {cap}");
             assert!(len >= used_len(cap));

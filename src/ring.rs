@@ -40,9 +40,9 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*, fence};
 
-use crate::share::Share;
 use crate::layout::{PID_BITS, SLOT_SIZE};
 use crate::liveness::{Liveness, Owner, START_FP_BITS, START_FP_MASK};
+use crate::share::Share;
 
 const PID_MASK: u64 = (1 << PID_BITS) - 1;
 const FP_SHIFT: u32 = PID_BITS;

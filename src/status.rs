@@ -4,11 +4,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::share::Share;
 use crate::liveness::Liveness;
-use crate::sys::OsLiveness;
 use crate::members;
 use crate::region::Region;
+use crate::share::Share;
+use crate::sys::OsLiveness;
 
 /// A registered owner of the table (main lock).
 #[derive(Clone, Debug, PartialEq, Eq)]

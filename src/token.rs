@@ -6,9 +6,9 @@ use crate::LockTicket;
 use crate::error::{Error, Result};
 use crate::region::Region;
 use crate::ring::{Claim, Grant, Ticket};
-use crate::wait::{self, Outcome, WaitError, Waiter};
 use crate::share::Share;
 use crate::sys;
+use crate::wait::{self, Outcome, WaitError, Waiter};
 
 /// How long a token request may wait.
 #[derive(Clone, Copy, Debug)]

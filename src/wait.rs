@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
-use crate::share::Share;
 use crate::liveness::Liveness;
 use crate::ring::{Broken, Claim, Grant, Ring, Ticket};
+use crate::share::Share;
 use crate::sys;
 
 /// How long the next-in-line spins before sleeping.
