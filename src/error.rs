@@ -3,8 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::Share;
 use crate::layout::HeaderError;
+use crate::share::Share;
 
 /// Everything that can go wrong, each variant saying what happened and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -12,8 +12,9 @@ use crate::layout::HeaderError;
 pub enum Error {
     /// The name is neither a table name nor a path.
     #[error(
-        "invalid table name {name:?}: a name is 1 to 218 characters from A-Z a-z 0-9 - _; \
-         give a path as /absolute, ./relative or ../relative"
+        "invalid table name {name:?}: a name is 1 to {max} characters from A-Z a-z 0-9 - _; \
+         give a path as /absolute, ./relative or ../relative",
+        max = crate::path::MAX_NAME_LEN
     )]
     InvalidName {
         /// What was given.
@@ -196,6 +197,19 @@ pub enum Error {
         len: u64,
         /// Capacity.
         capacity: u64,
+    },
+    /// Writers kept replacing the payload while it was being read: nothing is wrong with the
+    /// table, but no whole copy could be taken.
+    #[error(
+        "{path}: the payload kept changing during {attempts} read attempts (writers are \
+         replacing it continuously); try again",
+        path = path.display()
+    )]
+    PayloadBusy {
+        /// The table path.
+        path: PathBuf,
+        /// How many copies were attempted.
+        attempts: u32,
     },
     /// A structured payload could not be encoded or decoded.
     #[error("{path}: payload encoding: {detail}", path = path.display())]

@@ -1,4 +1,11 @@
 //! The public handle: options, opening, the mapped table, payload and status calls.
+//!
+//! `LockTicket`'s methods live in three files, one `impl` block per concern:
+//! * here: [`Builder`], opening, the mapped table (`table`, `remap`, `open_or_create`,
+//!   `install`), the payload calls and `status`;
+//! * `src/main_lock.rs`: `main_lock` and [`MainGuard`](crate::MainGuard);
+//! * `src/token.rs`: the `token_lock*` calls, waiting for a grant, and
+//!   [`TokenGuard`](crate::TokenGuard).
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -7,10 +14,15 @@ use std::sync::atomic::{AtomicPtr, Ordering::*};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, Geometry};
-use crate::liveness::{Liveness, OsLiveness, Owner};
+use crate::liveness::{Liveness, Owner};
 use crate::region::{Create, Region};
 use crate::ring::Broken;
+use crate::sys::OsLiveness;
 use crate::{payload, sys};
+
+/// How many times a cold path opens the table again when it was removed, replaced or retired
+/// under it before giving up.
+pub(crate) const REOPEN_ATTEMPTS: usize = 64;
 
 /// A handle on a lock table: the main lock, FIFO token locks and the payload.
 ///
@@ -251,28 +263,48 @@ impl LockTicket {
     #[cold]
     pub(crate) fn remap(&self) -> Result<&Region> {
         let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
-        for _ in 0..64 {
-            let Some(region) = Region::open_existing(&self.path, self.perms())? else {
-                return Err(Error::NotCreated {
-                    path: self.path.clone(),
-                });
-            };
-            if region.retired() {
-                // Retired and being removed, or its retirer died: the flock tells which.
-                let cold = region.cold()?;
-                if region.retired() && region.still_at_path()? {
-                    region.header().retired.store(0, SeqCst);
-                }
-                drop(cold);
-                if region.retired() {
-                    continue;
-                }
-            }
-            return Ok(self.install(&mut regions, region));
+        // Retired and being removed, or its retirer died: `revive_if_abandoned` tells which.
+        let found = self.open_or_create(None, |region, _| {
+            Ok(region.revive_if_abandoned()?.then_some(region))
+        })?;
+        match found {
+            Some(region) => Ok(self.install(&mut regions, region)),
+            None => Err(Error::Removed {
+                path: self.path.clone(),
+            }),
         }
-        Err(Error::Removed {
-            path: self.path.clone(),
-        })
+    }
+
+    /// The one open-or-create routine of the cold paths. Opens the table at the handle's
+    /// path — creating it with `create` when there is none, else failing with
+    /// [`Error::NotCreated`] — and hands it to `settle` with "created by this call". Opens
+    /// again while `settle` answers `None` (the table was removed, replaced or retired under
+    /// us), at most [`REOPEN_ATTEMPTS`] times; `Ok(None)` when it kept changing.
+    pub(crate) fn open_or_create<T>(
+        &self,
+        create: Option<Create>,
+        mut settle: impl FnMut(Region, bool) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        for _ in 0..REOPEN_ATTEMPTS {
+            let (region, created) = match Region::open_existing(&self.path, self.perms())? {
+                Some(r) => (r, false),
+                None => match create {
+                    None => {
+                        return Err(Error::NotCreated {
+                            path: self.path.clone(),
+                        });
+                    }
+                    Some(opts) => match Region::create(&self.path, opts)? {
+                        Some(r) => (r, true),
+                        None => continue, // someone else created it first
+                    },
+                },
+            };
+            if let Some(done) = settle(region, created)? {
+                return Ok(Some(done));
+            }
+        }
+        Ok(None)
     }
 
     /// Makes `region` the table in use (or keeps the current mapping when it is the same
@@ -410,6 +442,10 @@ impl LockTicket {
                 path: self.path.clone(),
                 len,
                 capacity,
+            },
+            payload::PayloadError::Busy { attempts } => Error::PayloadBusy {
+                path: self.path.clone(),
+                attempts,
             },
             other => self.corrupted(&format!("payload: {other}")),
         }

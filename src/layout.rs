@@ -2,7 +2,9 @@
 //!
 //! Everything here is plain data and pure functions: no OS calls, no `unsafe`. The byte-by-byte
 //! description lives in `docs/format.md`; the constants below are the source of truth and the
-//! compile-time assertions in `region` tie the in-memory structs to them.
+//! compile-time assertions in `region` (header), `ring` (slots) and `members` (registry) tie
+//! the in-memory structs to them. Public for tools and tests that read or forge table files;
+//! the format is versioned by [`FORMAT_VERSION`].
 //!
 //! ```text
 //! offset            size                      what
@@ -26,8 +28,16 @@ pub const SLOT_SIZE: u64 = 64;
 pub const MEMBER_SIZE: u64 = 64;
 /// Where the token ring starts.
 pub const RING_OFFSET: u64 = HEADER_SIZE;
-/// Page size assumed for the payload region's alignment.
+/// Page size assumed for the payload region's alignment (and its length's multiple).
 pub const PAGE: u64 = 4096;
+/// Bits of a PID in the words that name a process: a slot's claim word (see `ring`) and the
+/// payload's writer lock. Linux PIDs are below `PID_MAX_LIMIT` = 2^22.
+pub const PID_BITS: u32 = 22;
+const _: () = assert!(crate::sys::PID_MAX < 1 << PID_BITS);
+/// Bits of a start time kept in a slot's claim word, above the PID: enough to tell a
+/// recycled PID from its previous owner in the few nanoseconds before the full start time is
+/// published.
+pub const START_FP_BITS: u32 = 9;
 
 /// Smallest accepted ring capacity.
 pub const MIN_RING_CAPACITY: u32 = 2;
@@ -104,7 +114,7 @@ const _: () = assert!(FIXED_HEADER_SIZE == 128);
 pub mod hot {
     /// `u32`: non-zero once the last owner has retired the table (about to unlink it).
     pub const RETIRED: u64 = 128;
-    /// `u64`: next ticket to hand out.
+    /// `u64`: a hint of the next ticket to hand out (never beyond it; see `ring`).
     pub const TAIL: u64 = 256;
     /// `u64`: oldest ticket not yet released.
     pub const HEAD: u64 = 384;
@@ -112,8 +122,6 @@ pub mod hot {
     pub const DEAD_HOLDER: u64 = 512;
     /// `u64`: number of slots reclaimed from dead processes.
     pub const RECLAIMED: u64 = 520;
-    /// `u64`: number of tokens granted (statistics, wraps).
-    pub const GRANTS: u64 = 528;
 }
 
 /// The sizes a table is created with; validated on every open.

@@ -68,25 +68,26 @@
 
 mod error;
 mod handle;
-#[doc(hidden)]
 pub mod layout;
 mod liveness;
 mod main_lock;
 mod members;
 mod path;
-#[doc(hidden)]
-pub mod payload;
+mod payload;
 mod region;
 mod ring;
+mod share;
 mod status;
 mod sys;
 mod token;
 mod wait;
 
-/// Entry points for the fuzz targets (`fuzz/`); not a public API.
+/// Entry points for the fuzz targets (`fuzz/`), with the `fuzzing` feature only; not a
+/// public API. The file format itself is the public [`layout`] module.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::payload::{PayloadError, PayloadValue, decode, region_len};
     pub use crate::ring::model::{Op, run, run_bytes};
 }
 
@@ -95,26 +96,9 @@ pub use handle::{Builder, LockTicket};
 pub use layout::HeaderError;
 pub use main_lock::MainGuard;
 pub use path::{DEFAULT_DIRECTORIES, default_directory};
+pub use share::Share;
 pub use status::{MemberInfo, Status, TokenInfo};
 pub use token::TokenGuard;
-
-/// Exclusive or shared: the mode of a main lock or a token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Share {
-    /// One holder at a time (the original's `MainLock()`; a writer's token).
-    Exclusive,
-    /// Many holders together (the original's `MainLock(1)`; a reader's token).
-    Shared,
-}
-
-impl std::fmt::Display for Share {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Share::Exclusive => "exclusive",
-            Share::Shared => "shared",
-        })
-    }
-}
 
 #[cfg(test)]
 mod tests {

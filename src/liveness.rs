@@ -1,16 +1,16 @@
 //! Is the owner of a slot still alive? Answers that survive PID reuse.
 //!
+//! This module is the pure decision ([`judge`]) and the [`Liveness`] trait the algorithm
+//! modules take; the implementation that asks the OS is `sys::OsLiveness`.
+//!
 //! A process is named by `(pid, start time)`: the start time (clock ticks after boot, field 22
 //! of `/proc/PID/stat`) differs between a dead process and a later one that got its PID.
 //! Zombies count as dead: a SIGKILLed process whose parent has not reaped it yet must not hold
 //! a lock.
 
-use crate::sys::{self, ProcStatus};
+use crate::sys::ProcStatus;
 
-/// The bits of a start time kept in a slot's claim word (see `ring`): enough to tell a
-/// recycled PID from its previous owner in the few nanoseconds before the full start time is
-/// published.
-pub(crate) const START_FP_BITS: u32 = 9;
+pub(crate) use crate::layout::START_FP_BITS;
 /// Mask for [`START_FP_BITS`].
 pub(crate) const START_FP_MASK: u64 = (1 << START_FP_BITS) - 1;
 
@@ -25,20 +25,11 @@ pub(crate) struct Owner {
     pub start_fp: Option<u64>,
 }
 
-/// Decides liveness. The OS implementation reads /proc; tests use a table of their own.
+/// Decides liveness. The OS implementation (`sys::OsLiveness`) reads /proc; tests use a table
+/// of their own.
 pub(crate) trait Liveness {
     /// True unless `owner` is certainly dead.
     fn is_alive(&self, owner: Owner) -> bool;
-}
-
-/// Liveness from the operating system.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct OsLiveness;
-
-impl Liveness for OsLiveness {
-    fn is_alive(&self, owner: Owner) -> bool {
-        judge(owner, sys::process_status(owner.pid))
-    }
 }
 
 /// The decision, apart from the OS query (unit-testable).
@@ -75,20 +66,5 @@ mod tests {
         assert!(!judge(owner(None, Some(1001 & START_FP_MASK)), alive));
         assert!(!judge(owner(Some(1000), None), ProcStatus::Dead));
         assert!(judge(owner(Some(1), None), ProcStatus::AliveUnknownStart));
-    }
-
-    #[test]
-    fn the_os_knows_we_are_alive() {
-        let (pid, start) = sys::current_identity();
-        assert!(OsLiveness.is_alive(Owner {
-            pid,
-            start: Some(start),
-            start_fp: None
-        }));
-        assert!(!OsLiveness.is_alive(Owner {
-            pid,
-            start: Some(start + 1),
-            start_fp: None
-        }));
     }
 }

@@ -1,14 +1,13 @@
 //! The main lock: registering the owners of a table, and the last one out.
 
-use std::sync::atomic::Ordering::*;
-
 use crate::LockTicket;
 use crate::error::{Error, Result};
+use crate::handle::REOPEN_ATTEMPTS;
 use crate::layout::{self, Geometry};
-use crate::liveness::OsLiveness;
 use crate::members::{self, JoinRefused};
 use crate::region::{Create, Region};
-use crate::{Share, sys};
+use crate::share::Share;
+use crate::sys;
 
 impl LockTicket {
     // -----------------------------------------------------------------------------------------
@@ -28,42 +27,28 @@ impl LockTicket {
         let (pid, start) = sys::current_identity();
         let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
         let mut reclaimed = false;
-        for _ in 0..64 {
-            let (region, created) = match Region::open_existing(&self.path, self.perms())? {
-                Some(r) => (r, false),
-                None => {
-                    let mode = match share {
-                        Share::Exclusive => layout::MAIN_EXCLUSIVE,
-                        Share::Shared => layout::MAIN_SHARED,
-                    };
-                    match Region::create(
-                        &self.path,
-                        Create {
-                            main_mode: mode,
-                            ..self.create
-                        },
-                    )? {
-                        Some(r) => (r, true),
-                        None => continue, // someone else created it first
-                    }
-                }
-            };
+        let create = Create {
+            main_mode: match share {
+                Share::Exclusive => layout::MAIN_EXCLUSIVE,
+                Share::Shared => layout::MAIN_SHARED,
+            },
+            ..self.create
+        };
+        let joined = self.open_or_create(Some(create), |region, created| {
             let cold = region.cold()?;
             if !region.still_at_path()? {
-                continue; // removed or replaced while we opened it
+                return Ok(None); // removed or replaced while we opened it
             }
-            if region.retired() {
-                // We hold the flock and the file is still there: whoever retired it died
-                // before unlinking (retiring and unlinking happen under one flock).
-                region.header().retired.store(0, SeqCst);
-            }
-            let census = members::census(region.members(), &OsLiveness);
+            // We hold the flock and the file is still there: if it is retired, whoever
+            // retired it died before unlinking (retiring and unlinking happen under one flock).
+            cold.revive_abandoned()?;
+            let census = members::census(region.members(), &sys::OsLiveness);
             if census.live.is_empty() && !created {
                 reclaimed = true;
-                if !region.ring().has_live_requests(&OsLiveness) {
+                if !region.ring().has_live_requests(&sys::OsLiveness) {
                     // An orphan: start afresh rather than trust what dead owners left.
                     cold.retire_and_unlink()?;
-                    continue;
+                    return Ok(None);
                 }
             }
             let index = members::join(
@@ -76,20 +61,26 @@ impl LockTicket {
             )
             .map_err(|refused| self.refused(refused, pid, region.geometry()))?;
             drop(cold);
-            let region = self.install(&mut regions, region);
-            return Ok(MainGuard {
-                lt: self,
-                region,
-                index,
-                pid,
-                start,
-                created,
-                reclaimed,
+            Ok(Some((region, index, created)))
+        })?;
+        let Some((region, index, created)) = joined else {
+            return Err(Error::Corrupted {
+                path: self.path.clone(),
+                detail: format!(
+                    "the table kept changing under us (created and removed {REOPEN_ATTEMPTS} \
+                     times)"
+                ),
             });
-        }
-        Err(Error::Corrupted {
-            path: self.path.clone(),
-            detail: "the table kept changing under us (created and removed 64 times)".into(),
+        };
+        let region = self.install(&mut regions, region);
+        Ok(MainGuard {
+            lt: self,
+            region,
+            index,
+            pid,
+            start,
+            created,
+            reclaimed,
         })
     }
 
@@ -159,18 +150,11 @@ impl MainGuard<'_> {
                 .lt
                 .corrupted("our main-lock registration was removed from the table"));
         }
-        if members::census(region.members(), &OsLiveness)
+        if members::census(region.members(), &sys::OsLiveness)
             .live
             .is_empty()
         {
-            // Last one out. Retire before looking for token users: a process that claims a
-            // slot afterwards sees the mark and leaves (both sides use SeqCst).
-            region.header().retired.store(1, SeqCst);
-            if region.ring().has_live_requests(&OsLiveness) {
-                region.header().retired.store(0, SeqCst); // still in use: keep it
-            } else {
-                cold.retire_and_unlink()?;
-            }
+            cold.retire_unless_in_use(&sys::OsLiveness)?; // last one out
         }
         Ok(())
     }

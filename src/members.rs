@@ -7,8 +7,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use crate::Share;
 use crate::liveness::{Liveness, Owner};
+use crate::share::Share;
 use crate::sys::PID_MAX;
 
 const MODE_EXCLUSIVE: u32 = 1;
@@ -28,7 +28,7 @@ pub(crate) struct Member {
     pub joined_ns: AtomicU64,
     _reserved: [u64; 5],
 }
-const _: () = assert!(core::mem::size_of::<Member>() == 64);
+const _: () = assert!(core::mem::size_of::<Member>() == crate::layout::MEMBER_SIZE as usize);
 
 /// A registered owner, as read from the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,10 +15,14 @@ pub(crate) fn file_name(name: &str) -> String {
     format!("lockticket-{name}.lt")
 }
 
-/// True for a valid table name: `[-_A-Za-z0-9]{1,218}`.
+/// Longest table name, as in the Perl original (`[-_A-Za-z0-9]{1,218}`). The one source of
+/// the rule: the error message and the checks use it.
+pub(crate) const MAX_NAME_LEN: usize = 218;
+
+/// True for a valid table name: `[-_A-Za-z0-9]{1,MAX_NAME_LEN}`.
 pub(crate) fn is_name(s: &OsStr) -> bool {
     let b = s.as_bytes();
-    (1..=218).contains(&b.len())
+    (1..=MAX_NAME_LEN).contains(&b.len())
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
 }
@@ -58,7 +62,7 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
 pub fn default_directory() -> Result<PathBuf> {
     let writable: Vec<&str> = DEFAULT_DIRECTORIES
         .into_iter()
-        .filter(|d| is_writable_dir(d))
+        .filter(|d| sys::is_writable_dir(Path::new(d)))
         .collect();
     let memory = writable
         .iter()
@@ -69,15 +73,6 @@ pub fn default_directory() -> Result<PathBuf> {
         .ok_or_else(|| Error::NoDirectory {
             candidates: DEFAULT_DIRECTORIES.join(", "),
         })
-}
-
-fn is_writable_dir(d: &str) -> bool {
-    Path::new(d).is_dir()
-        && nix::unistd::access(
-            d,
-            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-        )
-        .is_ok()
 }
 
 #[cfg(test)]
@@ -96,6 +91,7 @@ mod tests {
         assert!(r("sp ace").is_err());
         assert!(r(&"x".repeat(219)).is_err());
         assert!(r(&"x".repeat(218)).is_ok());
+        assert_eq!(MAX_NAME_LEN, 218);
     }
 
     #[test]

@@ -74,14 +74,9 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use crossbeam_utils::Backoff;
 
+use crate::layout::{MAX_PAYLOAD_CAPACITY, PAGE, PID_BITS};
 use crate::liveness::{Liveness, Owner};
 
-/// Largest payload capacity a table may be created with (16 MiB).
-#[doc(hidden)]
-pub const MAX_CAPACITY: u64 = 16 * 1024 * 1024;
-
-/// Size of a page: the region length is a multiple of it.
-const PAGE: u64 = 4096;
 /// A cache line: the control block and the buffer headers each take one.
 const LINE: u64 = 64;
 /// Bytes of the control block (the `seq` word plus reserved space).
@@ -93,8 +88,6 @@ const OFF_SEQ: u64 = 0;
 /// Offset of the writer-lock word: 0 = free, else the writer's identity (see
 /// [`writer_identity`]).
 const OFF_WRITER: u64 = 8;
-/// Bits of the writer identity that hold the PID.
-const WRITER_PID_BITS: u32 = 22;
 /// Offsets of the header fields inside a buffer.
 const OFF_GENERATION: u64 = 0;
 const OFF_LENGTH: u64 = 8;
@@ -109,19 +102,18 @@ const HASH_K: u64 = 0x9E37_79B9_7F4A_7C15;
 /// boot): the start time's low 42 bits above the PID — a whole identity in one word, immune to
 /// PID reuse.
 pub(crate) fn writer_identity(pid: u32, start: u64) -> u64 {
-    (start << WRITER_PID_BITS) | (u64::from(pid) & ((1 << WRITER_PID_BITS) - 1))
+    (start << PID_BITS) | (u64::from(pid) & ((1 << PID_BITS) - 1))
 }
 
 fn writer_owner(word: u64) -> Owner {
     Owner {
-        pid: (word & ((1 << WRITER_PID_BITS) - 1)) as u32,
-        start: Some(word >> WRITER_PID_BITS),
+        pid: (word & ((1 << PID_BITS) - 1)) as u32,
+        start: Some(word >> PID_BITS),
         start_fp: None,
     }
 }
 
 /// A complete value read from (or decoded out of) the payload region.
-#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayloadValue {
     /// The value's bytes (at most the capacity).
@@ -132,7 +124,6 @@ pub struct PayloadValue {
 }
 
 /// Errors of the payload region.
-#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     /// The value does not fit the capacity fixed at creation; nothing was
@@ -153,7 +144,8 @@ pub enum PayloadError {
     /// The region holds bytes no correct writer produces.
     #[error("payload region is corrupt: {0}")]
     Corrupt(String),
-    /// A region snapshot is shorter than the layout for its capacity.
+    /// A region snapshot is shorter than the layout for its capacity (only `decode`).
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
     #[error(
         "payload region snapshot of {len} bytes is shorter than the {needed} bytes its layout needs"
     )]
@@ -163,8 +155,8 @@ pub enum PayloadError {
         /// Bytes the layout for the capacity needs.
         needed: u64,
     },
-    /// A capacity outside `1..=MAX_CAPACITY`.
-    #[error("invalid payload capacity {0} (must be between 1 and {max} bytes)", max = MAX_CAPACITY)]
+    /// A capacity outside `1..=MAX_PAYLOAD_CAPACITY`.
+    #[error("invalid payload capacity {0} (must be between 1 and {max} bytes)", max = MAX_PAYLOAD_CAPACITY)]
     InvalidCapacity(u64),
 }
 
@@ -190,16 +182,15 @@ const fn used_len(capacity: u64) -> u64 {
 }
 
 /// Size in bytes of the payload region for `capacity` payload bytes: a
-/// multiple of 4096. Meaningful for capacities in `1..=MAX_CAPACITY` (check
+/// multiple of 4096. Meaningful for capacities in `1..=MAX_PAYLOAD_CAPACITY` (check
 /// them first with the table header's validation); saturates beyond.
-#[doc(hidden)]
 pub const fn region_len(capacity: u64) -> u64 {
     round_up(used_len(capacity), PAGE)
 }
 
-/// `Ok` if `capacity` is in `1..=MAX_CAPACITY`.
+/// `Ok` if `capacity` is in `1..=MAX_PAYLOAD_CAPACITY`.
 pub(crate) fn validate_capacity(capacity: u64) -> Result<(), PayloadError> {
-    if capacity == 0 || capacity > MAX_CAPACITY {
+    if capacity == 0 || capacity > MAX_PAYLOAD_CAPACITY {
         Err(PayloadError::InvalidCapacity(capacity))
     } else {
         Ok(())
@@ -310,6 +301,7 @@ fn finish(header: Header, data: Vec<u8>) -> Result<PayloadValue, PayloadError> {
 }
 
 /// Reads the native-endian `u64` at `offset` of a snapshot, if in bounds.
+#[cfg(any(test, feature = "fuzzing"))]
 fn snapshot_u64(region: &[u8], offset: u64) -> Result<u64, PayloadError> {
     usize::try_from(offset)
         .ok()
@@ -325,7 +317,7 @@ fn snapshot_u64(region: &[u8], offset: u64) -> Result<u64, PayloadError> {
 /// a pure function, validating everything (the fuzz target). `region` may be
 /// longer than the layout needs (e.g. the page-padded region); it must hold
 /// at least the bytes used by both buffers.
-#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn decode(region: &[u8], capacity: u64) -> Result<PayloadValue, PayloadError> {
     validate_capacity(capacity)?;
     let needed = used_len(capacity);
@@ -356,54 +348,38 @@ pub fn decode(region: &[u8], capacity: u64) -> Result<PayloadValue, PayloadError
     finish(header, data.to_vec())
 }
 
-/// A mapped payload region. Does not own the mapping.
-pub(crate) struct Payload {
-    /// Start of the region (4096-aligned, valid for `len` bytes).
-    ptr: *mut u8,
-    /// Length of the region, `region_len(capacity)`.
-    len: usize,
+/// A view of a mapped payload region, borrowed from whoever owns the mapping: the borrow
+/// checker keeps the mapping alive while the view is used.
+#[derive(Clone, Copy)]
+pub(crate) struct Payload<'a> {
+    /// The region as native-endian words; `region_len(capacity) / 8` of them.
+    words: &'a [AtomicU64],
     /// Capacity fixed at creation, known locally (never re-read from the
-    /// mapping), in `1..=MAX_CAPACITY`.
+    /// mapping), in `1..=MAX_PAYLOAD_CAPACITY`.
     capacity: u64,
 }
 
-// SAFETY: `Payload` is a pointer to a shared mapping that `from_raw`'s
-// caller keeps valid for the whole lifetime of the value; every access to
-// the mapping goes through atomic operations (other threads and processes
-// access it concurrently by design), so moving the handle to another thread
-// or sharing `&Payload` between threads cannot cause a data race. Writers
-// are serialised by the caller's writer lock, as documented on `write`.
-unsafe impl Send for Payload {}
-// SAFETY: see `Send` above: `&Payload` only performs atomic accesses.
-unsafe impl Sync for Payload {}
-
-impl std::fmt::Debug for Payload {
+impl std::fmt::Debug for Payload<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Payload")
-            .field("ptr", &self.ptr)
-            .field("len", &self.len)
+            .field("ptr", &self.words.as_ptr())
+            .field("len", &(self.words.len() * 8))
             .field("capacity", &self.capacity)
             .finish()
     }
 }
 
-impl Payload {
-    /// Wraps a mapped payload region.
+impl<'a> Payload<'a> {
+    /// Views `words` as a payload region of `capacity` bytes.
     ///
-    /// # Safety
-    ///
-    /// `ptr` must be 4096-aligned (8-byte alignment is what is relied on)
-    /// and valid for reads and writes of `len` bytes for the whole lifetime
-    /// of the returned value (a `MAP_SHARED` mapping kept alive by the
-    /// caller); `len` must equal `region_len(capacity)` and `capacity` must
-    /// be in `1..=MAX_CAPACITY`. All processes and threads must access the
-    /// region only through `Payload` (or other atomic accesses); a hostile
-    /// process writing garbage cannot cause UB here, only errors.
-    pub(crate) unsafe fn from_raw(ptr: *mut u8, len: usize, capacity: u64) -> Self {
+    /// `words` must be `region_len(capacity)` bytes long and `capacity` in
+    /// `1..=MAX_PAYLOAD_CAPACITY`; every access is atomic, so other threads and
+    /// processes may use the same memory concurrently (a hostile process
+    /// writing garbage causes errors, never UB).
+    pub(crate) fn new(words: &'a [AtomicU64], capacity: u64) -> Self {
         debug_assert!(validate_capacity(capacity).is_ok());
-        debug_assert_eq!(len as u64, region_len(capacity));
-        debug_assert_eq!(ptr as usize % 8, 0);
-        Payload { ptr, len, capacity }
+        debug_assert_eq!(words.len() as u64 * 8, region_len(capacity));
+        Payload { words, capacity }
     }
 
     /// Capacity in bytes.
@@ -416,21 +392,24 @@ impl Payload {
     ///
     /// Every caller passes an 8-aligned offset computed from the local
     /// capacity and a length already checked against it, so
-    /// `offset + 8 <= used_len(capacity) <= len`.
+    /// `offset + 8 <= used_len(capacity) <= len` (and the index is checked
+    /// anyway). Atomics rather than `read_volatile`: volatile accesses racing
+    /// with writes are still data races (UB) in Rust's memory model, while
+    /// relaxed atomic loads/stores of 8-byte words compile to plain `mov`s on
+    /// x86-64 and aarch64, and their ordering is fixed by the fences and the
+    /// `seq` word's acquire/release operations.
     #[inline]
-    fn word(&self, offset: u64) -> &AtomicU64 {
-        debug_assert!(offset.is_multiple_of(8) && offset + 8 <= self.len as u64);
-        // SAFETY: `offset + 8 <= self.len` (see above) and `ptr` is 8-aligned
-        // and valid for `len` bytes for the lifetime of `self` (`from_raw`'s
-        // contract), so the pointer is in bounds and aligned for `AtomicU64`.
-        // Concurrent accesses from other threads/processes are atomic too,
-        // so no data race is possible. Atomics rather than `read_volatile`:
-        // volatile accesses racing with writes are still data races (UB) in
-        // Rust's memory model, while relaxed atomic loads/stores of 8-byte
-        // words compile to plain `mov`s on x86-64 and aarch64, and their
-        // ordering is fixed by the fences and the `seq` word's
-        // acquire/release operations.
-        unsafe { AtomicU64::from_ptr(self.ptr.add(offset as usize).cast::<u64>()) }
+    fn word(&self, offset: u64) -> &'a AtomicU64 {
+        debug_assert!(offset.is_multiple_of(8));
+        &self.words[(offset / 8) as usize]
+    }
+
+    /// `n` consecutive words from byte `offset` (8-aligned) of the region.
+    #[inline]
+    fn words(&self, offset: u64, n: usize) -> &'a [AtomicU64] {
+        debug_assert!(offset.is_multiple_of(8));
+        let start = (offset / 8) as usize;
+        &self.words[start..start + n]
     }
 
     /// The sequence word.
@@ -459,15 +438,14 @@ impl Payload {
         debug_assert!(len as u64 <= self.capacity);
         let base = buffer_offset(self.capacity, index) + HEADER_LEN;
         let mut out = vec![0u8; len];
-        let mut offset = base;
+        let words = self.words(base, len.div_ceil(8));
         let mut chunks = out.chunks_exact_mut(8);
-        for chunk in &mut chunks {
-            chunk.copy_from_slice(&self.word(offset).load(Ordering::Relaxed).to_ne_bytes());
-            offset += 8;
+        for (chunk, word) in (&mut chunks).zip(words) {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
         }
         let tail = chunks.into_remainder();
         if !tail.is_empty() {
-            let w = self.word(offset).load(Ordering::Relaxed).to_ne_bytes();
+            let w = words[len / 8].load(Ordering::Relaxed).to_ne_bytes();
             tail.copy_from_slice(&w[..tail.len()]);
         }
         out
@@ -562,21 +540,18 @@ impl Payload {
         self.word(base + OFF_LENGTH).store(len, Ordering::Relaxed);
         self.word(base + OFF_CHECKSUM)
             .store(checksum(generation, value), Ordering::Relaxed);
-        let mut offset = base + HEADER_LEN;
+        let words = self.words(base + HEADER_LEN, value.len().div_ceil(8));
         let mut chunks = value.chunks_exact(8);
-        for chunk in &mut chunks {
+        for (chunk, word) in (&mut chunks).zip(words) {
             let mut w = [0u8; 8];
             w.copy_from_slice(chunk);
-            self.word(offset)
-                .store(u64::from_ne_bytes(w), Ordering::Relaxed);
-            offset += 8;
+            word.store(u64::from_ne_bytes(w), Ordering::Relaxed);
         }
         let tail = chunks.remainder();
         if !tail.is_empty() {
             let mut w = [0u8; 8];
             w[..tail.len()].copy_from_slice(tail);
-            self.word(offset)
-                .store(u64::from_ne_bytes(w), Ordering::Relaxed);
+            words[value.len() / 8].store(u64::from_ne_bytes(w), Ordering::Relaxed);
         }
 
         // Publication: switches the current buffer and bumps the sequence in
@@ -629,53 +604,41 @@ impl Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::alloc::{Layout, alloc_zeroed, dealloc};
     use std::sync::{Arc, Mutex};
 
-    /// A zeroed, page-aligned heap region standing in for the mapping.
+    /// A zeroed heap region standing in for the mapping.
     struct Region {
-        ptr: *mut u8,
-        layout: Layout,
-        payload: Payload,
+        words: Vec<AtomicU64>,
+        capacity: u64,
     }
-
-    // SAFETY: the region is only accessed through `Payload` (atomics) while
-    // shared; the raw pointer is owned and freed once, on drop.
-    unsafe impl Send for Region {}
-    // SAFETY: as above.
-    unsafe impl Sync for Region {}
 
     impl Region {
         fn new(capacity: u64) -> Self {
             let len = region_len(capacity) as usize;
-            let layout = Layout::from_size_align(len, 4096).unwrap();
-            // SAFETY: `layout` has a non-zero size.
-            let ptr = unsafe { alloc_zeroed(layout) };
-            assert!(!ptr.is_null());
-            // SAFETY: `ptr` is 4096-aligned, valid for `len` bytes until
-            // `drop` frees it after `payload` is no longer used.
-            let payload = unsafe { Payload::from_raw(ptr, len, capacity) };
             Region {
-                ptr,
-                layout,
-                payload,
+                words: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
+                capacity,
             }
+        }
+
+        fn payload(&self) -> Payload<'_> {
+            Payload::new(&self.words, self.capacity)
         }
 
         /// A copy of the region's bytes (no concurrent writers in callers).
         fn snapshot(&self) -> Vec<u8> {
-            (0..self.layout.size() as u64)
-                .step_by(8)
-                .flat_map(|off| self.payload.word(off).load(Ordering::Relaxed).to_ne_bytes())
+            self.words
+                .iter()
+                .flat_map(|w| w.load(Ordering::Relaxed).to_ne_bytes())
                 .collect()
         }
 
         fn put_u64(&self, offset: u64, value: u64) {
-            self.payload.word(offset).store(value, Ordering::Relaxed);
+            self.payload().word(offset).store(value, Ordering::Relaxed);
         }
 
         fn get_u64(&self, offset: u64) -> u64 {
-            self.payload.word(offset).load(Ordering::Relaxed)
+            self.payload().word(offset).load(Ordering::Relaxed)
         }
 
         fn current(&self) -> u64 {
@@ -683,20 +646,23 @@ mod tests {
         }
     }
 
-    impl Drop for Region {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `new` with this layout, freed once.
-            unsafe { dealloc(self.ptr, self.layout) }
-        }
-    }
-
     fn value_of(r: &Region) -> PayloadValue {
-        r.payload.read().expect("read")
+        r.payload().read().expect("read")
     }
 
     #[test]
     fn region_len_is_page_multiple_and_fits_layout() {
-        for cap in [1, 7, 63, 64, 65, 1000, 4096, 64 * 1024, MAX_CAPACITY] {
+        for cap in [
+            1,
+            7,
+            63,
+            64,
+            65,
+            1000,
+            4096,
+            64 * 1024,
+            MAX_PAYLOAD_CAPACITY,
+        ] {
             let len = region_len(cap);
             assert_eq!(len % 4096, 0, "cap {cap}");
             assert!(len >= used_len(cap));
@@ -716,7 +682,7 @@ mod tests {
                 generation: 0
             }
         );
-        assert_eq!(r.payload.meta(), (0, 0));
+        assert_eq!(r.payload().meta(), (0, 0));
         assert_eq!(checksum(0, &[]), 0);
         let zeros = vec![0u8; region_len(100) as usize];
         assert_eq!(decode(&zeros, 100).unwrap().generation, 0);
@@ -725,12 +691,12 @@ mod tests {
     #[test]
     fn init_resets_to_empty() {
         let r = Region::new(100);
-        r.payload.write(b"hello").unwrap();
-        r.payload.write(b"world").unwrap();
-        r.payload.init();
+        r.payload().write(b"hello").unwrap();
+        r.payload().write(b"world").unwrap();
+        r.payload().init();
         assert_eq!(value_of(&r).bytes, b"");
         assert_eq!(value_of(&r).generation, 0);
-        assert_eq!(r.payload.write(b"x").unwrap(), 1);
+        assert_eq!(r.payload().write(b"x").unwrap(), 1);
     }
 
     #[test]
@@ -740,12 +706,12 @@ mod tests {
             let full: Vec<u8> = (0..cap).map(|i| (i * 7 + 3) as u8).collect();
             let small: Vec<u8> = full.iter().copied().take(5).collect();
             for v in [&[][..], &small[..], &full[..], &[][..]] {
-                let generation = r.payload.write(v).unwrap();
+                let generation = r.payload().write(v).unwrap();
                 let got = value_of(&r);
                 assert_eq!(got.bytes, v, "cap {cap}");
                 assert_eq!(got.generation, generation);
                 assert_eq!(decode(&r.snapshot(), cap).unwrap(), got);
-                assert_eq!(r.payload.meta(), (v.len() as u64, generation));
+                assert_eq!(r.payload().meta(), (v.len() as u64, generation));
             }
         }
     }
@@ -755,7 +721,7 @@ mod tests {
         let r = Region::new(80);
         for len in 0..=80usize {
             let v: Vec<u8> = (0..len).map(|i| (i as u8) ^ 0xA5).collect();
-            r.payload.write(&v).unwrap();
+            r.payload().write(&v).unwrap();
             assert_eq!(value_of(&r).bytes, v);
         }
     }
@@ -763,10 +729,10 @@ mod tests {
     #[test]
     fn oversize_is_rejected_and_changes_nothing() {
         let r = Region::new(16);
-        r.payload.write(b"keep me").unwrap();
+        r.payload().write(b"keep me").unwrap();
         let before = r.snapshot();
         assert_eq!(
-            r.payload.write(&[1u8; 17]),
+            r.payload().write(&[1u8; 17]),
             Err(PayloadError::TooLarge {
                 len: 17,
                 capacity: 16
@@ -781,7 +747,7 @@ mod tests {
     fn generations_increase() {
         let r = Region::new(32);
         for expect in 1..=10u64 {
-            assert_eq!(r.payload.write(&expect.to_ne_bytes()).unwrap(), expect);
+            assert_eq!(r.payload().write(&expect.to_ne_bytes()).unwrap(), expect);
             assert_eq!(value_of(&r).generation, expect);
         }
     }
@@ -799,7 +765,7 @@ mod tests {
         assert_eq!(value_of(&r).generation, u64::MAX);
         for (i, expect) in [0u64, 1, 2, 3].into_iter().enumerate() {
             let v = [i as u8; 9];
-            assert_eq!(r.payload.write(&v).unwrap(), expect);
+            assert_eq!(r.payload().write(&v).unwrap(), expect);
             assert_eq!(
                 value_of(&r),
                 PayloadValue {
@@ -816,8 +782,8 @@ mod tests {
     fn writer_killed_mid_write_leaves_previous_value() {
         for announce in [false, true] {
             let r = Region::new(64);
-            r.payload.write(b"first value").unwrap();
-            r.payload.write(b"second value, complete").unwrap();
+            r.payload().write(b"first value").unwrap();
+            r.payload().write(b"second value, complete").unwrap();
             let seq = r.get_u64(OFF_SEQ);
             // Simulate a writer dying halfway through the spare buffer:
             // maybe announced, header half written, part of the data.
@@ -835,7 +801,7 @@ mod tests {
             assert_eq!(got.generation, 2);
             assert_eq!(decode(&r.snapshot(), 64).unwrap(), got);
             // The next writer recovers.
-            assert_eq!(r.payload.write(b"third").unwrap(), 3);
+            assert_eq!(r.payload().write(b"third").unwrap(), 3);
             assert_eq!(value_of(&r).bytes, b"third");
             assert_eq!(r.get_u64(OFF_SEQ) & 1, 0);
         }
@@ -844,39 +810,39 @@ mod tests {
     #[test]
     fn corruption_is_reported_not_panicked() {
         let r = Region::new(64);
-        r.payload.write(b"some bytes here").unwrap();
+        r.payload().write(b"some bytes here").unwrap();
         let base = buffer_offset(64, r.current());
         // Flipped data byte.
         let w = r.get_u64(base + HEADER_LEN);
         r.put_u64(base + HEADER_LEN, w ^ 0x100);
-        assert!(matches!(r.payload.read(), Err(PayloadError::Corrupt(_))));
+        assert!(matches!(r.payload().read(), Err(PayloadError::Corrupt(_))));
         assert!(matches!(
             decode(&r.snapshot(), 64),
             Err(PayloadError::Corrupt(_))
         ));
         r.put_u64(base + HEADER_LEN, w);
-        assert!(r.payload.read().is_ok());
+        assert!(r.payload().read().is_ok());
         // Oversize and absurd lengths.
         for bad in [65, 4096, u64::MAX, 1 << 63] {
             r.put_u64(base + OFF_LENGTH, bad);
-            let e = r.payload.read().unwrap_err();
+            let e = r.payload().read().unwrap_err();
             assert!(
                 matches!(&e, PayloadError::Corrupt(m) if m.contains("capacity")),
                 "{e}"
             );
             assert_eq!(decode(&r.snapshot(), 64).unwrap_err(), e);
-            let (len, _) = r.payload.meta();
+            let (len, _) = r.payload().meta();
             assert_eq!(len, bad);
         }
         // Hostile sequence words only ever select buffer 0 or 1.
         for seq in [u64::MAX, 1 << 63, 12345] {
             r.put_u64(OFF_SEQ, seq);
-            let _ = r.payload.read();
-            let _ = r.payload.meta();
+            let _ = r.payload().read();
+            let _ = r.payload().meta();
             let _ = decode(&r.snapshot(), 64);
         }
         // Writers still work afterwards.
-        r.payload.write(b"ok").unwrap();
+        r.payload().write(b"ok").unwrap();
         assert_eq!(value_of(&r).bytes, b"ok");
     }
 
@@ -885,8 +851,8 @@ mod tests {
         let zeros = vec![0u8; 8192];
         assert_eq!(decode(&zeros, 0), Err(PayloadError::InvalidCapacity(0)));
         assert_eq!(
-            decode(&zeros, MAX_CAPACITY + 1),
-            Err(PayloadError::InvalidCapacity(MAX_CAPACITY + 1))
+            decode(&zeros, MAX_PAYLOAD_CAPACITY + 1),
+            Err(PayloadError::InvalidCapacity(MAX_PAYLOAD_CAPACITY + 1))
         );
         let needed = used_len(100);
         assert_eq!(
@@ -950,7 +916,7 @@ mod tests {
                 let (r, counter) = (&r, &counter);
                 s.spawn(move || {
                     for _ in 0..5000 {
-                        r.payload
+                        r.payload()
                             .with_writer(writer_identity(pid, 7), &LowPidsAlive, |_| {
                                 // A non-atomic increment: exact only under mutual exclusion.
                                 let v = counter.load(Ordering::Relaxed);
@@ -971,7 +937,7 @@ mod tests {
         let dead = writer_identity(4000, 12345);
         r.put_u64(OFF_WRITER, dead);
         let g = r
-            .payload
+            .payload()
             .with_writer(writer_identity(5, 1), &LowPidsAlive, |p| p.write(b"after"));
         assert_eq!(g, Ok(1));
         assert_eq!(value_of(&r).bytes, b"after");
@@ -1001,7 +967,7 @@ mod tests {
                 for i in 0..WRITES {
                     let value = make_value((w << 32) | i, CAP);
                     let _g = lock.lock().unwrap();
-                    region.payload.write(&value).unwrap();
+                    region.payload().write(&value).unwrap();
                 }
                 writers_done.fetch_add(1, Ordering::Release);
             }));
@@ -1015,7 +981,7 @@ mod tests {
                     if writers_done.load(Ordering::Acquire) == 2 {
                         break;
                     }
-                    match region.payload.read() {
+                    match region.payload().read() {
                         Ok(v) => {
                             assert!(v.generation >= last_generation, "generation went back");
                             last_generation = v.generation;
@@ -1090,11 +1056,11 @@ mod tests {
                 let r = Region::new(capacity);
                 let mut last = PayloadValue { bytes: vec![], generation: 0 };
                 for v in &values {
-                    match r.payload.write(v) {
+                    match r.payload().write(v) {
                         Ok(g) => last = PayloadValue { bytes: v.clone(), generation: g },
                         Err(e) => prop_assert_eq!(e, PayloadError::TooLarge { len: v.len() as u64, capacity }),
                     }
-                    prop_assert_eq!(&r.payload.read().unwrap(), &last);
+                    prop_assert_eq!(&r.payload().read().unwrap(), &last);
                 }
                 let mut snap = r.snapshot();
                 prop_assert_eq!(&decode(&snap, capacity).unwrap(), &last);

@@ -16,29 +16,30 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE, hot};
-use crate::liveness::OsLiveness;
+use crate::liveness::Liveness;
 use crate::members::Member;
 use crate::payload::{self, Payload};
 use crate::ring::{Ring, RingWords, Slot};
 use crate::sys;
 
-/// The header page as shared atomics. Offsets are fixed by `layout` (checked below).
+/// The header page as shared atomics. Offsets are fixed by `layout` (checked below). Private
+/// to this module: the retire lifecycle is changed only through [`Region`] and [`Cold`].
 #[repr(C)]
-pub(crate) struct SharedHeader {
+struct SharedHeader {
     fixed: [AtomicU64; 16],
     /// Non-zero once retired by the last owner.
-    pub retired: AtomicU32,
+    retired: AtomicU32,
     _pad0: [u32; 31],
-    /// Next ticket.
-    pub tail: AtomicU64,
+    /// A hint of the next ticket to hand out (see `ring`).
+    tail: AtomicU64,
     _pad1: [u64; 15],
     /// Oldest unreleased ticket.
-    pub head: AtomicU64,
+    head: AtomicU64,
     _pad2: [u64; 15],
     /// Ticket + 1 of a holder that died holding.
-    pub dead_holder: AtomicU64,
+    dead_holder: AtomicU64,
     /// Reclaimed slot count.
-    pub reclaimed: AtomicU64,
+    reclaimed: AtomicU64,
     _pad3: [u64; 14],
 }
 const _: () = {
@@ -175,7 +176,7 @@ impl Region {
         file.set_permissions(std::fs::Permissions::from_mode(opts.permissions))
             .map_err(io_err(tmp, "chmod"))?;
         let size = opts.geometry.file_size();
-        allocate(&file, size).map_err(io_err(tmp, "allocate"))?;
+        sys::allocate(&file, size).map_err(io_err(tmp, "allocate"))?;
         let fixed = layout::new_header(
             opts.geometry,
             opts.permissions,
@@ -265,7 +266,7 @@ impl Region {
 
     /// The header's shared words.
     #[inline]
-    pub(crate) fn header(&self) -> &SharedHeader {
+    fn header(&self) -> &SharedHeader {
         // SAFETY: the mapping is at least HEADER_SIZE bytes (geometry.lock_len() includes the
         // header page), page aligned (so aligned for every atomic), lives as long as `self`,
         // and an all-bytes-valid type (atomics and integers) may alias memory other processes
@@ -295,23 +296,38 @@ impl Region {
     }
 
     /// The payload region.
-    pub(crate) fn payload(&self) -> Payload {
-        // SAFETY: payload_map is exactly region_len(capacity) bytes at a page-aligned file
-        // offset, page aligned in memory, and lives as long as `self` (the Payload is used
-        // only while `self` is borrowed by the caller).
-        unsafe {
-            Payload::from_raw(
-                self.payload_map.as_mut_ptr(),
-                self.payload_map.len(),
-                self.geometry.payload_capacity,
+    pub(crate) fn payload(&self) -> Payload<'_> {
+        // SAFETY: payload_map is exactly region_len(capacity) bytes (a multiple of 8) at a
+        // page-aligned address, so aligned for AtomicU64; it lives as long as `self`, which
+        // the returned borrow ties it to (`neuter` keeps the range mapped); atomics are valid
+        // for any bytes and may alias memory other processes write.
+        let words = unsafe {
+            std::slice::from_raw_parts(
+                self.payload_map.as_ptr().cast::<AtomicU64>(),
+                self.payload_map.len() / 8,
             )
-        }
+        };
+        Payload::new(words, self.geometry.payload_capacity)
     }
 
     /// True once the last owner retired this table (it is, or is about to be, unlinked).
     #[inline]
     pub(crate) fn retired(&self) -> bool {
         self.header().retired.load(SeqCst) != 0
+    }
+
+    /// For a table found retired: takes the cold lock and revives the table if its retirer
+    /// died before unlinking it (see [`Cold::revive_abandoned`]). True when it is usable.
+    pub(crate) fn revive_if_abandoned(&self) -> Result<bool> {
+        if self.retired() {
+            self.cold()?.revive_abandoned()?;
+        }
+        Ok(!self.retired())
+    }
+
+    /// How many slots were reclaimed from dead processes (statistics).
+    pub(crate) fn reclaimed_slots(&self) -> u64 {
+        self.header().reclaimed.load(Relaxed)
     }
 
     /// Exclusive access to the table's cold paths: serialises this process's threads (mutex)
@@ -331,10 +347,10 @@ impl Region {
     }
 
     /// Runs `f` as the only payload writer (see `Payload::with_writer`).
-    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload) -> T) -> T {
+    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> T {
         let (pid, start) = sys::current_identity();
         let payload = self.payload();
-        payload.with_writer(payload::writer_identity(pid, start), &OsLiveness, f)
+        payload.with_writer(payload::writer_identity(pid, start), &sys::OsLiveness, f)
     }
 
     /// Takes the flock of a table that is not visible yet (see `create`).
@@ -369,19 +385,10 @@ impl Region {
             return;
         }
         for m in [&self.map, &self.payload_map] {
-            // SAFETY: replaces our own mapping in place (same address and length) with
-            // anonymous private memory; the range stays mapped, so references into it stay
-            // valid. MmapRaw unmaps the range on drop as before.
-            unsafe {
-                libc::mmap(
-                    m.as_mut_ptr().cast(),
-                    m.len(),
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-            }
+            // SAFETY: `m` is a whole mapping we own; the memory behind our references into
+            // it (header, ring, registry, payload) is atomics and integers, valid as zeroes.
+            // MmapRaw unmaps the range on drop as before.
+            unsafe { sys::remap_anonymous(m.as_mut_ptr(), m.len()) };
         }
         let h = self.header();
         h.retired.store(1, SeqCst);
@@ -397,6 +404,32 @@ pub(crate) struct Cold<'a> {
 }
 
 impl Cold<'_> {
+    /// Clears the retired mark of a table whose retirer died before unlinking it: retiring
+    /// and unlinking happen under this lock, so a retired table still at its path, seen with
+    /// the lock held, was abandoned half-way.
+    pub(crate) fn revive_abandoned(&self) -> Result<()> {
+        let r = self.region;
+        if r.retired() && r.still_at_path()? {
+            r.header().retired.store(0, SeqCst);
+        }
+        Ok(())
+    }
+
+    /// The last owner's way out: retires and unlinks the table unless a live process still
+    /// has a token request in it. Retires *before* looking at the ring: a process that claims
+    /// a slot afterwards sees the mark and leaves (both sides use `SeqCst`); if the ring is in
+    /// use, the mark is taken back. True when the table was retired.
+    pub(crate) fn retire_unless_in_use(&self, liveness: &impl Liveness) -> Result<bool> {
+        let r = self.region;
+        r.header().retired.store(1, SeqCst);
+        if r.ring().has_live_requests(liveness) {
+            r.header().retired.store(0, SeqCst); // still in use: keep it
+            return Ok(false);
+        }
+        self.retire_and_unlink()?;
+        Ok(true)
+    }
+
     /// Marks the table retired and unlinks it if the path still names it.
     pub(crate) fn retire_and_unlink(&self) -> Result<()> {
         let r = self.region;
@@ -438,18 +471,6 @@ fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-fn allocate(file: &File, size: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // Reserve the pages now, so a full tmpfs gives ENOSPC here instead of SIGBUS later.
-    // SAFETY: posix_fallocate on an fd we own.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
-    match rc {
-        0 => Ok(()),
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
-        e => Err(io::Error::from_raw_os_error(e)),
-    }
 }
 
 fn classify_open_error(path: &Path, e: io::Error) -> Error {

@@ -40,8 +40,9 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*, fence};
 
-use crate::Share;
+use crate::layout::{PID_BITS, SLOT_SIZE};
 use crate::liveness::{Liveness, Owner, START_FP_BITS, START_FP_MASK};
+use crate::share::Share;
 
 /// A place where a process may be preempted, stopped or killed: between two accesses to
 /// shared words. Nothing in production builds; in tests and fuzzing builds a scheduler may
@@ -53,7 +54,6 @@ macro_rules! step {
     };
 }
 
-const PID_BITS: u32 = 22;
 const PID_MASK: u64 = (1 << PID_BITS) - 1;
 const FP_SHIFT: u32 = PID_BITS;
 const SHARED_BIT: u64 = 1 << 31;
@@ -90,7 +90,7 @@ pub(crate) struct Slot {
     pub futex: AtomicU32,
     _reserved: [u32; 7],
 }
-const _: () = assert!(core::mem::size_of::<Slot>() == 64);
+const _: () = assert!(core::mem::size_of::<Slot>() == SLOT_SIZE as usize);
 
 /// The shared words a ring works on, besides its slots.
 #[derive(Clone, Copy, Debug)]

@@ -4,10 +4,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::Share;
-use crate::liveness::{Liveness, OsLiveness};
+use crate::liveness::Liveness;
 use crate::members;
 use crate::region::Region;
+use crate::share::Share;
+use crate::sys::OsLiveness;
 
 /// A registered owner of the table (main lock).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,10 +127,7 @@ pub(crate) fn snapshot(region: &Region) -> Status {
             members,
             holders,
             queue,
-            reclaimed_slots: region
-                .header()
-                .reclaimed
-                .load(std::sync::atomic::Ordering::Relaxed),
+            reclaimed_slots: region.reclaimed_slots(),
             payload_len,
             payload_generation,
             consistent,

@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use crate::LockTicket;
 use crate::error::{Error, Result};
-use crate::liveness::OsLiveness;
 use crate::region::Region;
 use crate::ring::{Claim, Grant, Ticket};
-use crate::wait::{self, Waited};
-use crate::{Share, sys};
+use crate::share::Share;
+use crate::sys;
+use crate::wait::{self, Outcome, WaitError, Waiter};
 
 /// How long a token request may wait.
 #[derive(Clone, Copy, Debug)]
@@ -161,9 +161,12 @@ impl LockTicket {
                 }
             }
             Patience::Until(_) | Patience::Forever => {
-                let deadline = patience.deadline();
-                let check = || self.check_parent(pid);
-                match wait::claim(ring, share, pid, start, deadline, &OsLiveness, check) {
+                let mut waiter = Waiter {
+                    deadline: patience.deadline(),
+                    liveness: &sys::OsLiveness,
+                    check: || self.check_parent(pid),
+                };
+                match wait::claim(ring, share, pid, start, &mut waiter) {
                     Ok(Some(tk)) => tk,
                     Ok(None) => return Ok(None),
                     Err(w) => return Err(self.wait_error(w)),
@@ -191,42 +194,46 @@ impl LockTicket {
         }
         let check = || self.check_parent(pid);
         let outcome = match (patience, ring.grant(tk, share)) {
-            (_, Ok(Grant::Granted)) => Waited::Granted,
-            (_, Err(b)) => Waited::Broken(b),
-            (Patience::Try, Ok(Grant::Waiting { .. })) => Waited::TimedOut,
+            (_, Ok(Grant::Granted)) => Ok(Outcome::Granted),
+            (_, Err(b)) => Err(WaitError::Broken(b)),
+            (Patience::Try, Ok(Grant::Waiting { .. })) => Ok(Outcome::TimedOut),
             (_, Ok(Grant::Waiting { .. })) => {
-                wait::until_granted(ring, tk, share, patience.deadline(), &OsLiveness, check)
+                let mut waiter = Waiter {
+                    deadline: patience.deadline(),
+                    liveness: &sys::OsLiveness,
+                    check,
+                };
+                wait::until_granted(ring, tk, &mut waiter)
             }
         };
         // A forked child's parent may have died while it waited: then the token is void.
         let outcome = match outcome {
-            Waited::Granted if pid != self.creator.0 => match check() {
-                Ok(()) => Waited::Granted,
-                Err(e) => Waited::Check(e),
+            Ok(Outcome::Granted) if pid != self.creator.0 => match check() {
+                Ok(()) => Ok(Outcome::Granted),
+                Err(e) => Err(WaitError::Check(e)),
             },
             other => other,
         };
         match outcome {
-            Waited::Granted => {
+            Ok(Outcome::Granted) => {
                 ring.set_since(tk, sys::coarse_now_ns()); // now "held since", for status
                 Ok(Some(self.holding(region, tk)))
             }
-            Waited::TimedOut => {
+            Ok(Outcome::TimedOut) => {
                 ring.release(tk).map_err(|b| self.broken(b))?;
                 Ok(None)
             }
-            other => {
+            Err(e) => {
                 let _ = ring.release(tk);
-                Err(self.wait_error(other))
+                Err(self.wait_error(e))
             }
         }
     }
 
-    fn wait_error(&self, w: Waited<Error>) -> Error {
-        match w {
-            Waited::Broken(b) => self.broken(b),
-            Waited::Check(e) => e,
-            Waited::Granted | Waited::TimedOut => self.corrupted("unexpected wait outcome"),
+    fn wait_error(&self, e: WaitError<Error>) -> Error {
+        match e {
+            WaitError::Broken(b) => self.broken(b),
+            WaitError::Check(e) => e,
         }
     }
 }

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
-use crate::Share;
 use crate::liveness::Liveness;
 use crate::ring::{Broken, Claim, Grant, Ring, Ticket};
+use crate::share::Share;
 use crate::sys;
 
 /// How long the next-in-line spins before sleeping.
@@ -32,36 +32,75 @@ const PARK_FAR: Duration = Duration::from_millis(10);
 /// Spin iterations between clock reads.
 const SPINS_PER_CHECK: u32 = 64;
 
-/// How a wait ended.
-#[derive(Debug)]
-pub(crate) enum Waited<E> {
+/// How a wait ended, when nothing went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
     /// The request holds the token.
     Granted,
     /// The deadline passed first.
     TimedOut,
+}
+
+/// Why a wait failed.
+#[derive(Debug)]
+pub(crate) enum WaitError<E> {
     /// The ring is corrupt or our slot was taken.
     Broken(Broken),
     /// The caller's periodic check failed (e.g. the parent died).
     Check(E),
 }
 
-/// Waits until `tk` is granted, `deadline` passes, or `check` (run at every sleep timeout)
-/// fails. Does not release the ticket: the caller does that on any outcome but `Granted`.
-pub(crate) fn until_granted<E>(
+impl<E> From<Broken> for WaitError<E> {
+    fn from(b: Broken) -> Self {
+        WaitError::Broken(b)
+    }
+}
+
+/// What a waiting request brings along: when to give up, how to tell the dead from the
+/// living, and the caller's own check, run at every sleep timeout.
+pub(crate) struct Waiter<'l, L, C> {
+    /// Give up at this instant; `None`: never.
+    pub deadline: Option<Instant>,
+    /// Decides whether the head of the queue is alive.
+    pub liveness: &'l L,
+    /// The caller's periodic check (e.g. "the parent is alive").
+    pub check: C,
+}
+
+impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Waiter<'_, L, C> {
+    /// True once the deadline has passed at `now`.
+    fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    /// `nap`, cut short so as not to sleep past the deadline.
+    fn nap(&self, nap: Duration, now: Instant) -> Duration {
+        self.deadline
+            .map_or(nap, |d| nap.min(d.saturating_duration_since(now)))
+    }
+
+    /// After a sleep nobody ended: makes sure the head of the queue is alive (reclaiming it
+    /// if not), then runs the caller's check.
+    fn on_timeout(&mut self, ring: &Ring<'_>) -> Result<(), WaitError<E>> {
+        ring.check_head(self.liveness)?;
+        (self.check)().map_err(WaitError::Check)
+    }
+}
+
+/// Waits until `tk` is granted, the waiter's deadline passes, or its check fails. Does not
+/// release the ticket: the caller does that on any outcome but `Granted`.
+pub(crate) fn until_granted<L: Liveness, E>(
     ring: &Ring<'_>,
     tk: Ticket,
-    share: Share,
-    deadline: Option<Instant>,
-    liveness: &impl Liveness,
-    mut check: impl FnMut() -> Result<(), E>,
-) -> Waited<E> {
+    waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
+) -> Result<Outcome, WaitError<E>> {
+    let share = tk.share();
     let mut phase = Instant::now();
     let mut spins = 0u32;
     loop {
-        let ahead = match ring.grant(tk, share) {
-            Ok(Grant::Granted) => return Waited::Granted,
-            Ok(Grant::Waiting { ahead }) => ahead,
-            Err(b) => return Waited::Broken(b),
+        let ahead = match ring.grant(tk, share)? {
+            Grant::Granted => return Ok(Outcome::Granted),
+            Grant::Waiting { ahead } => ahead,
         };
         spins += 1;
         if !spins.is_multiple_of(SPINS_PER_CHECK) && ahead == 1 {
@@ -69,8 +108,8 @@ pub(crate) fn until_granted<E>(
             continue;
         }
         let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Waited::TimedOut;
+        if waiter.expired(now) {
+            return Ok(Outcome::TimedOut);
         }
         let budget = if ahead == 1 {
             SPIN_BUDGET
@@ -84,24 +123,16 @@ pub(crate) fn until_granted<E>(
             continue;
         }
         // Sleep on our own slot's futex word.
-        let nap = if ahead == 1 { PARK_NEXT } else { PARK_FAR };
-        let nap = deadline.map_or(nap, |d| nap.min(d.saturating_duration_since(now)));
+        let nap = waiter.nap(if ahead == 1 { PARK_NEXT } else { PARK_FAR }, now);
         let (word, parked) = ring.park_word(tk);
-        match ring.grant(tk, share) {
-            Ok(Grant::Granted) => return Waited::Granted,
-            Ok(Grant::Waiting { .. }) => {}
-            Err(b) => return Waited::Broken(b),
+        if let Grant::Granted = ring.grant(tk, share)? {
+            return Ok(Outcome::Granted);
         }
         sys::futex_wait(word, parked, nap);
         if now.elapsed() >= nap {
             // Nobody woke us: make sure the head of the queue is alive, then sleep again
             // (the spin budget stays spent: no CPU burnt behind a long holder).
-            if let Err(b) = ring.check_head(liveness) {
-                return Waited::Broken(b);
-            }
-            if let Err(e) = check() {
-                return Waited::Check(e);
-            }
+            waiter.on_timeout(ring)?;
         } else {
             // Woken (our turn is near): spin or yield again before sleeping.
             phase = Instant::now();
@@ -111,39 +142,36 @@ pub(crate) fn until_granted<E>(
 }
 
 /// Claims a slot, waiting while the ring is full. `None` when the deadline passes first.
-pub(crate) fn claim<E>(
+pub(crate) fn claim<L: Liveness, E>(
     ring: &Ring<'_>,
     share: Share,
     pid: u32,
     start: u64,
-    deadline: Option<Instant>,
-    liveness: &impl Liveness,
-    mut check: impl FnMut() -> Result<(), E>,
-) -> Result<Option<Ticket>, Waited<E>> {
+    waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
+) -> Result<Option<Ticket>, WaitError<E>> {
     let backoff = Backoff::new();
     let mut full_since: Option<Instant> = None;
     loop {
         match ring.try_claim(share, pid, start) {
             Claim::Claimed(tk) => return Ok(Some(tk)),
             Claim::Retry => backoff.spin(),
-            Claim::Broken(b) => return Err(Waited::Broken(b)),
+            Claim::Broken(b) => return Err(WaitError::Broken(b)),
             Claim::Full => {
                 // Every slot is taken. Rare (capacity is sized for the expected crowd), so a
                 // plain sleep-and-retry is enough; it also finds dead holders.
                 let now = Instant::now();
-                if deadline.is_some_and(|d| now >= d) {
+                if waiter.expired(now) {
                     return Ok(None);
                 }
                 let since = *full_since.get_or_insert(now);
                 if backoff.is_completed() {
-                    ring.check_head(liveness).map_err(Waited::Broken)?;
-                    check().map_err(Waited::Check)?;
+                    waiter.on_timeout(ring)?;
                     let nap = if now.duration_since(since) < Duration::from_millis(1) {
                         Duration::from_micros(50)
                     } else {
                         Duration::from_millis(1)
                     };
-                    std::thread::sleep(deadline.map_or(nap, |d| nap.min(d - now)));
+                    std::thread::sleep(waiter.nap(nap, now));
                 } else {
                     backoff.snooze();
                 }

@@ -18,41 +18,36 @@ use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use common::*;
+use std::mem::offset_of;
+
+use lockticket::layout::{self, FixedHeader};
 use lockticket::{Error, HeaderError, LockTicket, Share};
 
 // ---------------------------------------------------------------------------------------------
-// File layout facts the tests poke at (docs/format.md).
+// File layout facts the tests poke at (docs/format.md), taken from the crate's layout.
 
-const HEADER: u64 = 4096;
-const SLOT: u64 = 64;
-const TAIL: u64 = 256;
-const HEAD: u64 = 384;
-const OFF_VERSION: usize = 8;
-const OFF_RING_CAPACITY: usize = 32;
-const OFF_MEMBERS_OFFSET: u64 = 40;
-const OFF_MEMBER_CAPACITY: usize = 48;
-const OFF_PAYLOAD_OFFSET: u64 = 56;
-const OFF_PAYLOAD_CAPACITY: usize = 64;
-const OFF_PAYLOAD_REGION_LEN: u64 = 72;
-const OFF_MAIN_MODE: usize = 84;
-const OFF_CHECKSUM: usize = 120;
-/// Claim word: PID in bits 0..22, start-time fingerprint (9 bits) from bit 22, lap from 32.
-const FP_SHIFT: u32 = 22;
-const FP_MASK: u64 = 0x1ff;
-/// Slot start word: start time in the low 40 bits, lap tag above.
+const HEADER: u64 = layout::HEADER_SIZE;
+const SLOT: u64 = layout::SLOT_SIZE;
+const TAIL: u64 = layout::hot::TAIL;
+const HEAD: u64 = layout::hot::HEAD;
+const OFF_VERSION: usize = offset_of!(FixedHeader, version);
+const OFF_RING_CAPACITY: usize = offset_of!(FixedHeader, ring_capacity);
+const OFF_MEMBERS_OFFSET: u64 = offset_of!(FixedHeader, members_offset) as u64;
+const OFF_MEMBER_CAPACITY: usize = offset_of!(FixedHeader, member_capacity);
+const OFF_PAYLOAD_OFFSET: u64 = offset_of!(FixedHeader, payload_offset) as u64;
+const OFF_PAYLOAD_CAPACITY: usize = offset_of!(FixedHeader, payload_capacity);
+const OFF_PAYLOAD_REGION_LEN: u64 = offset_of!(FixedHeader, payload_region_len) as u64;
+const OFF_MAIN_MODE: usize = offset_of!(FixedHeader, main_mode);
+const OFF_CHECKSUM: usize = offset_of!(FixedHeader, checksum);
+/// Claim word: PID in bits 0..PID_BITS, start-time fingerprint above it, lap from 32.
+const FP_SHIFT: u32 = layout::PID_BITS;
+const FP_MASK: u64 = (1 << layout::START_FP_BITS) - 1;
+/// Slot start word: start time in the low 40 bits, lap tag above (private to `ring`).
 const START_MASK: u64 = (1 << 40) - 1;
-/// Slot futex word: 2 = the owner has seen its grant (holds the token).
+/// Slot futex word: 2 = the owner has seen its grant (holds the token; private to `ring`).
 const HOLDING: u32 = 2;
 
-/// FNV-1a 64, as the header checksum uses.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+use layout::fnv1a;
 
 /// Recomputes the header checksum (over bytes 0..120, stored at 120..128).
 fn fix_checksum(bytes: &mut [u8]) {
@@ -463,7 +458,7 @@ fn foreign_and_newer_headers_are_refused() {
     });
 
     let mut b = valid.clone();
-    b[40] ^= 0x10; // members_offset, checksum left stale
+    b[OFF_MEMBERS_OFFSET as usize] ^= 0x10; // checksum left stale
     let p = scratch.join("checksum.lt");
     write_file(&p, &b, 0o600);
     assert_refused(&p, "a header with a stale checksum", |e| {

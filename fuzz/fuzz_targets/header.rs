@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             .copy_from_slice(&sum.to_ne_bytes());
     }
     let bytes = &fixed[..];
-    if let Ok((h, g)) = validate_header(bytes, len, lockticket::payload::region_len) {
+    if let Ok((h, g)) = validate_header(bytes, len, lockticket::fuzzing::region_len) {
         assert_eq!(h.magic, layout::MAGIC);
         assert!(g.ring_capacity.is_power_of_two());
         assert_eq!(g.file_size(), len);

@@ -160,6 +160,7 @@ impl<O: Send + 'static> Procs<O> {
     }
 
     /// Lets busy process `i` run to the end of its operation.
+    #[cfg(test)]
     pub(crate) fn finish(&mut self, i: usize) -> O {
         loop {
             if let Status::Done(o) = self.step(i) {

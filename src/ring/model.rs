@@ -189,7 +189,7 @@ impl Model {
             Op::CheckHead(i) => self.act(i, Kind::CheckHead, Share::Exclusive),
             Op::Step(i, n) => {
                 for _ in 0..n {
-                    if !self.live[i].is_some_and(|p| p.op.is_some()) {
+                    if self.live[i].is_none_or(|p| p.op.is_none()) {
                         break;
                     }
                     self.advance(i);

@@ -1,7 +1,9 @@
-//! OS plumbing: process identity, /proc, futexes, flock, statfs, pidfd.
+//! OS plumbing: process identity, /proc (and [`OsLiveness`] over it), futexes, flock, statfs,
+//! pidfd, file allocation, the neutering remap.
 //!
-//! Every system call of the crate goes through this module (and `region` for the mapping), so
-//! the algorithm modules stay free of OS calls and can be tested in memory.
+//! Every system call of the crate goes through this module, so the algorithm modules stay free
+//! of OS calls and can be tested in memory. The one exception is creating the mappings, which
+//! `region` does through `memmap2`. This module knows no file format.
 
 use std::fs::File;
 use std::io;
@@ -9,6 +11,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
+
+mod os_liveness;
+pub(crate) use os_liveness::OsLiveness;
 
 /// Largest PID Linux hands out (`PID_MAX_LIMIT` is 2^22).
 pub(crate) const PID_MAX: u32 = (1 << 22) - 1;
@@ -250,6 +255,49 @@ pub(crate) fn flock_unlock(file: &File) {
     }
 }
 
+/// Reserves `size` bytes of `file` now (`posix_fallocate`), so a full tmpfs gives `ENOSPC`
+/// here instead of `SIGBUS` on a later page fault. Where the filesystem cannot allocate
+/// (`EOPNOTSUPP`, `EINVAL`), sets the length instead.
+pub(crate) fn allocate(file: &File, size: u64) -> io::Result<()> {
+    // SAFETY: posix_fallocate on an fd we own; it reads no memory of ours.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// True when `dir` is a directory this process may create files in (`access(W_OK|X_OK)`).
+pub(crate) fn is_writable_dir(dir: &std::path::Path) -> bool {
+    use nix::unistd::AccessFlags;
+    dir.is_dir() && nix::unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
+}
+
+/// Replaces the pages at `addr .. addr + len` in place with anonymous private zeroed memory
+/// (`mmap(MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS)`): the range stays mapped, but no longer
+/// shows the file. On failure the old mapping is left as it was.
+///
+/// # Safety
+///
+/// `addr .. addr + len` must be a whole mapping (or whole pages of one) owned by the caller,
+/// and nothing may hold a Rust reference to that memory whose type assumes its contents
+/// other than "any bytes" (atomics and integers are fine: the new contents are zeroes).
+pub(crate) unsafe fn remap_anonymous(addr: *mut u8, len: usize) {
+    // SAFETY: the caller owns the range (see above); MAP_FIXED replaces exactly those pages
+    // with readable, writable memory, so the range stays valid at the same address.
+    unsafe {
+        libc::mmap(
+            addr.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+    }
+}
+
 /// Filesystem magic of the filesystem holding `file`.
 pub(crate) fn fs_magic_of_file(file: &File) -> io::Result<i64> {
     let st = nix::sys::statfs::fstatfs(file).map_err(io::Error::from)?;
@@ -324,13 +372,9 @@ pub(crate) fn random_u64() -> u64 {
     if n == 8 {
         return v;
     }
-    crate::layout::fnv1a(
-        &[
-            now_ns().to_ne_bytes(),
-            u64::from(std::process::id()).to_ne_bytes(),
-        ]
-        .concat(),
-    )
+    // No getrandom: mix the clock and the PID through std's randomly keyed SipHash.
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one((now_ns(), std::process::id()))
 }
 
 /// This process's effective uid and gid, and its supplementary groups.

@@ -250,8 +250,8 @@ fn run_child(mut cmd: Command, program: &OsStr) -> Result<ExitStatus, Failure> {
     };
     // Block the forwarded signals until the child's PID is known to the handler; a signal that
     // comes meanwhile stays pending and is forwarded when they are unblocked.
-    // SAFETY: plain libc calls on local, initialised sigset_t values.
     let mut ignored = [false; FORWARDED.len()];
+    // SAFETY: plain libc calls on local, initialised sigset_t values.
     let old_mask = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
