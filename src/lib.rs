@@ -83,8 +83,9 @@ mod sys;
 mod token;
 mod wait;
 
-/// Entry points for the fuzz targets (`fuzz/`); not a public API.
-#[cfg(feature = "fuzzing")]
+/// Entry points for the fuzz targets (`fuzz/`); not a public API. They exist only under
+/// `--cfg fuzzing`, which cargo-fuzz sets (and `fuzz/.cargo/config.toml` for `cargo check`).
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::ring::model::{Op, run, run_bytes};
@@ -94,7 +95,7 @@ pub use error::{Error, Result};
 pub use handle::{Builder, LockTicket};
 pub use layout::HeaderError;
 pub use main_lock::MainGuard;
-pub use path::{DEFAULT_DIRECTORIES, default_directory};
+pub use path::{DEFAULT_DIRECTORIES, default_directory, table_name};
 pub use status::{MemberInfo, Status, TokenInfo};
 pub use token::TokenGuard;
 
@@ -115,6 +116,11 @@ impl std::fmt::Display for Share {
         })
     }
 }
+
+/// The README's examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
 
 #[cfg(test)]
 mod tests {

@@ -710,7 +710,7 @@ enum SlotState {
 }
 
 /// Steps that a process may die between, for the property tests.
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 impl Ring<'_> {
     /// The claim CAS alone, without moving the `tail` hint (the claimer dies right after).
     pub(crate) fn claim_only(&self, share: Share, pid: u32, start: u64) -> Option<Ticket> {
@@ -770,7 +770,7 @@ pub(crate) fn ticket_of_slot(head: u64, index: u64, mask: u64) -> u64 {
     head.wrapping_add(index.wrapping_sub(head) & mask)
 }
 
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 pub mod model;
 #[cfg(test)]
 mod tests;
