@@ -82,9 +82,10 @@ mod sys;
 mod token;
 mod wait;
 
-/// Entry points for the fuzz targets (`fuzz/`), with the `fuzzing` feature only; not a
-/// public API. The file format itself is the public [`layout`] module.
-#[cfg(feature = "fuzzing")]
+/// Entry points for the fuzz targets (`fuzz/`); not a public API. They exist only under
+/// `--cfg fuzzing`, which cargo-fuzz sets (and `fuzz/.cargo/config.toml` for `cargo check`).
+/// The file format itself is the public [`layout`] module.
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::payload::{PayloadError, PayloadValue, decode, region_len};
@@ -95,10 +96,15 @@ pub use error::{Error, Result};
 pub use handle::{Builder, LockTicket};
 pub use layout::HeaderError;
 pub use main_lock::MainGuard;
-pub use path::{DEFAULT_DIRECTORIES, default_directory};
+pub use path::{DEFAULT_DIRECTORIES, default_directory, table_name};
 pub use share::Share;
 pub use status::{MemberInfo, Status, TokenInfo};
 pub use token::TokenGuard;
+
+/// The README's examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,29 @@ pub(crate) fn file_name(name: &str) -> String {
 /// the rule: the error message and the checks use it.
 pub(crate) const MAX_NAME_LEN: usize = 218;
 
+/// The table name that a file name stands for, when it is the file of a *named* table
+/// (`lockticket-NAME.lt`, as [`LockTicket::open`](crate::LockTicket::open) places a name in its
+/// directory); `None` for any other file name. Tools that list or clean a directory use it to
+/// tell tables from other files without hard-coding the pattern.
+///
+/// ```
+/// use std::ffi::OsStr;
+///
+/// assert_eq!(lockticket::table_name(OsStr::new("lockticket-backup.lt")), Some("backup"));
+/// assert_eq!(lockticket::table_name(OsStr::new("lockticket-.lt")), None);
+/// assert_eq!(lockticket::table_name(OsStr::new("backup.lock")), None);
+/// ```
+pub fn table_name(file_name: &OsStr) -> Option<&str> {
+    let name = file_name
+        .as_bytes()
+        .strip_prefix(b"lockticket-")?
+        .strip_suffix(b".lt")?;
+    if !is_name(OsStr::from_bytes(name)) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()
+}
+
 /// True for a valid table name: `[-_A-Za-z0-9]{1,MAX_NAME_LEN}`.
 pub(crate) fn is_name(s: &OsStr) -> bool {
     let b = s.as_bytes();
@@ -92,6 +115,23 @@ mod tests {
         assert!(r(&"x".repeat(219)).is_err());
         assert!(r(&"x".repeat(218)).is_ok());
         assert_eq!(MAX_NAME_LEN, 218);
+    }
+
+    #[test]
+    fn table_names_of_file_names() {
+        for name in ["app", "a-b_C9", &"x".repeat(218)] {
+            let file = file_name(name);
+            assert_eq!(table_name(OsStr::new(&file)), Some(name));
+        }
+        for file in [
+            "lockticket-.lt",
+            "lockticket-a b.lt",
+            "lockticket-app",
+            "app.lt",
+            "x",
+        ] {
+            assert_eq!(table_name(OsStr::new(file)), None, "{file}");
+        }
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub enum PayloadError {
     #[error("payload region is corrupt: {0}")]
     Corrupt(String),
     /// A region snapshot is shorter than the layout for its capacity (only `decode`).
-    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
     #[error(
         "payload region snapshot of {len} bytes is shorter than the {needed} bytes its layout needs"
     )]
@@ -301,7 +301,7 @@ fn finish(header: Header, data: Vec<u8>) -> Result<PayloadValue, PayloadError> {
 }
 
 /// Reads the native-endian `u64` at `offset` of a snapshot, if in bounds.
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 fn snapshot_u64(region: &[u8], offset: u64) -> Result<u64, PayloadError> {
     usize::try_from(offset)
         .ok()
@@ -317,7 +317,7 @@ fn snapshot_u64(region: &[u8], offset: u64) -> Result<u64, PayloadError> {
 /// a pure function, validating everything (the fuzz target). `region` may be
 /// longer than the layout needs (e.g. the page-padded region); it must hold
 /// at least the bytes used by both buffers.
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 pub fn decode(region: &[u8], capacity: u64) -> Result<PayloadValue, PayloadError> {
     validate_capacity(capacity)?;
     let needed = used_len(capacity);

@@ -49,7 +49,7 @@ use crate::share::Share;
 /// stop the process here for as long as it likes (see `interleave`).
 macro_rules! step {
     () => {
-        #[cfg(any(test, feature = "fuzzing"))]
+        #[cfg(any(test, fuzzing))]
         interleave::point();
     };
 }
@@ -814,7 +814,7 @@ enum SlotState {
 }
 
 /// Steps that a process may die between, for the property tests.
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 impl Ring<'_> {
     /// Sets up an empty ring whose next ticket is `t` (to test wrap-around).
     pub(crate) fn reset_at(&self, t: u64) {
@@ -851,9 +851,9 @@ pub(crate) fn ticket_of_slot(head: u64, index: u64, mask: u64) -> u64 {
     head.wrapping_add(index.wrapping_sub(head) & mask)
 }
 
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 pub(crate) mod interleave;
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 pub mod model;
 #[cfg(test)]
 mod tests;

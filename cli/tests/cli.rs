@@ -19,6 +19,8 @@ const BOUND: Duration = Duration::from_secs(30);
 const USAGE: i32 = 64;
 const DATA: i32 = 65;
 const NO_TABLE: i32 = 66;
+/// flock(1)'s EX_UNAVAILABLE: the command was not found or cannot be executed.
+const UNAVAILABLE: i32 = 69;
 const TABLE: i32 = 74;
 
 /// A shell fragment that waits (bounded: 30 s) until the file `$1`-style path exists, or exits
@@ -230,13 +232,66 @@ fn command_not_found_or_not_executable() {
     let n = name("notfound");
     let n = n.as_str();
     let o = run(["exec", n, "/nonexistent/command"]);
-    assert_one_line_error(&o, 127, "/nonexistent/command");
+    assert_one_line_error(&o, UNAVAILABLE, "/nonexistent/command");
     let s = Scratch::new("noexec");
     let f = s.path("not-executable");
     std::fs::write(&f, "#!/bin/sh\n").unwrap();
     let o = run(["exec".as_ref(), n.as_ref(), f.as_os_str()]);
-    assert_one_line_error(&o, 126, "not-executable");
+    assert_one_line_error(&o, UNAVAILABLE, "not-executable");
     assert_no_table(n);
+}
+
+/// As flock(1): a lock file that cannot be opened because its directory is missing is 66
+/// (EX_NOINPUT), and the message says so.
+#[test]
+fn a_missing_directory_is_66_and_named() {
+    let s = Scratch::new("nodir");
+    let dir = s.path("missing");
+    let table = dir.join("t.lt");
+    let o = run(["exec".as_ref(), table.as_os_str(), "true".as_ref()]);
+    assert_one_line_error(&o, NO_TABLE, "is missing");
+    assert!(stderr(&o).contains(&dir.display().to_string()), "{o:?}");
+    assert!(!dir.exists());
+}
+
+/// The manual page and the completions come from the command's own definition; `-V` works on
+/// every subcommand; `--help` points to the manual page.
+#[test]
+fn man_page_completions_and_version_everywhere() {
+    let o = run(["man"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let page = stdout(&o);
+    assert!(
+        page.starts_with(".ie") && page.contains(".TH lockticket 1"),
+        "{page}"
+    );
+    assert!(page.contains("lockticket\\-exec(1)"), "{page}");
+    let o = run(["man", "exec"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(stdout(&o).contains("conflict\\-exit\\-code"), "{o:?}");
+    let o = run(["man", "frobnicate"]);
+    assert_one_line_error(&o, USAGE, "frobnicate");
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        assert!(stdout(&o).contains("exec"), "{shell}: {o:?}");
+    }
+    let version = format!("{}\n", env!("CARGO_PKG_VERSION"));
+    for args in [
+        &["-V"][..],
+        &["exec", "-V"],
+        &["status", "-V"],
+        &["payload", "get", "-V"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+        assert!(stdout(&o).ends_with(&version), "{args:?}: {o:?}");
+    }
+    let help = stdout(&run(["--help"]));
+    assert!(
+        help.contains("man lockticket") && !help.contains("docs/cli.md"),
+        "{help}"
+    );
 }
 
 #[test]

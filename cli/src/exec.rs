@@ -394,11 +394,12 @@ unsafe fn errno_location() -> *mut libc::c_int {
     unsafe { libc::__error() }
 }
 
-/// The failure for a command that could not be started: 127 when not found, 126 when not
-/// executable (as shells do), 71 when the system refused a process.
+/// The failure for a command that could not be started, with flock(1)'s exit statuses: 69
+/// (EX_UNAVAILABLE) when it was not found or cannot be executed, 71 (EX_OSERR) when the system
+/// refused a process.
 fn spawn_failure(program: &OsStr, e: &io::Error) -> Failure {
     let (code, what) = match e.raw_os_error() {
-        Some(libc::ENOENT | libc::ENOTDIR) => (code::NOT_FOUND, "command not found"),
+        Some(libc::ENOENT | libc::ENOTDIR) => (code::CANNOT_EXECUTE, "command not found"),
         Some(libc::EAGAIN | libc::ENOMEM) => (code::OS, "cannot start a process"),
         _ => (code::CANNOT_EXECUTE, "cannot execute the command"),
     };

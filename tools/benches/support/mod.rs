@@ -24,7 +24,7 @@ pub const SHM_DIR: &str = "/dev/shm";
 /// Most worker processes a control block has room for.
 pub const MAX_WORKERS: usize = 16;
 
-/// Quick mode: `LOCKTICKET_BENCH_QUICK=1 cargo bench`, or `cargo bench --benches -- --quick`
+/// Quick mode: `LOCKTICKET_BENCH_QUICK=1 cargo bench -p lockticket-tools`, or `cargo bench -p lockticket-tools --benches -- --quick`
 /// (criterion's own flag; `--benches` keeps it away from the library's libtest harness, which
 /// rejects it).
 pub fn quick_mode() -> bool {
@@ -291,11 +291,11 @@ pub fn wait_until(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// The directory for this crate's bench results: `$CARGO_TARGET_DIR/lockticket-bench` or
-/// `target/lockticket-bench` in the package.
+/// The directory for the bench results: `$CARGO_TARGET_DIR/lockticket-bench` or
+/// `target/lockticket-bench` in the workspace (the parent of `tools/`).
 pub fn results_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     target.join("lockticket-bench")
 }

@@ -8,15 +8,16 @@
 //! lockticket payload get|set|clear NAME|PATH [VALUE|-]
 //! lockticket list [DIR]
 //! lockticket clean NAME|PATH | --all [--dir DIR]
+//! lockticket man [SUBCOMMAND] | --out-dir DIR
+//! lockticket completions SHELL
 //! ```
 //!
-//! See `docs/cli.md` for the full manual, exit codes and the JSON schema of `status --json`.
+//! `lockticket man` prints the manual page (generated from the definitions below); see
+//! `docs/cli.md` for the exit codes and the JSON schema of `status --json`.
 
-// The crate root is src/bin/lockticket.rs, so its modules are named by path.
-#[path = "lockticket/exec.rs"]
 mod exec;
-#[path = "lockticket/inspect.rs"]
 mod inspect;
+mod man;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -35,17 +36,16 @@ pub(crate) mod code {
     pub const USAGE: i32 = 64;
     /// EX_DATAERR: the payload value does not fit the table.
     pub const DATA: i32 = 65;
-    /// EX_NOINPUT: no lock table exists at that name or path.
+    /// EX_NOINPUT: no lock table exists at that name or path, or its directory is missing
+    /// (as flock(1) when it cannot open the lock file).
     pub const NO_TABLE: i32 = 66;
+    /// EX_UNAVAILABLE: exec: the command was not found or cannot be executed (as flock(1)).
+    pub const CANNOT_EXECUTE: i32 = 69;
     /// EX_OSERR: the operating system refused a resource (fork, signals).
     pub const OS: i32 = 71;
     /// EX_IOERR: the table cannot be used (not a lock table, corrupted, doubtful permissions,
     /// symlink, I/O error, busy with an exclusive owner…).
     pub const TABLE: i32 = 74;
-    /// The command was found but could not be executed (as shells do).
-    pub const CANNOT_EXECUTE: i32 = 126;
-    /// The command was not found (as shells do).
-    pub const NOT_FOUND: i32 = 127;
 }
 
 const EXIT_CODES: &str = "\
@@ -54,19 +54,21 @@ Exit status:
   1        exec: the lock was not obtained (-n, or -w expired); change with -E
   64       bad usage: unknown option, missing argument, invalid name or --mode
   65       payload set: the value does not fit the table's payload capacity
-  66       no lock table exists at that name or path (status, payload)
+  66       no lock table exists at that name or path (status, payload), or
+           the directory of the table is missing (exec)
+  69       exec: the command was not found or cannot be executed
   71       the operating system refused a resource (fork, signal setup)
   74       the table cannot be used: not a lock table, corrupted, doubtful
            permissions, symbolic link, I/O error
-  126      exec: the command cannot be executed
-  127      exec: the command was not found
   128+N    exec: the command was killed by signal N
-A status of lockticket's own (64-74, 126, 127) always comes with a one-line
-message on stderr, starting with \"lockticket:\".
+A status of lockticket's own (64-74) always comes with a one-line message on
+stderr, starting with \"lockticket:\"; they are flock(1)'s where it has one.
 
 Tables given by NAME ([-_A-Za-z0-9]{1,218}) live in the first writable memory
 filesystem among /dev/shm, /run/shm, /run, /tmp as lockticket-NAME.lt; a PATH
-(/..., ./..., ../...) is used as given. Manual: docs/cli.md.";
+(/..., ./..., ../...) is used as given.
+
+Manual: man lockticket (if installed), or lockticket man | man -l -";
 
 const EXEC_AFTER: &str = "\
 Like flock(1), but fair: waiting commands get the lock in the order they asked
@@ -93,13 +95,14 @@ children).";
 #[command(
     name = "lockticket",
     version,
+    propagate_version = true,
     about = "FIFO, crash-proof inter-process locks for shell scripts (a fair flock(1)), \
              and tools to inspect lock tables",
     after_help = EXIT_CODES,
     disable_help_subcommand = true,
     arg_required_else_help = true
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -125,6 +128,10 @@ enum Command {
     /// Remove tables whose owners are all dead and that no live process uses
     #[command(after_help = EXIT_CODES)]
     Clean(CleanArgs),
+    /// Print the manual page (roff; read it with `lockticket man | man -l -`)
+    Man(man::ManArgs),
+    /// Print a shell completion script (e.g. `lockticket completions bash > ~/.local/share/bash-completion/completions/lockticket`)
+    Completions(man::CompletionsArgs),
 }
 
 /// Options of `exec`.
@@ -317,6 +324,11 @@ impl Failure {
                 path.display()
             ),
             Error::InvalidName { .. } | Error::InvalidOption(_) => format!("bad usage: {e}"),
+            Error::Io { path, .. } if missing_directory(e).is_some() => format!(
+                "{what}: {}: the directory {} is missing (create it first)",
+                path.display(),
+                missing_directory(e).unwrap_or(path).display()
+            ),
             _ => format!("{what}: {e}"),
         };
         if matches!(e, Error::DoubtfulPermissions { .. }) {
@@ -329,9 +341,23 @@ impl Failure {
     }
 }
 
+/// The missing directory, when `e` is a table that cannot be opened because its directory does
+/// not exist (flock(1) exits with 66, EX_NOINPUT, when it cannot open the lock file).
+fn missing_directory(e: &Error) -> Option<&std::path::Path> {
+    let Error::Io { path, source, .. } = e else {
+        return None;
+    };
+    if source.kind() != std::io::ErrorKind::NotFound {
+        return None;
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    std::fs::symlink_metadata(dir).is_err().then_some(dir)
+}
+
 /// The exit status for a library error.
 pub(crate) fn exit_code_of(e: &Error) -> i32 {
     match e {
+        _ if missing_directory(e).is_some() => code::NO_TABLE,
         Error::InvalidName { .. } | Error::InvalidOption(_) => code::USAGE,
         Error::NotCreated { .. } | Error::Removed { .. } => code::NO_TABLE,
         Error::PayloadTooLarge { .. } => code::DATA,
@@ -364,6 +390,17 @@ pub(crate) fn report(message: &str) {
     let _ = writeln!(std::io::stderr().lock(), "lockticket: {line}");
 }
 
+/// The subcommands, for pointing a usage error to the right `--help`.
+const SUBCOMMANDS: [&str; 7] = [
+    "exec",
+    "status",
+    "payload",
+    "list",
+    "clean",
+    "man",
+    "completions",
+];
+
 fn usage_error(e: clap::Error) -> i32 {
     use clap::error::ErrorKind;
     match e.kind() {
@@ -390,7 +427,7 @@ fn usage_error(e: clap::Error) -> i32 {
             let first = first.strip_prefix("error: ").unwrap_or(&first);
             let sub = std::env::args()
                 .skip(1)
-                .find(|a| ["exec", "status", "payload", "list", "clean"].contains(&a.as_str()));
+                .find(|a| SUBCOMMANDS.contains(&a.as_str()));
             let help = match sub {
                 Some(s) => format!("lockticket {s} --help"),
                 None => "lockticket --help".to_string(),
@@ -415,6 +452,8 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 "bad usage: give a NAME|PATH or --all",
             )),
         },
+        Command::Man(a) => man::man(&a),
+        Command::Completions(a) => man::completions(&a),
     }
 }
 

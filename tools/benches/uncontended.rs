@@ -1,9 +1,9 @@
 //! Uncontended lock + unlock in one process: lockticket's exclusive and shared tokens against
 //! the mechanisms a user would pick instead, all on tmpfs, in one run.
 //!
-//! `cargo bench --bench uncontended` (`LOCKTICKET_BENCH_QUICK=1` for a short run). Results: criterion's
+//! `cargo bench -p lockticket-tools --bench uncontended` (`LOCKTICKET_BENCH_QUICK=1` for a short run). Results: criterion's
 //! `target/criterion/uncontended/*/new/estimates.json`, summarised by
-//! `cargo run --release --example bench_report`.
+//! `cargo run --release -p lockticket-tools --bin bench_report`.
 
 mod support;
 

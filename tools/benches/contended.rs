@@ -7,12 +7,12 @@
 //! binary has its own harness (`harness = false`, no criterion): it re-executes itself as
 //! worker processes (role in `LOCKTICKET_BENCH_ROLE`), measures outside any timing loop, prints
 //! a summary and writes `target/lockticket-bench/contended.json` (read by
-//! `cargo run --release --example bench_report`).
+//! `cargo run --release -p lockticket-tools --bin bench_report`).
 //!
-//! * `cargo bench --bench contended` — the full run (about 70 s).
-//! * `LOCKTICKET_BENCH_QUICK=1 cargo bench --bench contended`, or `-- --quick` — short
+//! * `cargo bench -p lockticket-tools --bench contended` — the full run (about 70 s).
+//! * `LOCKTICKET_BENCH_QUICK=1 cargo bench -p lockticket-tools --bench contended`, or `-- --quick` — short
 //!   windows, 5 reclaim runs (about 10 s).
-//! * `cargo bench --bench contended -- FILTER` — only the measurements whose id contains
+//! * `cargo bench -p lockticket-tools --bench contended -- FILTER` — only the measurements whose id contains
 //!   FILTER (e.g. `contended/flock`); the results then go to `contended-partial.json`.
 //! * Without `--bench` (`cargo test --benches`) — a smoke run of a few ms per case, no JSON.
 //!

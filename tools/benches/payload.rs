@@ -1,7 +1,7 @@
 //! Payload set + get of 64 B and 4 KiB: lockticket's payload against the obvious alternative,
 //! a tmpfs file written under `flock(LOCK_EX)` and read under `flock(LOCK_SH)`.
 //!
-//! `cargo bench --bench payload` (`LOCKTICKET_BENCH_QUICK=1` for a short run).
+//! `cargo bench -p lockticket-tools --bench payload` (`LOCKTICKET_BENCH_QUICK=1` for a short run).
 
 mod support;
 

@@ -112,17 +112,10 @@ pub(crate) fn status(table: &OsStr, mode: Option<u32>, json: bool) -> Result<i32
     Ok(code::OK)
 }
 
-fn share_str(s: Share) -> &'static str {
-    match s {
-        Share::Exclusive => "exclusive",
-        Share::Shared => "shared",
-    }
-}
-
 fn member_json(m: &MemberInfo, now: SystemTime) -> Value {
     json!({
         "pid": m.pid,
-        "share": share_str(m.share),
+        "share": m.share.to_string(),
         "alive": m.alive,
         "joined": m.joined.map(unix_seconds),
         "age_seconds": age(m.joined, now).map(|d| d.as_secs_f64()),
@@ -134,7 +127,7 @@ fn token_json(t: &TokenInfo, position: Option<usize>, now: SystemTime) -> Value 
     let mut v = json!({
         "pid": t.pid,
         "parent": t.parent,
-        "share": share_str(t.share),
+        "share": t.share.to_string(),
         "ticket": t.ticket,
         "alive": t.alive,
         "since": t.since.map(unix_seconds),
@@ -216,7 +209,7 @@ fn status_text(st: &Status, now: SystemTime) -> String {
             o,
             "         pid {:<8} {:<9}  for {:<8}{}{}",
             m.pid,
-            share_str(m.share),
+            m.share.to_string(), // a String: `Display for Share` ignores the width
             human_duration(age(m.joined, now)),
             dead(m.alive),
             cmd(m.pid, m.alive)
@@ -270,7 +263,7 @@ fn token_line(prefix: &str, when: &str, t: &TokenInfo, now: SystemTime) -> Strin
     format!(
         "{prefix}pid {:<8} {:<9}  ticket {:<6} {when} {:<8}{}{}",
         t.pid,
-        share_str(t.share),
+        t.share.to_string(),
         t.ticket,
         human_duration(age(t.since, now)),
         dead(t.alive),
@@ -308,17 +301,13 @@ fn summary(st: &Status) -> String {
     format!("{state}: {}", parts.join(", "))
 }
 
-/// The table files (`lockticket-*.lt`) in `dir`, sorted.
+/// The files of named tables in `dir` (as the library names them), sorted.
 fn tables_in(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| Failure::new(code::TABLE, format!("cannot list {}: {e}", dir.display())))?;
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            let n = e.file_name();
-            let n = n.as_encoded_bytes();
-            n.starts_with(b"lockticket-") && n.ends_with(b".lt") && n.len() > 14
-        })
+        .filter(|e| lockticket::table_name(&e.file_name()).is_some())
         .map(|e| e.path())
         .collect();
     out.sort();
