@@ -183,6 +183,37 @@ pub enum Error {
         /// What was found.
         detail: String,
     },
+    /// The token queue is inconsistent (bytes overwritten, or a bug) and live processes have
+    /// requests in it, so it was not rebuilt automatically.
+    #[error(
+        "{path}: the lock table's token queue is inconsistent ({detail}) and live process(es) \
+         {live:?} have requests in it; once none of them holds the token, run \
+         `lockticket repair {path}` (it keeps their requests in order)",
+        path = path.display()
+    )]
+    Inconsistent {
+        /// The table path.
+        path: PathBuf,
+        /// What is inconsistent.
+        detail: String,
+        /// Live processes with requests in the queue.
+        live: Vec<u32>,
+    },
+    /// [`LockTicket::repair`](crate::LockTicket::repair) refused: live processes hold the
+    /// token.
+    #[error(
+        "{path}: not repaired ({detail}): live process(es) {holders:?} hold the token; let them \
+         unlock (or stop them) and run the repair again",
+        path = path.display()
+    )]
+    RepairRefused {
+        /// The table path.
+        path: PathBuf,
+        /// What is inconsistent.
+        detail: String,
+        /// Live holders.
+        holders: Vec<u32>,
+    },
     /// A payload larger than the table's payload capacity.
     #[error(
         "{path}: a payload of {len} bytes does not fit the table's capacity of {capacity} \

@@ -122,6 +122,10 @@ pub mod hot {
     pub const DEAD_HOLDER: u64 = 512;
     /// `u64`: number of slots reclaimed from dead processes.
     pub const RECLAIMED: u64 = 520;
+    /// `u64`: number of times the ring was rebuilt after it was found inconsistent (zero in
+    /// every table that never needed it, so tables of this format from before it was
+    /// counted read correctly).
+    pub const REPAIRS: u64 = 528;
 }
 
 /// The sizes a table is created with; validated on every open.

@@ -19,6 +19,7 @@ use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE,
 use crate::liveness::Liveness;
 use crate::members::Member;
 use crate::payload::{self, Payload};
+use crate::repair::Repaired;
 use crate::ring::{Ring, RingWords, Slot};
 use crate::sys;
 
@@ -40,7 +41,9 @@ struct SharedHeader {
     dead_holder: AtomicU64,
     /// Reclaimed slot count.
     reclaimed: AtomicU64,
-    _pad3: [u64; 14],
+    /// Ring rebuilds after an inconsistency (see `Cold::repair_ring`).
+    repairs: AtomicU64,
+    _pad3: [u64; 13],
 }
 const _: () = {
     assert!(core::mem::offset_of!(SharedHeader, retired) == hot::RETIRED as usize);
@@ -48,6 +51,7 @@ const _: () = {
     assert!(core::mem::offset_of!(SharedHeader, head) == hot::HEAD as usize);
     assert!(core::mem::offset_of!(SharedHeader, dead_holder) == hot::DEAD_HOLDER as usize);
     assert!(core::mem::offset_of!(SharedHeader, reclaimed) == hot::RECLAIMED as usize);
+    assert!(core::mem::offset_of!(SharedHeader, repairs) == hot::REPAIRS as usize);
     assert!(core::mem::size_of::<SharedHeader>() <= HEADER_SIZE as usize);
     assert!(core::mem::size_of::<[AtomicU64; 16]>() == FIXED_HEADER_SIZE);
 };
@@ -330,6 +334,11 @@ impl Region {
         self.header().reclaimed.load(Relaxed)
     }
 
+    /// How many times the ring was rebuilt after it was found inconsistent.
+    pub(crate) fn repairs(&self) -> u64 {
+        self.header().repairs.load(Relaxed)
+    }
+
     /// Exclusive access to the table's cold paths: serialises this process's threads (mutex)
     /// and other processes (flock, released by the kernel if we die).
     pub(crate) fn cold(&self) -> Result<Cold<'_>> {
@@ -397,6 +406,24 @@ impl Region {
     }
 }
 
+/// What [`Cold::repair_ring`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Repair {
+    /// The ring is consistent (perhaps another process repaired it first).
+    NotNeeded,
+    /// Rebuilt.
+    Repaired(Repaired),
+    /// Not safe to rebuild: live processes have claims in the ring.
+    Refused {
+        /// What is wrong.
+        problem: String,
+        /// Live processes named in the ring.
+        live: Vec<u32>,
+        /// Those of them marked holding.
+        holders: Vec<u32>,
+    },
+}
+
 /// The cold-path lock of a table (see [`Region::cold`]). Unlocks on drop.
 pub(crate) struct Cold<'a> {
     guard: MutexGuard<'a, Option<File>>,
@@ -428,6 +455,54 @@ impl Cold<'_> {
         }
         self.retire_and_unlink()?;
         Ok(true)
+    }
+
+    /// Rebuilds an inconsistent ring (issue 9: never a permanent outage). Looks again under
+    /// this lock (another process may have repaired it already). With no live process named
+    /// in any slot, the ring is reset at once. With live ones, it is rebuilt around them only
+    /// when `keep_live` is set (`lockticket repair`) and none of them holds the token:
+    /// otherwise a live holder whose claim was overwritten could be joined by a second one.
+    pub(crate) fn repair_ring(&self, liveness: &impl Liveness, keep_live: bool) -> Repair {
+        let r = self.region;
+        let ring = r.ring();
+        let Some(problem) = ring.inconsistency() else {
+            return Repair::NotNeeded;
+        };
+        let claims = ring.claims();
+        let live: Vec<_> = claims
+            .iter()
+            .copied()
+            .filter(|c| liveness.is_alive(c.owner))
+            .collect();
+        let holders: Vec<u32> = live
+            .iter()
+            .filter(|c| c.holding)
+            .map(|c| c.owner.pid)
+            .collect();
+        if !live.is_empty() && (!keep_live || !holders.is_empty()) {
+            return Repair::Refused {
+                problem,
+                live: live.iter().map(|c| c.owner.pid).collect(),
+                holders,
+            };
+        }
+        match ring.rebuild(&live) {
+            Ok((old_head, new_head)) => {
+                r.header().repairs.fetch_add(1, Relaxed);
+                Repair::Repaired(Repaired {
+                    problem,
+                    old_head,
+                    new_head,
+                    dropped: claims.len() - live.len(),
+                    kept: live.len(),
+                })
+            }
+            Err(why) => Repair::Refused {
+                problem: format!("{problem}; {why}"),
+                live: live.iter().map(|c| c.owner.pid).collect(),
+                holders,
+            },
+        }
     }
 
     /// Marks the table retired and unlinks it if the path still names it.

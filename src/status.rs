@@ -62,6 +62,9 @@ pub struct Status {
     pub queue: Vec<TokenInfo>,
     /// Slots reclaimed from dead processes since the table was created.
     pub reclaimed_slots: u64,
+    /// Times the token queue was rebuilt after it was found inconsistent (see
+    /// [`LockTicket::repair`](crate::LockTicket::repair)); 0 in a healthy table.
+    pub repairs: u64,
     /// Length of the current payload in bytes.
     pub payload_len: u64,
     /// Generation of the current payload (0 = never set).
@@ -128,6 +131,7 @@ pub(crate) fn snapshot(region: &Region) -> Status {
             holders,
             queue,
             reclaimed_slots: region.reclaimed_slots(),
+            repairs: region.repairs(),
             payload_len,
             payload_generation,
             consistent,
@@ -147,7 +151,7 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "table {} (format {}, {} slots, payload {}/{} bytes, generation {}, {} reclaimed){}",
+            "table {} (format {}, {} slots, payload {}/{} bytes, generation {}, {} reclaimed{}){}",
             self.path.display(),
             self.format_version,
             self.ring_capacity,
@@ -155,6 +159,10 @@ impl fmt::Display for Status {
             self.payload_capacity,
             self.payload_generation,
             self.reclaimed_slots,
+            match self.repairs {
+                0 => String::new(),
+                n => format!(", {n} repaired"),
+            },
             if self.consistent {
                 ""
             } else {

@@ -129,17 +129,27 @@ impl LockTicket {
         patience: Patience,
         fast: Fast<'a>,
     ) -> Result<Option<TokenGuard<'a>>> {
-        match fast {
-            Fast::Granted(g) => Ok(Some(g)),
+        let first = match fast {
+            Fast::Granted(g) => return Ok(Some(g)),
             Fast::Claimed(region, tk) => self.wait_for_grant(region, tk, patience),
-            Fast::Missed => {
-                let (region, tk) = match self.claim(share, patience)? {
-                    Some(claimed) => claimed,
-                    None => return Ok(None),
-                };
-                self.wait_for_grant(region, tk, patience)
+            Fast::Missed => self.claim_and_wait(share, patience),
+        };
+        match first {
+            // The queue may be inconsistent (overwritten bytes): repair it when that is safe,
+            // then try once more. Never a permanent outage (see `repair`).
+            Err(Error::Corrupted { .. }) if self.recover(self.table()?)? => {
+                self.claim_and_wait(share, patience)
             }
+            other => other,
         }
+    }
+
+    fn claim_and_wait(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
+        let (region, tk) = match self.claim(share, patience)? {
+            Some(claimed) => claimed,
+            None => return Ok(None),
+        };
+        self.wait_for_grant(region, tk, patience)
     }
 
     /// Enters the queue of the current table (waiting for a slot if the ring is full) and
@@ -151,8 +161,16 @@ impl LockTicket {
         let ring = region.ring();
         let tk = match patience {
             Patience::Try => {
-                if share == Share::Exclusive && !ring.is_idle() {
-                    return Ok(None);
+                // Busy, or held by a dead process: one head check (cold) tells which, so a
+                // dead holder never blocks callers that only ever try.
+                let busy =
+                    |ring: &crate::ring::Ring<'_>| share == Share::Exclusive && !ring.is_idle();
+                if busy(ring) {
+                    ring.check_head(&sys::OsLiveness)
+                        .map_err(|b| self.broken(b))?;
+                    if busy(ring) {
+                        return Ok(None);
+                    }
                 }
                 match ring.try_claim(share, pid, start) {
                     Claim::Claimed(tk) => tk,

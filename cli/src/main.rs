@@ -128,6 +128,9 @@ enum Command {
     /// Remove tables whose owners are all dead and that no live process uses
     #[command(after_help = EXIT_CODES)]
     Clean(CleanArgs),
+    /// Rebuild a table's token queue that was found inconsistent, keeping live requests in order
+    #[command(after_help = REPAIR_AFTER)]
+    Repair(PayloadTable),
     /// Print the manual page (roff; read it with `lockticket man | man -l -`)
     Man(man::ManArgs),
     /// Print a shell completion script (e.g. `lockticket completions bash > ~/.local/share/bash-completion/completions/lockticket`)
@@ -452,8 +455,33 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 "bad usage: give a NAME|PATH or --all",
             )),
         },
+        Command::Repair(t) => repair(&t),
         Command::Man(a) => man::man(&a),
         Command::Completions(a) => man::completions(&a),
+    }
+}
+
+const REPAIR_AFTER: &str = "Token calls repair an inconsistent queue themselves when no live \
+process has a request in it. When some do, they fail with a message naming this command: it \
+rebuilds the queue around the live requests, in their order, and refuses while a live process \
+holds the token. A healthy table is left as it is.";
+
+/// `lockticket repair`: rebuilds an inconsistent token queue (see the library's `repair`).
+fn repair(t: &PayloadTable) -> Result<i32, Failure> {
+    let lt = payload_table(t)?;
+    match lt.repair() {
+        Ok(None) => {
+            println!(
+                "{}: the token queue is consistent; nothing to repair",
+                t.table.to_string_lossy()
+            );
+            Ok(0)
+        }
+        Ok(Some(r)) => {
+            println!("{}: repaired: {r}", t.table.to_string_lossy());
+            Ok(0)
+        }
+        Err(e) => Err(Failure::table("cannot repair the lock table", &e)),
     }
 }
 
