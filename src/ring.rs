@@ -29,14 +29,17 @@
 //! That keeps an uncontended lock at one read-modify-write.
 //!
 //! A request is granted when `head` reaches it (exclusive), or when every unreleased ticket
-//! before it is shared (shared). Release moves the lap on, then advances `head` over every
-//! released ticket, then wakes the new holders and the next-in-line.
+//! before it is shared (shared). An exclusive holder releases by storing `head = t + 1`, then
+//! moving its slot's lap on; any other release moves the lap on, then advances `head` over
+//! every released ticket. Then it wakes the new holders and the next-in-line. `head` only ever
+//! moves forward (docs/design.md, "Stale writes").
 //!
 //! # Crash windows
 //! A process may die at any instruction. Every state it can leave behind is recognised:
 //! a claimed slot names a PID and start bits (reclaimed when that process is dead), a released
-//! slot whose releaser died before advancing `head` is advanced over by any waiter, a stale
-//! `tail` hint only costs the next claimer a longer scan.
+//! slot whose releaser died before advancing `head` is advanced over by any waiter, a lagging
+//! slot (an exclusive releaser that died after moving `head`) is freed by the head check when
+//! `head` reaches it again, a stale `tail` hint only costs the next claimer a longer scan.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*, fence};
 
