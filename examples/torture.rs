@@ -104,6 +104,10 @@ const MAGIC: u64 = 0x4c54_746f_7274_7572;
 const STUCK: Duration = Duration::from_millis(250);
 /// How long a holder waits for a killed process to be confirmed dead.
 const DEATH_BOUND: Duration = Duration::from_secs(5);
+/// Distinct kinds of library error messages kept in the witness (digits ignored).
+const ERR_KINDS: usize = 8;
+/// Words (8 bytes each) of text kept per error kind.
+const ERR_WORDS: usize = 32;
 
 // Record `life` values.
 const ALIVE: u64 = 1;
@@ -178,6 +182,18 @@ struct Header {
     fifo_checks: AtomicU64,
     /// Record id currently occupying each worker slot (0 = none).
     active: [AtomicU64; MAX_PROCS],
+    /// When the supervisor started the workers (`now_ns`).
+    start_ns: AtomicU64,
+    /// The first [`ERR_KINDS`] distinct library errors (see [`note_lib_error`]): kind (a hash
+    /// of the message with digits ignored; 0 = free), occurrences, time of the first one,
+    /// text length (0 until the text is written), text.
+    err_kind: [AtomicU64; ERR_KINDS],
+    err_count: [AtomicU64; ERR_KINDS],
+    err_ns: [AtomicU64; ERR_KINDS],
+    err_len: [AtomicU64; ERR_KINDS],
+    err_text: [[AtomicU64; ERR_WORDS]; ERR_KINDS],
+    /// Library errors of further kinds (not kept).
+    err_unkept: AtomicU64,
 }
 
 /// One worker incarnation.
@@ -386,6 +402,91 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The kind of a library error message: a hash of its text where every word starting with a
+/// digit (ticket numbers, PIDs, `0x…` words) counts as the same word. Never 0.
+fn error_kind(text: &str) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64; // FNV-1a
+    let mut in_number = false;
+    let mut prev_alnum = false;
+    for b in text.bytes() {
+        let alnum = b.is_ascii_alphanumeric();
+        if in_number && alnum {
+            continue;
+        }
+        in_number = alnum && !prev_alnum && b.is_ascii_digit();
+        prev_alnum = alnum;
+        let b = if in_number { b'#' } else { b };
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash | 1
+}
+
+/// Counts a library error, and keeps its text in the witness when it is the first of its kind
+/// (see [`error_kind`]). Returns true for the first of its kind.
+fn note_lib_error(h: &Header, text: &str) -> bool {
+    h.lib_errors.fetch_add(1, SeqCst);
+    let kind = error_kind(text);
+    for i in 0..ERR_KINDS {
+        // Kinds claim entries in order, so a kind is in at most one entry.
+        match h.err_kind[i].compare_exchange(0, kind, SeqCst, SeqCst) {
+            Ok(_) => {
+                h.err_ns[i].store(now_ns(), SeqCst);
+                h.err_count[i].fetch_add(1, SeqCst);
+                let bytes = &text.as_bytes()[..text.len().min(ERR_WORDS * 8)];
+                for (word, chunk) in h.err_text[i].iter().zip(bytes.chunks(8)) {
+                    let mut b = [0u8; 8];
+                    b[..chunk.len()].copy_from_slice(chunk);
+                    word.store(u64::from_le_bytes(b), SeqCst);
+                }
+                h.err_len[i].store(bytes.len() as u64, SeqCst);
+                return true;
+            }
+            Err(k) if k == kind => {
+                h.err_count[i].fetch_add(1, SeqCst);
+                return false;
+            }
+            Err(_) => {}
+        }
+    }
+    h.err_unkept.fetch_add(1, SeqCst);
+    false
+}
+
+/// Prints the kept library errors (after the run: nobody writes them any more).
+fn print_lib_errors(h: &Header) {
+    let total = h.lib_errors.load(SeqCst);
+    if total == 0 {
+        return;
+    }
+    eprintln!("torture: {total} library errors; the first of each kind:");
+    let start = h.start_ns.load(SeqCst);
+    for i in 0..ERR_KINDS {
+        if h.err_kind[i].load(SeqCst) == 0 {
+            break;
+        }
+        let len = h.err_len[i].load(SeqCst) as usize;
+        let mut bytes: Vec<u8> = h.err_text[i]
+            .iter()
+            .flat_map(|w| w.load(SeqCst).to_le_bytes())
+            .collect();
+        bytes.truncate(len.min(ERR_WORDS * 8));
+        let text = if len == 0 {
+            "(text lost: its writer was killed while writing it)".into()
+        } else {
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        eprintln!(
+            "torture:   {}x, first after {:.3} s: {text}",
+            h.err_count[i].load(SeqCst),
+            h.err_ns[i].load(SeqCst).saturating_sub(start) as f64 / 1e9
+        );
+    }
+    let unkept = h.err_unkept.load(SeqCst);
+    if unkept != 0 {
+        eprintln!("torture:   and {unkept} of further kinds (not kept)");
+    }
+}
+
 /// Certifies queued requests (see the module docs): returns how many were certified.
 fn certify(w: &Witness, lt: &LockTicket) -> lockticket::Result<u64> {
     let h = w.header();
@@ -567,8 +668,8 @@ fn worker(a: WorkerArgs) {
     let lt = match LockTicket::open(&a.name) {
         Ok(lt) => lt,
         Err(e) => {
-            eprintln!("torture worker: {e}");
-            w.header().lib_errors.fetch_add(1, SeqCst);
+            eprintln!("torture worker: open: {e}");
+            note_lib_error(w.header(), &format!("open: {e}"));
             std::process::exit(3);
         }
     };
@@ -590,14 +691,19 @@ fn worker(a: WorkerArgs) {
 }
 
 impl Worker<'_> {
+    /// A library error: counted, kept if of a new kind, shown on stderr if it is the first of
+    /// its kind in the run or among this worker's first two.
     fn error(&mut self, what: &str, e: impl std::fmt::Display) {
-        self.w.header().lib_errors.fetch_add(1, SeqCst);
-        if self.errors_shown < 5 {
+        let h = self.w.header();
+        let text = format!("{what}: {e}");
+        let first = note_lib_error(h, &text);
+        if first || self.errors_shown < 2 {
             self.errors_shown += 1;
             eprintln!(
-                "torture worker {} (pid {}): {what}: {e}",
+                "torture worker {} (pid {}) after {:.3} s: {text}",
                 self.id,
-                std::process::id()
+                std::process::id(),
+                now_ns().saturating_sub(h.start_ns.load(SeqCst)) as f64 / 1e9
             );
         }
     }
@@ -1174,6 +1280,7 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         .map(|(p, n)| format!("{p}={n}"))
         .collect();
     eprintln!("torture: kills by phase: {}", phases.join(" "));
+    print_lib_errors(h);
     eprintln!(
         "torture: detail: exclusive={} shared={} gave_up={} payload_writes={} free_writes={} \
          payload_reads={} max_readers_together={} died_reports={} stale_holders={} landed={} \
@@ -1211,11 +1318,17 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         out,
         "torture: procs={} seconds={} cycles={cycles} kills={} reclaims={reclaims} \
          max_wait_ms={:.1} mutex_violations={mutex} fifo_violations={fifo} torn_payloads={torn} \
-         stuck_intervals={stuck} counter_ok={counter_ok} seed={seed}",
+         stuck_intervals={stuck} counter_ok={counter_ok} lib_errors={lib_errors} seed={seed} \
+         result={}",
         o.procs,
         o.seconds,
         sup.kills,
-        max_wait_ns as f64 / 1e6
+        max_wait_ns as f64 / 1e6,
+        if failures.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("FAIL({})", failures.join(","))
+        }
     )?;
     out.flush()?;
     Ok(failures.is_empty())
@@ -1231,6 +1344,7 @@ fn run(
 ) -> Result<(u64, Duration, Duration), Box<dyn std::error::Error>> {
     let w = sup.w;
     let h = w.header();
+    h.start_ns.store(now_ns(), SeqCst);
     for i in 0..sup.o.procs {
         sup.spawn(i)?;
     }
@@ -1314,7 +1428,7 @@ fn run(
         // Certificates for the FIFO check.
         if let Err(e) = certify(w, lt) {
             status_errors += 1;
-            h.lib_errors.fetch_add(1, SeqCst);
+            note_lib_error(h, &format!("status: {e}"));
             if status_errors <= 5 {
                 eprintln!("torture: status: {e}");
             }
