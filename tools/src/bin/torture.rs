@@ -1,23 +1,28 @@
 //! Torture test: worker processes hammer one lock table with exclusive and shared tokens and
 //! payload writes while a supervisor SIGKILLs random workers at random moments and starts
-//! replacements. Everything the workers observe goes into a shared "witness" file, checked
-//! against the lock's promises: mutual exclusion, FIFO, whole payloads, progress, and a counter
-//! that only an exclusive lock keeps exact.
+//! replacements, and SIGSTOPs others for random lengths (stalls) before SIGCONTing them.
+//! Everything the workers observe goes into a shared "witness" file, checked against the
+//! lock's promises: mutual exclusion, FIFO, whole payloads, progress, and a counter that only
+//! an exclusive lock keeps exact.
 //!
 //! ```text
 //! cargo run --release --example torture                      # 6 workers, 20 s, 5 kills/s
-//! cargo run --release --example torture -- --procs 8 --seconds 300 --kill-rate 5
+//!                                                            # and 20 stalls/s
+//! cargo run --release --example torture -- --procs 8 --seconds 300 --kill-rate 5 --stall-rate 20
+//! cargo run --release --example torture -- --stall-rate 0    # kills only
 //! cargo run --release --example torture -- --ring 2 --procs 12   # a ring smaller than the crowd
 //! cargo run --release --example torture -- --seed 1234       # the supervisor's random choices again
 //! ```
 //!
 //! Options: `--procs N` (default 6, at most 64), `--seconds S` (20), `--kill-rate K` kills per
-//! second (5; 0 = none), `--ring N` token slots (8, so that more workers than slots sometimes
-//! wait for a free slot), `--payload N` payload capacity in bytes (262144: large values take
-//! long enough to write that a kill can land mid-write), `--seed S` (default: from the clock and
-//! the PID; it repeats the supervisor's random choices, not the interleavings). The last line
-//! on stdout is the one-line summary; the exit status is non-zero on any violation. Details
-//! (kills by phase, counts) go to stderr.
+//! second (5; 0 = none), `--stall-rate S` stalls per second (20; 0 = none), `--ring N` token
+//! slots (8, so that more workers than slots sometimes wait for a free slot), `--payload N`
+//! payload capacity in bytes (262144: large values take long enough to write that a kill can
+//! land mid-write), `--seed S` (default: from the clock and the PID; it repeats the
+//! supervisor's random choices, not the interleavings). The last line
+//! on stdout is the one-line summary (ending in `result=ok` or `result=FAIL(…)`); the exit
+//! status is non-zero on any violation. Details (kills and stalls by phase, counts, the first
+//! library error of each kind) go to stderr.
 //!
 //! # The run
 //!
@@ -25,13 +30,32 @@
 //! creates the witness file, and starts the workers (this program again, `--worker`). At
 //! exponentially distributed moments (mean `1 / kill-rate`) it SIGKILLs a worker — a third of
 //! the time a random one, a third one that holds a token, a third one that is writing the
-//! payload (watched for up to 5 ms) — reaps it and starts a replacement. Each worker loops:
+//! payload (watched for up to 5 ms) — reaps it and starts a replacement.
+//!
+//! At other exponentially distributed moments (mean `1 / stall-rate`, a random stream of its
+//! own so that a seed repeats the kills' choices whatever the stall rate) it *stalls* a worker
+//! that is not already stopped: SIGSTOP, wait until `/proc` shows it stopped (up to 50 ms;
+//! otherwise SIGCONT at once and count it `missed`), keep it stopped for a log-uniform length
+//! between 2 µs and 300 ms, SIGCONT. A fifth of the stalls hit a random worker; the others are
+//! aimed (watched for up to 5 ms, except holders) at one that holds a token, one that is
+//! *releasing* (the phase marker stored right before `unlock()`, until it is back to idle),
+//! one waiting for a grant, one writing the payload. Stalls under 1 ms are timed by the
+//! supervisor on the spot, longer ones end in its loop; several workers may be stopped at
+//! once, and a stopped worker may be killed (SIGKILL ends a stall; no SIGCONT needed). The
+//! phase counted is the one the worker was stopped in. A stall is what the scheduler or a
+//! debugger can do to any process at any instruction: the lock must neither take a stopped
+//! holder for dead nor be confused when it resumes with stale views (say, a releaser stopped
+//! between freeing its slot and moving `head`).
+//!
+//! Each worker loops:
 //! 4 % of cycles write the payload with no token, 8 % read it with no token; the others
 //! request a token, exclusive 70 % / shared 30 %, blocking 60 % / with a random timeout of
 //! 0–5 ms 25 % / `try_` 15 %, and run the checks below under it. Under an exclusive token a
 //! worker also writes the payload (30 %), reads it (15 %), takes a FIFO certificate (2 %) or
-//! sleeps up to 300 µs holding the token (5 %). At the end the supervisor sets a stop flag,
-//! waits up to 10 s for the workers, settles the books and removes the table and the witness.
+//! sleeps up to 300 µs holding the token (5 %). At the end the supervisor continues every
+//! stopped worker (and checks none still shows stopped: `left_stopped` fails the run), sets a
+//! stop flag, waits up to 10 s for the workers, settles the books and removes the table and
+//! the witness.
 //!
 //! # What is checked, exactly
 //!
@@ -44,6 +68,8 @@
 //! it says `KILLING` and `/proc/PID` shows a zombie or nothing (the PID cannot have been reused:
 //! the supervisor has not reaped it yet). The lock only reclaims a slot once its owner is a
 //! zombie or gone, so by the time a later holder looks, a killed process is `KILLING` or `DEAD`.
+//! A stopped process (`T` in `/proc`) is alive, `ALIVE` in its record, and never confirmed
+//! dead: whatever it holds, it holds legitimately, and anyone inside with it is a violation.
 //!
 //! * **Mutual exclusion.** An exclusive holder CASes the "who holds" word from 0 to its record
 //!   id and back at the end, and checks it still holds its id before leaving. A shared holder
@@ -82,9 +108,14 @@
 //! * **Progress.** The supervisor counts a *stuck interval* when the witness's grant counter
 //!   does not move for 250 ms (the reclaim bound of a few ms, plus generous slack) while a
 //!   request that started before the last grant is still pending; it stops watching (and
-//!   restarts the interval) when it was itself not scheduled for 100 ms.
-//! * Every library error is counted (`lib_errors`), and so are workers that exit on their own
-//!   (`crashes`) and workers that do not stop within 10 s at the end (`stragglers`).
+//!   restarts the interval) when it was itself not scheduled for 100 ms, and while any worker
+//!   is stopped (a stopped holder or a stopped request at the head legitimately holds up
+//!   everyone behind it), so the 250 ms count only time with no worker stopped. The longest
+//!   gap between grants is measured the same way; `max_wait_ms` includes stalls.
+//! * Every library error is counted (`lib_errors`; the first of each kind — digits ignored —
+//!   is kept in the witness with its count and time and printed at the end), and so are
+//!   workers that exit on their own (`crashes`), workers that do not stop within 10 s at the
+//!   end (`stragglers`) and workers still stopped after the final SIGCONT (`left_stopped`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -95,6 +126,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lockticket::{LockTicket, Share};
 use memmap2::MmapRaw;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 
 /// Most workers at once (the `active` table of the witness).
 const MAX_PROCS: usize = 64;
@@ -104,6 +137,18 @@ const MAGIC: u64 = 0x4c54_746f_7274_7572;
 const STUCK: Duration = Duration::from_millis(250);
 /// How long a holder waits for a killed process to be confirmed dead.
 const DEATH_BOUND: Duration = Duration::from_secs(5);
+/// Stall lengths: log-uniform between these.
+const STALL_MIN: Duration = Duration::from_micros(2);
+const STALL_MAX: Duration = Duration::from_millis(300);
+/// Stalls shorter than this are timed by the supervisor on the spot (spinning); longer ones
+/// are continued by its loop.
+const STALL_INLINE: Duration = Duration::from_millis(1);
+/// How long the supervisor waits for a SIGSTOPped worker to show as stopped in `/proc`.
+const STOP_BOUND: Duration = Duration::from_millis(50);
+/// Distinct kinds of library error messages kept in the witness (digits ignored).
+const ERR_KINDS: usize = 8;
+/// Words (8 bytes each) of text kept per error kind.
+const ERR_WORDS: usize = 32;
 
 // Record `life` values.
 const ALIVE: u64 = 1;
@@ -111,8 +156,8 @@ const KILLING: u64 = 2;
 const DEAD: u64 = 3;
 const EXITED: u64 = 4;
 
-// Record `phase` values: where a worker is (for the kill statistics).
-const PHASES: [&str; 8] = [
+// Record `phase` values: where a worker is (for the kill and stall statistics).
+const PHASES: [&str; 9] = [
     "starting",
     "idle",
     "requesting",
@@ -121,6 +166,7 @@ const PHASES: [&str; 8] = [
     "writing_payload_under_token",
     "writing_payload_without_token",
     "dawdling_with_token",
+    "releasing",
 ];
 const P_STARTING: u64 = 0;
 const P_IDLE: u64 = 1;
@@ -130,6 +176,8 @@ const P_SHARED: u64 = 4;
 const P_WRITE: u64 = 5;
 const P_FREE_WRITE: u64 = 6;
 const P_DAWDLE: u64 = 7;
+/// Set right before `unlock()` of a token, until the worker is back to idle.
+const P_RELEASING: u64 = 8;
 
 // The request word: `r << 24 | delta << 4 | flags`; 0 = no request.
 const REQ_PENDING: u64 = 1;
@@ -178,6 +226,18 @@ struct Header {
     fifo_checks: AtomicU64,
     /// Record id currently occupying each worker slot (0 = none).
     active: [AtomicU64; MAX_PROCS],
+    /// When the supervisor started the workers (`now_ns`).
+    start_ns: AtomicU64,
+    /// The first [`ERR_KINDS`] distinct library errors (see [`note_lib_error`]): kind (a hash
+    /// of the message with digits ignored; 0 = free), occurrences, time of the first one,
+    /// text length (0 until the text is written), text.
+    err_kind: [AtomicU64; ERR_KINDS],
+    err_count: [AtomicU64; ERR_KINDS],
+    err_ns: [AtomicU64; ERR_KINDS],
+    err_len: [AtomicU64; ERR_KINDS],
+    err_text: [[AtomicU64; ERR_WORDS]; ERR_KINDS],
+    /// Library errors of further kinds (not kept).
+    err_unkept: AtomicU64,
 }
 
 /// One worker incarnation.
@@ -386,6 +446,91 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The kind of a library error message: a hash of its text where every word starting with a
+/// digit (ticket numbers, PIDs, `0x…` words) counts as the same word. Never 0.
+fn error_kind(text: &str) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64; // FNV-1a
+    let mut in_number = false;
+    let mut prev_alnum = false;
+    for b in text.bytes() {
+        let alnum = b.is_ascii_alphanumeric();
+        if in_number && alnum {
+            continue;
+        }
+        in_number = alnum && !prev_alnum && b.is_ascii_digit();
+        prev_alnum = alnum;
+        let b = if in_number { b'#' } else { b };
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash | 1
+}
+
+/// Counts a library error, and keeps its text in the witness when it is the first of its kind
+/// (see [`error_kind`]). Returns true for the first of its kind.
+fn note_lib_error(h: &Header, text: &str) -> bool {
+    h.lib_errors.fetch_add(1, SeqCst);
+    let kind = error_kind(text);
+    for i in 0..ERR_KINDS {
+        // Kinds claim entries in order, so a kind is in at most one entry.
+        match h.err_kind[i].compare_exchange(0, kind, SeqCst, SeqCst) {
+            Ok(_) => {
+                h.err_ns[i].store(now_ns(), SeqCst);
+                h.err_count[i].fetch_add(1, SeqCst);
+                let bytes = &text.as_bytes()[..text.len().min(ERR_WORDS * 8)];
+                for (word, chunk) in h.err_text[i].iter().zip(bytes.chunks(8)) {
+                    let mut b = [0u8; 8];
+                    b[..chunk.len()].copy_from_slice(chunk);
+                    word.store(u64::from_le_bytes(b), SeqCst);
+                }
+                h.err_len[i].store(bytes.len() as u64, SeqCst);
+                return true;
+            }
+            Err(k) if k == kind => {
+                h.err_count[i].fetch_add(1, SeqCst);
+                return false;
+            }
+            Err(_) => {}
+        }
+    }
+    h.err_unkept.fetch_add(1, SeqCst);
+    false
+}
+
+/// Prints the kept library errors (after the run: nobody writes them any more).
+fn print_lib_errors(h: &Header) {
+    let total = h.lib_errors.load(SeqCst);
+    if total == 0 {
+        return;
+    }
+    eprintln!("torture: {total} library errors; the first of each kind:");
+    let start = h.start_ns.load(SeqCst);
+    for i in 0..ERR_KINDS {
+        if h.err_kind[i].load(SeqCst) == 0 {
+            break;
+        }
+        let len = h.err_len[i].load(SeqCst) as usize;
+        let mut bytes: Vec<u8> = h.err_text[i]
+            .iter()
+            .flat_map(|w| w.load(SeqCst).to_le_bytes())
+            .collect();
+        bytes.truncate(len.min(ERR_WORDS * 8));
+        let text = if len == 0 {
+            "(text lost: its writer was killed while writing it)".into()
+        } else {
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        eprintln!(
+            "torture:   {}x, first after {:.3} s: {text}",
+            h.err_count[i].load(SeqCst),
+            h.err_ns[i].load(SeqCst).saturating_sub(start) as f64 / 1e9
+        );
+    }
+    let unkept = h.err_unkept.load(SeqCst);
+    if unkept != 0 {
+        eprintln!("torture:   and {unkept} of further kinds (not kept)");
+    }
+}
+
 /// Certifies queued requests (see the module docs): returns how many were certified.
 fn certify(w: &Witness, lt: &LockTicket) -> lockticket::Result<u64> {
     let h = w.header();
@@ -436,6 +581,7 @@ struct Options {
     procs: usize,
     seconds: f64,
     kill_rate: f64,
+    stall_rate: f64,
     ring: u32,
     payload: usize,
     seed: Option<u64>,
@@ -455,8 +601,8 @@ enum Role {
     Worker(WorkerArgs),
 }
 
-const USAGE: &str = "usage: torture [--procs N] [--seconds S] [--kill-rate K] [--ring N] \
-                     [--payload BYTES] [--seed S]";
+const USAGE: &str = "usage: torture [--procs N] [--seconds S] [--kill-rate K] [--stall-rate S] \
+                     [--ring N] [--payload BYTES] [--seed S]";
 
 fn parse_args() -> Result<Role, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -464,6 +610,7 @@ fn parse_args() -> Result<Role, String> {
         procs: 6,
         seconds: 20.0,
         kill_rate: 5.0,
+        stall_rate: 20.0,
         ring: 8,
         payload: 262144,
         seed: None,
@@ -483,6 +630,7 @@ fn parse_args() -> Result<Role, String> {
             "--procs" => o.procs = v.parse().map_err(|e| bad(&e))?,
             "--seconds" => o.seconds = v.parse().map_err(|e| bad(&e))?,
             "--kill-rate" => o.kill_rate = v.parse().map_err(|e| bad(&e))?,
+            "--stall-rate" => o.stall_rate = v.parse().map_err(|e| bad(&e))?,
             "--ring" => o.ring = v.parse().map_err(|e| bad(&e))?,
             "--payload" => o.payload = v.parse().map_err(|e| bad(&e))?,
             "--seed" => o.seed = Some(v.parse().map_err(|e| bad(&e))?),
@@ -509,6 +657,9 @@ fn parse_args() -> Result<Role, String> {
     }
     if !(o.kill_rate.is_finite() && o.kill_rate >= 0.0) {
         return Err("--kill-rate: a number >= 0".into());
+    }
+    if !(o.stall_rate.is_finite() && o.stall_rate >= 0.0) {
+        return Err("--stall-rate: a number >= 0".into());
     }
     if o.payload < 16 {
         return Err("--payload: at least 16 bytes".into());
@@ -567,8 +718,8 @@ fn worker(a: WorkerArgs) {
     let lt = match LockTicket::open(&a.name) {
         Ok(lt) => lt,
         Err(e) => {
-            eprintln!("torture worker: {e}");
-            w.header().lib_errors.fetch_add(1, SeqCst);
+            eprintln!("torture worker: open: {e}");
+            note_lib_error(w.header(), &format!("open: {e}"));
             std::process::exit(3);
         }
     };
@@ -590,14 +741,19 @@ fn worker(a: WorkerArgs) {
 }
 
 impl Worker<'_> {
+    /// A library error: counted, kept if of a new kind, shown on stderr if it is the first of
+    /// its kind in the run or among this worker's first two.
     fn error(&mut self, what: &str, e: impl std::fmt::Display) {
-        self.w.header().lib_errors.fetch_add(1, SeqCst);
-        if self.errors_shown < 5 {
+        let h = self.w.header();
+        let text = format!("{what}: {e}");
+        let first = note_lib_error(h, &text);
+        if first || self.errors_shown < 2 {
             self.errors_shown += 1;
             eprintln!(
-                "torture worker {} (pid {}): {what}: {e}",
+                "torture worker {} (pid {}) after {:.3} s: {text}",
                 self.id,
-                std::process::id()
+                std::process::id(),
+                now_ns().saturating_sub(h.start_ns.load(SeqCst)) as f64 / 1e9
             );
         }
     }
@@ -719,6 +875,7 @@ impl Worker<'_> {
                 } else {
                     self.shared_section();
                 }
+                self.me.phase.store(P_RELEASING, SeqCst);
                 if let Err(e) = g.unlock() {
                     self.error("unlock", e);
                 }
@@ -905,6 +1062,8 @@ fn settle_dead_section(h: &Header, rec: &Record) {
 struct Slot {
     child: Option<Child>,
     record: usize,
+    /// SIGSTOPped: since when (seen stopped), and when to SIGCONT it.
+    stall: Option<(Instant, Instant)>,
 }
 
 struct Supervisor<'a> {
@@ -918,6 +1077,18 @@ struct Supervisor<'a> {
     next_record: usize,
     kills: u64,
     kills_by_phase: [u64; PHASES.len()],
+    /// Stalls that landed (the worker was seen stopped), by its phase then.
+    stalls: u64,
+    stalls_by_phase: [u64; PHASES.len()],
+    /// SIGSTOPs the worker did not obey within [`STOP_BOUND`] (it was continued at once).
+    stalls_missed: u64,
+    /// Times the stall schedule fell 50 ms behind and its backlog was dropped.
+    stalls_dropped: u64,
+    /// Stopped workers SIGKILLed (a kill ends a stall too).
+    killed_stopped: u64,
+    max_stopped_together: u64,
+    max_stall: Duration,
+    stalled_total: Duration,
     crashes: u64,
     out_of_records: bool,
 }
@@ -954,20 +1125,135 @@ impl Supervisor<'_> {
         self.slots[i] = Slot {
             child: Some(child),
             record,
+            stall: None,
         };
         Ok(())
     }
 
-    /// SIGKILLs the worker in slot `i` and reaps it. Returns the phase it died in.
+    /// SIGKILLs the worker in slot `i` and reaps it. Returns the phase it died in. A stopped
+    /// worker dies too (SIGKILL needs no SIGCONT); its stall ends here.
     fn kill(&mut self, i: usize) -> Option<u64> {
         let slot = &mut self.slots[i];
         let mut child = slot.child.take()?;
+        if let Some((at, _)) = slot.stall.take() {
+            self.killed_stopped += 1;
+            let len = at.elapsed();
+            self.max_stall = self.max_stall.max(len);
+            self.stalled_total += len;
+        }
         let rec = self.w.rec(slot.record);
         rec.life.store(KILLING, SeqCst);
         let _ = child.kill();
         let _ = child.wait();
         rec.life.store(DEAD, SeqCst);
         Some(rec.phase.load(SeqCst))
+    }
+
+    /// True while some worker is SIGSTOPped.
+    fn any_stopped(&self) -> bool {
+        self.slots.iter().any(|s| s.stall.is_some())
+    }
+
+    /// Slots with a running worker that is not stopped.
+    fn stallable(&self, i: usize) -> bool {
+        self.slots[i].child.is_some() && self.slots[i].stall.is_none()
+    }
+
+    /// SIGSTOPs the worker in slot `i` for `d`, from the moment `/proc` shows it stopped.
+    /// Returns its phase then, or `None` if it did not stop within [`STOP_BOUND`] (it is then
+    /// continued at once). A stall shorter than [`STALL_INLINE`] is timed and ended here;
+    /// a longer one by [`resume_due`](Self::resume_due).
+    fn stall(&mut self, i: usize, d: Duration) -> Option<u64> {
+        if !self.stallable(i) {
+            return None;
+        }
+        let slot = &self.slots[i];
+        let pid = slot.child.as_ref()?.id();
+        let rec = self.w.rec(slot.record);
+        // The child is not reaped before `kill` or `reap_exited`, so `pid` is still ours.
+        let target = Pid::from_raw(pid as i32);
+        signal::kill(target, Signal::SIGSTOP).ok()?;
+        let asked = Instant::now();
+        loop {
+            match proc_state(u64::from(pid)) {
+                Some(b'T' | b't') => break,
+                None | Some(b'Z' | b'X') => return None, // exited on its own: reap_exited's
+                _ => {}
+            }
+            if asked.elapsed() > STOP_BOUND {
+                let _ = signal::kill(target, Signal::SIGCONT);
+                self.stalls_missed += 1;
+                return None;
+            }
+            std::thread::yield_now();
+        }
+        let at = Instant::now();
+        let phase = rec.phase.load(SeqCst);
+        self.slots[i].stall = Some((at, at + d));
+        let stopped = self.slots.iter().filter(|s| s.stall.is_some()).count() as u64;
+        self.max_stopped_together = self.max_stopped_together.max(stopped);
+        if d < STALL_INLINE {
+            while at.elapsed() < d {
+                std::hint::spin_loop();
+            }
+            self.resume(i);
+        }
+        Some(phase)
+    }
+
+    /// SIGCONTs the worker in slot `i` if it is stopped.
+    fn resume(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        let Some((at, _)) = slot.stall.take() else {
+            return;
+        };
+        if let Some(c) = slot.child.as_ref() {
+            let _ = signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+        }
+        let len = at.elapsed();
+        self.max_stall = self.max_stall.max(len);
+        self.stalled_total += len;
+    }
+
+    /// Continues the stalls that are due; returns when the next one is.
+    fn resume_due(&mut self, now: Instant) -> Option<Instant> {
+        for i in 0..self.slots.len() {
+            if self.slots[i].stall.is_some_and(|(_, until)| until <= now) {
+                self.resume(i);
+            }
+        }
+        self.slots
+            .iter()
+            .filter_map(|s| s.stall.map(|(_, u)| u))
+            .min()
+    }
+
+    /// Continues every stopped worker, and checks none still shows as stopped (bounded).
+    /// Returns how many are left stopped (a failure: never expected).
+    fn resume_all(&mut self) -> u64 {
+        for i in 0..self.slots.len() {
+            self.resume(i);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let stopped: Vec<u32> = self
+                .slots
+                .iter()
+                .filter_map(|s| s.child.as_ref().map(Child::id))
+                .filter(|&pid| matches!(proc_state(u64::from(pid)), Some(b'T' | b't')))
+                .collect();
+            if stopped.is_empty() {
+                return 0;
+            }
+            if Instant::now() >= deadline {
+                eprintln!("torture: workers still stopped after SIGCONT: {stopped:?}");
+                return stopped.len() as u64;
+            }
+            for &pid in &stopped {
+                let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Reaps workers that exited on their own (a crash while the run goes on).
@@ -981,6 +1267,7 @@ impl Supervisor<'_> {
                 let rec = self.w.rec(self.slots[i].record);
                 rec.life.store(EXITED, SeqCst);
                 self.slots[i].child = None;
+                self.slots[i].stall = None;
                 self.crashes += 1;
                 eprintln!(
                     "torture: worker {} (pid {}) exited on its own: {status}",
@@ -1001,8 +1288,10 @@ impl Supervisor<'_> {
         })
     }
 
-    /// Stops every worker: the stop flag, then SIGKILL for those not gone within 10 s.
-    fn stop_all(&mut self) -> Result<u64, Box<dyn std::error::Error>> {
+    /// Stops every worker: SIGCONT for the stopped ones, the stop flag, then SIGKILL for
+    /// those not gone within 10 s. Returns the stragglers and the workers that stayed stopped.
+    fn stop_all(&mut self) -> Result<(u64, u64), Box<dyn std::error::Error>> {
+        let left_stopped = self.resume_all();
         self.w.header().stop.store(1, SeqCst);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -1018,7 +1307,7 @@ impl Supervisor<'_> {
                 }
             }
             if running == 0 {
-                return Ok(0);
+                return Ok((0, left_stopped));
             }
             if Instant::now() >= deadline {
                 break;
@@ -1036,7 +1325,7 @@ impl Supervisor<'_> {
                 );
             }
         }
-        Ok(stragglers)
+        Ok((stragglers, left_stopped))
     }
 }
 
@@ -1046,8 +1335,8 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         .seed
         .unwrap_or_else(|| now_ns() ^ (u64::from(pid) << 32) ^ 0x5eed);
     eprintln!(
-        "torture: procs={} seconds={} kill_rate={} ring={} payload={} seed={seed}",
-        o.procs, o.seconds, o.kill_rate, o.ring, o.payload
+        "torture: procs={} seconds={} kill_rate={} stall_rate={} ring={} payload={} seed={seed}",
+        o.procs, o.seconds, o.kill_rate, o.stall_rate, o.ring, o.payload
     );
     let mut rng = Rng::new(seed);
     let name = format!("torture-{pid}");
@@ -1077,24 +1366,37 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
             .map(|_| Slot {
                 child: None,
                 record: 0,
+                stall: None,
             })
             .collect(),
         next_record: 0,
         kills: 0,
         kills_by_phase: [0; PHASES.len()],
+        stalls: 0,
+        stalls_by_phase: [0; PHASES.len()],
+        stalls_missed: 0,
+        stalls_dropped: 0,
+        killed_stopped: 0,
+        max_stopped_together: 0,
+        max_stall: Duration::ZERO,
+        stalled_total: Duration::ZERO,
         crashes: 0,
         out_of_records: false,
     };
-    let outcome = run(&mut sup, &lt, &mut rng);
-    // Whatever happened, no worker survives the supervisor's run.
+    // The stalls' choices come from a stream of their own, so that a seed repeats the kills'
+    // choices whatever the stall rate.
+    let mut stall_rng = Rng::new(seed ^ 0x57a1_1000_57a1_1000);
+    let outcome = run(&mut sup, &lt, &mut rng, &mut stall_rng);
+    // Whatever happened, no worker survives the supervisor's run, and none stays stopped.
     let stragglers = sup.stop_all();
-    let (stuck, max_grant_gap, max_holder_reclaim, stragglers) = match (outcome, stragglers) {
-        (Ok((a, b, c)), Ok(s)) => (a, b, c, s),
-        (Err(e), _) | (_, Err(e)) => {
-            let _ = std::fs::remove_file(&witness_path);
-            return Err(e);
-        }
-    };
+    let (stuck, max_grant_gap, max_holder_reclaim, stragglers, left_stopped) =
+        match (outcome, stragglers) {
+            (Ok((a, b, c)), Ok((s, l))) => (a, b, c, s, l),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = std::fs::remove_file(&witness_path);
+                return Err(e);
+            }
+        };
 
     // The books: a stale "who holds" word names a worker killed inside its section.
     let stale = h.holder.load(SeqCst);
@@ -1161,6 +1463,7 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         (lib_errors != 0, "lib_errors"),
         (sup.crashes != 0, "crashes"),
         (stragglers != 0, "stragglers"),
+        (left_stopped != 0, "left_stopped"),
         (leftover != 0, "live_requests_left"),
         (!table_removed, "table_not_removed"),
     ] {
@@ -1174,6 +1477,25 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         .map(|(p, n)| format!("{p}={n}"))
         .collect();
     eprintln!("torture: kills by phase: {}", phases.join(" "));
+    let phases: Vec<String> = PHASES
+        .iter()
+        .zip(sup.stalls_by_phase)
+        .map(|(p, n)| format!("{p}={n}"))
+        .collect();
+    eprintln!("torture: stalls by phase: {}", phases.join(" "));
+    eprintln!(
+        "torture: stalls: landed={} missed={} backlog_dropped={} killed_while_stopped={} \
+         max_stopped_together={} \
+         max_stall_ms={:.1} stopped_total_s={:.1} left_stopped={left_stopped}",
+        sup.stalls,
+        sup.stalls_missed,
+        sup.stalls_dropped,
+        sup.killed_stopped,
+        sup.max_stopped_together,
+        sup.max_stall.as_secs_f64() * 1e3,
+        sup.stalled_total.as_secs_f64()
+    );
+    print_lib_errors(h);
     eprintln!(
         "torture: detail: exclusive={} shared={} gave_up={} payload_writes={} free_writes={} \
          payload_reads={} max_readers_together={} died_reports={} stale_holders={} landed={} \
@@ -1209,42 +1531,96 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "torture: procs={} seconds={} cycles={cycles} kills={} reclaims={reclaims} \
+        "torture: procs={} seconds={} cycles={cycles} kills={} stalls={} reclaims={reclaims} \
          max_wait_ms={:.1} mutex_violations={mutex} fifo_violations={fifo} torn_payloads={torn} \
-         stuck_intervals={stuck} counter_ok={counter_ok} seed={seed}",
+         stuck_intervals={stuck} counter_ok={counter_ok} lib_errors={lib_errors} seed={seed} \
+         result={}",
         o.procs,
         o.seconds,
         sup.kills,
-        max_wait_ns as f64 / 1e6
+        sup.stalls,
+        max_wait_ns as f64 / 1e6,
+        if failures.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("FAIL({})", failures.join(","))
+        }
     )?;
     out.flush()?;
     Ok(failures.is_empty())
 }
 
-/// The supervisor's loop: kills and replacements, certificates, the stuck detector. Returns
-/// the stuck intervals, the longest gap between grants, and the longest time from killing a
-/// holder to the next grant.
+/// Picks a worker slot whose worker is in one of `phases` (watching for up to 5 ms when
+/// `watch`), or any slot when `phases` is empty or nobody is found; only slots that `ok`
+/// accepts. `None` when no slot is acceptable.
+fn pick(
+    sup: &Supervisor<'_>,
+    rng: &mut Rng,
+    phases: &[u64],
+    watch: bool,
+    ok: impl Fn(&Supervisor<'_>, usize) -> bool,
+) -> Option<usize> {
+    let h = sup.w.header();
+    let any: Vec<usize> = (0..sup.o.procs).filter(|&j| ok(sup, j)).collect();
+    if any.is_empty() {
+        return None;
+    }
+    let since = Instant::now();
+    while !phases.is_empty() {
+        let busy: Vec<usize> = (0..sup.o.procs)
+            .filter(|&j| {
+                let id = h.active[j].load(SeqCst);
+                ok(sup, j)
+                    && sup
+                        .w
+                        .by_id(id)
+                        .is_some_and(|r| phases.contains(&r.phase.load(SeqCst)))
+            })
+            .collect();
+        if !busy.is_empty() {
+            return Some(busy[rng.below(busy.len() as u64) as usize]);
+        }
+        if !watch || since.elapsed() > Duration::from_millis(5) {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    Some(any[rng.below(any.len() as u64) as usize])
+}
+
+/// Phases in which a worker holds a token.
+const HOLDING: [u64; 5] = [P_EXCLUSIVE, P_SHARED, P_WRITE, P_DAWDLE, P_RELEASING];
+
+/// An exponentially distributed delay of mean `1 / rate`; never for rate 0.
+fn poisson_delay(rng: &mut Rng, rate: f64) -> Duration {
+    if rate > 0.0 {
+        Duration::from_secs_f64(-(1.0 - rng.unit()).ln() / rate)
+    } else {
+        Duration::MAX
+    }
+}
+
+/// The supervisor's loop: kills and replacements, stalls, certificates, the stuck detector.
+/// Returns the stuck intervals, the longest gap between grants, and the longest time from
+/// killing a holder to the next grant.
 fn run(
     sup: &mut Supervisor<'_>,
     lt: &LockTicket,
     rng: &mut Rng,
+    stall_rng: &mut Rng,
 ) -> Result<(u64, Duration, Duration), Box<dyn std::error::Error>> {
     let w = sup.w;
     let h = w.header();
+    h.start_ns.store(now_ns(), SeqCst);
     for i in 0..sup.o.procs {
         sup.spawn(i)?;
     }
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(sup.o.seconds);
-    let kill_rate = sup.o.kill_rate;
-    let next_kill_delay = |rng: &mut Rng| {
-        if kill_rate > 0.0 {
-            Duration::from_secs_f64(-(1.0 - rng.unit()).ln() / kill_rate)
-        } else {
-            Duration::MAX
-        }
-    };
-    let mut next_kill = start.checked_add(next_kill_delay(rng));
+    let (kill_rate, stall_rate) = (sup.o.kill_rate, sup.o.stall_rate);
+    let mut next_kill = start.checked_add(poisson_delay(rng, kill_rate));
+    let mut next_stall = start.checked_add(poisson_delay(stall_rng, stall_rate));
+    let (lo, hi) = (STALL_MIN.as_secs_f64().ln(), STALL_MAX.as_secs_f64().ln());
     let mut grants = h.grants.load(SeqCst);
     let mut last_grant = Instant::now();
     let mut mark = h.seq.load(SeqCst);
@@ -1261,8 +1637,9 @@ fn run(
         if now >= end {
             break;
         }
-        if now.duration_since(last_tick) > Duration::from_millis(100) {
-            // We were not running: we cannot vouch for the interval. Start a new one.
+        if now.duration_since(last_tick) > Duration::from_millis(100) || sup.any_stopped() {
+            // We were not running, or a worker is stopped (it may legitimately hold up
+            // everyone behind it): we cannot vouch for the interval. Start a new one.
             last_grant = now;
             mark = h.seq.load(SeqCst);
             stuck_counted = false;
@@ -1270,51 +1647,76 @@ fn run(
         last_tick = now;
 
         // Kills, at the chosen moments.
-        while let Some(t) = next_kill.filter(|&t| t <= now) {
+        while let Some(t) = next_kill.filter(|&t| t <= now && t < end) {
             // A third of the kills hit a random worker; a third are aimed at one that holds a
             // token, a third at one writing the payload (watched for up to 5 ms). The victim
-            // may have moved on by the time the signal lands: its phase at death says.
+            // may have moved on by the time the signal lands: its phase at death says. A
+            // stopped worker may be killed too (SIGKILL ends its stall).
             let aim = rng.below(3);
-            let mut i = rng.below(sup.o.procs as u64) as usize;
             let phases: &[u64] = match aim {
-                1 => &[P_EXCLUSIVE, P_SHARED, P_WRITE, P_DAWDLE],
+                1 => &HOLDING,
                 2 => &[P_WRITE, P_FREE_WRITE],
                 _ => &[],
             };
-            let watch = Instant::now();
-            while !phases.is_empty() {
-                let busy: Vec<usize> = (0..sup.o.procs)
-                    .filter(|&j| {
-                        let id = h.active[j].load(SeqCst);
-                        w.by_id(id)
-                            .is_some_and(|r| phases.contains(&r.phase.load(SeqCst)))
-                    })
-                    .collect();
-                if !busy.is_empty() {
-                    i = busy[rng.below(busy.len() as u64) as usize];
-                    break;
-                }
-                if aim == 1 || watch.elapsed() > Duration::from_millis(5) {
-                    break;
-                }
-                std::thread::yield_now();
-            }
+            let i = pick(sup, rng, phases, aim == 2, |s, j| {
+                s.slots[j].child.is_some()
+            })
+            .unwrap_or(0);
             if let Some(phase) = sup.kill(i) {
                 sup.kills += 1;
                 sup.kills_by_phase[phase as usize % PHASES.len()] += 1;
-                if matches!(phase, P_EXCLUSIVE | P_WRITE | P_DAWDLE) && holder_killed.is_none() {
+                if matches!(phase, P_EXCLUSIVE | P_WRITE | P_DAWDLE | P_RELEASING)
+                    && holder_killed.is_none()
+                    && !sup.any_stopped()
+                {
                     holder_killed = Some((Instant::now(), h.grants.load(SeqCst)));
                 }
                 sup.spawn(i)?;
             }
-            next_kill = t.checked_add(next_kill_delay(rng));
+            next_kill = t.checked_add(poisson_delay(rng, kill_rate));
         }
+
+        // Stalls: SIGSTOP, a log-uniform wait, SIGCONT. A fifth hit a random worker; the
+        // others are aimed at one that holds a token, one that is releasing it (between the
+        // phase marker and the end of `unlock`), one waiting for a grant, one writing the
+        // payload (all but the first watched for up to 5 ms). Workers already stopped are
+        // left alone; several may be stopped at once.
+        while let Some(t) = next_stall.filter(|&t| t <= Instant::now() && t < end) {
+            // Stalls due end first: with every worker stopped, nothing is left to stall.
+            sup.resume_due(Instant::now());
+            let aim = stall_rng.below(5);
+            let phases: &[u64] = match aim {
+                1 => &HOLDING,
+                2 => &[P_RELEASING],
+                3 => &[P_REQUESTING],
+                4 => &[P_WRITE, P_FREE_WRITE],
+                _ => &[],
+            };
+            let d = Duration::from_secs_f64((lo + stall_rng.unit() * (hi - lo)).exp());
+            if let Some(i) = pick(sup, stall_rng, phases, aim >= 2, |s, j| s.stallable(j))
+                && let Some(phase) = sup.stall(i, d)
+            {
+                sup.stalls += 1;
+                sup.stalls_by_phase[phase as usize % PHASES.len()] += 1;
+                // The time from a holder's kill to the next grant now includes a stall.
+                holder_killed = None;
+            }
+            next_stall = t.checked_add(poisson_delay(stall_rng, stall_rate));
+            // More stalls asked for than the supervisor can make (each waits for its worker
+            // to stop, some watch for a phase): drop the backlog rather than fall behind.
+            let now = Instant::now();
+            if next_stall.is_some_and(|n| n + Duration::from_millis(50) < now) {
+                sup.stalls_dropped += 1;
+                next_stall = now.checked_add(poisson_delay(stall_rng, stall_rate));
+            }
+        }
+        let next_resume = sup.resume_due(Instant::now());
         sup.reap_exited()?;
 
         // Certificates for the FIFO check.
         if let Err(e) = certify(w, lt) {
             status_errors += 1;
-            h.lib_errors.fetch_add(1, SeqCst);
+            note_lib_error(h, &format!("status: {e}"));
             if status_errors <= 5 {
                 eprintln!("torture: status: {e}");
             }
@@ -1348,11 +1750,11 @@ fn run(
                     .map_or_else(|e| e.to_string(), |s| s.to_string())
             );
         }
-        let nap = next_kill
-            .map_or(Duration::from_millis(1), |t| {
-                t.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(1));
+        let nap = [next_kill, next_stall, next_resume]
+            .into_iter()
+            .flatten()
+            .map(|t| t.saturating_duration_since(now))
+            .fold(Duration::from_millis(1), Duration::min);
         std::thread::sleep(nap);
     }
     Ok((stuck, max_gap, max_reclaim))
