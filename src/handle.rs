@@ -42,6 +42,28 @@ pub struct LockTicket {
     /// handed out (guards, `current`) stay valid; replaced tables are neutered instead.
     #[allow(clippy::vec_box)] // the boxes give each region an address that never moves
     pub(crate) regions: Mutex<Vec<Box<Region>>>,
+    /// The last main-lock owner left while this process still had token requests in the
+    /// table: retire it when the handle goes (see `MainGuard::unlock`), so that no drop order
+    /// leaves the file behind.
+    pub(crate) retire_pending: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for LockTicket {
+    fn drop(&mut self) {
+        if !self.retire_pending.load(Relaxed) || sys::current_identity().0 != self.creator.0 {
+            return; // nothing deferred, or a forked child: the table is the parent's business
+        }
+        // Every guard borrowed this handle, so they are all gone: retire the table unless
+        // another process joined or uses it meanwhile.
+        if let Some(region) = self.mapped()
+            && let Ok(cold) = region.cold()
+            && crate::members::census(region.members(), &sys::OsLiveness)
+                .live
+                .is_empty()
+        {
+            let _ = cold.retire_unless_in_use(&sys::OsLiveness);
+        }
+    }
 }
 
 impl std::fmt::Debug for LockTicket {
@@ -167,6 +189,7 @@ impl Builder {
             creator_pidfd: sys::pidfd_open(creator.0),
             current: AtomicPtr::new(std::ptr::null_mut()),
             regions: Mutex::new(Vec::new()),
+            retire_pending: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

@@ -133,7 +133,11 @@ impl MainGuard<'_> {
         self.reclaimed
     }
 
-    /// Leaves (the original's `MainUnlock()`); the last owner removes the table.
+    /// Leaves (the original's `MainUnlock()`); the last owner removes the table. If this
+    /// process still holds (or waits for) a token of the table at that moment, the table is
+    /// removed when the [`LockTicket`] handle is dropped instead — after every guard, since
+    /// they borrow it — unless another process joined or uses it by then. So no order of
+    /// unlocks or drops leaves the file behind.
     pub fn unlock(self) -> Result<()> {
         let mut this = std::mem::ManuallyDrop::new(self);
         this.leave()
@@ -154,7 +158,14 @@ impl MainGuard<'_> {
             .live
             .is_empty()
         {
-            cold.retire_unless_in_use(&sys::OsLiveness)?; // last one out
+            // Last one out. If this process still holds or waits for a token (a guard kept
+            // past the main guard, a struct whose fields drop in that order), the table stays
+            // until the handle goes, which no guard can outlive.
+            if !cold.retire_unless_in_use(&sys::OsLiveness)? {
+                self.lt
+                    .retire_pending
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use crate::wait::{self, Outcome, WaitError, Waiter};
 
 /// How long a token request may wait.
 #[derive(Clone, Copy, Debug)]
-enum Patience {
+pub(crate) enum Patience {
     /// Not at all.
     Try,
     /// Until this instant.
@@ -85,7 +85,11 @@ impl LockTicket {
 
     /// Takes a token within `patience`.
     #[inline]
-    fn acquire(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
+    pub(crate) fn acquire(
+        &self,
+        share: Share,
+        patience: Patience,
+    ) -> Result<Option<TokenGuard<'_>>> {
         match self.fast(share) {
             Fast::Granted(g) => Ok(Some(g)),
             other => self.slow(share, patience, other),
@@ -266,7 +270,7 @@ enum Fast<'a> {
     Missed,
 }
 
-fn patience_for(timeout: Duration) -> Patience {
+pub(crate) fn patience_for(timeout: Duration) -> Patience {
     match Instant::now().checked_add(timeout) {
         Some(d) => Patience::Until(d),
         None => Patience::Forever,

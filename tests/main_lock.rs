@@ -335,6 +335,43 @@ fn exclusive_on_absent_creates_and_the_owner_removes() {
 }
 
 #[test]
+fn no_order_of_unlocks_or_drops_leaves_the_table_behind() {
+    // The main guard goes before a token guard: explicitly, or by a struct's field order.
+    let (lt, _) = table("droporder");
+    let main = lt.main_lock(Share::Exclusive).unwrap();
+    let tok = lt.token_lock().unwrap();
+    main.unlock().unwrap();
+    assert!(
+        lt.path().exists(),
+        "a held token keeps the table while its holder runs"
+    );
+    drop(tok);
+    let path = lt.path().to_path_buf();
+    drop(lt);
+    assert!(
+        !path.exists(),
+        "the handle's drop removes the deferred table"
+    );
+
+    struct Job<'a> {
+        _main: lockticket::MainGuard<'a>,
+        _tok: lockticket::TokenGuard<'a>,
+    }
+    let (lt, _) = table("droporder-struct");
+    let job = Job {
+        _main: lt.main_lock(Share::Shared).unwrap(),
+        _tok: lt.token_lock().unwrap(),
+    };
+    drop(job); // fields drop in order: the main guard first
+    let path = lt.path().to_path_buf();
+    drop(lt);
+    assert!(
+        !path.exists(),
+        "a struct's drop order left the table behind"
+    );
+}
+
+#[test]
 fn a_live_owner_excludes_conflicting_modes_in_both_directions() {
     // (helper's mode, our mode, should we get in)
     let cases = [

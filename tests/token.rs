@@ -352,3 +352,32 @@ fn a_holder_whose_main_thread_exited_still_holds() {
     let g = lt.token_lock().unwrap();
     assert!(!g.previous_holder_died());
 }
+
+#[test]
+fn the_request_builder_deadline_and_closure_forms() {
+    let (lt, _) = table("request");
+    let _owner = lt.main_lock(Share::Shared).unwrap();
+    // Free: every form gets it.
+    assert!(lt.request().no_wait().lock().unwrap().is_some());
+    assert!(lt.request().shared().lock().unwrap().is_some());
+    let soon = Instant::now() + Duration::from_secs(5);
+    assert!(lt.token_lock_until(soon).unwrap().is_some());
+    assert!(lt.token_lock_shared_until(soon).unwrap().is_some());
+    assert_eq!(lt.with_token(|g| g.share()).unwrap(), Share::Exclusive);
+    assert_eq!(lt.with_token_shared(|g| g.share()).unwrap(), Share::Shared);
+    // Held by a reader: an exclusive request with a past deadline, or no wait, gets None and
+    // leaves no trace; a shared one joins the reader.
+    let reader = lt.token_lock_shared().unwrap();
+    assert!(lt.token_lock_until(Instant::now()).unwrap().is_none());
+    assert!(lt.request().no_wait().lock().unwrap().is_none());
+    let timed = lt
+        .request()
+        .timeout(Duration::from_millis(1))
+        .lock()
+        .unwrap();
+    assert!(timed.is_none());
+    assert!(lt.request().shared().no_wait().lock().unwrap().is_some());
+    drop(reader);
+    let st = lt.status().unwrap();
+    assert!(st.holders.is_empty() && st.queue.is_empty(), "{st}");
+}

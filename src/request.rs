@@ -1,0 +1,138 @@
+//! One way to ask for a token: [`TokenRequest`], the builder behind every token call, plus
+//! the deadline and closure forms. The brief's names (`token_lock`, `try_token_lock_shared`,
+//! `token_lock_timeout`, …) stay as thin wrappers, so the migration table keeps its names.
+
+use std::time::{Duration, Instant};
+
+use crate::LockTicket;
+use crate::error::Result;
+use crate::share::Share;
+use crate::token::{Patience, TokenGuard, patience_for};
+
+/// A token request being put together: mode, then how long it may wait. Made by
+/// [`LockTicket::request`].
+///
+/// ```
+/// use std::time::Duration;
+/// # fn main() -> lockticket::Result<()> {
+/// # let dir = std::env::temp_dir();
+/// # let name = format!("doc-request-{}", std::process::id());
+/// let lt = lockticket::LockTicket::builder(&name).directory(&dir).open()?;
+/// let _owner = lt.main_lock(lockticket::Share::Shared)?;
+/// // A shared token, waiting at most 50 ms (None if it timed out):
+/// let reader = lt.request().shared().timeout(Duration::from_millis(50)).lock()?;
+/// assert!(reader.is_some());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[must_use = "a request does nothing until `lock` is called"]
+pub struct TokenRequest<'a> {
+    lt: &'a LockTicket,
+    share: Share,
+    patience: Patience,
+}
+
+impl<'a> TokenRequest<'a> {
+    /// Ask for a shared (reader) token.
+    pub fn shared(mut self) -> Self {
+        self.share = Share::Shared;
+        self
+    }
+
+    /// Ask for an exclusive token (the default).
+    pub fn exclusive(mut self) -> Self {
+        self.share = Share::Exclusive;
+        self
+    }
+
+    /// Ask in this mode.
+    pub fn mode(mut self, share: Share) -> Self {
+        self.share = share;
+        self
+    }
+
+    /// Do not wait at all: `lock` returns `None` unless the token is free now, and leaves no
+    /// trace in the queue.
+    pub fn no_wait(mut self) -> Self {
+        self.patience = Patience::Try;
+        self
+    }
+
+    /// Wait at most `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.patience = patience_for(timeout);
+        self
+    }
+
+    /// Wait until `deadline` at the latest.
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.patience = Patience::Until(deadline);
+        self
+    }
+
+    /// Wait as long as it takes (the default).
+    pub fn forever(mut self) -> Self {
+        self.patience = Patience::Forever;
+        self
+    }
+
+    /// Enters the queue and waits as asked. `Ok(None)` when the wait ended without the
+    /// token (never with the default, unbounded wait).
+    pub fn lock(self) -> Result<Option<TokenGuard<'a>>> {
+        self.lt.acquire(self.share, self.patience)
+    }
+}
+
+impl LockTicket {
+    /// A token request: exclusive and unbounded unless told otherwise (see
+    /// [`TokenRequest`]).
+    pub fn request(&self) -> TokenRequest<'_> {
+        TokenRequest {
+            lt: self,
+            share: Share::Exclusive,
+            patience: Patience::Forever,
+        }
+    }
+
+    /// Takes the exclusive token, waiting until `deadline` at the latest; `Ok(None)` if it
+    /// passed first (the request then leaves the queue without a trace).
+    pub fn token_lock_until(&self, deadline: Instant) -> Result<Option<TokenGuard<'_>>> {
+        self.request().deadline(deadline).lock()
+    }
+
+    /// Takes a shared token, waiting until `deadline` at the latest.
+    pub fn token_lock_shared_until(&self, deadline: Instant) -> Result<Option<TokenGuard<'_>>> {
+        self.request().shared().deadline(deadline).lock()
+    }
+
+    /// Runs `f` holding the exclusive token, and releases it afterwards (also if `f`
+    /// panics). `f` gets the guard, to ask [`TokenGuard::previous_holder_died`].
+    ///
+    /// ```
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let dir = std::env::temp_dir();
+    /// # let name = format!("doc-with-token-{}", std::process::id());
+    /// let lt = lockticket::LockTicket::builder(&name).directory(&dir).open()?;
+    /// let _owner = lt.main_lock(lockticket::Share::Shared)?;
+    /// let n = lt.with_token(|token| {
+    ///     if token.previous_holder_died() { /* repair */ }
+    ///     42
+    /// })?;
+    /// assert_eq!(n, 42);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_token<T>(&self, f: impl FnOnce(&TokenGuard<'_>) -> T) -> Result<T> {
+        let guard = self.token_lock()?;
+        let out = f(&guard);
+        guard.unlock()?;
+        Ok(out)
+    }
+
+    /// Runs `f` holding a shared token, and releases it afterwards.
+    pub fn with_token_shared<T>(&self, f: impl FnOnce(&TokenGuard<'_>) -> T) -> Result<T> {
+        let guard = self.token_lock_shared()?;
+        let out = f(&guard);
+        guard.unlock()?;
+        Ok(out)
+    }
+}
