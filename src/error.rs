@@ -214,6 +214,17 @@ pub enum Error {
         /// Live holders.
         holders: Vec<u32>,
     },
+    /// The calling thread asked for a token that would wait for a token the same thread
+    /// holds (tokens are not re-entrant): it would wait forever.
+    #[error(
+        "{path}: this thread already holds a token of this table that the new request would \
+         wait for (tokens are not re-entrant); release it first",
+        path = path.display()
+    )]
+    WouldDeadlock {
+        /// The table path.
+        path: PathBuf,
+    },
     /// A payload larger than the table's payload capacity.
     #[error(
         "{path}: a payload of {len} bytes does not fit the table's capacity of {capacity} \

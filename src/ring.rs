@@ -91,7 +91,10 @@ pub(crate) struct Slot {
     pub since_ns: AtomicU64,
     /// Wait state (low 16 bits) tagged with the lap (high 16 bits); the futex sleeps on it.
     pub futex: AtomicU32,
-    _reserved: [u32; 7],
+    /// A tag of the owner's thread (low 24 bits) and of the lap (high 8 bits): tells a
+    /// thread that asks again for a token it holds (which would wait on itself).
+    pub thread: AtomicU32,
+    _reserved: [u32; 6],
 }
 const _: () = assert!(core::mem::size_of::<Slot>() == SLOT_SIZE as usize);
 
@@ -223,6 +226,26 @@ fn free_word(lap: u32) -> u64 {
 #[inline]
 fn futex_tag(lap: u32) -> u32 {
     lap << 16
+}
+
+/// The calling thread's tag in lap `lap` (see `Slot::thread`).
+#[inline]
+fn thread_word(lap: u32) -> u32 {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    thread_local! {
+        static TAG: Cell<u32> = const { Cell::new(0) };
+    }
+    let tag = TAG.with(|t| match t.get() {
+        0 => {
+            let n = NEXT.fetch_add(1, Relaxed) & 0xff_ffff;
+            t.set(n);
+            n
+        }
+        n => n,
+    });
+    (lap << 24) | tag
 }
 
 impl<'a> Ring<'a> {
@@ -384,6 +407,7 @@ impl<'a> Ring<'a> {
         let tag = u64::from(tk.lap() & 0xff_ffff) << START_BITS;
         slot.futex.store(futex_tag(tk.lap()) | WAITING, Relaxed);
         step!();
+        slot.thread.store(thread_word(tk.lap()), Relaxed);
         slot.parent.store(u64::from(parent), Relaxed);
         slot.since_ns.store(since_ns, Relaxed);
         slot.start.store(tag | (start & START_MASK), Release);
@@ -841,6 +865,23 @@ impl<'a> Ring<'a> {
         self.words.head.store(new_head, SeqCst);
         self.wake_from(new_head);
         Ok((old, new_head))
+    }
+
+    /// True when a request before `tk` that holds the token belongs to the calling thread
+    /// (same process, same thread tag, in the right lap): waiting for it would never end.
+    #[cold]
+    pub(crate) fn held_by_this_thread_before(&self, tk: Ticket) -> bool {
+        let head = self.words.head.load(SeqCst);
+        let ahead = tk.t.wrapping_sub(head).min(self.capacity());
+        (0..ahead).any(|i| {
+            let t = head.wrapping_add(i);
+            let slot = self.slot(t);
+            let w = slot.word.load(SeqCst);
+            self.state(t, w) == SlotState::Claimed
+                && pid_of_word(w) == tk.pid()
+                && slot.futex.load(SeqCst) == futex_tag(self.lap(t)) | HOLDING
+                && slot.thread.load(SeqCst) == thread_word(self.lap(t))
+        })
     }
 
     /// True when `head .. tail` holds a slot claimed by a live process.

@@ -219,6 +219,12 @@ impl LockTicket {
             (_, Ok(Grant::Granted)) => Ok(Outcome::Granted),
             (_, Err(b)) => Err(WaitError::Broken(b)),
             (Patience::Try, Ok(Grant::Waiting { .. })) => Ok(Outcome::TimedOut),
+            (_, Ok(Grant::Waiting { .. })) if ring.held_by_this_thread_before(tk) => {
+                // Tokens are not re-entrant: this thread would wait for itself forever.
+                Err(WaitError::Check(Error::WouldDeadlock {
+                    path: region.path().to_path_buf(),
+                }))
+            }
             (_, Ok(Grant::Waiting { .. })) => {
                 let mut waiter = Waiter {
                     deadline: patience.deadline(),

@@ -365,19 +365,57 @@ fn the_request_builder_deadline_and_closure_forms() {
     assert!(lt.token_lock_shared_until(soon).unwrap().is_some());
     assert_eq!(lt.with_token(|g| g.share()).unwrap(), Share::Exclusive);
     assert_eq!(lt.with_token_shared(|g| g.share()).unwrap(), Share::Shared);
-    // Held by a reader: an exclusive request with a past deadline, or no wait, gets None and
-    // leaves no trace; a shared one joins the reader.
+    // Held by a reader in another thread: an exclusive request with a past deadline, no
+    // wait or a short timeout gets None and leaves no trace; a shared one joins the reader.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let lt = &lt;
+        s.spawn(move || {
+            let _reader = lt.token_lock_shared().unwrap();
+            held_tx.send(()).unwrap();
+            let _ = done_rx.recv();
+        });
+        held_rx.recv().unwrap();
+        assert!(lt.token_lock_until(Instant::now()).unwrap().is_none());
+        assert!(lt.request().no_wait().lock().unwrap().is_none());
+        let timed = lt.request().timeout(Duration::from_millis(1)).lock();
+        assert!(timed.unwrap().is_none());
+        assert!(lt.request().shared().no_wait().lock().unwrap().is_some());
+        done_tx.send(()).unwrap();
+    });
+    // Behind this very thread's own token, a timed wait would only ever time out: an error.
     let reader = lt.token_lock_shared().unwrap();
-    assert!(lt.token_lock_until(Instant::now()).unwrap().is_none());
-    assert!(lt.request().no_wait().lock().unwrap().is_none());
-    let timed = lt
-        .request()
-        .timeout(Duration::from_millis(1))
-        .lock()
-        .unwrap();
-    assert!(timed.is_none());
-    assert!(lt.request().shared().no_wait().lock().unwrap().is_some());
+    let timed = lt.request().timeout(Duration::from_millis(1)).lock();
+    assert!(
+        matches!(timed, Err(lockticket::Error::WouldDeadlock { .. })),
+        "{timed:?}"
+    );
     drop(reader);
     let st = lt.status().unwrap();
     assert!(st.holders.is_empty() && st.queue.is_empty(), "{st}");
+}
+
+#[test]
+fn asking_again_for_a_held_token_is_an_error_not_a_hang() {
+    let (lt, _) = table("reentry");
+    let _owner = lt.main_lock(Share::Shared).unwrap();
+    let held = lt.token_lock().unwrap();
+    for r in [lt.token_lock().map(Some), lt.token_lock_shared().map(Some)] {
+        match r {
+            Err(lockticket::Error::WouldDeadlock { .. }) => {}
+            other => panic!("expected WouldDeadlock, got {other:?}"),
+        }
+    }
+    // Another thread of the same process simply waits its turn.
+    std::thread::scope(|s| {
+        let t = s.spawn(|| lt.token_lock().map(|g| g.share()));
+        wait_queued(&lt, 1);
+        drop(held);
+        assert_eq!(t.join().unwrap().unwrap(), Share::Exclusive);
+    });
+    // Shared tokens held by this thread do not block another shared one of it.
+    let r1 = lt.token_lock_shared().unwrap();
+    let r2 = lt.token_lock_shared().unwrap();
+    drop((r1, r2));
 }
