@@ -91,10 +91,11 @@ pub(crate) struct Slot {
     pub since_ns: AtomicU64,
     /// Wait state (low 16 bits) tagged with the lap (high 16 bits); the futex sleeps on it.
     pub futex: AtomicU32,
-    /// A tag of the owner's thread (low 24 bits) and of the lap (high 8 bits): tells a
-    /// thread that asks again for a token it holds (which would wait on itself).
-    pub thread: AtomicU32,
-    _reserved: [u32; 6],
+    _pad: u32,
+    /// The owner's thread (low 48 bits) tagged with the lap (high 16 bits): tells a thread
+    /// that asks again for a token it holds (which would wait on itself).
+    pub thread: AtomicU64,
+    _reserved: [u32; 4],
 }
 const _: () = assert!(core::mem::size_of::<Slot>() == SLOT_SIZE as usize);
 
@@ -228,24 +229,16 @@ fn futex_tag(lap: u32) -> u32 {
     lap << 16
 }
 
-/// The calling thread's tag in lap `lap` (see `Slot::thread`).
-#[inline]
-fn thread_word(lap: u32) -> u32 {
-    use std::cell::Cell;
-    use std::sync::atomic::AtomicU32;
-    static NEXT: AtomicU32 = AtomicU32::new(1);
+/// The calling thread's tag in lap `lap` (see `Slot::thread`): the address of a thread-local
+/// byte (unique among live threads; a constant-initialised thread-local costs one address
+/// computation) tagged with the lap.
+#[inline(always)]
+fn thread_word(lap: u32) -> u64 {
     thread_local! {
-        static TAG: Cell<u32> = const { Cell::new(0) };
+        static ANCHOR: u8 = const { 0 };
     }
-    let tag = TAG.with(|t| match t.get() {
-        0 => {
-            let n = NEXT.fetch_add(1, Relaxed) & 0xff_ffff;
-            t.set(n);
-            n
-        }
-        n => n,
-    });
-    (lap << 24) | tag
+    let addr = ANCHOR.with(|a| std::ptr::from_ref(a) as usize as u64);
+    (u64::from(lap & 0xffff) << 48) | (addr & ((1 << 48) - 1))
 }
 
 impl<'a> Ring<'a> {

@@ -122,7 +122,12 @@ impl LockTicket {
     #[inline(always)]
     fn holding<'a>(&'a self, region: &'a Region, tk: Ticket) -> TokenGuard<'a> {
         let died = region.ring().mark_holding(tk);
-        TokenGuard { region, tk, died }
+        TokenGuard {
+            region,
+            tk,
+            died,
+            _not_send: std::marker::PhantomData,
+        }
     }
 
     /// Everything the fast path did not finish, from where it stopped.
@@ -285,12 +290,27 @@ pub(crate) fn patience_for(timeout: Duration) -> Patience {
 
 /// A held token. Released on [`unlock`](Self::unlock) or drop (the original's
 /// `TokenUnlock()`); dropped in a forked child, it does nothing.
+///
+/// Like std's `MutexGuard`, it stays in the thread that took it (it is not `Send`): that is
+/// what lets a thread that asks again for a token it holds get
+/// [`Error::WouldDeadlock`] instead of waiting for itself.
+///
+/// ```compile_fail
+/// # let lt = lockticket::LockTicket::open("doc-not-send").unwrap();
+/// let guard = lt.token_lock().unwrap();
+/// std::thread::spawn(move || drop(guard)); // error: `TokenGuard` cannot be sent
+/// ```
 #[must_use = "the token is released when the guard is dropped"]
 pub struct TokenGuard<'a> {
     region: &'a Region,
     /// Ticket and claim word; the word names the owner PID and the mode.
     tk: Ticket,
     died: bool,
+    /// Not `Send`, like std's `MutexGuard`: a token is released by the thread that took it,
+    /// which is what lets a thread that asks again for it get an error instead of waiting
+    /// for itself.
+    /// (`MutexGuard` is `Sync` and not `Send`: exactly the auto traits wanted here.)
+    _not_send: std::marker::PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl std::fmt::Debug for TokenGuard<'_> {
