@@ -6,12 +6,12 @@
 //! an exclusive lock keeps exact.
 //!
 //! ```text
-//! cargo run --release --example torture                      # 6 workers, 20 s, 5 kills/s
+//! cargo run --release -p lockticket-tools --bin torture                    # 6 workers, 20 s, 5 kills/s
 //!                                                            # and 20 stalls/s
-//! cargo run --release --example torture -- --procs 8 --seconds 300 --kill-rate 5 --stall-rate 20
-//! cargo run --release --example torture -- --stall-rate 0    # kills only
-//! cargo run --release --example torture -- --ring 2 --procs 12   # a ring smaller than the crowd
-//! cargo run --release --example torture -- --seed 1234       # the supervisor's random choices again
+//! cargo run --release -p lockticket-tools --bin torture -- --procs 8 --seconds 300 --kill-rate 5 --stall-rate 20
+//! cargo run --release -p lockticket-tools --bin torture -- --stall-rate 0    # kills only
+//! cargo run --release -p lockticket-tools --bin torture -- --ring 2 --procs 12   # a ring smaller than the crowd
+//! cargo run --release -p lockticket-tools --bin torture -- --seed 1234       # the supervisor's random choices again
 //! ```
 //!
 //! Options: `--procs N` (default 6, at most 64), `--seconds S` (20), `--kill-rate K` kills per
