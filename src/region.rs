@@ -510,7 +510,15 @@ impl Cold<'_> {
         let r = self.region;
         r.header().retired.store(1, SeqCst);
         if r.still_at_path()? {
-            std::fs::remove_file(&r.path).map_err(io_err(&r.path, "remove table"))?;
+            match std::fs::remove_file(&r.path) {
+                Ok(()) => {}
+                // A shared table in a sticky directory (/dev/shm, /tmp) created by another
+                // user: only its owner (or root) may unlink it. It stays behind retired and
+                // harmless: the next user revives it (`revive_abandoned`), and `lockticket
+                // clean` run by its owner removes it.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(io_err(&r.path, "remove table")(e)),
+            }
         }
         Ok(())
     }
