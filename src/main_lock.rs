@@ -45,8 +45,11 @@ impl LockTicket {
             let census = members::census(region.members(), &sys::OsLiveness);
             if census.live.is_empty() && !created {
                 reclaimed = true;
-                if !region.ring().has_live_requests(&sys::OsLiveness) {
-                    // An orphan: start afresh rather than trust what dead owners left.
+                // An orphan: taken over in place, so that the payload the dead left and the
+                // death of a holder (reported by the next grant) survive. Dead requests are
+                // reclaimed now; a ring in a state no sequence of operations produces is not
+                // trusted: the table starts afresh.
+                if drain_dead(region.ring()).is_err() {
                     cold.retire_and_unlink()?;
                     return Ok(None);
                 }
@@ -95,6 +98,19 @@ impl LockTicket {
             },
         }
     }
+}
+
+/// Reclaims the requests of dead processes at the head of an orphan's queue (each raising the
+/// died flag if it held the token), until the head is alive, empty, or a capacity's worth of
+/// tickets was looked at.
+fn drain_dead(ring: &crate::ring::Ring<'_>) -> std::result::Result<(), crate::ring::Broken> {
+    for _ in 0..2 * ring.capacity() + 2 {
+        match ring.check_head(&sys::OsLiveness)? {
+            crate::ring::HeadCheck::Fine => return Ok(()),
+            crate::ring::HeadCheck::Advanced | crate::ring::HeadCheck::Reclaimed { .. } => {}
+        }
+    }
+    Ok(())
 }
 
 /// A registration as owner of the table (the main lock). Leaves on [`unlock`](Self::unlock)
