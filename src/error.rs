@@ -171,6 +171,24 @@ pub enum Error {
         /// The parent's PID.
         parent: u32,
     },
+    /// A guard was used in a process that did not take it: a child inherited it through a
+    /// fork. The lock it stands for is the parent's; it is neither released nor changed.
+    #[error(
+        "{path}: this {what} guard belongs to process {owner}, which this process (pid {pid}) \
+         was forked from; only the process that took it can release it (the child's copy \
+         does nothing, also on drop)",
+        path = path.display()
+    )]
+    NotOwner {
+        /// The table path.
+        path: PathBuf,
+        /// "token" or "main lock".
+        what: &'static str,
+        /// The PID of the process that took the guard.
+        owner: u32,
+        /// This process's PID.
+        pid: u32,
+    },
     /// The table's shared state makes no sense (overwritten by another process, or our
     /// registration was taken away).
     #[error(

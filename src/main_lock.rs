@@ -149,15 +149,23 @@ impl MainGuard<'_> {
         self.reclaimed
     }
 
-    /// Leaves (the original's `MainUnlock()`); the last owner removes the table.
+    /// Leaves (the original's `MainUnlock()`); the last owner removes the table. In a forked
+    /// child that inherited the guard: [`Error::NotOwner`], and the parent stays registered.
     pub fn unlock(self) -> Result<()> {
         let mut this = std::mem::ManuallyDrop::new(self);
         this.leave()
     }
 
     fn leave(&mut self) -> Result<()> {
-        if sys::current_identity().0 != self.pid {
-            return Ok(()); // a forked child: the registration is the parent's
+        let pid = sys::current_identity().0;
+        if pid != self.pid {
+            // A forked child (any kind of fork): the registration is the parent's.
+            return Err(Error::NotOwner {
+                path: self.lt.path.clone(),
+                what: "main lock",
+                owner: self.pid,
+                pid,
+            });
         }
         let region = self.region;
         let cold = region.cold()?;

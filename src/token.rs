@@ -289,7 +289,9 @@ impl TokenGuard<'_> {
         self.tk.share()
     }
 
-    /// Releases the token. Fails only if the table was corrupted meanwhile.
+    /// Releases the token. Fails if the table was corrupted meanwhile, and with
+    /// [`Error::NotOwner`] in a forked child that inherited the guard (the token stays the
+    /// parent's).
     pub fn unlock(self) -> Result<()> {
         let this = std::mem::ManuallyDrop::new(self);
         this.release()
@@ -297,8 +299,15 @@ impl TokenGuard<'_> {
 
     #[inline]
     fn release(&self) -> Result<()> {
-        if sys::current_identity().0 != self.tk.pid() {
-            return Ok(()); // a forked child: the token is the parent's
+        let pid = sys::current_identity().0;
+        if pid != self.tk.pid() {
+            // A forked child (any kind of fork): the token is the parent's.
+            return Err(Error::NotOwner {
+                path: self.region.path().to_path_buf(),
+                what: "token",
+                owner: self.tk.pid(),
+                pid,
+            });
         }
         let ring = self.region.ring();
         let released = match self.tk.share() {
