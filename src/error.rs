@@ -171,6 +171,18 @@ pub enum Error {
         /// The parent's PID.
         parent: u32,
     },
+    /// Every entry of the table's process table is held by a live process.
+    #[error(
+        "{path}: the table's process table is full ({capacity} processes use it); wait for \
+         some to exit, or recreate the table with a larger process_capacity",
+        path = path.display()
+    )]
+    ProcessTableFull {
+        /// The table path.
+        path: PathBuf,
+        /// Its capacity.
+        capacity: u32,
+    },
     /// A guard was used in a process that did not take it: a child inherited it through a
     /// fork. The lock it stands for is the parent's; it is neither released nor changed.
     #[error(

@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicPtr, Ordering::*};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, Geometry};
-use crate::liveness::{Liveness, Owner};
 use crate::region::{Create, Region};
 use crate::ring::Broken;
-use crate::sys::OsLiveness;
 use crate::{payload, sys};
 
 /// How many times a cold path opens the table again when it was removed, replaced or retired
@@ -79,6 +77,7 @@ pub struct Builder {
     permissions: u32,
     ring_capacity: u32,
     member_capacity: u32,
+    proc_capacity: u32,
     payload_capacity: u64,
     directory: Option<PathBuf>,
 }
@@ -102,6 +101,14 @@ impl Builder {
     /// (default 64, at most 4096).
     pub fn member_capacity(mut self, entries: u32) -> Self {
         self.member_capacity = entries;
+        self
+    }
+
+    /// Process-table entries: how many processes (more exactly, handles) can use the table
+    /// at once, each registered once, on its first use (default 1024, at most 32768). One
+    /// more gets [`Error::ProcessTableFull`].
+    pub fn process_capacity(mut self, entries: u32) -> Self {
+        self.proc_capacity = entries;
         self
     }
 
@@ -141,6 +148,13 @@ impl Builder {
                 layout::MAX_MEMBER_CAPACITY
             )));
         }
+        if self.proc_capacity == 0 || self.proc_capacity > layout::MAX_PROC_CAPACITY {
+            return Err(Error::InvalidOption(format!(
+                "process_capacity {}: 1 to {}",
+                self.proc_capacity,
+                layout::MAX_PROC_CAPACITY
+            )));
+        }
         if self.payload_capacity == 0 || self.payload_capacity > layout::MAX_PAYLOAD_CAPACITY {
             return Err(Error::InvalidOption(format!(
                 "payload_capacity {}: 1 to {} bytes",
@@ -152,6 +166,7 @@ impl Builder {
         let geometry = Geometry {
             ring_capacity: ring.next_power_of_two(),
             member_capacity: self.member_capacity,
+            proc_capacity: self.proc_capacity,
             payload_capacity: self.payload_capacity,
             payload_region_len: payload::region_len(self.payload_capacity),
         };
@@ -187,9 +202,19 @@ impl LockTicket {
             permissions: 0o600,
             ring_capacity: layout::DEFAULT_RING_CAPACITY,
             member_capacity: layout::DEFAULT_MEMBER_CAPACITY,
+            proc_capacity: layout::DEFAULT_PROC_CAPACITY,
             payload_capacity: layout::DEFAULT_PAYLOAD_CAPACITY as usize as u64,
             directory: None,
         }
+    }
+
+    /// Keeps this process's registration in the table alive across `exec`: clears
+    /// close-on-exec on the descriptor whose OFD lock vouches for it (registering first if
+    /// needed). For a process that holds a token and then execs the program that is to hold
+    /// it (`lockticket exec -F`); the program inherits the descriptor, and the registration
+    /// lives until it exits. Other children the program forks inherit it too.
+    pub fn keep_registration_across_exec(&self) -> Result<()> {
+        self.table()?.keep_registration_across_exec()
     }
 
     /// The table's file.
@@ -220,11 +245,7 @@ impl LockTicket {
         }
         let gone = match &self.creator_pidfd {
             Some(fd) => sys::pidfd_exited(fd),
-            None => !OsLiveness.is_alive(Owner {
-                pid: self.creator.0,
-                start: Some(self.creator.1),
-                start_fp: None,
-            }),
+            None => !sys::pid_alive(self.creator.0, self.creator.1),
         };
         if gone {
             return Err(Error::ParentGone {
@@ -319,7 +340,10 @@ impl LockTicket {
             .iter()
             .find(|r| r.same_file(&region) && !r.retired());
         let ptr: *const Region = match same {
-            Some(r) => &**r,
+            Some(r) => {
+                r.adopt_registration(&region);
+                &**r
+            }
             None => {
                 regions.push(Box::new(region));
                 &**regions.last().expect("just pushed")
@@ -357,7 +381,7 @@ impl LockTicket {
     pub fn set_payload(&self, value: &[u8]) -> Result<()> {
         let region = self.table()?;
         region
-            .with_payload_writer(|p| p.write(value))
+            .with_payload_writer(|p| p.write(value))?
             .map(drop)
             .map_err(|e| self.payload_error(e))
     }

@@ -42,23 +42,34 @@ impl LockTicket {
             // We hold the flock and the file is still there: if it is retired, whoever
             // retired it died before unlinking (retiring and unlinking happen under one flock).
             cold.revive_abandoned()?;
-            let census = members::census(region.members(), &sys::OsLiveness);
+            let census = members::census(region.members(), &region.liveness());
             if census.live.is_empty() && !created {
                 reclaimed = true;
                 // An orphan: taken over in place, so that the payload the dead left and the
                 // death of a holder (reported by the next grant) survive. Dead requests are
                 // reclaimed now; a ring in a state no sequence of operations produces is not
                 // trusted: the table starts afresh.
-                if drain_dead(region.ring()).is_err() {
+                if drain_dead(&region).is_err() {
                     cold.retire_and_unlink()?;
                     return Ok(None);
                 }
             }
+            // This handle's registration in this file, if it mapped the file before (the
+            // region opened here is then dropped by `install`, which moves a registration
+            // taken here over to the kept one).
+            let kept = regions
+                .iter()
+                .find(|r| r.same_file(&region) && !r.retired())
+                .and_then(|r| r.registration(pid));
+            let me = match kept {
+                Some(me) => me,
+                None => cold.registration()?,
+            };
             let index = members::join(
                 region.members(),
                 &census.live,
-                pid,
-                start,
+                me,
+                (pid, start),
                 share,
                 sys::now_ns(),
             )
@@ -103,9 +114,10 @@ impl LockTicket {
 /// Reclaims the requests of dead processes at the head of an orphan's queue (each raising the
 /// died flag if it held the token), until the head is alive, empty, or a capacity's worth of
 /// tickets was looked at.
-fn drain_dead(ring: &crate::ring::Ring<'_>) -> std::result::Result<(), crate::ring::Broken> {
+fn drain_dead(region: &Region) -> std::result::Result<(), crate::ring::Broken> {
+    let (ring, liveness) = (region.ring(), region.liveness());
     for _ in 0..2 * ring.capacity() + 2 {
-        match ring.check_head(&sys::OsLiveness)? {
+        match ring.check_head(&liveness)? {
             crate::ring::HeadCheck::Fine => return Ok(()),
             crate::ring::HeadCheck::Advanced | crate::ring::HeadCheck::Reclaimed { .. } => {}
         }
@@ -174,11 +186,11 @@ impl MainGuard<'_> {
                 .lt
                 .corrupted("our main-lock registration was removed from the table"));
         }
-        if members::census(region.members(), &sys::OsLiveness)
+        if members::census(region.members(), &region.liveness())
             .live
             .is_empty()
         {
-            cold.retire_unless_in_use(&sys::OsLiveness)?; // last one out
+            cold.retire_unless_in_use(&region.liveness())?; // last one out
         }
         Ok(())
     }

@@ -16,9 +16,10 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE, hot};
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Registration};
 use crate::members::Member;
 use crate::payload::{self, Payload};
+use crate::procs::{self, ProcEntry, TableLiveness};
 use crate::ring::{Ring, RingWords, Slot};
 use crate::sys;
 
@@ -67,6 +68,17 @@ pub(crate) struct Region {
     ino: u64,
     /// The ring view over `map`, built once (the lock path reuses it).
     ring: Ring<'static>,
+    /// A descriptor of the same open file description as `file`, which never holds an OFD
+    /// lock: liveness checks ask the kernel through it (a description's own locks never
+    /// conflict with it). Pointed at /dev/null when neutered.
+    probe: File,
+    /// The PID of the process whose registration `reg_id` is (0: none). A forked child reads
+    /// its parent's here and registers anew.
+    reg_pid: AtomicU32,
+    /// Our registration: index << 32 | generation.
+    reg_id: AtomicU64,
+    /// The open file description that holds our registration's OFD lock.
+    reg_lock: Mutex<Option<File>>,
 }
 
 impl std::fmt::Debug for Region {
@@ -236,8 +248,13 @@ impl Region {
                 wake_one,
             )
         };
+        let probe = file.try_clone().map_err(io_err(path, "dup"))?;
         Ok(Region {
             path: path.to_path_buf(),
+            probe,
+            reg_pid: AtomicU32::new(0),
+            reg_id: AtomicU64::new(0),
+            reg_lock: Mutex::new(None),
             file: Mutex::new(Some(file)),
             map,
             payload_map,
@@ -286,6 +303,87 @@ impl Region {
                     .add(self.geometry.members_offset() as usize) as *const Member,
                 n,
             )
+        }
+    }
+
+    /// The process table.
+    pub(crate) fn procs(&self) -> &[ProcEntry] {
+        let n = self.geometry.proc_capacity as usize;
+        // SAFETY: `lock_len` is procs_offset + n * 64 bytes; procs_offset is a multiple of 64;
+        // ProcEntry is atomics and integers, valid for any bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(self.geometry.procs_offset() as usize) as *const ProcEntry,
+                n,
+            )
+        }
+    }
+
+    /// Liveness over this table's process table, asked of the kernel.
+    pub(crate) fn liveness(&self) -> TableLiveness<'_> {
+        TableLiveness {
+            probe: &self.probe,
+            procs: self.procs(),
+            procs_offset: self.geometry.procs_offset(),
+        }
+    }
+
+    /// This process's registration in the table, if it has one (no system call).
+    #[inline]
+    pub(crate) fn registration(&self, pid: u32) -> Option<Registration> {
+        if self.reg_pid.load(Acquire) != pid {
+            return None;
+        }
+        let id = self.reg_id.load(Relaxed);
+        Some(Registration {
+            index: (id >> 32) as u32,
+            generation: id as u32,
+        })
+    }
+
+    /// This process's registration, registering now if it has none (cold: takes the flock).
+    #[cold]
+    pub(crate) fn register(&self) -> Result<Registration> {
+        let (pid, _) = sys::current_identity();
+        match self.registration(pid) {
+            Some(r) => Ok(r),
+            None => self.cold()?.registration(),
+        }
+    }
+
+    /// Takes over `from`'s registration when this region (the same file, mapped earlier by the
+    /// same handle) has none for this process: `from` is about to be dropped, and with it the
+    /// descriptor whose lock vouches for the registration.
+    pub(crate) fn adopt_registration(&self, from: &Region) {
+        let (pid, _) = sys::current_identity();
+        if !self.same_file(from) || self.registration(pid).is_some() {
+            return;
+        }
+        let Some(reg) = from.registration(pid) else {
+            return;
+        };
+        let lock = from
+            .reg_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut mine = self.reg_lock.lock().unwrap_or_else(|p| p.into_inner());
+        *mine = lock;
+        self.reg_id.store(
+            u64::from(reg.index) << 32 | u64::from(reg.generation),
+            Relaxed,
+        );
+        self.reg_pid.store(pid, Release);
+    }
+
+    /// Keeps our registration's lock across `exec` (clears close-on-exec on its descriptor):
+    /// for a process that execs into the holder of its tokens (`lockticket exec -F`).
+    pub(crate) fn keep_registration_across_exec(&self) -> Result<()> {
+        self.register()?;
+        let lock = self.reg_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match lock.as_ref() {
+            Some(f) => sys::set_cloexec(f, false).map_err(io_err(&self.path, "fcntl F_SETFD")),
+            None => Ok(()),
         }
     }
 
@@ -347,10 +445,10 @@ impl Region {
     }
 
     /// Runs `f` as the only payload writer (see `Payload::with_writer`).
-    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> T {
-        let (pid, start) = sys::current_identity();
+    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> Result<T> {
+        let me = self.register()?;
         let payload = self.payload();
-        payload.with_writer(payload::writer_identity(pid, start), &sys::OsLiveness, f)
+        Ok(payload.with_writer(payload::writer_identity(me), &self.liveness(), f))
     }
 
     /// Takes the flock of a table that is not visible yet (see `create`).
@@ -384,6 +482,16 @@ impl Region {
         if file.take().is_none() {
             return;
         }
+        // Our registration in the removed file dies with its descriptor; the probe is pointed
+        // at /dev/null, so that the removed file's pages are freed.
+        drop(
+            self.reg_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        self.reg_pid.store(0, SeqCst);
+        sys::point_at_dev_null(&self.probe);
         for m in [&self.map, &self.payload_map] {
             // SAFETY: `m` is a whole mapping we own; the memory behind our references into
             // it (header, ring, registry, payload) is atomics and integers, valid as zeroes.
@@ -404,6 +512,47 @@ pub(crate) struct Cold<'a> {
 }
 
 impl Cold<'_> {
+    /// This process's registration, taken now if it has none (or only its parent's).
+    pub(crate) fn registration(&self) -> Result<Registration> {
+        let r = self.region;
+        let (pid, start) = sys::current_identity();
+        if let Some(reg) = r.registration(pid) {
+            return Ok(reg);
+        }
+        let Some(file) = self.guard.as_ref() else {
+            return Err(Error::Removed {
+                path: r.path.clone(),
+            });
+        };
+        let lock =
+            sys::reopen(file, &r.path).map_err(io_err(&r.path, "reopen for registration"))?;
+        let reg = procs::register(
+            r.procs(),
+            r.geometry.procs_offset(),
+            &lock,
+            pid,
+            start,
+            sys::now_ns(),
+            |i| r.ring().fingerprints_naming(i),
+        )
+        .map_err(|e| match e {
+            procs::RegisterError::Full => Error::ProcessTableFull {
+                path: r.path.clone(),
+                capacity: r.geometry.proc_capacity,
+            },
+            procs::RegisterError::Io(e) => io_err(&r.path, "F_OFD_SETLK")(e),
+        })?;
+        // A forked child drops its copy of the parent's lock description here (the parent's
+        // own descriptor keeps the parent's registration).
+        *r.reg_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
+        r.reg_id.store(
+            u64::from(reg.index) << 32 | u64::from(reg.generation),
+            Relaxed,
+        );
+        r.reg_pid.store(pid, Release);
+        Ok(reg)
+    }
+
     /// Clears the retired mark of a table whose retirer died before unlinking it: retiring
     /// and unlinking happen under this lock, so a retired table still at its path, seen with
     /// the lock held, was abandoned half-way.

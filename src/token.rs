@@ -96,29 +96,37 @@ impl LockTicket {
     /// (waiting, a full ring, a retired table, a forked child) goes to [`Self::slow`].
     #[inline(always)]
     fn fast(&self, share: Share) -> Fast<'_> {
-        let (pid, start) = sys::current_identity();
+        let (pid, _) = sys::current_identity();
         if pid != self.creator.0 {
             return Fast::Missed; // a forked child: the slow path checks the parent
         }
         let Some(region) = self.mapped() else {
             return Fast::Missed;
         };
+        let Some(me) = region.registration(pid) else {
+            return Fast::Missed; // not registered yet: the slow path registers
+        };
         let ring = region.ring();
-        let Claim::Claimed(tk) = ring.try_claim(share, pid, start) else {
+        let Claim::Claimed(tk) = ring.try_claim(share, me) else {
             return Fast::Missed;
         };
-        ring.publish(tk, start, pid, sys::coarse_now_ns());
+        ring.publish(tk, me.generation, pid, sys::coarse_now_ns());
         if ring.granted_at_once(tk) && !region.retired() {
-            return Fast::Granted(self.holding(region, tk));
+            return Fast::Granted(self.holding(region, tk, pid));
         }
         Fast::Claimed(region, tk)
     }
 
     /// The guard of a granted request, marked as holding.
     #[inline(always)]
-    fn holding<'a>(&'a self, region: &'a Region, tk: Ticket) -> TokenGuard<'a> {
+    fn holding<'a>(&'a self, region: &'a Region, tk: Ticket, pid: u32) -> TokenGuard<'a> {
         let died = region.ring().mark_holding(tk);
-        TokenGuard { region, tk, died }
+        TokenGuard {
+            region,
+            tk,
+            pid,
+            died,
+        }
     }
 
     /// Everything the fast path did not finish, from where it stopped.
@@ -145,16 +153,17 @@ impl LockTicket {
     /// Enters the queue of the current table (waiting for a slot if the ring is full) and
     /// publishes the request. `None`: no slot within `patience`.
     fn claim(&self, share: Share, patience: Patience) -> Result<Option<(&Region, Ticket)>> {
-        let (pid, start) = sys::current_identity();
+        let (pid, _) = sys::current_identity();
         self.check_parent(pid)?;
         let region = self.table()?;
+        let me = region.register()?;
         let ring = region.ring();
         let tk = match patience {
             Patience::Try => {
                 if share == Share::Exclusive && !ring.is_idle() {
                     return Ok(None);
                 }
-                match ring.try_claim(share, pid, start) {
+                match ring.try_claim(share, me) {
                     Claim::Claimed(tk) => tk,
                     Claim::Broken(b) => return Err(self.broken(b)),
                     Claim::Full | Claim::Retry => return Ok(None),
@@ -163,17 +172,17 @@ impl LockTicket {
             Patience::Until(_) | Patience::Forever => {
                 let mut waiter = Waiter {
                     deadline: patience.deadline(),
-                    liveness: &sys::OsLiveness,
+                    liveness: &region.liveness(),
                     check: || self.check_parent(pid),
                 };
-                match wait::claim(ring, share, pid, start, &mut waiter) {
+                match wait::claim(ring, share, me, &mut waiter) {
                     Ok(Some(tk)) => tk,
                     Ok(None) => return Ok(None),
                     Err(w) => return Err(self.wait_error(w)),
                 }
             }
         };
-        ring.publish(tk, start, self.creator.0, sys::coarse_now_ns());
+        ring.publish(tk, me.generation, self.creator.0, sys::coarse_now_ns());
         Ok(Some((region, tk)))
     }
 
@@ -186,7 +195,7 @@ impl LockTicket {
         patience: Patience,
     ) -> Result<Option<TokenGuard<'a>>> {
         let ring = region.ring();
-        let (share, pid) = (tk.share(), tk.pid());
+        let (share, pid) = (tk.share(), sys::current_identity().0);
         if region.retired() {
             // The last owner retired this table after we looked: leave it, use the new one.
             let _ = ring.release(tk);
@@ -200,7 +209,7 @@ impl LockTicket {
             (_, Ok(Grant::Waiting { .. })) => {
                 let mut waiter = Waiter {
                     deadline: patience.deadline(),
-                    liveness: &sys::OsLiveness,
+                    liveness: &region.liveness(),
                     check,
                 };
                 wait::until_granted(ring, tk, &mut waiter)
@@ -217,7 +226,7 @@ impl LockTicket {
         match outcome {
             Ok(Outcome::Granted) => {
                 ring.set_since(tk, sys::coarse_now_ns()); // now "held since", for status
-                Ok(Some(self.holding(region, tk)))
+                Ok(Some(self.holding(region, tk, pid)))
             }
             Ok(Outcome::TimedOut) => {
                 ring.release(tk).map_err(|b| self.broken(b))?;
@@ -260,8 +269,10 @@ fn patience_for(timeout: Duration) -> Patience {
 #[must_use = "the token is released when the guard is dropped"]
 pub struct TokenGuard<'a> {
     region: &'a Region,
-    /// Ticket and claim word; the word names the owner PID and the mode.
+    /// Ticket and claim word; the word names the owner's registration and the mode.
     tk: Ticket,
+    /// The process that took it.
+    pid: u32,
     died: bool,
 }
 
@@ -271,7 +282,7 @@ impl std::fmt::Debug for TokenGuard<'_> {
             .field("path", &self.region.path())
             .field("share", &self.share())
             .field("ticket", &self.tk.t)
-            .field("pid", &self.tk.pid())
+            .field("pid", &self.pid)
             .field("previous_holder_died", &self.died)
             .finish()
     }
@@ -300,12 +311,12 @@ impl TokenGuard<'_> {
     #[inline]
     fn release(&self) -> Result<()> {
         let pid = sys::current_identity().0;
-        if pid != self.tk.pid() {
+        if pid != self.pid {
             // A forked child (any kind of fork): the token is the parent's.
             return Err(Error::NotOwner {
                 path: self.region.path().to_path_buf(),
                 what: "token",
-                owner: self.tk.pid(),
+                owner: self.pid,
                 pid,
             });
         }

@@ -871,7 +871,12 @@ fn a_holder_killed_with_nobody_waiting_is_reported_to_the_next_exec() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "died=1\nhalf-done", "{}", stderr(&o));
-    let o = run(["exec", n, "-c", "echo died=$LOCKTICKET_PREVIOUS_HOLDER_DIED"]);
+    let o = run([
+        "exec",
+        n,
+        "-c",
+        "echo died=$LOCKTICKET_PREVIOUS_HOLDER_DIED",
+    ]);
     assert_eq!(stdout(&o), "died=0\n");
     assert_no_table(n);
 }

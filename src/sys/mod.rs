@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 mod os_liveness;
-pub(crate) use os_liveness::OsLiveness;
+pub(crate) use os_liveness::pid_alive;
 
 /// Largest PID Linux hands out (`PID_MAX_LIMIT` is 2^22).
 pub(crate) const PID_MAX: u32 = (1 << 22) - 1;
@@ -322,6 +322,165 @@ pub(crate) fn flock_exclusive(file: &File) -> io::Result<()> {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
+        }
+    }
+}
+
+/// What `F_OFD_SETLK` gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OfdLock {
+    /// We hold the byte now.
+    Taken,
+    /// Another open file description holds it.
+    Busy,
+    /// This system has no OFD locks (not Linux, Linux < 3.15, a filesystem without them).
+    Unsupported,
+}
+
+#[cfg(target_os = "linux")]
+fn one_byte(offset: u64, kind: libc::c_int) -> libc::flock {
+    // SAFETY: `flock` is a plain C struct; all-zero is a valid value for every field.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = offset as libc::off_t;
+    fl.l_len = 1;
+    fl.l_pid = 0; // required for OFD locks
+    fl
+}
+
+/// Takes a write lock on the byte at `offset` of `file`'s open file description, without
+/// waiting (`F_OFD_SETLK`). The kernel drops it when the last descriptor of that description
+/// is closed — at the latest when every process holding one has died or exec'd it away.
+pub(crate) fn ofd_try_lock(file: &File, offset: u64) -> io::Result<OfdLock> {
+    #[cfg(target_os = "linux")]
+    {
+        let fl = one_byte(offset, libc::F_WRLCK);
+        loop {
+            // SAFETY: fcntl on an fd we own with a valid, initialised `flock`.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+            if rc == 0 {
+                return Ok(OfdLock::Taken);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EACCES) => return Ok(OfdLock::Busy),
+                Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOLCK) => {
+                    return Ok(OfdLock::Unsupported);
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset);
+        Ok(OfdLock::Unsupported)
+    }
+}
+
+/// Asks the kernel whether another open file description holds a lock on the byte at
+/// `offset` (`F_OFD_GETLK`): `Some(true)` locked, `Some(false)` free, `None` when the question
+/// failed. Locks of `file`'s own description never conflict with it, so ask through a
+/// description that holds none.
+pub(crate) fn ofd_is_locked(file: &File, offset: u64) -> Option<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut fl = one_byte(offset, libc::F_WRLCK);
+        loop {
+            // SAFETY: fcntl on an fd we own; F_OFD_GETLK writes into the `flock` we own.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+            if rc == 0 {
+                return Some(fl.l_type != libc::F_UNLCK as libc::c_short);
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return None;
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset);
+        None
+    }
+}
+
+/// A second, independent open file description of the file behind `file` (close-on-exec):
+/// through `/proc/self/fd`, else by `path` (refused unless it is still the same file).
+pub(crate) fn reopen(file: &File, path: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let want = file.metadata()?;
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(p)
+    };
+    let by_proc = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    for candidate in [by_proc.as_path(), path] {
+        // /proc/self/fd/N is a magic link: opening it needs following it.
+        let f = if candidate == by_proc.as_path() {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+                .open(candidate)
+        } else {
+            open(candidate)
+        };
+        if let Ok(f) = f
+            && let Ok(m) = f.metadata()
+            && m.dev() == want.dev()
+            && m.ino() == want.ino()
+        {
+            return Ok(f);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "cannot open a second description of the table (no /proc, and the path names another \
+         file now)",
+    ))
+}
+
+/// Sets or clears close-on-exec on `file`.
+pub(crate) fn set_cloexec(file: &File, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD on an fd we own.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The inode of our PID namespace (`/proc/self/ns/pid`), 0 when unknown: tells a reader of a
+/// registration whether its PID means the same in the reader's namespace.
+pub(crate) fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// Makes `file`'s descriptor refer to /dev/null instead (`dup2`, atomic for concurrent
+/// users of the descriptor number): frees the file it named while the `File` stays valid.
+pub(crate) fn point_at_dev_null(file: &File) {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).open("/dev/null") {
+        // SAFETY: both descriptors are open and ours; dup2 atomically replaces the second,
+        // which `file` keeps owning (it closes /dev/null on drop).
+        unsafe {
+            libc::dup2(null.as_raw_fd(), file.as_raw_fd());
         }
     }
 }
