@@ -190,3 +190,54 @@ pub(crate) fn register(
     e.kind.store(kind, SeqCst);
     Ok(Registration { index, generation })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::{LockTicket, Share};
+
+    /// Prints what registering and one liveness check cost (run with `--ignored --nocapture`,
+    /// in release mode for figures worth quoting).
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn measure_registration_and_check() {
+        let dir = std::env::temp_dir();
+        let lt = LockTicket::builder(format!("measure-procs-{}", std::process::id()))
+            .directory(&dir)
+            .open()
+            .unwrap();
+        let main = lt.main_lock(Share::Exclusive).unwrap();
+        let region = lt.table().unwrap();
+        let (pid, start) = sys::current_identity();
+        let n = 500;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let lock = sys::reopen(region.probe_file(), region.path()).unwrap();
+            let reg = register(
+                region.procs(),
+                region.geometry().procs_offset(),
+                &lock,
+                pid,
+                start,
+                0,
+                |_| Vec::new(),
+            )
+            .unwrap();
+            std::hint::black_box(reg);
+        }
+        let reg_ns = t0.elapsed().as_nanos() / n;
+        let me = region.register().unwrap();
+        let live = region.liveness();
+        let m = 20_000;
+        let t0 = Instant::now();
+        for _ in 0..m {
+            assert!(live.is_alive(me.owner()));
+        }
+        let check_ns = t0.elapsed().as_nanos() / m;
+        println!("registration (reopen + F_OFD_SETLK + entry): {reg_ns} ns");
+        println!("one liveness check (F_OFD_GETLK + two loads): {check_ns} ns");
+        drop(main);
+    }
+}

@@ -319,6 +319,12 @@ impl Region {
         }
     }
 
+    /// The description liveness checks ask the kernel through (measurements).
+    #[cfg(test)]
+    pub(crate) fn probe_file(&self) -> &File {
+        &self.probe
+    }
+
     /// Liveness over this table's process table, asked of the kernel.
     pub(crate) fn liveness(&self) -> TableLiveness<'_> {
         TableLiveness {
