@@ -171,6 +171,30 @@ pub enum Error {
         /// The parent's PID.
         parent: u32,
     },
+    /// The table file this handle uses was removed or replaced under its users (`rm`,
+    /// systemd-logind's `RemoveIPC=yes`, `mv`): processes that open the path now use another
+    /// file. With `holder` (from a holder's `unlock()`): the token was released, but exclusion
+    /// with those processes was not guaranteed while it was held.
+    #[error(
+        "{path}: the lock table file in use was {what} while in use (rm, systemd-logind \
+         RemoveIPC=yes, mv?); processes that open this path now use another file{}; stop \
+         every user and start again, and place tables where nothing removes them (see \
+         docs/design.md, \"Removal\")",
+        if *holder {
+            ", so exclusion with them was not guaranteed while this token was held"
+        } else {
+            ""
+        },
+        path = path.display()
+    )]
+    TableRemoved {
+        /// The table path.
+        path: PathBuf,
+        /// "removed" or "replaced by another file".
+        what: &'static str,
+        /// Reported by a holder's `unlock()`.
+        holder: bool,
+    },
     /// Every entry of the table's process table is held by a live process.
     #[error(
         "{path}: the table's process table is full ({capacity} processes use it); wait for \

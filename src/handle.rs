@@ -264,21 +264,46 @@ impl LockTicket {
     pub(crate) fn table(&self) -> Result<&Region> {
         match self.mapped() {
             Some(r) => Ok(r),
-            None => self.remap(),
+            None => {
+                // A table found removed under its users is not silently replaced: the
+                // handle's users would no longer exclude those of the old file.
+                if let Some(r) = self.current_region()
+                    && let Some(what) = r.removal()
+                {
+                    return Err(r.removed_error(what, false));
+                }
+                self.remap()
+            }
         }
     }
 
-    /// The table in use, if it is mapped and not retired.
+    /// The table in use, if it is mapped, not retired and not found removed.
     #[inline]
     pub(crate) fn mapped(&self) -> Option<&Region> {
+        let r = self.current_region()?;
+        (!r.retired() && r.removal().is_none()).then_some(r)
+    }
+
+    /// The table this handle used last, whatever its state.
+    #[inline]
+    fn current_region(&self) -> Option<&Region> {
         let p = self.current.load(Acquire);
         if p.is_null() {
             return None;
         }
         // SAFETY: `current` only ever points into a Box held by `regions`, and those are freed
         // only when `self` is dropped, which the borrow of `self` rules out.
-        let r = unsafe { &*p };
-        (!r.retired()).then_some(r)
+        Some(unsafe { &*p })
+    }
+
+    /// Checks (one `stat`) that the path still names the table this handle uses; a table
+    /// removed or replaced under its users is marked and reported (see
+    /// [`Region::check_at_path`]).
+    pub(crate) fn check_current_at_path(&self) -> Result<()> {
+        match self.current_region() {
+            Some(r) => r.check_at_path(),
+            None => Ok(()),
+        }
     }
 
     #[cold]
@@ -478,6 +503,7 @@ impl LockTicket {
     /// A snapshot of the table: owners, holders, the queue in FIFO order, counters. Never
     /// blocks the lock. Fails with [`Error::NotCreated`] when there is no table.
     pub fn status(&self) -> Result<crate::Status> {
+        self.check_current_at_path()?;
         Ok(crate::status::snapshot(self.table()?))
     }
 }

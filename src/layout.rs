@@ -131,6 +131,9 @@ const _: () = assert!(FIXED_HEADER_SIZE == 128);
 pub mod hot {
     /// `u32`: non-zero once the last owner has retired the table (about to unlink it).
     pub const RETIRED: u64 = 128;
+    /// `u32`: non-zero once a user found the table's path no longer naming this file while
+    /// it was not retired: 1 removed, 2 replaced by another file (anything else: removed).
+    pub const REMOVED: u64 = 132;
     /// `u64`: a hint of the next ticket to hand out (never beyond it; see `ring`).
     pub const TAIL: u64 = 256;
     /// `u64`: oldest ticket not yet released.

@@ -25,6 +25,7 @@ impl LockTicket {
     /// already, and the file errors of [`LockTicket::open`].
     pub fn main_lock(&self, share: Share) -> Result<MainGuard<'_>> {
         let (pid, start) = sys::current_identity();
+        self.check_current_at_path()?;
         let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
         let mut reclaimed = false;
         let create = Create {
@@ -163,6 +164,8 @@ impl MainGuard<'_> {
 
     /// Leaves (the original's `MainUnlock()`); the last owner removes the table. In a forked
     /// child that inherited the guard: [`Error::NotOwner`], and the parent stays registered.
+    /// [`Error::TableRemoved`] (after leaving) when the file was removed or replaced under
+    /// its users.
     pub fn unlock(self) -> Result<()> {
         let mut this = std::mem::ManuallyDrop::new(self);
         this.leave()
@@ -180,6 +183,9 @@ impl MainGuard<'_> {
             });
         }
         let region = self.region;
+        // Before leaving (the last one out retires the table, which a removal check would
+        // then take for the ordinary way out): was the file removed under us?
+        let at_path = region.check_at_path();
         let cold = region.cold()?;
         if !members::leave(region.members(), self.index, self.pid, self.start) {
             return Err(self
@@ -192,7 +198,8 @@ impl MainGuard<'_> {
         {
             cold.retire_unless_in_use(&region.liveness())?; // last one out
         }
-        Ok(())
+        drop(cold);
+        at_path
     }
 }
 

@@ -30,7 +30,9 @@ struct SharedHeader {
     fixed: [AtomicU64; 16],
     /// Non-zero once retired by the last owner.
     retired: AtomicU32,
-    _pad0: [u32; 31],
+    /// Non-zero once found removed (1) or replaced (2) under its users.
+    removed: AtomicU32,
+    _pad0: [u32; 30],
     /// A hint of the next ticket to hand out (see `ring`).
     tail: AtomicU64,
     _pad1: [u64; 15],
@@ -45,6 +47,7 @@ struct SharedHeader {
 }
 const _: () = {
     assert!(core::mem::offset_of!(SharedHeader, retired) == hot::RETIRED as usize);
+    assert!(core::mem::offset_of!(SharedHeader, removed) == hot::REMOVED as usize);
     assert!(core::mem::offset_of!(SharedHeader, tail) == hot::TAIL as usize);
     assert!(core::mem::offset_of!(SharedHeader, head) == hot::HEAD as usize);
     assert!(core::mem::offset_of!(SharedHeader, dead_holder) == hot::DEAD_HOLDER as usize);
@@ -418,6 +421,56 @@ impl Region {
     #[inline]
     pub(crate) fn retired(&self) -> bool {
         self.header().retired.load(SeqCst) != 0
+    }
+
+    /// What a user found, if the table's path stopped naming this file under its users:
+    /// "removed" or "replaced by another file". One load: the holder's unlock reads it.
+    #[inline]
+    pub(crate) fn removal(&self) -> Option<&'static str> {
+        match self.header().removed.load(SeqCst) {
+            0 => None,
+            2 => Some("replaced by another file"),
+            _ => Some("removed"),
+        }
+    }
+
+    /// The error for a table found removed.
+    pub(crate) fn removed_error(&self, what: &'static str, holder: bool) -> Error {
+        Error::TableRemoved {
+            path: self.path.clone(),
+            what,
+            holder,
+        }
+    }
+
+    /// Checks that the path still names this file (a slow-path check: one `stat`). A table
+    /// that is retired left its path on purpose (the last owner out); otherwise a missing or
+    /// different file is marked in the table, so that every user learns at its next call,
+    /// and reported.
+    pub(crate) fn check_at_path(&self) -> Result<()> {
+        if let Some(what) = self.removal() {
+            return Err(self.removed_error(what, false));
+        }
+        if self.retired() {
+            return Ok(());
+        }
+        let mark = match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => return Ok(()),
+            Ok(_) => 2,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 1,
+            Err(_) => return Ok(()), // cannot tell (EACCES on a directory): say nothing
+        };
+        if self.retired() {
+            return Ok(()); // retired and unlinked meanwhile: the last owner's way out
+        }
+        let _ = self
+            .header()
+            .removed
+            .compare_exchange(0, mark, SeqCst, SeqCst);
+        match self.removal() {
+            Some(what) => Err(self.removed_error(what, false)),
+            None => Ok(()),
+        }
     }
 
     /// For a table found retired: takes the cold lock and revives the table if its retirer

@@ -156,6 +156,7 @@ impl LockTicket {
         let (pid, _) = sys::current_identity();
         self.check_parent(pid)?;
         let region = self.table()?;
+        region.check_at_path()?;
         let me = region.register()?;
         let ring = region.ring();
         let tk = match patience {
@@ -173,7 +174,10 @@ impl LockTicket {
                 let mut waiter = Waiter {
                     deadline: patience.deadline(),
                     liveness: &region.liveness(),
-                    check: || self.check_parent(pid),
+                    check: || {
+                        self.check_parent(pid)?;
+                        region.check_at_path()
+                    },
                 };
                 match wait::claim(ring, share, me, &mut waiter) {
                     Ok(Some(tk)) => tk,
@@ -201,7 +205,11 @@ impl LockTicket {
             let _ = ring.release(tk);
             return self.slow(share, patience, Fast::Missed);
         }
-        let check = || self.check_parent(pid);
+        // Every sleep timeout (a few ms): the parent is alive, the table still at its path.
+        let check = || {
+            self.check_parent(pid)?;
+            region.check_at_path()
+        };
         let outcome = match (patience, ring.grant(tk, share)) {
             (_, Ok(Grant::Granted)) => Ok(Outcome::Granted),
             (_, Err(b)) => Err(WaitError::Broken(b)),
@@ -300,9 +308,11 @@ impl TokenGuard<'_> {
         self.tk.share()
     }
 
-    /// Releases the token. Fails if the table was corrupted meanwhile, and with
+    /// Releases the token. Fails if the table was corrupted meanwhile; with
     /// [`Error::NotOwner`] in a forked child that inherited the guard (the token stays the
-    /// parent's).
+    /// parent's); and with [`Error::TableRemoved`] (after releasing) when the table file was
+    /// found removed or replaced while the token was held: processes that opened the path
+    /// afterwards were not excluded.
     pub fn unlock(self) -> Result<()> {
         let this = std::mem::ManuallyDrop::new(self);
         this.release()
@@ -328,7 +338,12 @@ impl TokenGuard<'_> {
         released.map_err(|b| Error::Corrupted {
             path: self.region.path().to_path_buf(),
             detail: b.0,
-        })
+        })?;
+        // One load, no system call: a user that found the table removed marked it.
+        match self.region.removal() {
+            Some(what) => Err(self.region.removed_error(what, true)),
+            None => Ok(()),
+        }
     }
 }
 
