@@ -195,8 +195,149 @@ pub(crate) fn register(
 mod tests {
     use std::time::Instant;
 
+    use proptest::prelude::*;
+
     use super::*;
     use crate::{LockTicket, Share};
+
+    /// The process table's own model, against the real kernel: entries in memory, their lock
+    /// bytes in a scratch file. Each "process" is an open file description; dropping it is
+    /// the process dying.
+    struct Model {
+        file: std::path::PathBuf,
+        probe: File,
+        procs: Vec<ProcEntry>,
+        live: Vec<(Registration, File)>,
+        dead: Vec<Registration>,
+    }
+
+    impl Model {
+        fn new(cap: usize) -> Model {
+            let file = std::env::temp_dir().join(format!(
+                "lockticket-procs-model-{}-{:x}",
+                std::process::id(),
+                sys::random_u64()
+            ));
+            let probe = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&file)
+                .unwrap();
+            Model {
+                file,
+                probe,
+                procs: (0..cap).map(|_| ProcEntry::default()).collect(),
+                live: Vec::new(),
+                dead: Vec::new(),
+            }
+        }
+
+        fn liveness(&self) -> TableLiveness<'_> {
+            TableLiveness {
+                probe: &self.probe,
+                procs: &self.procs,
+                procs_offset: 0,
+            }
+        }
+
+        fn register(&mut self, stale: &[u32]) {
+            let lock = sys::reopen(&self.probe, &self.file).unwrap();
+            let before: Vec<u32> = self
+                .procs
+                .iter()
+                .map(|e| e.generation.load(SeqCst))
+                .collect();
+            match register(&self.procs, 0, &lock, 42, 7, 0, |_| stale.to_vec()) {
+                Ok(r) => {
+                    let i = r.index as usize;
+                    assert!(
+                        self.live.iter().all(|(l, _)| l.index != r.index),
+                        "entry {i} handed out twice"
+                    );
+                    assert_ne!(
+                        r.generation, before[i],
+                        "a reused entry gets a new generation"
+                    );
+                    assert!(
+                        !stale.contains(&(r.generation & liveness::GEN_FP_MASK)),
+                        "generation bits of a stale claim"
+                    );
+                    self.live.push((r, lock));
+                }
+                Err(RegisterError::Full) => {
+                    assert_eq!(self.live.len(), self.procs.len(), "full with free entries")
+                }
+                Err(RegisterError::Io(e)) => panic!("{e}"),
+            }
+        }
+
+        fn kill(&mut self, k: usize) {
+            if !self.live.is_empty() {
+                let (r, lock) = self.live.remove(k % self.live.len());
+                drop(lock);
+                self.dead.push(r);
+            }
+        }
+
+        fn check(&self) {
+            let l = self.liveness();
+            for (r, _) in &self.live {
+                assert!(l.is_alive(r.owner()), "live registration {r:?} judged dead");
+            }
+            for r in &self.dead {
+                assert!(
+                    !l.is_alive(r.owner()),
+                    "dead registration {r:?} judged alive"
+                );
+                let fp = Owner {
+                    index: r.index,
+                    generation: None,
+                    gen_fp: r.generation & liveness::GEN_FP_MASK,
+                };
+                assert!(
+                    !l.is_alive(fp),
+                    "unpublished claim of dead {r:?} judged alive"
+                );
+            }
+        }
+    }
+
+    impl Drop for Model {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.file);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Dead registrations are reclaimed, reused entries get new generations (avoiding the
+        /// bits of stale claims), a full table says so, and the kernel's answer matches.
+        #[test]
+        fn the_process_table_model_holds(
+            cap in 1usize..5,
+            ops in proptest::collection::vec((any::<bool>(), 0usize..8, 0u32..4), 1..40),
+        ) {
+            let mut m = Model::new(cap);
+            for (register, k, stale) in ops {
+                if register {
+                    // Stale claims naming the entry carry the next generation's bits
+                    // sometimes, forcing the registrant to skip them.
+                    let next: Vec<u32> = (1..=stale)
+                        .map(|d| {
+                            m.procs.iter().map(|e| e.generation.load(SeqCst)).min().unwrap_or(0)
+                                .wrapping_add(d) & liveness::GEN_FP_MASK
+                        })
+                        .collect();
+                    m.register(&next);
+                } else {
+                    m.kill(k);
+                }
+                m.check();
+            }
+        }
+    }
 
     /// Prints what registering and one liveness check cost (run with `--ignored --nocapture`,
     /// in release mode for figures worth quoting).
