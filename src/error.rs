@@ -171,6 +171,60 @@ pub enum Error {
         /// The parent's PID.
         parent: u32,
     },
+    /// The table file this handle uses was removed or replaced under its users (`rm`,
+    /// systemd-logind's `RemoveIPC=yes`, `mv`): processes that open the path now use another
+    /// file. With `holder` (from a holder's `unlock()`): the token was released, but exclusion
+    /// with those processes was not guaranteed while it was held.
+    #[error(
+        "{path}: the lock table file in use was {what} while in use (rm, systemd-logind \
+         RemoveIPC=yes, mv?); processes that open this path now use another file{}; stop \
+         every user and start again, and place tables where nothing removes them (see \
+         docs/design.md, \"Removal\")",
+        if *holder {
+            ", so exclusion with them was not guaranteed while this token was held"
+        } else {
+            ""
+        },
+        path = path.display()
+    )]
+    TableRemoved {
+        /// The table path.
+        path: PathBuf,
+        /// "removed" or "replaced by another file".
+        what: &'static str,
+        /// Reported by a holder's `unlock()`.
+        holder: bool,
+    },
+    /// Every entry of the table's process table is held by a live process.
+    #[error(
+        "{path}: the table's process table is full ({capacity} processes use it); wait for \
+         some to exit, or recreate the table with a larger process_capacity",
+        path = path.display()
+    )]
+    ProcessTableFull {
+        /// The table path.
+        path: PathBuf,
+        /// Its capacity.
+        capacity: u32,
+    },
+    /// A guard was used in a process that did not take it: a child inherited it through a
+    /// fork. The lock it stands for is the parent's; it is neither released nor changed.
+    #[error(
+        "{path}: this {what} guard belongs to process {owner}, which this process (pid {pid}) \
+         was forked from; only the process that took it can release it (the child's copy \
+         does nothing, also on drop)",
+        path = path.display()
+    )]
+    NotOwner {
+        /// The table path.
+        path: PathBuf,
+        /// "token" or "main lock".
+        what: &'static str,
+        /// The PID of the process that took the guard.
+        owner: u32,
+        /// This process's PID.
+        pid: u32,
+    },
     /// The table's shared state makes no sense (overwritten by another process, or our
     /// registration was taken away).
     #[error(

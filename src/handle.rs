@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicPtr, Ordering::*};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, Geometry};
-use crate::liveness::{Liveness, Owner};
 use crate::region::{Create, Region};
 use crate::ring::Broken;
-use crate::sys::OsLiveness;
 use crate::{payload, sys};
 
 /// How many times a cold path opens the table again when it was removed, replaced or retired
@@ -57,11 +55,11 @@ impl Drop for LockTicket {
         // another process joined or uses it meanwhile.
         if let Some(region) = self.mapped()
             && let Ok(cold) = region.cold()
-            && crate::members::census(region.members(), &sys::OsLiveness)
+            && crate::members::census(region.members(), &region.liveness())
                 .live
                 .is_empty()
         {
-            let _ = cold.retire_unless_in_use(&sys::OsLiveness);
+            let _ = cold.retire_unless_in_use(&region.liveness());
         }
     }
 }
@@ -101,6 +99,7 @@ pub struct Builder {
     permissions: u32,
     ring_capacity: u32,
     member_capacity: u32,
+    proc_capacity: u32,
     payload_capacity: u64,
     directory: Option<PathBuf>,
 }
@@ -124,6 +123,14 @@ impl Builder {
     /// (default 64, at most 4096).
     pub fn member_capacity(mut self, entries: u32) -> Self {
         self.member_capacity = entries;
+        self
+    }
+
+    /// Process-table entries: how many processes (more exactly, handles) can use the table
+    /// at once, each registered once, on its first use (default 1024, at most 32768). One
+    /// more gets [`Error::ProcessTableFull`].
+    pub fn process_capacity(mut self, entries: u32) -> Self {
+        self.proc_capacity = entries;
         self
     }
 
@@ -163,6 +170,13 @@ impl Builder {
                 layout::MAX_MEMBER_CAPACITY
             )));
         }
+        if self.proc_capacity == 0 || self.proc_capacity > layout::MAX_PROC_CAPACITY {
+            return Err(Error::InvalidOption(format!(
+                "process_capacity {}: 1 to {}",
+                self.proc_capacity,
+                layout::MAX_PROC_CAPACITY
+            )));
+        }
         if self.payload_capacity == 0 || self.payload_capacity > layout::MAX_PAYLOAD_CAPACITY {
             return Err(Error::InvalidOption(format!(
                 "payload_capacity {}: 1 to {} bytes",
@@ -174,6 +188,7 @@ impl Builder {
         let geometry = Geometry {
             ring_capacity: ring.next_power_of_two(),
             member_capacity: self.member_capacity,
+            proc_capacity: self.proc_capacity,
             payload_capacity: self.payload_capacity,
             payload_region_len: payload::region_len(self.payload_capacity),
         };
@@ -210,9 +225,19 @@ impl LockTicket {
             permissions: 0o600,
             ring_capacity: layout::DEFAULT_RING_CAPACITY,
             member_capacity: layout::DEFAULT_MEMBER_CAPACITY,
+            proc_capacity: layout::DEFAULT_PROC_CAPACITY,
             payload_capacity: layout::DEFAULT_PAYLOAD_CAPACITY as usize as u64,
             directory: None,
         }
+    }
+
+    /// Keeps this process's registration in the table alive across `exec`: clears
+    /// close-on-exec on the descriptor whose OFD lock vouches for it (registering first if
+    /// needed). For a process that holds a token and then execs the program that is to hold
+    /// it (`lockticket exec -F`); the program inherits the descriptor, and the registration
+    /// lives until it exits. Other children the program forks inherit it too.
+    pub fn keep_registration_across_exec(&self) -> Result<()> {
+        self.table()?.keep_registration_across_exec()
     }
 
     /// The table's file.
@@ -243,11 +268,7 @@ impl LockTicket {
         }
         let gone = match &self.creator_pidfd {
             Some(fd) => sys::pidfd_exited(fd),
-            None => !OsLiveness.is_alive(Owner {
-                pid: self.creator.0,
-                start: Some(self.creator.1),
-                start_fp: None,
-            }),
+            None => !sys::pid_alive(self.creator.0, self.creator.1),
         };
         if gone {
             return Err(Error::ParentGone {
@@ -266,21 +287,46 @@ impl LockTicket {
     pub(crate) fn table(&self) -> Result<&Region> {
         match self.mapped() {
             Some(r) => Ok(r),
-            None => self.remap(),
+            None => {
+                // A table found removed under its users is not silently replaced: the
+                // handle's users would no longer exclude those of the old file.
+                if let Some(r) = self.current_region()
+                    && let Some(what) = r.removal()
+                {
+                    return Err(r.removed_error(what, false));
+                }
+                self.remap()
+            }
         }
     }
 
-    /// The table in use, if it is mapped and not retired.
+    /// The table in use, if it is mapped, not retired and not found removed.
     #[inline]
     pub(crate) fn mapped(&self) -> Option<&Region> {
+        let r = self.current_region()?;
+        (!r.retired() && r.removal().is_none()).then_some(r)
+    }
+
+    /// The table this handle used last, whatever its state.
+    #[inline]
+    fn current_region(&self) -> Option<&Region> {
         let p = self.current.load(Acquire);
         if p.is_null() {
             return None;
         }
         // SAFETY: `current` only ever points into a Box held by `regions`, and those are freed
         // only when `self` is dropped, which the borrow of `self` rules out.
-        let r = unsafe { &*p };
-        (!r.retired()).then_some(r)
+        Some(unsafe { &*p })
+    }
+
+    /// Checks (one `stat`) that the path still names the table this handle uses; a table
+    /// removed or replaced under its users is marked and reported (see
+    /// [`Region::check_at_path`]).
+    pub(crate) fn check_current_at_path(&self) -> Result<()> {
+        match self.current_region() {
+            Some(r) => r.check_at_path(),
+            None => Ok(()),
+        }
     }
 
     #[cold]
@@ -342,7 +388,10 @@ impl LockTicket {
             .iter()
             .find(|r| r.same_file(&region) && !r.retired());
         let ptr: *const Region = match same {
-            Some(r) => &**r,
+            Some(r) => {
+                r.adopt_registration(&region);
+                &**r
+            }
             None => {
                 regions.push(Box::new(region));
                 &**regions.last().expect("just pushed")
@@ -380,7 +429,7 @@ impl LockTicket {
     pub fn set_payload(&self, value: &[u8]) -> Result<()> {
         let region = self.table()?;
         region
-            .with_payload_writer(|p| p.write(value))
+            .with_payload_writer(|p| p.write(value))?
             .map(drop)
             .map_err(|e| self.payload_error(e))
     }
@@ -477,6 +526,7 @@ impl LockTicket {
     /// A snapshot of the table: owners, holders, the queue in FIFO order, counters. Never
     /// blocks the lock. Fails with [`Error::NotCreated`] when there is no table.
     pub fn status(&self) -> Result<crate::Status> {
+        self.check_current_at_path()?;
         Ok(crate::status::snapshot(self.table()?))
     }
 }

@@ -11,6 +11,7 @@
 //! 0                 4096                      header page (fixed fields, then hot words)
 //! RING_OFFSET       ring_capacity * 64        token slots, one cache line each
 //! members_offset    member_capacity * 64      main-lock registry, one cache line each
+//! procs_offset      proc_capacity * 64        process table (registrations), one line each
 //! payload_offset    payload::region_len(cap)  payload region (page aligned, mapped apart)
 //! ```
 
@@ -19,13 +20,17 @@ use bytemuck::{Pod, Zeroable};
 /// First eight bytes of every lock table.
 pub const MAGIC: [u8; 8] = *b"LCKTCKT\0";
 /// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version with a process table (claim words name registrations, not PIDs).
+pub const FIRST_VERSION_WITH_PROCESS_TABLE: u32 = 2;
 /// Size of the header page.
 pub const HEADER_SIZE: u64 = 4096;
 /// Size of one token slot (one cache line).
 pub const SLOT_SIZE: u64 = 64;
 /// Size of one main-lock registry entry (one cache line).
 pub const MEMBER_SIZE: u64 = 64;
+/// Size of one process-table entry (one cache line).
+pub const PROC_SIZE: u64 = 64;
 /// Where the token ring starts.
 pub const RING_OFFSET: u64 = HEADER_SIZE;
 /// Page size assumed for the payload region's alignment (and its length's multiple).
@@ -34,10 +39,13 @@ pub const PAGE: u64 = 4096;
 /// payload's writer lock. Linux PIDs are below `PID_MAX_LIMIT` = 2^22.
 pub const PID_BITS: u32 = 22;
 const _: () = assert!(crate::sys::PID_MAX < 1 << PID_BITS);
-/// Bits of a start time kept in a slot's claim word, above the PID: enough to tell a
-/// recycled PID from its previous owner in the few nanoseconds before the full start time is
-/// published.
-pub const START_FP_BITS: u32 = 9;
+/// Bits of a claim word's owner field that hold the registration's index + 1 (0 = unclaimed).
+pub const REG_INDEX_BITS: u32 = 16;
+/// Bits of a claim word's owner field that hold the low bits of the registration's
+/// generation, above the index: enough to tell a reused registration from its previous owner
+/// in the few nanoseconds before the full generation is published in the slot.
+pub const GEN_FP_BITS: u32 = 15;
+const _: () = assert!(REG_INDEX_BITS + GEN_FP_BITS == 31);
 
 /// Smallest accepted ring capacity.
 pub const MIN_RING_CAPACITY: u32 = 2;
@@ -49,6 +57,11 @@ pub const DEFAULT_RING_CAPACITY: u32 = 256;
 pub const MAX_MEMBER_CAPACITY: u32 = 4096;
 /// Default size of the main-lock registry.
 pub const DEFAULT_MEMBER_CAPACITY: u32 = 64;
+/// Default size of the process table: how many processes can use a table at once.
+pub const DEFAULT_PROC_CAPACITY: u32 = 1024;
+/// Largest accepted process table (an index + 1 must fit [`REG_INDEX_BITS`]).
+pub const MAX_PROC_CAPACITY: u32 = 32768;
+const _: () = assert!(MAX_PROC_CAPACITY < 1 << REG_INDEX_BITS);
 /// Default payload capacity in bytes.
 pub const DEFAULT_PAYLOAD_CAPACITY: u64 = 4096;
 /// Largest accepted payload capacity in bytes.
@@ -100,8 +113,12 @@ pub struct FixedHeader {
     pub created_ns: u64,
     /// A random value drawn at creation; tells incarnations at one path apart.
     pub nonce: u64,
-    /// Reserved, zero.
-    pub reserved: [u64; 2],
+    /// Offset of the process table (version 2).
+    pub procs_offset: u64,
+    /// Number of process-table entries (version 2).
+    pub proc_capacity: u32,
+    /// [`PROC_SIZE`] (version 2).
+    pub proc_size: u32,
     /// FNV-1a 64 over the 120 bytes before this field.
     pub checksum: u64,
 }
@@ -114,6 +131,9 @@ const _: () = assert!(FIXED_HEADER_SIZE == 128);
 pub mod hot {
     /// `u32`: non-zero once the last owner has retired the table (about to unlink it).
     pub const RETIRED: u64 = 128;
+    /// `u32`: non-zero once a user found the table's path no longer naming this file while
+    /// it was not retired: 1 removed, 2 replaced by another file (anything else: removed).
+    pub const REMOVED: u64 = 132;
     /// `u64`: a hint of the next ticket to hand out (never beyond it; see `ring`).
     pub const TAIL: u64 = 256;
     /// `u64`: oldest ticket not yet released.
@@ -135,6 +155,8 @@ pub struct Geometry {
     pub ring_capacity: u32,
     /// Main-lock registry entries.
     pub member_capacity: u32,
+    /// Process-table entries.
+    pub proc_capacity: u32,
     /// Payload bytes.
     pub payload_capacity: u64,
     /// Payload region length (page multiple).
@@ -146,14 +168,17 @@ impl Geometry {
     pub fn members_offset(&self) -> u64 {
         RING_OFFSET + u64::from(self.ring_capacity) * SLOT_SIZE
     }
+    /// Offset of the process table.
+    pub fn procs_offset(&self) -> u64 {
+        self.members_offset() + u64::from(self.member_capacity) * MEMBER_SIZE
+    }
     /// Offset of the payload region (page aligned).
     pub fn payload_offset(&self) -> u64 {
-        let end = self.members_offset() + u64::from(self.member_capacity) * MEMBER_SIZE;
-        end.div_ceil(PAGE) * PAGE
+        self.lock_len().div_ceil(PAGE) * PAGE
     }
-    /// Length of the part mapped for locking (header, ring, registry).
+    /// Length of the part mapped for locking (header, ring, registry, process table).
     pub fn lock_len(&self) -> u64 {
-        self.members_offset() + u64::from(self.member_capacity) * MEMBER_SIZE
+        self.procs_offset() + u64::from(self.proc_capacity) * PROC_SIZE
     }
     /// Total file size.
     pub fn file_size(&self) -> u64 {
@@ -188,6 +213,17 @@ pub enum HeaderError {
     /// An older, unknown version (there is none before 1).
     #[error("unknown format version {found}")]
     UnknownVersion {
+        /// The version in the file.
+        found: u32,
+    },
+    /// Written by an older lockticket whose format this build no longer speaks.
+    #[error(
+        "format version {found} was written by an older lockticket (before 0.2, which names \
+         processes by PID); this build reads version {FORMAT_VERSION} only: stop the processes \
+         of the old version, then remove the file (`lockticket clean`, or rm) and let the new \
+         version create it (see docs/migration.md)"
+    )]
+    OldVersion {
         /// The version in the file.
         found: u32,
     },
@@ -248,7 +284,9 @@ pub fn new_header(
         main_mode,
         created_ns,
         nonce,
-        reserved: [0; 2],
+        procs_offset: geometry.procs_offset(),
+        proc_capacity: geometry.proc_capacity,
+        proc_size: PROC_SIZE as u32,
         checksum: 0,
     };
     h.checksum = header_checksum(&h);
@@ -285,6 +323,9 @@ pub fn validate_header(
     }
     if h.version > FORMAT_VERSION {
         return Err(HeaderError::NewerVersion { found: h.version });
+    }
+    if (1..FORMAT_VERSION).contains(&h.version) {
+        return Err(HeaderError::OldVersion { found: h.version });
     }
     if h.version != FORMAT_VERSION {
         return Err(HeaderError::UnknownVersion { found: h.version });
@@ -324,17 +365,24 @@ pub fn validate_header(
     if h.permissions & !0o7777 != 0 {
         return bad("permissions", h.permissions.into());
     }
-    if h.reserved != [0; 2] {
-        return bad("reserved", h.reserved[0] | h.reserved[1]);
+    if u64::from(h.proc_size) != PROC_SIZE {
+        return bad("proc_size", h.proc_size.into());
+    }
+    if h.proc_capacity == 0 || h.proc_capacity > MAX_PROC_CAPACITY {
+        return bad("proc_capacity", h.proc_capacity.into());
     }
     let g = Geometry {
         ring_capacity: cap,
         member_capacity: h.member_capacity,
+        proc_capacity: h.proc_capacity,
         payload_capacity: h.payload_capacity,
         payload_region_len: h.payload_region_len,
     };
     if h.members_offset != g.members_offset() {
         return bad("members_offset", h.members_offset);
+    }
+    if h.procs_offset != g.procs_offset() {
+        return bad("procs_offset", h.procs_offset);
     }
     if h.payload_offset != g.payload_offset() {
         return bad("payload_offset", h.payload_offset);
@@ -363,6 +411,7 @@ mod tests {
         Geometry {
             ring_capacity: 8,
             member_capacity: 4,
+            proc_capacity: 16,
             payload_capacity: 100,
             payload_region_len: region_len(100),
         }

@@ -74,6 +74,7 @@ mod main_lock;
 mod members;
 mod path;
 mod payload;
+mod procs;
 mod region;
 mod repair;
 mod request;

@@ -25,6 +25,7 @@ impl LockTicket {
     /// already, and the file errors of [`LockTicket::open`].
     pub fn main_lock(&self, share: Share) -> Result<MainGuard<'_>> {
         let (pid, start) = sys::current_identity();
+        self.check_current_at_path()?;
         let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
         let mut reclaimed = false;
         let create = Create {
@@ -42,20 +43,34 @@ impl LockTicket {
             // We hold the flock and the file is still there: if it is retired, whoever
             // retired it died before unlinking (retiring and unlinking happen under one flock).
             cold.revive_abandoned()?;
-            let census = members::census(region.members(), &sys::OsLiveness);
+            let census = members::census(region.members(), &region.liveness());
             if census.live.is_empty() && !created {
                 reclaimed = true;
-                if !region.ring().has_live_requests(&sys::OsLiveness) {
-                    // An orphan: start afresh rather than trust what dead owners left.
+                // An orphan: taken over in place, so that the payload the dead left and the
+                // death of a holder (reported by the next grant) survive. Dead requests are
+                // reclaimed now; a ring in a state no sequence of operations produces is not
+                // trusted: the table starts afresh.
+                if drain_dead(&region).is_err() {
                     cold.retire_and_unlink()?;
                     return Ok(None);
                 }
             }
+            // This handle's registration in this file, if it mapped the file before (the
+            // region opened here is then dropped by `install`, which moves a registration
+            // taken here over to the kept one).
+            let kept = regions
+                .iter()
+                .find(|r| r.same_file(&region) && !r.retired())
+                .and_then(|r| r.registration(pid));
+            let me = match kept {
+                Some(me) => me,
+                None => cold.registration()?,
+            };
             let index = members::join(
                 region.members(),
                 &census.live,
-                pid,
-                start,
+                me,
+                (pid, start),
                 share,
                 sys::now_ns(),
             )
@@ -95,6 +110,20 @@ impl LockTicket {
             },
         }
     }
+}
+
+/// Reclaims the requests of dead processes at the head of an orphan's queue (each raising the
+/// died flag if it held the token), until the head is alive, empty, or a capacity's worth of
+/// tickets was looked at.
+fn drain_dead(region: &Region) -> std::result::Result<(), crate::ring::Broken> {
+    let (ring, liveness) = (region.ring(), region.liveness());
+    for _ in 0..2 * ring.capacity() + 2 {
+        match ring.check_head(&liveness)? {
+            crate::ring::HeadCheck::Fine => return Ok(()),
+            crate::ring::HeadCheck::Advanced | crate::ring::HeadCheck::Reclaimed { .. } => {}
+        }
+    }
+    Ok(())
 }
 
 /// A registration as owner of the table (the main lock). Leaves on [`unlock`](Self::unlock)
@@ -138,36 +167,50 @@ impl MainGuard<'_> {
     /// removed when the [`LockTicket`] handle is dropped instead — after every guard, since
     /// they borrow it — unless another process joined or uses it by then. So no order of
     /// unlocks or drops leaves the file behind.
+    /// In a forked child that inherited the guard: [`Error::NotOwner`], and the parent stays
+    /// registered. [`Error::TableRemoved`] (after leaving) when the file was removed or
+    /// replaced under its users.
     pub fn unlock(self) -> Result<()> {
         let mut this = std::mem::ManuallyDrop::new(self);
         this.leave()
     }
 
     fn leave(&mut self) -> Result<()> {
-        if sys::current_identity().0 != self.pid {
-            return Ok(()); // a forked child: the registration is the parent's
+        let pid = sys::current_identity().0;
+        if pid != self.pid {
+            // A forked child (any kind of fork): the registration is the parent's.
+            return Err(Error::NotOwner {
+                path: self.lt.path.clone(),
+                what: "main lock",
+                owner: self.pid,
+                pid,
+            });
         }
         let region = self.region;
+        // Before leaving (the last one out retires the table, which a removal check would
+        // then take for the ordinary way out): was the file removed under us?
+        let at_path = region.check_at_path();
         let cold = region.cold()?;
         if !members::leave(region.members(), self.index, self.pid, self.start) {
             return Err(self
                 .lt
                 .corrupted("our main-lock registration was removed from the table"));
         }
-        if members::census(region.members(), &sys::OsLiveness)
+        if members::census(region.members(), &region.liveness())
             .live
             .is_empty()
         {
             // Last one out. If this process still holds or waits for a token (a guard kept
             // past the main guard, a struct whose fields drop in that order), the table stays
             // until the handle goes, which no guard can outlive.
-            if !cold.retire_unless_in_use(&sys::OsLiveness)? {
+            if !cold.retire_unless_in_use(&region.liveness())? {
                 self.lt
                     .retire_pending
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        Ok(())
+        drop(cold);
+        at_path
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use crate::liveness::{Liveness, Owner};
+use crate::liveness::{Liveness, Owner, Registration};
 use crate::share::Share;
 use crate::sys::PID_MAX;
 
@@ -26,7 +26,9 @@ pub(crate) struct Member {
     pub start: AtomicU64,
     /// When it joined, ns since the Unix epoch.
     pub joined_ns: AtomicU64,
-    _reserved: [u64; 5],
+    /// Its registration in the process table: generation << 32 | index + 1 (the liveness).
+    pub reg: AtomicU64,
+    _reserved: [u64; 4],
 }
 const _: () = assert!(core::mem::size_of::<Member>() == crate::layout::MEMBER_SIZE as usize);
 
@@ -43,16 +45,12 @@ pub(crate) struct Registered {
     pub share: Share,
     /// Join time (ns since the epoch).
     pub joined_ns: u64,
+    /// Its registration.
+    pub owner: Owner,
 }
 
-impl Registered {
-    fn owner(&self) -> Owner {
-        Owner {
-            pid: self.pid,
-            start: Some(self.start),
-            start_fp: None,
-        }
-    }
+fn reg_word(me: Registration) -> u64 {
+    (u64::from(me.generation) << 32) | u64::from(me.index).wrapping_add(1)
 }
 
 /// Reads an entry; `None` for empty or nonsensical ones.
@@ -66,7 +64,10 @@ fn read(index: usize, m: &Member) -> Option<Registered> {
     if pid == 0 || pid > PID_MAX {
         return None;
     }
+    let reg = m.reg.load(Relaxed);
+    let reg_index = (reg as u32).checked_sub(1)?;
     Some(Registered {
+        owner: Owner::full(reg_index, (reg >> 32) as u32),
         index,
         pid,
         start: m.start.load(Relaxed),
@@ -98,7 +99,7 @@ pub(crate) fn census(members: &[Member], liveness: &impl Liveness) -> Census {
     let mut c = Census::default();
     for (i, m) in members.iter().enumerate() {
         match read(i, m) {
-            Some(r) if liveness.is_alive(r.owner()) => c.live.push(r),
+            Some(r) if liveness.is_alive(r.owner) => c.live.push(r),
             Some(_) => {
                 clear(m);
                 c.cleared += 1;
@@ -119,6 +120,7 @@ fn clear(m: &Member) {
     m.mode.store(0, Relaxed);
     m.start.store(0, Relaxed);
     m.joined_ns.store(0, Relaxed);
+    m.reg.store(0, Relaxed);
 }
 
 /// Why a join was refused.
@@ -137,17 +139,21 @@ pub(crate) enum JoinRefused {
     Full,
 }
 
-/// Registers `(pid, start)` in `share` mode, given the live owners from [`census`]. Call under
-/// the flock. Returns the entry index.
+/// Registers registration `me` of process `(pid, start)` in `share` mode, given the live
+/// owners from [`census`]. Call under the flock. Returns the entry index. A process is
+/// recognised by its registration, or by PID and start time (its other handles).
 pub(crate) fn join(
     members: &[Member],
     live: &[Registered],
-    pid: u32,
-    start: u64,
+    me: Registration,
+    (pid, start): (u32, u64),
     share: Share,
     now_ns: u64,
 ) -> Result<usize, JoinRefused> {
-    if live.iter().any(|r| r.pid == pid && r.start == start) {
+    if live
+        .iter()
+        .any(|r| r.owner == me.owner() || (r.pid == pid && r.start == start))
+    {
         return Err(JoinRefused::AlreadyRegistered);
     }
     if let Some(first) = live.first()
@@ -165,6 +171,7 @@ pub(crate) fn join(
         .ok_or(JoinRefused::Full)?;
     m.start.store(start, Relaxed);
     m.joined_ns.store(now_ns, Relaxed);
+    m.reg.store(reg_word(me), Relaxed);
     m.mode.store(
         if share == Share::Shared {
             MODE_SHARED
@@ -197,11 +204,34 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    /// Registrations with these indices are dead.
     struct Dead(HashSet<u32>);
     impl Liveness for Dead {
         fn is_alive(&self, o: Owner) -> bool {
-            !self.0.contains(&o.pid)
+            !self.0.contains(&o.index)
         }
+    }
+
+    /// Joins process `pid` as registration index `pid`.
+    fn join(
+        m: &[Member],
+        live: &[Registered],
+        pid: u32,
+        start: u64,
+        share: Share,
+        now: u64,
+    ) -> Result<usize, JoinRefused> {
+        super::join(
+            m,
+            live,
+            Registration {
+                index: pid,
+                generation: 1,
+            },
+            (pid, start),
+            share,
+            now,
+        )
     }
 
     fn table(n: usize) -> Vec<Member> {
@@ -261,6 +291,7 @@ mod tests {
         m[0].mode.store(1, Relaxed);
         m[1].pid.store(5, Relaxed);
         m[1].mode.store(77, Relaxed);
+        m[1].reg.store(3, Relaxed);
         assert!(entries(&m).is_empty());
         let c = census(&m, &Dead(HashSet::new()));
         assert_eq!((c.live.len(), c.cleared), (0, 2));

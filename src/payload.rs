@@ -74,8 +74,8 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use crossbeam_utils::Backoff;
 
-use crate::layout::{MAX_PAYLOAD_CAPACITY, PAGE, PID_BITS};
-use crate::liveness::{Liveness, Owner};
+use crate::layout::{MAX_PAYLOAD_CAPACITY, PAGE};
+use crate::liveness::{Liveness, Owner, Registration};
 
 /// A cache line: the control block and the buffer headers each take one.
 const LINE: u64 = 64;
@@ -98,19 +98,17 @@ const MAX_READ_ATTEMPTS: u32 = 1000;
 /// Multiplier of the checksum's mixing step (2^64 / golden ratio, odd).
 const HASH_K: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// The payload writer-lock value naming process `pid` started at `start` (clock ticks after
-/// boot): the start time's low 42 bits above the PID — a whole identity in one word, immune to
-/// PID reuse.
-pub(crate) fn writer_identity(pid: u32, start: u64) -> u64 {
-    (start << PID_BITS) | (u64::from(pid) & ((1 << PID_BITS) - 1))
+/// The payload writer-lock value naming registration `me`: its generation above its index
+/// + 1 — a whole registration in one word (never 0), judged like a claim word's owner.
+pub(crate) fn writer_identity(me: Registration) -> u64 {
+    (u64::from(me.generation) << 32) | u64::from(me.index).wrapping_add(1)
 }
 
 fn writer_owner(word: u64) -> Owner {
-    Owner {
-        pid: (word & ((1 << PID_BITS) - 1)) as u32,
-        start: Some(word >> PID_BITS),
-        start_fp: None,
-    }
+    Owner::full(
+        ((word as u32).wrapping_sub(1)) & 0x7fff_ffff,
+        (word >> 32) as u32,
+    )
 }
 
 /// A complete value read from (or decoded out of) the payload region.
@@ -899,12 +897,16 @@ mod tests {
         v
     }
 
-    /// Liveness for the writer-lock tests: PIDs below 100 are alive.
+    /// Liveness for the writer-lock tests: registrations below index 100 are alive.
     struct LowPidsAlive;
     impl Liveness for LowPidsAlive {
         fn is_alive(&self, o: Owner) -> bool {
-            o.pid < 100
+            o.index < 100
         }
+    }
+
+    fn reg(index: u32, generation: u32) -> Registration {
+        Registration { index, generation }
     }
 
     #[test]
@@ -916,13 +918,16 @@ mod tests {
                 let (r, counter) = (&r, &counter);
                 s.spawn(move || {
                     for _ in 0..5000 {
-                        r.payload()
-                            .with_writer(writer_identity(pid, 7), &LowPidsAlive, |_| {
+                        r.payload().with_writer(
+                            writer_identity(reg(pid, 7)),
+                            &LowPidsAlive,
+                            |_| {
                                 // A non-atomic increment: exact only under mutual exclusion.
                                 let v = counter.load(Ordering::Relaxed);
                                 std::hint::spin_loop();
                                 counter.store(v + 1, Ordering::Relaxed);
-                            });
+                            },
+                        );
                     }
                 });
             }
@@ -934,21 +939,16 @@ mod tests {
     #[test]
     fn a_dead_writers_lock_is_taken_over() {
         let r = Region::new(64);
-        let dead = writer_identity(4000, 12345);
+        let dead = writer_identity(reg(4000, 12345));
         r.put_u64(OFF_WRITER, dead);
         let g = r
             .payload()
-            .with_writer(writer_identity(5, 1), &LowPidsAlive, |p| p.write(b"after"));
+            .with_writer(writer_identity(reg(5, 1)), &LowPidsAlive, |p| {
+                p.write(b"after")
+            });
         assert_eq!(g, Ok(1));
         assert_eq!(value_of(&r).bytes, b"after");
-        assert_eq!(
-            writer_owner(dead),
-            Owner {
-                pid: 4000,
-                start: Some(12345),
-                start_fp: None
-            }
-        );
+        assert_eq!(writer_owner(dead), Owner::full(4000, 12345));
     }
 
     #[test]

@@ -16,9 +16,10 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE, hot};
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Registration};
 use crate::members::Member;
 use crate::payload::{self, Payload};
+use crate::procs::{self, ProcEntry, TableLiveness};
 use crate::repair::Repaired;
 use crate::ring::{Ring, RingWords, Slot};
 use crate::sys;
@@ -30,7 +31,9 @@ struct SharedHeader {
     fixed: [AtomicU64; 16],
     /// Non-zero once retired by the last owner.
     retired: AtomicU32,
-    _pad0: [u32; 31],
+    /// Non-zero once found removed (1) or replaced (2) under its users.
+    removed: AtomicU32,
+    _pad0: [u32; 30],
     /// A hint of the next ticket to hand out (see `ring`).
     tail: AtomicU64,
     _pad1: [u64; 15],
@@ -47,6 +50,7 @@ struct SharedHeader {
 }
 const _: () = {
     assert!(core::mem::offset_of!(SharedHeader, retired) == hot::RETIRED as usize);
+    assert!(core::mem::offset_of!(SharedHeader, removed) == hot::REMOVED as usize);
     assert!(core::mem::offset_of!(SharedHeader, tail) == hot::TAIL as usize);
     assert!(core::mem::offset_of!(SharedHeader, head) == hot::HEAD as usize);
     assert!(core::mem::offset_of!(SharedHeader, dead_holder) == hot::DEAD_HOLDER as usize);
@@ -71,6 +75,17 @@ pub(crate) struct Region {
     ino: u64,
     /// The ring view over `map`, built once (the lock path reuses it).
     ring: Ring<'static>,
+    /// A descriptor of the same open file description as `file`, which never holds an OFD
+    /// lock: liveness checks ask the kernel through it (a description's own locks never
+    /// conflict with it). Pointed at /dev/null when neutered.
+    probe: File,
+    /// The PID of the process whose registration `reg_id` is (0: none). A forked child reads
+    /// its parent's here and registers anew.
+    reg_pid: AtomicU32,
+    /// Our registration: index << 32 | generation.
+    reg_id: AtomicU64,
+    /// The open file description that holds our registration's OFD lock.
+    reg_lock: Mutex<Option<File>>,
 }
 
 impl std::fmt::Debug for Region {
@@ -240,8 +255,13 @@ impl Region {
                 wake_one,
             )
         };
+        let probe = file.try_clone().map_err(io_err(path, "dup"))?;
         Ok(Region {
             path: path.to_path_buf(),
+            probe,
+            reg_pid: AtomicU32::new(0),
+            reg_id: AtomicU64::new(0),
+            reg_lock: Mutex::new(None),
             file: Mutex::new(Some(file)),
             map,
             payload_map,
@@ -293,6 +313,93 @@ impl Region {
         }
     }
 
+    /// The process table.
+    pub(crate) fn procs(&self) -> &[ProcEntry] {
+        let n = self.geometry.proc_capacity as usize;
+        // SAFETY: `lock_len` is procs_offset + n * 64 bytes; procs_offset is a multiple of 64;
+        // ProcEntry is atomics and integers, valid for any bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(self.geometry.procs_offset() as usize) as *const ProcEntry,
+                n,
+            )
+        }
+    }
+
+    /// The description liveness checks ask the kernel through (measurements).
+    #[cfg(test)]
+    pub(crate) fn probe_file(&self) -> &File {
+        &self.probe
+    }
+
+    /// Liveness over this table's process table, asked of the kernel.
+    pub(crate) fn liveness(&self) -> TableLiveness<'_> {
+        TableLiveness {
+            probe: &self.probe,
+            procs: self.procs(),
+            procs_offset: self.geometry.procs_offset(),
+        }
+    }
+
+    /// This process's registration in the table, if it has one (no system call).
+    #[inline]
+    pub(crate) fn registration(&self, pid: u32) -> Option<Registration> {
+        if self.reg_pid.load(Acquire) != pid {
+            return None;
+        }
+        let id = self.reg_id.load(Relaxed);
+        Some(Registration {
+            index: (id >> 32) as u32,
+            generation: id as u32,
+        })
+    }
+
+    /// This process's registration, registering now if it has none (cold: takes the flock).
+    #[cold]
+    pub(crate) fn register(&self) -> Result<Registration> {
+        let (pid, _) = sys::current_identity();
+        match self.registration(pid) {
+            Some(r) => Ok(r),
+            None => self.cold()?.registration(),
+        }
+    }
+
+    /// Takes over `from`'s registration when this region (the same file, mapped earlier by the
+    /// same handle) has none for this process: `from` is about to be dropped, and with it the
+    /// descriptor whose lock vouches for the registration.
+    pub(crate) fn adopt_registration(&self, from: &Region) {
+        let (pid, _) = sys::current_identity();
+        if !self.same_file(from) || self.registration(pid).is_some() {
+            return;
+        }
+        let Some(reg) = from.registration(pid) else {
+            return;
+        };
+        let lock = from
+            .reg_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut mine = self.reg_lock.lock().unwrap_or_else(|p| p.into_inner());
+        *mine = lock;
+        self.reg_id.store(
+            u64::from(reg.index) << 32 | u64::from(reg.generation),
+            Relaxed,
+        );
+        self.reg_pid.store(pid, Release);
+    }
+
+    /// Keeps our registration's lock across `exec` (clears close-on-exec on its descriptor):
+    /// for a process that execs into the holder of its tokens (`lockticket exec -F`).
+    pub(crate) fn keep_registration_across_exec(&self) -> Result<()> {
+        self.register()?;
+        let lock = self.reg_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match lock.as_ref() {
+            Some(f) => sys::set_cloexec(f, false).map_err(io_err(&self.path, "fcntl F_SETFD")),
+            None => Ok(()),
+        }
+    }
+
     /// The ring over this table.
     #[inline]
     pub(crate) fn ring(&self) -> &Ring<'_> {
@@ -318,6 +425,56 @@ impl Region {
     #[inline]
     pub(crate) fn retired(&self) -> bool {
         self.header().retired.load(SeqCst) != 0
+    }
+
+    /// What a user found, if the table's path stopped naming this file under its users:
+    /// "removed" or "replaced by another file". One load: the holder's unlock reads it.
+    #[inline]
+    pub(crate) fn removal(&self) -> Option<&'static str> {
+        match self.header().removed.load(SeqCst) {
+            0 => None,
+            2 => Some("replaced by another file"),
+            _ => Some("removed"),
+        }
+    }
+
+    /// The error for a table found removed.
+    pub(crate) fn removed_error(&self, what: &'static str, holder: bool) -> Error {
+        Error::TableRemoved {
+            path: self.path.clone(),
+            what,
+            holder,
+        }
+    }
+
+    /// Checks that the path still names this file (a slow-path check: one `stat`). A table
+    /// that is retired left its path on purpose (the last owner out); otherwise a missing or
+    /// different file is marked in the table, so that every user learns at its next call,
+    /// and reported.
+    pub(crate) fn check_at_path(&self) -> Result<()> {
+        if let Some(what) = self.removal() {
+            return Err(self.removed_error(what, false));
+        }
+        if self.retired() {
+            return Ok(());
+        }
+        let mark = match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => return Ok(()),
+            Ok(_) => 2,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 1,
+            Err(_) => return Ok(()), // cannot tell (EACCES on a directory): say nothing
+        };
+        if self.retired() {
+            return Ok(()); // retired and unlinked meanwhile: the last owner's way out
+        }
+        let _ = self
+            .header()
+            .removed
+            .compare_exchange(0, mark, SeqCst, SeqCst);
+        match self.removal() {
+            Some(what) => Err(self.removed_error(what, false)),
+            None => Ok(()),
+        }
     }
 
     /// For a table found retired: takes the cold lock and revives the table if its retirer
@@ -356,10 +513,10 @@ impl Region {
     }
 
     /// Runs `f` as the only payload writer (see `Payload::with_writer`).
-    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> T {
-        let (pid, start) = sys::current_identity();
+    pub(crate) fn with_payload_writer<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> Result<T> {
+        let me = self.register()?;
         let payload = self.payload();
-        payload.with_writer(payload::writer_identity(pid, start), &sys::OsLiveness, f)
+        Ok(payload.with_writer(payload::writer_identity(me), &self.liveness(), f))
     }
 
     /// Takes the flock of a table that is not visible yet (see `create`).
@@ -393,6 +550,16 @@ impl Region {
         if file.take().is_none() {
             return;
         }
+        // Our registration in the removed file dies with its descriptor; the probe is pointed
+        // at /dev/null, so that the removed file's pages are freed.
+        drop(
+            self.reg_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        self.reg_pid.store(0, SeqCst);
+        sys::point_at_dev_null(&self.probe);
         for m in [&self.map, &self.payload_map] {
             // SAFETY: `m` is a whole mapping we own; the memory behind our references into
             // it (header, ring, registry, payload) is atomics and integers, valid as zeroes.
@@ -431,6 +598,47 @@ pub(crate) struct Cold<'a> {
 }
 
 impl Cold<'_> {
+    /// This process's registration, taken now if it has none (or only its parent's).
+    pub(crate) fn registration(&self) -> Result<Registration> {
+        let r = self.region;
+        let (pid, start) = sys::current_identity();
+        if let Some(reg) = r.registration(pid) {
+            return Ok(reg);
+        }
+        let Some(file) = self.guard.as_ref() else {
+            return Err(Error::Removed {
+                path: r.path.clone(),
+            });
+        };
+        let lock =
+            sys::reopen(file, &r.path).map_err(io_err(&r.path, "reopen for registration"))?;
+        let reg = procs::register(
+            r.procs(),
+            r.geometry.procs_offset(),
+            &lock,
+            pid,
+            start,
+            sys::now_ns(),
+            |i| r.ring().fingerprints_naming(i),
+        )
+        .map_err(|e| match e {
+            procs::RegisterError::Full => Error::ProcessTableFull {
+                path: r.path.clone(),
+                capacity: r.geometry.proc_capacity,
+            },
+            procs::RegisterError::Io(e) => io_err(&r.path, "F_OFD_SETLK")(e),
+        })?;
+        // A forked child drops its copy of the parent's lock description here (the parent's
+        // own descriptor keeps the parent's registration).
+        *r.reg_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
+        r.reg_id.store(
+            u64::from(reg.index) << 32 | u64::from(reg.generation),
+            Relaxed,
+        );
+        r.reg_pid.store(pid, Release);
+        Ok(reg)
+    }
+
     /// Clears the retired mark of a table whose retirer died before unlinking it: retiring
     /// and unlinking happen under this lock, so a retired table still at its path, seen with
     /// the lock held, was abandoned half-way.
@@ -462,9 +670,13 @@ impl Cold<'_> {
     /// in any slot, the ring is reset at once. With live ones, it is rebuilt around them only
     /// when `keep_live` is set (`lockticket repair`) and none of them holds the token:
     /// otherwise a live holder whose claim was overwritten could be joined by a second one.
-    pub(crate) fn repair_ring(&self, liveness: &impl Liveness, keep_live: bool) -> Repair {
+    pub(crate) fn repair_ring(&self, keep_live: bool) -> Repair {
         let r = self.region;
+        let liveness = r.liveness();
         let ring = r.ring();
+        // PIDs for the messages (0 when the entry no longer names the registration).
+        let pid =
+            |c: &crate::ring::SlotClaim| procs::registrant(r.procs(), c.owner).map_or(0, |g| g.pid);
         let Some(problem) = ring.inconsistency() else {
             return Repair::NotNeeded;
         };
@@ -474,15 +686,11 @@ impl Cold<'_> {
             .copied()
             .filter(|c| liveness.is_alive(c.owner))
             .collect();
-        let holders: Vec<u32> = live
-            .iter()
-            .filter(|c| c.holding)
-            .map(|c| c.owner.pid)
-            .collect();
+        let holders: Vec<u32> = live.iter().filter(|c| c.holding).map(pid).collect();
         if !live.is_empty() && (!keep_live || !holders.is_empty()) {
             return Repair::Refused {
                 problem,
-                live: live.iter().map(|c| c.owner.pid).collect(),
+                live: live.iter().map(pid).collect(),
                 holders,
             };
         }
@@ -499,7 +707,7 @@ impl Cold<'_> {
             }
             Err(why) => Repair::Refused {
                 problem: format!("{problem}; {why}"),
-                live: live.iter().map(|c| c.owner.pid).collect(),
+                live: live.iter().map(pid).collect(),
                 holders,
             },
         }

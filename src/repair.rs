@@ -16,7 +16,6 @@ use std::fmt;
 use crate::LockTicket;
 use crate::error::{Error, Result};
 use crate::region::{Region, Repair};
-use crate::sys;
 
 /// What a repair of the ring did (see [`LockTicket::repair`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +64,7 @@ impl LockTicket {
     pub fn repair(&self) -> Result<Option<Repaired>> {
         let region = self.table()?;
         let cold = region.cold()?;
-        match cold.repair_ring(&sys::OsLiveness, true) {
+        match cold.repair_ring(true) {
             Repair::NotNeeded => Ok(None),
             Repair::Repaired(r) => Ok(Some(r)),
             Repair::Refused {
@@ -84,7 +83,7 @@ impl LockTicket {
     #[cold]
     pub(crate) fn recover(&self, region: &Region) -> Result<bool> {
         let cold = region.cold()?;
-        match cold.repair_ring(&sys::OsLiveness, false) {
+        match cold.repair_ring(false) {
             Repair::NotNeeded => Ok(false),
             Repair::Repaired(_) => Ok(true),
             Repair::Refused { problem, live, .. } => Err(Error::Inconsistent {

@@ -12,12 +12,13 @@
 //! ```text
 //! bits 63..32  lap (low 32 bits of t / capacity)
 //! bit  31      shared request
-//! bits 30..22  low 9 bits of the owner's start time (tells a recycled PID apart)
-//! bits 21..0   owner PID; 0 = not claimed
+//! bits 30..16  low 15 bits of the owner's registration generation (tells a reused entry apart)
+//! bits 15..0   owner's process-table index + 1; 0 = not claimed
 //! ```
 //!
-//! * **free for t**: `lap(t) << 32`, PID 0: ticket `t` may be claimed here.
-//! * **claimed by P for t**: lap(t), P's PID and start bits. The claim CAS is the moment a
+//! * **free for t**: `lap(t) << 32`, owner 0: ticket `t` may be claimed here.
+//! * **claimed by R for t**: lap(t), registration R's index and generation bits. The claim CAS
+//!   is the moment a
 //!   request enters the queue *and* names its owner: no instant exists where a ticket is taken
 //!   but nobody can be blamed for it.
 //! * **released**: the lap moves on (`lap(t) + 1`), which is also "free for t + capacity".
@@ -36,15 +37,16 @@
 //!
 //! # Crash windows
 //! A process may die at any instruction. Every state it can leave behind is recognised:
-//! a claimed slot names a PID and start bits (reclaimed when that process is dead), a released
-//! slot whose releaser died before advancing `head` is advanced over by any waiter, a lagging
-//! slot (an exclusive releaser that died after moving `head`) is freed by the head check when
-//! `head` reaches it again, a stale `tail` hint only costs the next claimer a longer scan.
+//! a claimed slot names a registration (reclaimed when the kernel says its process is gone), a
+//! released slot whose releaser died before advancing `head` is advanced over by any waiter, a
+//! lagging slot (an exclusive releaser that died after moving `head`) is freed by the head
+//! check when `head` reaches it again, a stale `tail` hint only costs the next claimer a longer
+//! scan.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*, fence};
 
-use crate::layout::{PID_BITS, SLOT_SIZE};
-use crate::liveness::{Liveness, Owner, START_FP_BITS, START_FP_MASK};
+use crate::layout::{REG_INDEX_BITS, SLOT_SIZE};
+use crate::liveness::{GEN_FP_BITS, GEN_FP_MASK, Liveness, Owner, Registration};
 use crate::share::Share;
 
 /// A place where a process may be preempted, stopped or killed: between two accesses to
@@ -57,10 +59,12 @@ macro_rules! step {
     };
 }
 
-const PID_MASK: u64 = (1 << PID_BITS) - 1;
-const FP_SHIFT: u32 = PID_BITS;
+/// The owner field of a claim word: index + 1 and generation bits.
+const OWNER_MASK: u64 = (1 << 31) - 1;
+const INDEX_MASK: u64 = (1 << REG_INDEX_BITS) - 1;
+const FP_SHIFT: u32 = REG_INDEX_BITS;
 const SHARED_BIT: u64 = 1 << 31;
-const _: () = assert!(PID_BITS + START_FP_BITS == 31);
+const _: () = assert!(REG_INDEX_BITS + GEN_FP_BITS == 31);
 
 /// `Slot::futex` state: the owner is queued and not asleep.
 pub(crate) const WAITING: u32 = 0;
@@ -69,7 +73,8 @@ pub(crate) const PARKED: u32 = 1;
 /// `Slot::futex` state: the owner saw its grant and holds the token.
 pub(crate) const HOLDING: u32 = 2;
 
-/// Bits of a slot's `start` word that hold the start time; the rest hold a lap tag.
+/// Bits of a slot's `start` word that hold the owner's full generation; the rest hold a lap
+/// tag.
 const START_BITS: u32 = 40;
 const START_MASK: u64 = (1 << START_BITS) - 1;
 
@@ -82,7 +87,8 @@ const START_MASK: u64 = (1 << START_BITS) - 1;
 pub(crate) struct Slot {
     /// The claim word (see the module docs).
     pub word: AtomicU64,
-    /// Owner's start time (low 40 bits) tagged with the lap (high 24 bits); 0 = unpublished.
+    /// Owner's registration generation (low 40 bits) tagged with the lap (high 24 bits);
+    /// 0 = unpublished.
     pub start: AtomicU64,
     /// PID of the owner's parent (the handle's creator), for status.
     pub parent: AtomicU64,
@@ -126,12 +132,6 @@ impl Ticket {
     #[inline(always)]
     fn lap(&self) -> u32 {
         lap_of_word(self.word)
-    }
-
-    /// The PID that claimed it.
-    #[inline(always)]
-    pub(crate) fn pid(&self) -> u32 {
-        pid_of_word(self.word)
     }
 
     /// Its mode.
@@ -183,8 +183,8 @@ pub(crate) enum HeadCheck {
     Advanced,
     /// The head's owner was dead; its slot was reclaimed.
     Reclaimed {
-        /// The dead process.
-        pid: u32,
+        /// The dead process's registration index.
+        index: u32,
         /// It had seen its grant (it died holding the token).
         was_holding: bool,
     },
@@ -212,9 +212,15 @@ impl std::fmt::Debug for Ring<'_> {
 fn lap_of_word(w: u64) -> u32 {
     (w >> 32) as u32
 }
+/// The owner field (0: not claimed).
 #[inline]
-fn pid_of_word(w: u64) -> u32 {
-    (w & PID_MASK) as u32
+fn owner_of_word(w: u64) -> u32 {
+    (w & OWNER_MASK) as u32
+}
+/// The registration index a claimed word names (its owner field is not 0).
+#[inline]
+fn index_of_word(w: u64) -> u32 {
+    ((w & INDEX_MASK) as u32).wrapping_sub(1)
 }
 #[inline]
 fn is_shared_word(w: u64) -> bool {
@@ -274,7 +280,7 @@ impl<'a> Ring<'a> {
 
     /// The claim word ticket `t` would carry for this owner.
     #[inline]
-    fn claim_word(&self, t: u64, share: Share, pid: u32, start: u64) -> u64 {
+    fn claim_word(&self, t: u64, share: Share, me: Registration) -> u64 {
         let shared = if share == Share::Shared {
             SHARED_BIT
         } else {
@@ -282,8 +288,8 @@ impl<'a> Ring<'a> {
         };
         free_word(self.lap(t))
             | shared
-            | ((start & START_FP_MASK) << FP_SHIFT)
-            | (u64::from(pid) & PID_MASK)
+            | (u64::from(me.generation & GEN_FP_MASK) << FP_SHIFT)
+            | (u64::from(me.index).wrapping_add(1) & INDEX_MASK)
     }
 
     /// What the claim word `w` says about ticket `t`.
@@ -292,7 +298,7 @@ impl<'a> Ring<'a> {
         let lap = self.lap(t);
         let wl = lap_of_word(w);
         if wl == lap {
-            if pid_of_word(w) != 0 {
+            if owner_of_word(w) != 0 {
                 SlotState::Claimed
             } else if w == free_word(lap) {
                 SlotState::Free
@@ -301,16 +307,17 @@ impl<'a> Ring<'a> {
             }
         } else if wl == lap.wrapping_add(1) {
             SlotState::Released
-        } else if wl == lap.wrapping_sub(1) && pid_of_word(w) != 0 {
+        } else if wl == lap.wrapping_sub(1) && owner_of_word(w) != 0 {
             SlotState::Lagging
         } else {
             SlotState::Impossible
         }
     }
 
-    /// One attempt to enter the queue. `pid` must be in `1..=PID_MAX`.
+    /// One attempt to enter the queue as registration `me` (its index below
+    /// `MAX_PROC_CAPACITY`).
     #[inline(always)]
-    pub(crate) fn try_claim(&self, share: Share, pid: u32, start: u64) -> Claim {
+    pub(crate) fn try_claim(&self, share: Share, me: Registration) -> Claim {
         let head = self.words.head.load(SeqCst);
         step!();
         let hint = self.words.tail.load(Relaxed);
@@ -330,7 +337,7 @@ impl<'a> Ring<'a> {
             step!();
             match self.state(t, w) {
                 SlotState::Free => {
-                    let mine = self.claim_word(t, share, pid, start);
+                    let mine = self.claim_word(t, share, me);
                     if slot.word.compare_exchange(w, mine, SeqCst, Relaxed).is_ok() {
                         step!();
                         self.words.tail.store(t.wrapping_add(1), Relaxed);
@@ -393,9 +400,9 @@ impl<'a> Ring<'a> {
         Claim::Retry
     }
 
-    /// Records who waits in the claimed slot: full start time, parent and enqueue time.
+    /// Records who waits in the claimed slot: full generation, parent and enqueue time.
     #[inline]
-    pub(crate) fn publish(&self, tk: Ticket, start: u64, parent: u32, since_ns: u64) {
+    pub(crate) fn publish(&self, tk: Ticket, generation: u32, parent: u32, since_ns: u64) {
         let slot = self.slot(tk.t);
         let tag = u64::from(tk.lap() & 0xff_ffff) << START_BITS;
         slot.futex.store(futex_tag(tk.lap()) | WAITING, Relaxed);
@@ -403,7 +410,8 @@ impl<'a> Ring<'a> {
         slot.thread.store(thread_word(tk.lap()), Relaxed);
         slot.parent.store(u64::from(parent), Relaxed);
         slot.since_ns.store(since_ns, Relaxed);
-        slot.start.store(tag | (start & START_MASK), Release);
+        slot.start
+            .store(tag | (u64::from(generation) & START_MASK), Release);
         step!();
     }
 
@@ -655,9 +663,9 @@ impl<'a> Ring<'a> {
         let s = self.slot(t).start.load(Acquire);
         let tag_ok = s >> START_BITS == u64::from(self.lap(t) & 0xff_ffff) && s != 0;
         Owner {
-            pid: pid_of_word(w),
-            start: tag_ok.then_some(s & START_MASK),
-            start_fp: Some((w >> FP_SHIFT) & START_FP_MASK),
+            index: index_of_word(w),
+            generation: tag_ok.then_some((s & START_MASK) as u32),
+            gen_fp: ((w >> FP_SHIFT) as u32) & GEN_FP_MASK,
         }
     }
 
@@ -670,7 +678,7 @@ impl<'a> Ring<'a> {
         let slot = self.slot(h);
         let w = slot.word.load(SeqCst);
         step!();
-        let pid = pid_of_word(w);
+        let index = index_of_word(w);
         match self.state(h, w) {
             SlotState::Released => {
                 self.advance_head();
@@ -724,7 +732,7 @@ impl<'a> Ring<'a> {
         self.words.reclaimed.fetch_add(1, Relaxed);
         step!();
         self.advance_head();
-        Ok(HeadCheck::Reclaimed { pid, was_holding })
+        Ok(HeadCheck::Reclaimed { index, was_holding })
     }
 
     /// The slot of ticket `h` (= `head`) still holds the claim `w` of ticket `h - capacity`,
@@ -748,7 +756,7 @@ impl<'a> Ring<'a> {
         }
         self.words.reclaimed.fetch_add(1, Relaxed);
         HeadCheck::Reclaimed {
-            pid: pid_of_word(w),
+            index: index_of_word(w),
             was_holding: false,
         }
     }
@@ -788,7 +796,7 @@ impl<'a> Ring<'a> {
             .filter_map(|index| {
                 let slot = &self.slots[index as usize];
                 let w = slot.word.load(SeqCst);
-                if pid_of_word(w) == 0 {
+                if owner_of_word(w) == 0 {
                     return None;
                 }
                 // A ticket with the word's lap at this slot (only its low lap bits matter
@@ -861,7 +869,7 @@ impl<'a> Ring<'a> {
     }
 
     /// True when a request before `tk` that holds the token belongs to the calling thread
-    /// (same process, same thread tag, in the right lap): waiting for it would never end.
+    /// (same registration, same thread tag, in the right lap): waiting for it would never end.
     #[cold]
     pub(crate) fn held_by_this_thread_before(&self, tk: Ticket) -> bool {
         let head = self.words.head.load(SeqCst);
@@ -871,10 +879,23 @@ impl<'a> Ring<'a> {
             let slot = self.slot(t);
             let w = slot.word.load(SeqCst);
             self.state(t, w) == SlotState::Claimed
-                && pid_of_word(w) == tk.pid()
+                && owner_of_word(w) == owner_of_word(tk.word)
                 && slot.futex.load(SeqCst) == futex_tag(self.lap(t)) | HOLDING
                 && slot.thread.load(SeqCst) == thread_word(self.lap(t))
         })
+    }
+
+    /// The generation bits of every claim word in the ring that names process-table entry
+    /// `index`, whatever its lap. A registrant that takes the entry over (its previous
+    /// registrant is gone, so these claims are all stale) picks a generation outside them:
+    /// then no stale claim, published or not, can pass for the new registrant.
+    pub(crate) fn fingerprints_naming(&self, index: u32) -> Vec<u32> {
+        self.slots
+            .iter()
+            .map(|s| s.word.load(SeqCst))
+            .filter(|&w| owner_of_word(w) != 0 && index_of_word(w) == index)
+            .map(|w| ((w >> FP_SHIFT) as u32) & GEN_FP_MASK)
+            .collect()
     }
 
     /// True when `head .. tail` holds a slot claimed by a live process.

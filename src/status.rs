@@ -6,16 +6,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::liveness::Liveness;
 use crate::members;
+use crate::procs;
 use crate::region::Region;
 use crate::share::Share;
-use crate::sys::OsLiveness;
 
 /// A registered owner of the table (main lock).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemberInfo {
-    /// Its PID.
+    /// Its PID, as its own PID namespace numbers it.
     pub pid: u32,
+    /// True when the owner registered from another PID namespace (or one that cannot be
+    /// told): `pid` may name another process here.
+    pub pid_foreign: bool,
     /// Exclusive or shared main lock.
     pub share: Share,
     /// False once the process is gone (its entry is cleared by the next main-lock call).
@@ -28,8 +31,12 @@ pub struct MemberInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TokenInfo {
-    /// The requesting process.
+    /// The requesting process, as its own PID namespace numbers it (0: its registration was
+    /// taken over, it is gone).
     pub pid: u32,
+    /// True when it registered from another PID namespace (or one that cannot be told):
+    /// `pid` may name another process here.
+    pub pid_foreign: bool,
     /// The process that created its handle (its parent, after a fork; itself otherwise).
     pub parent: u32,
     /// Exclusive or shared.
@@ -92,13 +99,16 @@ pub(crate) fn snapshot(region: &Region) -> Status {
             continue;
         }
         let (mut holders, mut queue) = (Vec::new(), Vec::new());
+        let liveness = region.liveness();
         for r in requests {
+            let who = procs::registrant(region.procs(), r.owner);
             let info = TokenInfo {
-                pid: r.owner.pid,
+                pid: who.map_or(0, |w| w.pid),
+                pid_foreign: who.is_some_and(|w| w.foreign_pid),
                 parent: r.parent,
                 share: r.share,
                 ticket: r.ticket,
-                alive: OsLiveness.is_alive(r.owner),
+                alive: liveness.is_alive(r.owner),
                 since: time(r.since_ns),
             };
             if r.granted {
@@ -111,12 +121,10 @@ pub(crate) fn snapshot(region: &Region) -> Status {
             .into_iter()
             .map(|m| MemberInfo {
                 pid: m.pid,
+                pid_foreign: procs::registrant(region.procs(), m.owner)
+                    .is_none_or(|w| w.foreign_pid),
                 share: m.share,
-                alive: OsLiveness.is_alive(crate::liveness::Owner {
-                    pid: m.pid,
-                    start: Some(m.start),
-                    start_fp: None,
-                }),
+                alive: liveness.is_alive(m.owner),
                 joined: time(m.joined_ns),
             })
             .collect();
@@ -170,29 +178,38 @@ impl fmt::Display for Status {
             }
         )?;
         let dead = |alive: bool| if alive { "" } else { " (dead)" };
+        let ns = |foreign: bool| {
+            if foreign {
+                " (pid in another pid namespace)"
+            } else {
+                ""
+            }
+        };
         if self.members.is_empty() {
             writeln!(f, "owners:  none")?;
         }
         for m in &self.members {
             writeln!(
                 f,
-                "owner    pid {:>7} {:<9} for {}{}",
+                "owner    pid {:>7} {:<9} for {}{}{}",
                 m.pid,
                 m.share,
                 ago(m.joined),
-                dead(m.alive)
+                dead(m.alive),
+                ns(m.pid_foreign)
             )?;
         }
         for (label, list) in [("holder", &self.holders), ("waiting", &self.queue)] {
             for t in list {
                 writeln!(
                     f,
-                    "{label:<8} pid {:>7} {:<9} ticket {:<6} for {}{}",
+                    "{label:<8} pid {:>7} {:<9} ticket {:<6} for {}{}{}",
                     t.pid,
                     t.share,
                     t.ticket,
                     ago(t.since),
-                    dead(t.alive)
+                    dead(t.alive),
+                    ns(t.pid_foreign)
                 )?;
             }
         }

@@ -100,31 +100,35 @@ impl LockTicket {
     /// (waiting, a full ring, a retired table, a forked child) goes to [`Self::slow`].
     #[inline(always)]
     fn fast(&self, share: Share) -> Fast<'_> {
-        let (pid, start) = sys::current_identity();
+        let (pid, _) = sys::current_identity();
         if pid != self.creator.0 {
             return Fast::Missed; // a forked child: the slow path checks the parent
         }
         let Some(region) = self.mapped() else {
             return Fast::Missed;
         };
+        let Some(me) = region.registration(pid) else {
+            return Fast::Missed; // not registered yet: the slow path registers
+        };
         let ring = region.ring();
-        let Claim::Claimed(tk) = ring.try_claim(share, pid, start) else {
+        let Claim::Claimed(tk) = ring.try_claim(share, me) else {
             return Fast::Missed;
         };
-        ring.publish(tk, start, pid, sys::coarse_now_ns());
+        ring.publish(tk, me.generation, pid, sys::coarse_now_ns());
         if ring.granted_at_once(tk) && !region.retired() {
-            return Fast::Granted(self.holding(region, tk));
+            return Fast::Granted(self.holding(region, tk, pid));
         }
         Fast::Claimed(region, tk)
     }
 
     /// The guard of a granted request, marked as holding.
     #[inline(always)]
-    fn holding<'a>(&'a self, region: &'a Region, tk: Ticket) -> TokenGuard<'a> {
+    fn holding<'a>(&'a self, region: &'a Region, tk: Ticket, pid: u32) -> TokenGuard<'a> {
         let died = region.ring().mark_holding(tk);
         TokenGuard {
             region,
             tk,
+            pid,
             died,
             _not_send: std::marker::PhantomData,
         }
@@ -164,9 +168,11 @@ impl LockTicket {
     /// Enters the queue of the current table (waiting for a slot if the ring is full) and
     /// publishes the request. `None`: no slot within `patience`.
     fn claim(&self, share: Share, patience: Patience) -> Result<Option<(&Region, Ticket)>> {
-        let (pid, start) = sys::current_identity();
+        let (pid, _) = sys::current_identity();
         self.check_parent(pid)?;
         let region = self.table()?;
+        region.check_at_path()?;
+        let me = region.register()?;
         let ring = region.ring();
         let tk = match patience {
             Patience::Try => {
@@ -175,13 +181,13 @@ impl LockTicket {
                 let busy =
                     |ring: &crate::ring::Ring<'_>| share == Share::Exclusive && !ring.is_idle();
                 if busy(ring) {
-                    ring.check_head(&sys::OsLiveness)
+                    ring.check_head(&region.liveness())
                         .map_err(|b| self.broken(b))?;
                     if busy(ring) {
                         return Ok(None);
                     }
                 }
-                match ring.try_claim(share, pid, start) {
+                match ring.try_claim(share, me) {
                     Claim::Claimed(tk) => tk,
                     Claim::Broken(b) => return Err(self.broken(b)),
                     Claim::Full | Claim::Retry => return Ok(None),
@@ -190,17 +196,20 @@ impl LockTicket {
             Patience::Until(_) | Patience::Forever => {
                 let mut waiter = Waiter {
                     deadline: patience.deadline(),
-                    liveness: &sys::OsLiveness,
-                    check: || self.check_parent(pid),
+                    liveness: &region.liveness(),
+                    check: || {
+                        self.check_parent(pid)?;
+                        region.check_at_path()
+                    },
                 };
-                match wait::claim(ring, share, pid, start, &mut waiter) {
+                match wait::claim(ring, share, me, &mut waiter) {
                     Ok(Some(tk)) => tk,
                     Ok(None) => return Ok(None),
                     Err(w) => return Err(self.wait_error(w)),
                 }
             }
         };
-        ring.publish(tk, start, self.creator.0, sys::coarse_now_ns());
+        ring.publish(tk, me.generation, self.creator.0, sys::coarse_now_ns());
         Ok(Some((region, tk)))
     }
 
@@ -213,13 +222,17 @@ impl LockTicket {
         patience: Patience,
     ) -> Result<Option<TokenGuard<'a>>> {
         let ring = region.ring();
-        let (share, pid) = (tk.share(), tk.pid());
+        let (share, pid) = (tk.share(), sys::current_identity().0);
         if region.retired() {
             // The last owner retired this table after we looked: leave it, use the new one.
             let _ = ring.release(tk);
             return self.slow(share, patience, Fast::Missed);
         }
-        let check = || self.check_parent(pid);
+        // Every sleep timeout (a few ms): the parent is alive, the table still at its path.
+        let check = || {
+            self.check_parent(pid)?;
+            region.check_at_path()
+        };
         let outcome = match (patience, ring.grant(tk, share)) {
             (_, Ok(Grant::Granted)) => Ok(Outcome::Granted),
             (_, Err(b)) => Err(WaitError::Broken(b)),
@@ -233,7 +246,7 @@ impl LockTicket {
             (_, Ok(Grant::Waiting { .. })) => {
                 let mut waiter = Waiter {
                     deadline: patience.deadline(),
-                    liveness: &sys::OsLiveness,
+                    liveness: &region.liveness(),
                     check,
                 };
                 wait::until_granted(ring, tk, &mut waiter)
@@ -250,7 +263,7 @@ impl LockTicket {
         match outcome {
             Ok(Outcome::Granted) => {
                 ring.set_since(tk, sys::coarse_now_ns()); // now "held since", for status
-                Ok(Some(self.holding(region, tk)))
+                Ok(Some(self.holding(region, tk, pid)))
             }
             Ok(Outcome::TimedOut) => {
                 ring.release(tk).map_err(|b| self.broken(b))?;
@@ -303,8 +316,10 @@ pub(crate) fn patience_for(timeout: Duration) -> Patience {
 #[must_use = "the token is released when the guard is dropped"]
 pub struct TokenGuard<'a> {
     region: &'a Region,
-    /// Ticket and claim word; the word names the owner PID and the mode.
+    /// Ticket and claim word; the word names the owner's registration and the mode.
     tk: Ticket,
+    /// The process that took it.
+    pid: u32,
     died: bool,
     /// Not `Send`, like std's `MutexGuard`: a token is released by the thread that took it,
     /// which is what lets a thread that asks again for it get an error instead of waiting
@@ -319,7 +334,7 @@ impl std::fmt::Debug for TokenGuard<'_> {
             .field("path", &self.region.path())
             .field("share", &self.share())
             .field("ticket", &self.tk.t)
-            .field("pid", &self.tk.pid())
+            .field("pid", &self.pid)
             .field("previous_holder_died", &self.died)
             .finish()
     }
@@ -337,7 +352,11 @@ impl TokenGuard<'_> {
         self.tk.share()
     }
 
-    /// Releases the token. Fails only if the table was corrupted meanwhile.
+    /// Releases the token. Fails if the table was corrupted meanwhile; with
+    /// [`Error::NotOwner`] in a forked child that inherited the guard (the token stays the
+    /// parent's); and with [`Error::TableRemoved`] (after releasing) when the table file was
+    /// found removed or replaced while the token was held: processes that opened the path
+    /// afterwards were not excluded.
     pub fn unlock(self) -> Result<()> {
         let this = std::mem::ManuallyDrop::new(self);
         this.release()
@@ -345,8 +364,15 @@ impl TokenGuard<'_> {
 
     #[inline]
     fn release(&self) -> Result<()> {
-        if sys::current_identity().0 != self.tk.pid() {
-            return Ok(()); // a forked child: the token is the parent's
+        let pid = sys::current_identity().0;
+        if pid != self.pid {
+            // A forked child (any kind of fork): the token is the parent's.
+            return Err(Error::NotOwner {
+                path: self.region.path().to_path_buf(),
+                what: "token",
+                owner: self.pid,
+                pid,
+            });
         }
         let ring = self.region.ring();
         let released = match self.tk.share() {
@@ -356,7 +382,12 @@ impl TokenGuard<'_> {
         released.map_err(|b| Error::Corrupted {
             path: self.region.path().to_path_buf(),
             detail: b.0,
-        })
+        })?;
+        // One load, no system call: a user that found the table removed marked it.
+        match self.region.removal() {
+            Some(what) => Err(self.region.removed_error(what, true)),
+            None => Ok(()),
+        }
     }
 }
 

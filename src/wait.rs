@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Registration};
 use crate::ring::{Broken, Claim, Grant, Ring, Ticket};
 use crate::share::Share;
 use crate::sys;
@@ -145,14 +145,13 @@ pub(crate) fn until_granted<L: Liveness, E>(
 pub(crate) fn claim<L: Liveness, E>(
     ring: &Ring<'_>,
     share: Share,
-    pid: u32,
-    start: u64,
+    me: Registration,
     waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
 ) -> Result<Option<Ticket>, WaitError<E>> {
     let backoff = Backoff::new();
     let mut full_since: Option<Instant> = None;
     loop {
-        match ring.try_claim(share, pid, start) {
+        match ring.try_claim(share, me) {
             Claim::Claimed(tk) => return Ok(Some(tk)),
             Claim::Retry => backoff.spin(),
             Claim::Broken(b) => return Err(WaitError::Broken(b)),

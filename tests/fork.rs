@@ -20,6 +20,7 @@ fn describe<T>(r: &lockticket::Result<T>) -> String {
     match r {
         Ok(_) => "Ok".to_string(),
         Err(e @ Error::ParentGone { parent, .. }) => format!("ParentGone parent={parent} {e}"),
+        Err(e @ Error::NotOwner { owner, .. }) => format!("NotOwner:owner={owner} {e}"),
         Err(e) => format!("Err {e:?}"),
     }
 }
@@ -31,6 +32,22 @@ fn fork() -> libc::pid_t {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     pid
+}
+
+/// A raw fork: `clone(SIGCHLD)` straight through `syscall`, as `syscall(SYS_fork)` or glibc's
+/// `_Fork` do: no `pthread_atfork` handler runs in the child.
+fn raw_fork() -> libc::pid_t {
+    // SAFETY: as `fork` (one thread in this helper). With flags SIGCHLD and no new stack the
+    // child continues on a copy of our stack, like fork(2); every other argument is 0 (the
+    // order of the remaining clone arguments differs between architectures, zeroes do not).
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
+    assert!(pid >= 0, "clone: {}", std::io::Error::last_os_error());
+    pid as libc::pid_t
+}
+
+/// `fork` or, when `how` is "raw", [`raw_fork`].
+fn fork_by(how: &str) -> libc::pid_t {
+    if how == "raw" { raw_fork() } else { fork() }
 }
 
 /// The forked child's whole life: runs `body`, then `_exit`s (101 if it panicked), never
@@ -173,7 +190,7 @@ fn dispatch(role: &str, args: &[String]) {
             let unlock = args[1] == "unlock";
             let g = lt.token_lock().unwrap();
             say(format!("helper-held pid={}", my_pid()));
-            let child = fork();
+            let child = fork_by(&args[2]);
             if child == 0 {
                 child_main(|| {
                     if unlock {
@@ -199,7 +216,7 @@ fn dispatch(role: &str, args: &[String]) {
             let unlock = args[1] == "unlock";
             let main = lt.main_lock(Share::Exclusive).unwrap();
             say(format!("helper-owns pid={}", my_pid()));
-            let child = fork();
+            let child = fork_by(&args[2]);
             if child == 0 {
                 child_main(|| {
                     if unlock {
@@ -428,26 +445,37 @@ fn a_child_holding_the_token_when_its_parent_dies_can_release_it() {
 
 #[test]
 fn a_token_guard_dropped_in_a_forked_child_keeps_the_parents_token() {
-    for how in ["drop", "unlock"] {
+    for (how, fork_kind) in [
+        ("drop", "fork"),
+        ("unlock", "fork"),
+        ("drop", "raw"),
+        ("unlock", "raw"),
+    ] {
+        let how_s = format!("{how} after a {fork_kind} fork");
         let (lt, name) = table("forktoken");
         let _main = lt.main_lock(Share::Shared).unwrap();
-        let mut h = Helper::spawn("child-drops-token", &[&name, how]);
+        let mut h = Helper::spawn("child-drops-token", &[&name, how, fork_kind]);
         let helper: u32 = h.expect("helper-held pid=").parse().unwrap();
         let dropped = h.expect("child-dropped");
         assert_ne!(field(&dropped, "pid"), helper.to_string());
         if how == "unlock" {
-            assert_eq!(field(&dropped, "unlock"), "Ok", "{dropped}");
+            assert_eq!(
+                field(&dropped, "unlock"),
+                format!("NotOwner:owner={helper}"),
+                "{how_s}: {dropped}"
+            );
+            assert!(dropped.contains("belongs to process"), "{dropped}");
         }
         assert_eq!(h.expect("child-exit"), "0");
         let st = lt.status().unwrap();
         assert_eq!(
             st.holders.iter().map(|t| t.pid).collect::<Vec<_>>(),
             [helper],
-            "{how} in the child released the parent's token: {st}"
+            "{how_s} in the child released the parent's token: {st}"
         );
         assert!(
             lt.try_token_lock().unwrap().is_none(),
-            "{how} in the child released the parent's token"
+            "{how_s} in the child released the parent's token"
         );
         h.send("release");
         h.expect("helper-released");
@@ -457,19 +485,30 @@ fn a_token_guard_dropped_in_a_forked_child_keeps_the_parents_token() {
 
 #[test]
 fn a_main_guard_dropped_in_a_forked_child_keeps_the_parent_registered() {
-    for how in ["drop", "unlock"] {
+    for (how, fork_kind) in [
+        ("drop", "fork"),
+        ("unlock", "fork"),
+        ("drop", "raw"),
+        ("unlock", "raw"),
+    ] {
+        let how_s = format!("{how} after a {fork_kind} fork");
         let (lt, name) = table("forkmain");
-        let mut h = Helper::spawn("child-drops-main", &[&name, how]);
+        let mut h = Helper::spawn("child-drops-main", &[&name, how, fork_kind]);
         let helper: u32 = h.expect("helper-owns pid=").parse().unwrap();
         let dropped = h.expect("child-dropped");
         assert_ne!(field(&dropped, "pid"), helper.to_string());
         if how == "unlock" {
-            assert_eq!(field(&dropped, "unlock"), "Ok", "{dropped}");
+            assert_eq!(
+                field(&dropped, "unlock"),
+                format!("NotOwner:owner={helper}"),
+                "{how_s}: {dropped}"
+            );
+            assert!(dropped.contains("belongs to process"), "{dropped}");
         }
         assert_eq!(h.expect("child-exit"), "0");
         assert!(
             lt.path().exists(),
-            "{how} in the child removed the parent's table"
+            "{how_s} in the child removed the parent's table"
         );
         let st = lt.status().unwrap();
         assert_eq!(
@@ -478,7 +517,7 @@ fn a_main_guard_dropped_in_a_forked_child_keeps_the_parent_registered() {
                 .map(|m| (m.pid, m.share))
                 .collect::<Vec<_>>(),
             [(helper, Share::Exclusive)],
-            "{how} in the child unregistered the parent: {st}"
+            "{how_s} in the child unregistered the parent: {st}"
         );
         let e = lt.main_lock(Share::Shared).unwrap_err();
         assert!(matches!(e, Error::MainLockBusy { .. }), "{e:?}");

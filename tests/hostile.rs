@@ -39,10 +39,11 @@ const OFF_PAYLOAD_CAPACITY: usize = offset_of!(FixedHeader, payload_capacity);
 const OFF_PAYLOAD_REGION_LEN: u64 = offset_of!(FixedHeader, payload_region_len) as u64;
 const OFF_MAIN_MODE: usize = offset_of!(FixedHeader, main_mode);
 const OFF_CHECKSUM: usize = offset_of!(FixedHeader, checksum);
-/// Claim word: PID in bits 0..PID_BITS, start-time fingerprint above it, lap from 32.
-const FP_SHIFT: u32 = layout::PID_BITS;
-const FP_MASK: u64 = (1 << layout::START_FP_BITS) - 1;
-/// Slot start word: start time in the low 40 bits, lap tag above (private to `ring`).
+/// Claim word: registration index + 1 in bits 0..REG_INDEX_BITS, generation bits above it,
+/// lap from 32.
+const FP_SHIFT: u32 = layout::REG_INDEX_BITS;
+const FP_MASK: u64 = (1 << layout::GEN_FP_BITS) - 1;
+/// Slot start word: the full generation in the low 40 bits, lap tag above (private to `ring`).
 const START_MASK: u64 = (1 << 40) - 1;
 /// Slot futex word: 2 = the owner has seen its grant (holds the token; private to `ring`).
 const HOLDING: u32 = 2;
@@ -197,6 +198,13 @@ fn dispatch(role: &str, args: &[String]) {
         // Lives until told (or killed): a live process to name in a claim.
         "idle" => {
             say("ready");
+            let _ = hear();
+        }
+        // Registers in table args[0] (a payload write registers) and stays until killed.
+        "register" => {
+            let lt = LockTicket::open(&args[0]).unwrap();
+            lt.set_payload(b"registered").unwrap();
+            say("registered");
             let _ = hear();
         }
         // Joins table args[0], counts args[2] times under the token in file args[1], reports
@@ -425,16 +433,16 @@ fn foreign_and_newer_headers_are_refused() {
     });
 
     let mut b = valid.clone();
-    put_u32(&mut b, OFF_VERSION, 2);
+    put_u32(&mut b, OFF_VERSION, 3);
     fix_checksum(&mut b);
     let p = scratch.join("newer.lt");
     write_file(&p, &b, 0o600);
-    assert_refused(&p, "format version 2", |e| {
+    assert_refused(&p, "format version 3", |e| {
         matches!(
             e,
             Error::UnsupportedVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         )
@@ -444,8 +452,21 @@ fn foreign_and_newer_headers_are_refused() {
     fix_checksum(&mut b);
     std::fs::remove_file(&p).unwrap();
     write_file(&p, &b, 0o600);
-    assert_refused(&p, "format version 2 with unknown fields", |e| {
-        matches!(e, Error::UnsupportedVersion { found: 2, .. })
+    assert_refused(&p, "format version 3 with unknown fields", |e| {
+        matches!(e, Error::UnsupportedVersion { found: 3, .. })
+    });
+
+    // A table of the PID-naming format 1: a clear error that says what to do.
+    let mut b = valid.clone();
+    put_u32(&mut b, OFF_VERSION, 1);
+    fix_checksum(&mut b);
+    let p = scratch.join("v1.lt");
+    write_file(&p, &b, 0o600);
+    assert_refused(&p, "format version 1", |e| {
+        let msg = e.to_string();
+        invalid(e, |r| matches!(r, HeaderError::OldVersion { found: 1 }))
+            && msg.contains("remove the file")
+            && msg.contains("migration")
     });
 
     let mut b = valid.clone();
@@ -917,84 +938,87 @@ fn a_table_overwritten_with_garbage_while_in_use_gives_errors_not_hangs() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// PID reuse.
+// Registrations: claims name process-table entries, the kernel's OFD lock vouches for them.
 
-/// Field 22 of /proc/PID/stat (start time in clock ticks after boot).
-fn start_time(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 1..];
-    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+/// The process-table entry a live process registered in: (index, generation).
+fn registration_of(path: &Path, pid: u32) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    let h: FixedHeader = bytemuck::pod_read_unaligned(&bytes[..layout::FIXED_HEADER_SIZE]);
+    (0..h.proc_capacity)
+        .find_map(|i| {
+            let off = (h.procs_offset + u64::from(i) * layout::PROC_SIZE) as usize;
+            let field =
+                |o: usize| u32::from_ne_bytes(bytes[off + o..off + o + 4].try_into().unwrap());
+            // generation at 0, kind at 4, pid at 8 (docs/format.md).
+            (field(4) != 0 && field(8) == pid).then(|| (i, field(0)))
+        })
+        .unwrap_or_else(|| panic!("process {pid} is not registered in {}", path.display()))
 }
 
-/// Writes a claim for ticket 0 (slot 0, lap 0) naming `pid`, with `start` in the word's
-/// fingerprint and (if `publish`) in the slot's start field; `futex` as given; tail = 1.
-fn forge_claim(path: &Path, pid: u32, start: u64, publish: bool, futex: u32) {
+/// Writes a claim for ticket 0 (slot 0, lap 0) naming registration `(index, generation)`,
+/// with the generation's bits in the word and (if `publish`) in the slot's generation field;
+/// `futex` as given; tail = 1.
+fn forge_claim(path: &Path, (index, generation): (u32, u32), publish: bool, futex: u32) {
     assert_eq!(read_u64(path, TAIL), 0, "a fresh table");
-    // Lap 0 (bits 32..) and lap tag 0 (bits 40.. of the start field) are zero.
+    // Lap 0 (bits 32..) and lap tag 0 (bits 40.. of the generation field) are zero.
     let lap = 0u64;
-    let word: u64 = (lap << 32) | ((start & FP_MASK) << FP_SHIFT) | u64::from(pid);
-    let start_field: u64 = if publish {
-        (lap << 40) | (start & START_MASK)
+    let word: u64 =
+        (lap << 32) | ((u64::from(generation) & FP_MASK) << FP_SHIFT) | u64::from(index + 1);
+    let gen_field: u64 = if publish {
+        (lap << 40) | (u64::from(generation) & START_MASK)
     } else {
         0
     };
     overwrite(path, HEADER, &word.to_ne_bytes());
-    overwrite(path, HEADER + 8, &start_field.to_ne_bytes());
-    overwrite(path, HEADER + 16, &u64::from(pid).to_ne_bytes());
+    overwrite(path, HEADER + 8, &gen_field.to_ne_bytes());
     overwrite(path, HEADER + 32, &futex.to_ne_bytes());
     overwrite(path, TAIL, &1u64.to_ne_bytes());
 }
 
 #[test]
-fn a_claim_by_a_recycled_pid_is_reclaimed() {
-    let scratch = Scratch::new("pidreuse");
-    // A live process that is not the claim's owner: our parent, with a wrong start time.
-    let pid = std::os::unix::process::parent_id();
-    let wrong = start_time(pid) + 12345;
+fn a_claim_of_a_taken_over_registration_is_reclaimed() {
+    let scratch = Scratch::new("regreuse");
     for (publish, futex) in [(true, HOLDING), (false, 0)] {
         let path = scratch.join(&format!("t-{publish}.lt"));
         let lt = LockTicket::open(&path).unwrap();
         let main = lt.main_lock(Share::Exclusive).unwrap();
-        forge_claim(&path, pid, wrong, publish, futex);
+        // A live process registered at an entry: the claim names the entry's previous
+        // registrant (one generation back), as a claim left by a dead process does.
+        let mut live = Helper::spawn("register", &[path.to_str().unwrap()]);
+        live.expect("registered");
+        let (index, generation) = registration_of(&path, live.pid());
+        // Unpublished, only the generation's low bits are in the claim; they differ too.
+        forge_claim(&path, (index, generation.wrapping_sub(1)), publish, futex);
         let st = lt.status().unwrap();
         let owner = st.holders.first().unwrap_or_else(|| panic!("{st}"));
-        assert_eq!(owner.pid, pid, "{st}");
         assert!(
             !owner.alive,
-            "PID {pid} with a wrong start time looks alive: {st}"
+            "a claim of a taken-over registration looks alive: {st}"
         );
         let t0 = Instant::now();
         let g = lt
             .token_lock_timeout(Duration::from_secs(10))
             .unwrap()
-            .unwrap_or_else(|| panic!("the forged claim of live PID {pid} was not reclaimed"));
-        eprintln!(
-            "recycled PID (start {}published): reclaimed in {:?}",
-            if publish { "" } else { "un" },
-            t0.elapsed()
-        );
-        assert_eq!(
-            g.previous_holder_died(),
-            futex == HOLDING,
-            "the forged owner was {}holding",
-            if futex == HOLDING { "" } else { "not " }
-        );
+            .unwrap_or_else(|| panic!("the stale claim on entry {index} was not reclaimed"));
+        eprintln!("stale registration: reclaimed in {:?}", t0.elapsed());
+        assert_eq!(g.previous_holder_died(), futex == HOLDING);
         assert_eq!(lt.status().unwrap().reclaimed_slots, 1);
         drop(g);
         main.unlock().unwrap();
+        live.kill();
     }
 }
 
 #[test]
 fn a_claim_by_a_live_process_is_not_reclaimed() {
-    let scratch = Scratch::new("pidlive");
+    let scratch = Scratch::new("reglive");
     let path = scratch.join("t.lt");
     let lt = LockTicket::open(&path).unwrap();
     let main = lt.main_lock(Share::Exclusive).unwrap();
-    let mut idle = Helper::spawn("idle", &[]);
-    idle.expect("ready");
-    let pid = idle.pid();
-    forge_claim(&path, pid, start_time(pid), true, HOLDING);
+    let mut live = Helper::spawn("register", &[path.to_str().unwrap()]);
+    live.expect("registered");
+    let pid = live.pid();
+    forge_claim(&path, registration_of(&path, pid), true, HOLDING);
     let st = lt.status().unwrap();
     assert_eq!(
         st.holders
@@ -1008,10 +1032,10 @@ fn a_claim_by_a_live_process_is_not_reclaimed() {
         lt.token_lock_timeout(Duration::from_millis(100))
             .unwrap()
             .is_none(),
-        "the claim of live PID {pid} (right start time) was taken away"
+        "the claim of live process {pid} was taken away"
     );
     assert_eq!(lt.status().unwrap().reclaimed_slots, 0);
-    idle.kill();
+    live.kill();
     let g = lt
         .token_lock_timeout(Duration::from_secs(10))
         .unwrap()
@@ -1057,7 +1081,7 @@ fn a_full_filesystem_gives_a_clear_error_and_leaves_nothing() {
         return;
     };
     let path = fs.0.join("table.lt");
-    // A default table (~40 KiB) does not fit a 16 KiB tmpfs: posix_fallocate says so up
+    // A default table (~100 KiB) does not fit a 16 KiB tmpfs: posix_fallocate says so up
     // front, instead of a SIGBUS when the mapping is first written.
     let lt = LockTicket::open(&path).unwrap();
     let e = lt.main_lock(Share::Exclusive).unwrap_err();
@@ -1077,6 +1101,7 @@ fn a_full_filesystem_gives_a_clear_error_and_leaves_nothing() {
     let small = LockTicket::builder(&path)
         .ring_capacity(2)
         .member_capacity(1)
+        .process_capacity(4)
         .payload_capacity(64)
         .open()
         .unwrap();

@@ -87,6 +87,18 @@ fn dispatch(role: &str, args: &[String]) {
             g.unlock().unwrap();
             say("released");
         }
+        // The cron job the OOM killer takes: owns the table alone, holds the token, leaves a
+        // payload for the repair, then aborts on command (nobody waits on the token).
+        "die-holding" => {
+            let lt = LockTicket::open(&args[0]).unwrap();
+            let main = lt.main_lock(Share::Exclusive).unwrap();
+            let tok = lt.token_lock().unwrap();
+            lt.set_payload(b"half-done: job 17").unwrap();
+            say("held");
+            let _ = hear();
+            std::mem::forget((main, tok));
+            std::process::abort();
+        }
         // Last one out vs joiner: join, count under the token, leave; K times.
         "race" => {
             let lt = LockTicket::open(&args[0]).unwrap();
@@ -501,6 +513,36 @@ fn a_table_whose_owners_all_died_is_reclaimed() {
             [(std::process::id(), ours)],
             "the dead owner {dead} is gone: {st}"
         );
+        g.unlock().unwrap();
+        assert!(!lt.path().exists());
+    }
+}
+
+#[test]
+fn an_orphan_takeover_keeps_the_died_flag_and_the_payload() {
+    for ours in [Share::Exclusive, Share::Shared] {
+        let (lt, name) = table("diedorphan");
+        let mut h = Helper::spawn("die-holding", &[&name]);
+        h.expect("held");
+        h.send("abort");
+        let st = h.finish();
+        assert!(!st.success(), "the holder was meant to abort: {st:?}");
+        let g = lt.main_lock(ours).unwrap();
+        assert!(g.reclaimed() && !g.created(), "{g:?}");
+        assert_eq!(
+            lt.payload().unwrap(),
+            b"half-done: job 17",
+            "the payload the dead holder left is what the repair needs"
+        );
+        let tok = lt.token_lock().unwrap();
+        assert!(
+            tok.previous_holder_died(),
+            "the holder died holding the token, with nobody waiting"
+        );
+        drop(tok);
+        let tok = lt.token_lock().unwrap();
+        assert!(!tok.previous_holder_died(), "reported once");
+        drop(tok);
         g.unlock().unwrap();
         assert!(!lt.path().exists());
     }

@@ -108,7 +108,15 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
 
     if a.no_fork {
         // On success `exec` does not return: the command is this process now, and holds the
-        // token and the main-lock registration under our PID until it exits.
+        // token and the main-lock registration until it exits: the descriptor whose OFD lock
+        // vouches for our registration is kept open across the exec.
+        if let Err(e) = lt.keep_registration_across_exec() {
+            release(token, main);
+            return Err(Failure::table(
+                "cannot keep the registration across exec",
+                &e,
+            ));
+        }
         let err = cmd.exec();
         let failure = spawn_failure(&program, &err);
         release(token, main);

@@ -116,10 +116,11 @@ fn member_json(m: &MemberInfo, now: SystemTime) -> Value {
     json!({
         "pid": m.pid,
         "share": m.share.to_string(),
+        "pid_foreign": m.pid_foreign,
         "alive": m.alive,
         "joined": m.joined.map(unix_seconds),
         "age_seconds": age(m.joined, now).map(|d| d.as_secs_f64()),
-        "command": command_line(m.pid, m.alive),
+        "command": command_line(m.pid, m.alive && !m.pid_foreign),
     })
 }
 
@@ -129,10 +130,11 @@ fn token_json(t: &TokenInfo, position: Option<usize>, now: SystemTime) -> Value 
         "parent": t.parent,
         "share": t.share.to_string(),
         "ticket": t.ticket,
+        "pid_foreign": t.pid_foreign,
         "alive": t.alive,
         "since": t.since.map(unix_seconds),
         "age_seconds": age(t.since, now).map(|d| d.as_secs_f64()),
-        "command": command_line(t.pid, t.alive),
+        "command": command_line(t.pid, t.alive && !t.pid_foreign),
     });
     if let (Some(p), Value::Object(map)) = (position, &mut v) {
         map.insert("position".into(), json!(p));
@@ -213,7 +215,7 @@ fn status_text(st: &Status, now: SystemTime) -> String {
             m.share.to_string(), // a String: `Display for Share` ignores the width
             human_duration(age(m.joined, now)),
             dead(m.alive),
-            cmd(m.pid, m.alive)
+            cmd_or_ns(m.pid, m.alive, m.pid_foreign)
         );
     }
     let _ = writeln!(
@@ -253,6 +255,16 @@ fn dead(alive: bool) -> &'static str {
 }
 
 /// A live process's command line, shortened, after two spaces (empty when unknown).
+/// The command line, or, for a PID of another PID namespace (which may name another process
+/// here), a note saying so.
+fn cmd_or_ns(pid: u32, alive: bool, foreign: bool) -> String {
+    if foreign {
+        "  (pid in another pid namespace)".to_string()
+    } else {
+        cmd(pid, alive)
+    }
+}
+
 fn cmd(pid: u32, alive: bool) -> String {
     command_line(pid, alive)
         .map(|c| format!("  {}", truncated(&c, 72)))
@@ -268,7 +280,7 @@ fn token_line(prefix: &str, when: &str, t: &TokenInfo, now: SystemTime) -> Strin
         t.ticket,
         human_duration(age(t.since, now)),
         dead(t.alive),
-        cmd(t.pid, t.alive)
+        cmd_or_ns(t.pid, t.alive, t.pid_foreign)
     )
 }
 

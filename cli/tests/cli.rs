@@ -845,3 +845,38 @@ fn list_and_clean_remove_only_dead_tables() {
     std::fs::remove_file(&broken).unwrap();
     assert!(stdout(&run(["list", &dir])).starts_with("no lock tables"));
 }
+
+#[test]
+fn a_holder_killed_with_nobody_waiting_is_reported_to_the_next_exec() {
+    let n = name("died-alone");
+    let n = n.as_str();
+    // `-F`: the shell is the lockticket process, owner and holder; it SIGKILLs itself holding
+    // the token after leaving a payload, with nobody waiting.
+    let o = run([
+        "exec",
+        "-F",
+        n,
+        "-c",
+        &format!("{} payload set {n} half-done && kill -9 $$", bin()),
+    ]);
+    assert_eq!(o.status.code(), None, "killed by SIGKILL: {o:?}");
+    let o = run([
+        "exec",
+        n,
+        "-c",
+        &format!(
+            "echo died=$LOCKTICKET_PREVIOUS_HOLDER_DIED; {} payload get {n}",
+            bin()
+        ),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "died=1\nhalf-done", "{}", stderr(&o));
+    let o = run([
+        "exec",
+        n,
+        "-c",
+        "echo died=$LOCKTICKET_PREVIOUS_HOLDER_DIED",
+    ]);
+    assert_eq!(stdout(&o), "died=0\n");
+    assert_no_table(n);
+}

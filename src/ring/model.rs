@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use super::interleave::{Procs, Status};
 use super::*;
-use crate::liveness::{Liveness, Owner, START_FP_MASK};
+use crate::liveness::{Liveness, Owner, Registration};
 
 /// An in-memory ring: the shared words and the slots a mapped table would hold.
 pub(crate) struct MemRing {
@@ -52,18 +52,19 @@ impl MemRing {
 /// A waker for models: nobody sleeps.
 pub(crate) fn no_wake(_: &AtomicU32) {}
 
-/// Which processes live, and since when (start times): the test's stand-in for /proc.
+/// Which registrations live: process-table index -> the generation of its live registrant.
+/// The test's stand-in for the process table and the kernel's OFD locks.
 #[derive(Default)]
 pub(crate) struct World {
-    alive: Mutex<HashMap<u32, u64>>,
+    alive: Mutex<HashMap<u32, u32>>,
 }
 
 impl World {
-    fn set(&self, pid: u32, start: Option<u64>) {
+    fn set(&self, index: u32, generation: Option<u32>) {
         let mut alive = self.alive.lock().unwrap_or_else(|e| e.into_inner());
-        match start {
-            Some(s) => alive.insert(pid, s),
-            None => alive.remove(&pid),
+        match generation {
+            Some(g) => alive.insert(index, g),
+            None => alive.remove(&index),
         };
     }
 }
@@ -71,14 +72,7 @@ impl World {
 impl Liveness for World {
     fn is_alive(&self, o: Owner) -> bool {
         let alive = self.alive.lock().unwrap_or_else(|e| e.into_inner());
-        match alive.get(&o.pid) {
-            None => false,
-            Some(&start) => match (o.start, o.start_fp) {
-                (Some(s), _) => s == start,
-                (None, Some(fp)) => fp == start & START_FP_MASK,
-                (None, None) => true,
-            },
-        }
+        alive.get(&o.index).is_some_and(|&g| o.matches(g))
     }
 }
 
@@ -113,7 +107,7 @@ pub enum Op {
     Step(usize, u8),
     /// Process is SIGKILLed, wherever it stands.
     Kill(usize),
-    /// The dead process's PID is handed to a new process (new start time).
+    /// The dead process's process-table entry is taken by a new process (next generation).
     Reuse(usize),
 }
 
@@ -147,8 +141,10 @@ struct Req {
 /// A process incarnation.
 #[derive(Clone, Copy, Debug)]
 struct Proc {
-    pid: u32,
-    start: u64,
+    /// Its process-table entry.
+    index: u32,
+    /// Its registration's generation.
+    generation: u32,
     thread: usize,
     req: Option<Req>,
     /// The operation in flight.
@@ -158,7 +154,7 @@ struct Proc {
 struct Model {
     shared: Arc<Shared>,
     procs: Procs<Out>,
-    /// The live incarnation of each PID slot (None: dead, not reused yet).
+    /// The live incarnation of each process-table entry (None: dead, not reused yet).
     live: [Option<Proc>; PROCS],
     /// Incarnations that were killed, with what they had and were doing.
     dead: Vec<Proc>,
@@ -166,7 +162,7 @@ struct Model {
     last_head: u64,
     /// Holders killed while holding (not while releasing).
     holder_deaths: u64,
-    next_start: u64,
+    next_generation: u32,
 }
 
 impl Model {
@@ -198,7 +194,7 @@ impl Model {
             Op::Kill(i) => {
                 if let Some(p) = self.live[i].take() {
                     self.procs.kill(p.thread);
-                    self.shared.world.set(p.pid, None);
+                    self.shared.world.set(p.index, None);
                     if may_hold(&p) {
                         self.holder_deaths += 1;
                     }
@@ -207,15 +203,29 @@ impl Model {
             }
             Op::Reuse(i) => {
                 if self.live[i].is_none() {
-                    self.next_start += 1;
+                    // Every other reuse skips 2^15 generations: the claim word's 15
+                    // generation bits then match a dead registrant's, and only the full
+                    // generation published in the slot tells them apart.
+                    // (The registrant avoids the bits of claims still naming the entry, as
+                    // `procs::register` does.)
+                    let jump: u32 = if self.next_generation.is_multiple_of(2) {
+                        1
+                    } else {
+                        1 << 15
+                    };
+                    let stale = self.ring().fingerprints_naming(i as u32);
+                    self.next_generation = crate::liveness::next_generation(
+                        self.next_generation.wrapping_add(jump - 1),
+                        &stale,
+                    );
                     let p = Proc {
-                        pid: i as u32 + 1,
-                        start: self.next_start,
+                        index: i as u32,
+                        generation: self.next_generation,
                         thread: self.procs.spawn(),
                         req: None,
                         op: None,
                     };
-                    self.shared.world.set(p.pid, Some(p.start));
+                    self.shared.world.set(p.index, Some(p.generation));
                     self.live[i] = Some(p);
                 }
             }
@@ -234,7 +244,11 @@ impl Model {
         let status = match (kind, p.req) {
             (Kind::Enqueue, None) => self.procs.start(p.thread, move || {
                 let ring = shared.ring();
-                Out::Enqueued(enqueue(&ring, share, p.pid, p.start))
+                let me = Registration {
+                    index: p.index,
+                    generation: p.generation,
+                };
+                Out::Enqueued(enqueue(&ring, share, me))
             }),
             (Kind::Poll, Some(r)) if !r.holding => self.procs.start(p.thread, move || {
                 let ring = shared.ring();
@@ -312,16 +326,19 @@ impl Model {
                 p.req = None;
             }
             Out::Checked(r) => match r.unwrap_or_else(|b| panic!("head check: {b:?}")) {
-                HeadCheck::Reclaimed { pid, was_holding } => {
+                HeadCheck::Reclaimed { index, was_holding } => {
                     let owner = self
                         .dead
                         .iter()
-                        .filter(|d| d.pid == pid)
+                        .filter(|d| d.index == index)
                         .collect::<Vec<_>>();
-                    assert!(!owner.is_empty(), "reclaimed a slot of live PID {pid}");
+                    assert!(
+                        !owner.is_empty(),
+                        "reclaimed a slot of live registration {index}"
+                    );
                     assert!(
                         !was_holding || owner.iter().any(|d| may_hold(d)),
-                        "reclaimed PID {pid} as a holder, but it never held"
+                        "reclaimed registration {index} as a holder, but it never held"
                     );
                 }
                 HeadCheck::Fine | HeadCheck::Advanced => {}
@@ -509,11 +526,11 @@ fn may_hold(p: &Proc) -> bool {
 
 /// A claim as the blocking path makes it (retrying when another process moved first), then
 /// the publication of the request.
-fn enqueue(ring: &Ring<'_>, share: Share, pid: u32, start: u64) -> Result<Option<Ticket>, Broken> {
+fn enqueue(ring: &Ring<'_>, share: Share, me: Registration) -> Result<Option<Ticket>, Broken> {
     for _ in 0..4 {
-        match ring.try_claim(share, pid, start) {
+        match ring.try_claim(share, me) {
             Claim::Claimed(tk) => {
-                ring.publish(tk, start, 0, 0);
+                ring.publish(tk, me.generation, 0, 0);
                 return Ok(Some(tk));
             }
             Claim::Full => return Ok(None),
@@ -540,7 +557,7 @@ pub fn run(cap_shift: u32, start_ticket: u64, ops: &[Op]) {
         dead: Vec::new(),
         last_head: start_ticket,
         holder_deaths: 0,
-        next_start: 1000,
+        next_generation: 1000,
     };
     for i in 0..PROCS {
         m.step(&Op::Reuse(i));

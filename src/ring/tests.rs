@@ -70,7 +70,7 @@ fn a_stale_claim_is_withdrawn_or_resolved() {
     let ring = mem.ring(no_wake);
     let far = (1u64 << 32) * 4 + 1; // same slot, same low lap bits as ticket 1
     ring.reset_at(far - 1);
-    let mine = ring.claim_word(1, Share::Exclusive, 9, 9);
+    let mine = ring.claim_word(1, Share::Exclusive, reg(9));
     slots[1].word.store(mine, SeqCst);
     assert_eq!(
         ring.confirm_claim(1, mine),
@@ -96,10 +96,10 @@ fn wake_up_is_not_lost_when_parking_races_a_release() {
     }
     let mem = MemRing::new(4);
     let ring = mem.ring(count);
-    let Claim::Claimed(a) = ring.try_claim(Share::Exclusive, 1, 1) else {
+    let Claim::Claimed(a) = ring.try_claim(Share::Exclusive, reg(1)) else {
         panic!()
     };
-    let Claim::Claimed(b) = ring.try_claim(Share::Exclusive, 2, 2) else {
+    let Claim::Claimed(b) = ring.try_claim(Share::Exclusive, reg(2)) else {
         panic!()
     };
     ring.publish(b, 2, 0, 0);
@@ -137,8 +137,16 @@ impl crate::liveness::Liveness for AllAlive {
     }
 }
 
+/// Registration `index` (generation = index) of a test process.
+fn reg(index: u32) -> crate::liveness::Registration {
+    crate::liveness::Registration {
+        index,
+        generation: index,
+    }
+}
+
 fn claim(ring: &Ring<'_>, pid: u32) -> Ticket {
-    match ring.try_claim(Share::Exclusive, pid, pid.into()) {
+    match ring.try_claim(Share::Exclusive, reg(pid)) {
         Claim::Claimed(tk) => tk,
         other => panic!("{other:?}"),
     }
@@ -185,7 +193,7 @@ fn an_exclusive_releaser_stalled_anywhere_for_laps_does_no_harm() {
         for pid in 2..(2 + 3 * 4) {
             // A lagging slot of A's (head moved, slot not released yet) fills the ring at
             // A's ticket + capacity: the others then wait for A like for a full ring.
-            let tk = match ring.try_claim(Share::Exclusive, pid, pid.into()) {
+            let tk = match ring.try_claim(Share::Exclusive, reg(pid)) {
                 Claim::Claimed(tk) => tk,
                 Claim::Full => break,
                 other => panic!("{other:?}"),

@@ -9,11 +9,11 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Once;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 mod os_liveness;
-pub(crate) use os_liveness::OsLiveness;
+pub(crate) use os_liveness::pid_alive;
 
 /// Largest PID Linux hands out (`PID_MAX_LIMIT` is 2^22).
 pub(crate) const PID_MAX: u32 = (1 << 22) - 1;
@@ -21,38 +21,112 @@ pub(crate) const PID_MAX: u32 = (1 << 22) - 1;
 // ---------------------------------------------------------------------------------------------
 // Our own identity, cached: `getpid` is a real system call and the lock path must not pay it.
 
-/// Our PID, or 0 when not yet known (at start and in a freshly forked child).
-static CACHED_PID: AtomicU32 = AtomicU32::new(0);
-/// Our start time in clock ticks since boot, or 0 when not yet known.
-static CACHED_START: AtomicU64 = AtomicU64::new(0);
-static ATFORK: Once = Once::new();
+/// Where this process keeps its cached identity: a page advised `MADV_WIPEONFORK`, which the
+/// kernel hands to every child made without `CLONE_VM` (`fork`, `_Fork`, `syscall(SYS_fork)`,
+/// `clone`) as zeroes, whether or not `pthread_atfork` handlers ran. A zero PID means "not
+/// known here yet": a child can never pass for its parent, and the fast path pays two loads
+/// for it, no system call.
+#[repr(C, align(64))]
+struct IdentityCache {
+    /// Our PID, or 0 when not yet known (at start and in any freshly forked child).
+    pid: AtomicU32,
+    /// Our start time in clock ticks since boot, or 0 when not yet known.
+    start: AtomicU64,
+}
+
+/// Used where `MADV_WIPEONFORK` is not available (Linux < 4.14, other systems): cleared in
+/// the child by a `pthread_atfork` handler, which a raw fork skips (see docs/design.md).
+static FALLBACK_CACHE: IdentityCache = IdentityCache {
+    pid: AtomicU32::new(0),
+    start: AtomicU64::new(0),
+};
+/// The cache in use: null before the first call, then the wipe-on-fork page (never unmapped)
+/// or [`FALLBACK_CACHE`]. A child inherits the pointer; the page behind it reads as zeroes.
+static CACHE: AtomicPtr<IdentityCache> = AtomicPtr::new(std::ptr::null_mut());
+static SETUP: Once = Once::new();
+/// True when the cache lives in a wipe-on-fork page (for tests and docs).
+static WIPES_ON_FORK: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn forget_identity_in_child() {
     // Runs in the child right after fork: only async-signal-safe work, so just forget.
-    CACHED_PID.store(0, Ordering::Relaxed);
-    CACHED_START.store(0, Ordering::Relaxed);
+    FALLBACK_CACHE.pid.store(0, Ordering::Relaxed);
+    FALLBACK_CACHE.start.store(0, Ordering::Relaxed);
 }
 
-/// This process's identity `(pid, start time)`, cached across calls and refreshed after `fork`.
+/// This process's identity `(pid, start time)`, cached across calls and refreshed in any
+/// child, however it was forked.
 #[inline]
 pub(crate) fn current_identity() -> (u32, u64) {
-    let pid = CACHED_PID.load(Ordering::Relaxed);
-    let start = CACHED_START.load(Ordering::Relaxed);
-    if pid != 0 && start != 0 {
-        return (pid, start);
+    let cache = CACHE.load(Ordering::Acquire);
+    if !cache.is_null() {
+        // SAFETY: `CACHE` only ever holds null, the address of `FALLBACK_CACHE`, or a page
+        // mapped by `identity_cache` that is never unmapped; both are valid, aligned
+        // `IdentityCache`s (atomics, valid as zeroes) for the life of the process and of
+        // every child (which gets the page zeroed or copied at the same address).
+        let c = unsafe { &*cache };
+        let pid = c.pid.load(Ordering::Relaxed);
+        let start = c.start.load(Ordering::Relaxed);
+        if pid != 0 && start != 0 {
+            return (pid, start);
+        }
     }
     refresh_identity()
 }
 
+/// True when a forked child forgets its parent's identity even without `pthread_atfork`.
+#[cfg(test)]
+pub(crate) fn fork_detection_wipes() -> bool {
+    let _ = current_identity();
+    WIPES_ON_FORK.load(Ordering::Relaxed)
+}
+
+/// Maps the wipe-on-fork page, or `None` where the kernel refuses `MADV_WIPEONFORK`.
+fn wipe_on_fork_page() -> Option<*mut IdentityCache> {
+    #[cfg(target_os = "linux")]
+    {
+        let len = 4096;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: `p .. p + len` is the mapping just made, owned by nobody else yet.
+        if unsafe { libc::madvise(p, len, libc::MADV_WIPEONFORK) } != 0 {
+            // SAFETY: unmaps the mapping just made; nothing refers to it.
+            unsafe { libc::munmap(p, len) };
+            return None;
+        }
+        Some(p.cast())
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
 #[cold]
 fn refresh_identity() -> (u32, u64) {
-    ATFORK.call_once(|| {
+    SETUP.call_once(|| {
         // SAFETY: registers a handler that only stores to atomics (async-signal-safe); the
-        // function pointer is 'static. A failure (ENOMEM) only means we would keep a stale
-        // PID in a child, so it is checked against getpid below on every refresh anyway.
+        // function pointer is 'static. Kept with the wipe-on-fork page too: it costs nothing.
         unsafe {
             libc::pthread_atfork(None, None, Some(forget_identity_in_child));
         }
+        let cache = match wipe_on_fork_page() {
+            Some(page) => {
+                WIPES_ON_FORK.store(true, Ordering::Relaxed);
+                page
+            }
+            None => std::ptr::from_ref(&FALLBACK_CACHE).cast_mut(),
+        };
+        CACHE.store(cache, Ordering::Release);
     });
     let pid = std::process::id();
     // Our own /proc entry always exists; fall back to a non-zero marker if /proc is absent,
@@ -61,8 +135,13 @@ fn refresh_identity() -> (u32, u64) {
         ProcStatus::Alive { start } => start,
         _ => u64::MAX,
     };
-    CACHED_START.store(start, Ordering::Relaxed);
-    CACHED_PID.store(pid, Ordering::Relaxed);
+    let cache = CACHE.load(Ordering::Acquire);
+    if !cache.is_null() {
+        // SAFETY: see `current_identity`.
+        let c = unsafe { &*cache };
+        c.start.store(start, Ordering::Relaxed);
+        c.pid.store(pid, Ordering::Relaxed);
+    }
     (pid, start)
 }
 
@@ -247,6 +326,165 @@ pub(crate) fn flock_exclusive(file: &File) -> io::Result<()> {
     }
 }
 
+/// What `F_OFD_SETLK` gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OfdLock {
+    /// We hold the byte now.
+    Taken,
+    /// Another open file description holds it.
+    Busy,
+    /// This system has no OFD locks (not Linux, Linux < 3.15, a filesystem without them).
+    Unsupported,
+}
+
+#[cfg(target_os = "linux")]
+fn one_byte(offset: u64, kind: libc::c_int) -> libc::flock {
+    // SAFETY: `flock` is a plain C struct; all-zero is a valid value for every field.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = offset as libc::off_t;
+    fl.l_len = 1;
+    fl.l_pid = 0; // required for OFD locks
+    fl
+}
+
+/// Takes a write lock on the byte at `offset` of `file`'s open file description, without
+/// waiting (`F_OFD_SETLK`). The kernel drops it when the last descriptor of that description
+/// is closed — at the latest when every process holding one has died or exec'd it away.
+pub(crate) fn ofd_try_lock(file: &File, offset: u64) -> io::Result<OfdLock> {
+    #[cfg(target_os = "linux")]
+    {
+        let fl = one_byte(offset, libc::F_WRLCK);
+        loop {
+            // SAFETY: fcntl on an fd we own with a valid, initialised `flock`.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+            if rc == 0 {
+                return Ok(OfdLock::Taken);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EACCES) => return Ok(OfdLock::Busy),
+                Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOLCK) => {
+                    return Ok(OfdLock::Unsupported);
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset);
+        Ok(OfdLock::Unsupported)
+    }
+}
+
+/// Asks the kernel whether another open file description holds a lock on the byte at
+/// `offset` (`F_OFD_GETLK`): `Some(true)` locked, `Some(false)` free, `None` when the question
+/// failed. Locks of `file`'s own description never conflict with it, so ask through a
+/// description that holds none.
+pub(crate) fn ofd_is_locked(file: &File, offset: u64) -> Option<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut fl = one_byte(offset, libc::F_WRLCK);
+        loop {
+            // SAFETY: fcntl on an fd we own; F_OFD_GETLK writes into the `flock` we own.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+            if rc == 0 {
+                return Some(fl.l_type != libc::F_UNLCK as libc::c_short);
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return None;
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset);
+        None
+    }
+}
+
+/// A second, independent open file description of the file behind `file` (close-on-exec):
+/// through `/proc/self/fd`, else by `path` (refused unless it is still the same file).
+pub(crate) fn reopen(file: &File, path: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let want = file.metadata()?;
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(p)
+    };
+    let by_proc = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    for candidate in [by_proc.as_path(), path] {
+        // /proc/self/fd/N is a magic link: opening it needs following it.
+        let f = if candidate == by_proc.as_path() {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+                .open(candidate)
+        } else {
+            open(candidate)
+        };
+        if let Ok(f) = f
+            && let Ok(m) = f.metadata()
+            && m.dev() == want.dev()
+            && m.ino() == want.ino()
+        {
+            return Ok(f);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "cannot open a second description of the table (no /proc, and the path names another \
+         file now)",
+    ))
+}
+
+/// Sets or clears close-on-exec on `file`.
+pub(crate) fn set_cloexec(file: &File, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD on an fd we own.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The inode of our PID namespace (`/proc/self/ns/pid`), 0 when unknown: tells a reader of a
+/// registration whether its PID means the same in the reader's namespace.
+pub(crate) fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// Makes `file`'s descriptor refer to /dev/null instead (`dup2`, atomic for concurrent
+/// users of the descriptor number): frees the file it named while the `File` stays valid.
+pub(crate) fn point_at_dev_null(file: &File) {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).open("/dev/null") {
+        // SAFETY: both descriptors are open and ours; dup2 atomically replaces the second,
+        // which `file` keeps owning (it closes /dev/null on drop).
+        unsafe {
+            libc::dup2(null.as_raw_fd(), file.as_raw_fd());
+        }
+    }
+}
+
 /// Drops our `flock` on `file` (closing the file would too).
 pub(crate) fn flock_unlock(file: &File) {
     // SAFETY: flock on an fd we own; a failure leaves the lock to be dropped at close.
@@ -417,6 +655,18 @@ mod tests {
         if let Ok(magic) = fs_magic_of_path(std::path::Path::new("/dev/shm")) {
             assert!(is_memory_fs(magic), "{magic:#x}");
         }
+    }
+
+    #[test]
+    fn the_identity_cache_is_wiped_in_every_child() {
+        if !fork_detection_wipes() {
+            println!(
+                "SKIP: the kernel refuses MADV_WIPEONFORK (Linux < 4.14?): a raw fork is \
+                 not detected here; pthread_atfork still covers fork(3)"
+            );
+            return;
+        }
+        assert!(!CACHE.load(Ordering::Relaxed).is_null());
     }
 
     #[test]

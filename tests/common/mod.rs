@@ -68,8 +68,22 @@ impl Helper {
     /// Starts this test binary again in `role`, with `args`, running `entry` (the name of the
     /// file's helper test).
     pub fn spawn(role: &str, args: &[&str]) -> Helper {
-        let exe = std::env::current_exe().unwrap();
-        let mut child = Command::new(exe)
+        Helper::spawn_via(&[], &std::env::current_exe().unwrap(), role, args)
+    }
+
+    /// Like [`Helper::spawn`], but runs the test binary `exe` through `wrapper` (a command
+    /// and its arguments that end by running the program given after them, as
+    /// `unshare --pid --fork` or `setpriv --reuid U` do).
+    pub fn spawn_via(wrapper: &[&str], exe: &std::path::Path, role: &str, args: &[&str]) -> Helper {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .args([
                 "--exact",
                 "helper_entry",
