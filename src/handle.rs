@@ -44,11 +44,16 @@ pub struct LockTicket {
     /// table: retire it when the handle goes (see `MainGuard::unlock`), so that no drop order
     /// leaves the file behind.
     pub(crate) retire_pending: std::sync::atomic::AtomicBool,
+    /// Keep the table after the last owner leaves ([`Builder::keep`]).
+    pub(crate) keep: bool,
 }
 
 impl Drop for LockTicket {
     fn drop(&mut self) {
-        if !self.retire_pending.load(Relaxed) || sys::current_identity().0 != self.creator.0 {
+        if self.keep
+            || !self.retire_pending.load(Relaxed)
+            || sys::current_identity().0 != self.creator.0
+        {
             return; // nothing deferred, or a forked child: the table is the parent's business
         }
         // Every guard borrowed this handle, so they are all gone: retire the table unless
@@ -102,9 +107,39 @@ pub struct Builder {
     proc_capacity: u32,
     payload_capacity: u64,
     directory: Option<PathBuf>,
+    keep: bool,
 }
 
 impl Builder {
+    /// Keep the table — and its payload — after the last main-lock owner leaves, so that a
+    /// later run (the next cron job) finds the value this one left (default: the last owner
+    /// out removes the file). `lockticket clean NAME` removes a kept table; a later owner's
+    /// [`MainGuard::reclaimed`](crate::MainGuard::reclaimed) stays false for a table left
+    /// this way (nobody died).
+    ///
+    /// ```
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let dir = std::env::temp_dir();
+    /// # let name = format!("doc-keep-{}", std::process::id());
+    /// let open = || lockticket::LockTicket::builder(&name).directory(&dir).keep(true).open();
+    /// let run1 = open()?;
+    /// let owner = run1.main_lock(lockticket::Share::Exclusive)?;
+    /// run1.set_payload(b"last processed: 17")?;
+    /// owner.unlock()?; // the table stays
+    /// drop(run1);
+    ///
+    /// let run2 = open()?; // a later run
+    /// let owner = run2.main_lock(lockticket::Share::Exclusive)?;
+    /// assert_eq!(run2.payload()?, b"last processed: 17");
+    /// assert!(!owner.reclaimed());
+    /// # drop(owner); std::fs::remove_file(run2.path()).unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn keep(mut self, keep: bool) -> Self {
+        self.keep = keep;
+        self
+    }
+
     /// File mode of the table (default `0o600`). Wider modes let other users share the lock;
     /// an existing table that grants more than this is refused ("doubtful permissions").
     pub fn permissions(mut self, mode: u32) -> Self {
@@ -205,6 +240,7 @@ impl Builder {
             current: AtomicPtr::new(std::ptr::null_mut()),
             regions: Mutex::new(Vec::new()),
             retire_pending: std::sync::atomic::AtomicBool::new(false),
+            keep: self.keep,
         })
     }
 }
@@ -228,6 +264,7 @@ impl LockTicket {
             proc_capacity: layout::DEFAULT_PROC_CAPACITY,
             payload_capacity: layout::DEFAULT_PAYLOAD_CAPACITY as usize as u64,
             directory: None,
+            keep: false,
         }
     }
 

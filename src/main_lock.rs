@@ -45,7 +45,9 @@ impl LockTicket {
             cold.revive_abandoned()?;
             let census = members::census(region.members(), &region.liveness());
             if census.live.is_empty() && !created {
-                reclaimed = true;
+                // Taken over from dead owners; a table kept by owners that left (see
+                // `Builder::keep`) has no entries left: not a reclaim.
+                reclaimed = census.cleared > 0;
                 // An orphan: taken over in place, so that the payload the dead left and the
                 // death of a holder (reported by the next grant) survive. Dead requests are
                 // reclaimed now; a ring in a state no sequence of operations produces is not
@@ -196,9 +198,10 @@ impl MainGuard<'_> {
                 .lt
                 .corrupted("our main-lock registration was removed from the table"));
         }
-        if members::census(region.members(), &region.liveness())
-            .live
-            .is_empty()
+        if !self.lt.keep
+            && members::census(region.members(), &region.liveness())
+                .live
+                .is_empty()
         {
             // Last one out. If this process still holds or waits for a token (a guard kept
             // past the main guard, a struct whose fields drop in that order), the table stays
