@@ -63,9 +63,17 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
                 .map_or(Patience::Forever, Patience::Until),
         }
     };
-    let lt = LockTicket::builder(&a.table)
+    let mut builder = LockTicket::builder(&a.table)
         .permissions(a.mode.unwrap_or(0o600))
         .member_capacity(MEMBERS)
+        .keep(a.keep);
+    if let Some(slots) = a.ring_capacity {
+        builder = builder.ring_capacity(slots);
+    }
+    if let Some(bytes) = a.payload_capacity {
+        builder = builder.payload_capacity(bytes);
+    }
+    let lt = builder
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;
 

@@ -186,6 +186,16 @@ pub(crate) struct ExecArgs {
     /// Permissions of the table (octal, e.g. 0660 to share it with the group) [default: 0600]
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub mode: Option<u32>,
+    /// Keep the table and its payload after the last user leaves, for the next run
+    /// (`lockticket clean NAME` removes it)
+    #[arg(long)]
+    pub keep: bool,
+    /// Token slots of a table this call creates (requests queued at once) [default: 256]
+    #[arg(long, value_name = "SLOTS")]
+    pub ring_capacity: Option<u32>,
+    /// Payload bytes of a table this call creates [default: 4096]
+    #[arg(long, value_name = "BYTES")]
+    pub payload_capacity: Option<usize>,
     /// The table: a NAME, or a PATH starting with /, ./ or ../
     #[arg(value_name = "NAME|PATH")]
     pub table: OsString,

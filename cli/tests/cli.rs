@@ -880,3 +880,32 @@ fn a_holder_killed_with_nobody_waiting_is_reported_to_the_next_exec() {
     assert_eq!(stdout(&o), "died=0\n");
     assert_no_table(n);
 }
+
+#[test]
+fn exec_keep_hands_the_payload_to_the_next_run_and_clean_removes_it() {
+    let n = name("keep");
+    let n = n.as_str();
+    let set = format!("'{}' payload set {n} 'from run 1'", bin());
+    let o = run([
+        "exec",
+        "--keep",
+        "--ring-capacity",
+        "16",
+        "--payload-capacity",
+        "8192",
+        n,
+        "-c",
+        &set,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    // The table outlived its last user, with the capacities it was created with.
+    let st = json_status(n);
+    assert_eq!(st["payload_capacity"], 8192, "{st}");
+    assert_eq!(st["ring_capacity"], 16, "{st}");
+    let get = format!("'{}' payload get {n}", bin());
+    let o = run(["exec", "--keep", n, "-c", &get]);
+    assert_eq!(stdout(&o), "from run 1", "{o:?}");
+    let o = run(["clean", n]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_no_table(n);
+}
