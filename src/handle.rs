@@ -9,13 +9,16 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicPtr, Ordering::*};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, Geometry};
+use crate::main_lock::MainGuard;
 use crate::region::{Create, Region};
 use crate::ring::Broken;
+use crate::share::Share;
+use crate::token::TokenGuard;
 use crate::{payload, sys};
 
 /// How many times a cold path opens the table again when it was removed, replaced or retired
@@ -46,6 +49,52 @@ pub struct LockTicket {
     pub(crate) retire_pending: std::sync::atomic::AtomicBool,
     /// Keep the table after the last owner leaves ([`Builder::keep`]).
     pub(crate) keep: bool,
+}
+
+impl LockTicket {
+    /// Takes the exclusive token (like [`token_lock`](Self::token_lock)) with a guard that
+    /// owns a reference to the handle: it can be returned from a function or kept in a struct
+    /// without a lifetime.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let dir = std::env::temp_dir();
+    /// # let name = format!("doc-owned-{}", std::process::id());
+    /// let lt = Arc::new(lockticket::LockTicket::builder(&name).directory(&dir).open()?);
+    /// struct Job {
+    ///     _owner: lockticket::OwnedMainGuard,
+    ///     token: lockticket::OwnedTokenGuard,
+    /// }
+    /// let job = Job { _owner: lt.main_lock_owned(lockticket::Share::Shared)?, token: lt.token_lock_owned()? };
+    /// assert!(!job.token.previous_holder_died());
+    /// # Ok(()) }
+    /// ```
+    pub fn token_lock_owned(self: &Arc<Self>) -> Result<crate::OwnedTokenGuard> {
+        let guard = self.token_lock()?;
+        // SAFETY: the guard borrows `self` and a region in a Box that `self.regions` owns and
+        // frees only when the handle is dropped. The owned guard keeps an `Arc` of the handle
+        // in a field declared after the guard, so the guard is dropped (released) before that
+        // `Arc`, hence before the handle: the borrow never outlives what it points to.
+        let guard = unsafe { std::mem::transmute::<TokenGuard<'_>, TokenGuard<'static>>(guard) };
+        Ok(crate::OwnedTokenGuard {
+            guard: Some(guard),
+            lt: Arc::clone(self),
+        })
+    }
+
+    /// Joins the table (like [`main_lock`](Self::main_lock)) with a guard that owns a
+    /// reference to the handle (see [`token_lock_owned`](Self::token_lock_owned)).
+    pub fn main_lock_owned(self: &Arc<Self>, share: Share) -> Result<crate::OwnedMainGuard> {
+        let guard = self.main_lock(share)?;
+        // SAFETY: as in `token_lock_owned`: the owned guard drops this guard before the `Arc`
+        // that keeps the handle (and the region the guard borrows) alive.
+        let guard = unsafe { std::mem::transmute::<MainGuard<'_>, MainGuard<'static>>(guard) };
+        Ok(crate::OwnedMainGuard {
+            guard: Some(guard),
+            lt: Arc::clone(self),
+        })
+    }
 }
 
 impl Drop for LockTicket {

@@ -419,3 +419,39 @@ fn asking_again_for_a_held_token_is_an_error_not_a_hang() {
     let r2 = lt.token_lock_shared().unwrap();
     drop((r1, r2));
 }
+
+#[test]
+fn owned_guards_can_be_returned_and_hold_releases_everything() {
+    use std::sync::Arc;
+    fn take(lt: &Arc<LockTicket>) -> lockticket::Result<lockticket::OwnedTokenGuard> {
+        lt.token_lock_owned() // returned from a function: no borrow of a local
+    }
+    let (lt, name) = table("owned");
+    let lt = Arc::new(lt);
+    let owner = lt.main_lock_owned(Share::Shared).unwrap();
+    let g = take(&lt).unwrap();
+    assert_eq!(g.share(), Share::Exclusive);
+    let other = LockTicket::open(&name).unwrap();
+    assert!(
+        other.try_token_lock().unwrap().is_none(),
+        "the owned guard holds"
+    );
+    g.unlock().unwrap();
+    assert!(other.try_token_lock().unwrap().is_some());
+    drop(owner);
+    assert!(!lt.path().exists(), "the owned main guard left the table");
+
+    let held = lockticket::hold(&name).unwrap();
+    assert!(!held.previous_holder_died());
+    assert!(
+        other.try_token_lock().unwrap().is_none(),
+        "hold holds the token"
+    );
+    let path = other.path().to_path_buf();
+    assert!(path.exists());
+    drop(held);
+    assert!(
+        !path.exists(),
+        "hold's drop released the token and left the table"
+    );
+}
