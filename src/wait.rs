@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::Backoff;
 
 use crate::liveness::Liveness;
-use crate::ring::{Broken, Claim, Grant, Ring, Ticket};
+use crate::ring::{Broken, Claim, Grant, HeadCheck, Ring, Ticket};
 use crate::share::Share;
 use crate::sys;
 
@@ -40,6 +40,10 @@ const CHECK_NEXT: Duration = Duration::from_millis(1);
 /// How often farther waiters look whether `head` moved (and check it when it did not): bounds
 /// a kill storm's reclaim when the next-in-line died too.
 const CHECK_FAR: Duration = Duration::from_millis(2);
+/// How soon to look again after a look that reclaimed something: in a kill storm the killed
+/// processes exit one after another (the kernel tears them down on the same CPUs), and a
+/// request whose owner is still exiting counts as alive.
+const CHECK_AGAIN: Duration = Duration::from_micros(200);
 /// Spin iterations between clock reads.
 const SPINS_PER_CHECK: u32 = 64;
 
@@ -110,10 +114,12 @@ impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Waiter<'_, L, C> {
     }
 
     /// The periodic look of a queued request `tk` at what blocks it: every dead request ahead
-    /// of it is reclaimed in one pass, then the caller's check runs.
-    fn on_check(&mut self, ring: &Ring<'_>, tk: Ticket) -> Result<(), WaitError<E>> {
-        ring.sweep_dead(tk.t, self.liveness)?;
-        (self.check)().map_err(WaitError::Check)
+    /// of it is reclaimed in one pass, then the caller's check runs. True when something was
+    /// reclaimed (more of the dead may still be on their way out: look again soon).
+    fn on_check(&mut self, ring: &Ring<'_>, tk: Ticket) -> Result<bool, WaitError<E>> {
+        let (head, more) = ring.sweep_dead(tk.t, self.liveness)?;
+        (self.check)().map_err(WaitError::Check)?;
+        Ok(head != HeadCheck::Fine || more > 0)
     }
 }
 
@@ -153,13 +159,19 @@ pub(crate) fn until_granted<L: Liveness, E>(
         }
         if now >= check_at {
             let head = ring.head();
-            if ahead == 1 || looked_at == Some(head) {
-                waiter.on_check(ring, tk)?;
+            let reclaimed = if ahead == 1 || looked_at == Some(head) {
+                waiter.on_check(ring, tk)?
             } else {
                 (waiter.check)().map_err(WaitError::Check)?;
-            }
-            looked_at = Some(ring.head());
-            check_at = now + if ahead == 1 { CHECK_NEXT } else { CHECK_FAR };
+                false
+            };
+            looked_at = (!reclaimed).then(|| ring.head());
+            check_at = now
+                + match (reclaimed, ahead) {
+                    (true, _) => CHECK_AGAIN,
+                    (false, 1) => CHECK_NEXT,
+                    (false, _) => CHECK_FAR,
+                };
             continue;
         }
         if let Some(from) = spin_from {
