@@ -7,10 +7,11 @@
 //!   cache miss, not a wake-up. It is the only spinner (one per queue, or the shared requests
 //!   granted together): the holder and at most one spinner run, whatever N.
 //! * It spins only where that can pay: when the queue holds no more requests than there are
-//!   CPUs (holder and spinner each have one; beyond that a spinner takes the CPU from the
-//!   holder or from processes with work), or right after the release that made it
-//!   next-in-line pre-woke it (the releaser paid for that wake-up so that it runs when its
-//!   turn comes; it spins for the remainder of that hold, then sleeps).
+//!   CPUs (load control, after Johnson et al., ASPLOS 2010: holder and spinner each have a
+//!   CPU; beyond that a spinner takes the CPU from the holder — a pre-woken sleeper preempts
+//!   whoever runs — or from processes with work). Measured on the 2-core VM: letting a
+//!   pre-woken next-in-line spin when the queue is longer than the CPU count cut throughput
+//!   at 8-64 processes by 2-10× (lock-holder preemption); longer budgets were worse.
 //! * Waiters **farther back** sleep at once, on the futex word of their own slot (woken
 //!   individually, no thundering herd, no yield loops). A release pre-wakes the request
 //!   *behind* the new holder, so it is running by the time its turn comes.
@@ -139,7 +140,6 @@ pub(crate) fn until_granted<L: Liveness, E>(
     let mut looked_at = None;
     // Since when we may spin as next-in-line (`None`: not now).
     let mut spin_from = Some(start);
-    let mut woken = false;
     let mut spins = 0u32;
     loop {
         let ahead = match ring.grant(tk, share)? {
@@ -175,9 +175,8 @@ pub(crate) fn until_granted<L: Liveness, E>(
             continue;
         }
         if let Some(from) = spin_from {
-            let may_spin = ahead == 1
-                && now.duration_since(from) < SPIN_BUDGET
-                && (woken || ring.queued() <= cpus());
+            let may_spin =
+                ahead == 1 && now.duration_since(from) < SPIN_BUDGET && ring.queued() <= cpus();
             if may_spin {
                 continue;
             }
@@ -192,8 +191,7 @@ pub(crate) fn until_granted<L: Liveness, E>(
         sys::futex_wait(word, parked, nap);
         // A release that wakes us first moves the word off `parked` (see `Ring::wake_slot`);
         // a signal, a spurious wake-up or the timeout leave it: then nothing changes.
-        woken = word.load(Relaxed) != parked;
-        if woken {
+        if word.load(Relaxed) != parked {
             spin_from = Some(Instant::now());
             spins = 0;
         }

@@ -872,10 +872,10 @@ impl Throughput {
         let link = median(&self.links);
         let (near, far) = split_by_link(&self.rates, &self.window_links);
         println!(
-            "{id:<28} {:>9.3} M ops/s  min/max share {min_max:.3}  mean burst {mean_burst:>7.1}  \
+            "{id:<36} {:>11.0} ops/s  min/max share {min_max:.3}  mean burst {mean_burst:>7.1}  \
              wait p50 {} p99 {} max {} ns  (timed run {:.3} M ops/s)  per op: {:.3} voluntary + \
              {:.3} involuntary switches, {:.0} ns CPU; CPUs near {:.3} M, far {:.3} M ops/s",
-            ops_per_s / 1e6,
+            ops_per_s,
             hist.quantile(0.5),
             hist.quantile(0.99),
             hist.max(),
