@@ -135,14 +135,14 @@ fn dispatch(role: &str, args: &[String]) {
                     it_interval: tick,
                     it_value: tick,
                 };
-                assert_eq!(
-                    libc::timer_settime(timer, 0, &it, std::ptr::null_mut()),
-                    0
-                );
+                assert_eq!(libc::timer_settime(timer, 0, &it, std::ptr::null_mut()), 0);
             }
             let g = lt.token_lock().unwrap();
             let alarms = ALARMS.load(Relaxed);
-            say(format!("held died={} alarms={alarms}", g.previous_holder_died()));
+            say(format!(
+                "held died={} alarms={alarms}",
+                g.previous_holder_died()
+            ));
             hear();
             drop(g);
             say("released");
@@ -360,7 +360,10 @@ fn a_kill_storm_is_swept_at_once() {
     }
     let got = survivor.expect("held");
     let reclaim = killed_at.elapsed();
-    eprintln!("kill storm of {}: survivor granted after {reclaim:?}", K + 1);
+    eprintln!(
+        "kill storm of {}: survivor granted after {reclaim:?}",
+        K + 1
+    );
     assert!(got.starts_with("died=true"), "{got}");
     assert!(reclaim < Duration::from_secs(2), "{reclaim:?}");
     let st = lt.status().unwrap();
