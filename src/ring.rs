@@ -735,6 +735,83 @@ impl<'a> Ring<'a> {
         Ok(HeadCheck::Reclaimed { index, was_holding })
     }
 
+    /// [`check_head`](Self::check_head), then every dead request between `head` and `upto`
+    /// (the caller's own ticket) in one pass: a waiter that finds what blocks it dead clears
+    /// all the dead ahead of it at once (a kill storm: a holder and the waiters behind it
+    /// killed together), instead of one per sleep. Stops at the first live request (that one
+    /// blocks us, and its liveness was just asked). Returns what the head check found and how
+    /// many further requests were reclaimed.
+    ///
+    /// A dead request that is not the head is released for its owner, like a withdrawal
+    /// (`release` of a waiting ticket): the lap moves on and `head` later skips it. A dead
+    /// shared holder there raises the died flag first, like the head check does.
+    pub(crate) fn sweep_dead(
+        &self,
+        upto: u64,
+        liveness: &impl Liveness,
+    ) -> Result<(HeadCheck, u64), Broken> {
+        let first = self.check_head(liveness)?;
+        step!();
+        if first == HeadCheck::Fine {
+            return Ok((first, 0));
+        }
+        let mut more = 0;
+        let mut t = self.words.head.load(SeqCst);
+        step!();
+        while upto.wrapping_sub(t).wrapping_sub(1) < self.capacity() - 1 {
+            let slot = self.slot(t);
+            let w = slot.word.load(SeqCst);
+            step!();
+            match self.state(t, w) {
+                SlotState::Released => {
+                    t = t.wrapping_add(1);
+                    continue;
+                }
+                SlotState::Claimed => {}
+                SlotState::Free | SlotState::Lagging | SlotState::Impossible => break,
+            }
+            if liveness.is_alive(self.owner(t, w)) {
+                break;
+            }
+            step!();
+            if slot.futex.load(SeqCst) == futex_tag(self.lap(t)) | HOLDING {
+                self.words.dead_holder.store(t.wrapping_add(1), Release);
+                step!();
+            }
+            let next_lap = free_word(self.lap(t).wrapping_add(1));
+            if slot
+                .word
+                .compare_exchange(w, next_lap, SeqCst, Relaxed)
+                .is_ok()
+            {
+                step!();
+                self.words.reclaimed.fetch_add(1, Relaxed);
+                more += 1;
+            }
+            step!();
+            t = t.wrapping_add(1);
+        }
+        if more > 0 {
+            self.advance_head();
+        }
+        Ok((first, more))
+    }
+
+    /// The oldest unreleased ticket.
+    #[inline]
+    pub(crate) fn head(&self) -> u64 {
+        self.words.head.load(SeqCst)
+    }
+
+    /// Unreleased tickets, as far as the `tail` hint tells (a hint: it may lag behind, never
+    /// run ahead of the last claim). How crowded the queue is, for the wait policy.
+    #[inline]
+    pub(crate) fn queued(&self) -> u64 {
+        let head = self.words.head.load(Relaxed);
+        let tail = self.words.tail.load(Relaxed);
+        tail.wrapping_sub(head).min(self.capacity())
+    }
+
     /// The slot of ticket `h` (= `head`) still holds the claim `w` of ticket `h - capacity`,
     /// whose holder moved `head` on but has not released the slot. If that process is dead,
     /// release the slot for it (it had given up the token: no death to report).

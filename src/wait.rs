@@ -1,36 +1,64 @@
-//! How a queued request waits for its turn: spin, yield, then sleep on a futex.
+//! How a queued request waits for its turn: the next-in-line spins briefly, everyone else
+//! sleeps on a futex at once.
 //!
 //! The policy, and why (measured on a 2-core VM, see docs/benchmarks.md):
 //! * Waking a futex sleeper on the other CPU costs ~30 µs, a cache-line handoff ~60 ns. So the
-//!   **next-in-line** spins for a short while: most hand-offs then cost a cache miss, not a
-//!   wake-up.
-//! * Waiters **farther back** must not spin: with more processes than CPUs a spinner can take
-//!   the CPU from the holder or the next-in-line (a FIFO lock then collapses). They yield
-//!   briefly, then sleep. Release pre-wakes the request *behind* the new holder, so it spins
-//!   by the time its turn comes.
-//! * Nobody burns CPU behind a long holder: after the budgets below everyone sleeps on the
-//!   futex word of its own slot (woken individually, no thundering herd). Sleeps time out so
-//!   that a dead holder is found: each timeout checks the head of the queue.
+//!   **next-in-line** spins for a short while ([`SPIN_BUDGET`]): most hand-offs then cost a
+//!   cache miss, not a wake-up. It is the only spinner (one per queue, or the shared requests
+//!   granted together): the holder and at most one spinner run, whatever N.
+//! * It spins only where that can pay: when the queue holds no more requests than there are
+//!   CPUs (load control, after Johnson et al., ASPLOS 2010: holder and spinner each have a
+//!   CPU; beyond that a spinner takes the CPU from the holder — a pre-woken sleeper preempts
+//!   whoever runs — or from processes with work). Measured on the 2-core VM: letting a
+//!   pre-woken next-in-line spin when the queue is longer than the CPU count cut throughput
+//!   at 8-64 processes by 2-10× (lock-holder preemption); longer budgets were worse.
+//! * Waiters **farther back** sleep at once, on the futex word of their own slot (woken
+//!   individually, no thundering herd, no yield loops). A release pre-wakes the request
+//!   *behind* the new holder, so it is running by the time its turn comes.
+//! * **Reclaim runs on a deadline of its own**: the waiter computes when to look at what
+//!   blocks it ([`CHECK_NEXT`], [`CHECK_FAR`]) and keeps that instant across EINTR, spurious
+//!   wake-ups and pre-wakes, so that signals (an interval timer, a profiler) never postpone
+//!   the liveness check. The check sweeps every dead request ahead of us in one pass
+//!   ([`Ring::sweep_dead`]): a kill storm costs one check, not one per sleep. Farther waiters
+//!   look only when `head` has not moved since their last look (a moving queue has a live
+//!   holder; this keeps long queues from reading /proc on every timeout).
 
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
 use crate::liveness::{Liveness, Registration};
-use crate::ring::{Broken, Claim, Grant, Ring, Ticket};
+use crate::ring::{Broken, Claim, Grant, HeadCheck, Ring, Ticket};
 use crate::share::Share;
 use crate::sys;
 
 /// How long the next-in-line spins before sleeping.
 const SPIN_BUDGET: Duration = Duration::from_micros(50);
-/// How long farther waiters yield before sleeping.
-const YIELD_BUDGET: Duration = Duration::from_micros(50);
-/// Sleep length of the next-in-line: bounds how long a dead holder goes unnoticed.
-const PARK_NEXT: Duration = Duration::from_millis(2);
-/// Sleep length of farther waiters (they are pre-woken when they become next-in-line).
-const PARK_FAR: Duration = Duration::from_millis(10);
+/// How often the next-in-line checks that what blocks it is alive: bounds how long a dead
+/// holder goes unnoticed.
+const CHECK_NEXT: Duration = Duration::from_millis(1);
+/// How often farther waiters look whether `head` moved (and check it when it did not): bounds
+/// a kill storm's reclaim when the next-in-line died too.
+const CHECK_FAR: Duration = Duration::from_millis(2);
+/// How soon to look again after a look that reclaimed something: in a kill storm the killed
+/// processes exit one after another (the kernel tears them down on the same CPUs), and a
+/// request whose owner is still exiting counts as alive.
+const CHECK_AGAIN: Duration = Duration::from_micros(200);
 /// Spin iterations between clock reads.
 const SPINS_PER_CHECK: u32 = 64;
+
+/// CPUs this process may run on (cached: `available_parallelism` is a system call).
+fn cpus() -> u64 {
+    static CPUS: AtomicU32 = AtomicU32::new(0);
+    let n = CPUS.load(Relaxed);
+    if n != 0 {
+        return u64::from(n);
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(1 << 16) as u32);
+    CPUS.store(n, Relaxed);
+    u64::from(n)
+}
 
 /// How a wait ended, when nothing went wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +113,15 @@ impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Waiter<'_, L, C> {
         ring.check_head(self.liveness)?;
         (self.check)().map_err(WaitError::Check)
     }
+
+    /// The periodic look of a queued request `tk` at what blocks it: every dead request ahead
+    /// of it is reclaimed in one pass, then the caller's check runs. True when something was
+    /// reclaimed (more of the dead may still be on their way out: look again soon).
+    fn on_check(&mut self, ring: &Ring<'_>, tk: Ticket) -> Result<bool, WaitError<E>> {
+        let (head, more) = ring.sweep_dead(tk.t, self.liveness)?;
+        (self.check)().map_err(WaitError::Check)?;
+        Ok(head != HeadCheck::Fine || more > 0)
+    }
 }
 
 /// Waits until `tk` is granted, the waiter's deadline passes, or its check fails. Does not
@@ -95,49 +132,69 @@ pub(crate) fn until_granted<L: Liveness, E>(
     waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
 ) -> Result<Outcome, WaitError<E>> {
     let share = tk.share();
-    let mut phase = Instant::now();
+    let start = Instant::now();
+    // When to look at what blocks us: a deadline of its own, kept across EINTR, spurious
+    // wake-ups and pre-wakes (only a look moves it).
+    let mut check_at = start + CHECK_NEXT;
+    // `head` at our last look (farther waiters check only a queue that did not move).
+    let mut looked_at = None;
+    // Since when we may spin as next-in-line (`None`: not now).
+    let mut spin_from = Some(start);
     let mut spins = 0u32;
     loop {
         let ahead = match ring.grant(tk, share)? {
             Grant::Granted => return Ok(Outcome::Granted),
             Grant::Waiting { ahead } => ahead,
         };
-        spins += 1;
-        if !spins.is_multiple_of(SPINS_PER_CHECK) && ahead == 1 {
-            std::hint::spin_loop();
-            continue;
+        if ahead == 1 && spin_from.is_some() {
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(SPINS_PER_CHECK) {
+                std::hint::spin_loop();
+                continue;
+            }
         }
         let now = Instant::now();
         if waiter.expired(now) {
             return Ok(Outcome::TimedOut);
         }
-        let budget = if ahead == 1 {
-            SPIN_BUDGET
-        } else {
-            YIELD_BUDGET
-        };
-        if now.duration_since(phase) < budget {
-            if ahead > 1 {
-                sys::yield_now();
-            }
+        if now >= check_at {
+            let head = ring.head();
+            let reclaimed = if ahead == 1 || looked_at == Some(head) {
+                waiter.on_check(ring, tk)?
+            } else {
+                (waiter.check)().map_err(WaitError::Check)?;
+                false
+            };
+            looked_at = (!reclaimed).then(|| ring.head());
+            check_at = now
+                + match (reclaimed, ahead) {
+                    (true, _) => CHECK_AGAIN,
+                    (false, 1) => CHECK_NEXT,
+                    (false, _) => CHECK_FAR,
+                };
             continue;
         }
-        // Sleep on our own slot's futex word.
-        let nap = waiter.nap(if ahead == 1 { PARK_NEXT } else { PARK_FAR }, now);
+        if let Some(from) = spin_from {
+            let may_spin =
+                ahead == 1 && now.duration_since(from) < SPIN_BUDGET && ring.queued() <= cpus();
+            if may_spin {
+                continue;
+            }
+            spin_from = None;
+        }
+        // Sleep on our own slot's futex word, until a release wakes us or it is time to look.
         let (word, parked) = ring.park_word(tk);
         if let Grant::Granted = ring.grant(tk, share)? {
             return Ok(Outcome::Granted);
         }
+        let nap = waiter.nap(check_at.saturating_duration_since(now), now);
         sys::futex_wait(word, parked, nap);
-        if now.elapsed() >= nap {
-            // Nobody woke us: make sure the head of the queue is alive, then sleep again
-            // (the spin budget stays spent: no CPU burnt behind a long holder).
-            waiter.on_timeout(ring)?;
-        } else {
-            // Woken (our turn is near): spin or yield again before sleeping.
-            phase = Instant::now();
+        // A release that wakes us first moves the word off `parked` (see `Ring::wake_slot`);
+        // a signal, a spurious wake-up or the timeout leave it: then nothing changes.
+        if word.load(Relaxed) != parked {
+            spin_from = Some(Instant::now());
+            spins = 0;
         }
-        spins = 0;
     }
 }
 

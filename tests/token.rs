@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -94,6 +95,57 @@ fn dispatch(role: &str, args: &[String]) {
             // SAFETY: ends the process from its last thread without unwinding a harness whose
             // main thread is gone.
             unsafe { libc::_exit(0) };
+        }
+        // Like "hold" (exclusive), with an interval timer sending SIGALRM to the waiting
+        // thread every 0.5 ms while it waits; args[1]: "restart" for SA_RESTART, else none. Reports the signal count.
+        "hold-itimer" => {
+            static ALARMS: AtomicU64 = AtomicU64::new(0);
+            extern "C" fn on_alarm(_: libc::c_int) {
+                ALARMS.fetch_add(1, Relaxed);
+            }
+            let flags = if args[1] == "restart" {
+                libc::SA_RESTART
+            } else {
+                0
+            };
+            // SAFETY: installs a handler that only bumps an atomic (async-signal-safe); the
+            // sigaction, sigevent and itimerspec structs are fully initialised before use.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_alarm as *const () as libc::sighandler_t;
+                sa.sa_flags = flags;
+                libc::sigemptyset(&mut sa.sa_mask);
+                assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
+                // A process-directed SIGALRM (setitimer) would go to the helper's main
+                // thread (libtest's), not to this one, which waits: aim the timer at us.
+                let mut ev: libc::sigevent = std::mem::zeroed();
+                ev.sigev_notify = libc::SIGEV_THREAD_ID;
+                ev.sigev_signo = libc::SIGALRM;
+                ev.sigev_notify_thread_id = libc::gettid();
+                let mut timer: libc::timer_t = std::mem::zeroed();
+                assert_eq!(
+                    libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer),
+                    0
+                );
+                let tick = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 500_000,
+                };
+                let it = libc::itimerspec {
+                    it_interval: tick,
+                    it_value: tick,
+                };
+                assert_eq!(libc::timer_settime(timer, 0, &it, std::ptr::null_mut()), 0);
+            }
+            let g = lt.token_lock().unwrap();
+            let alarms = ALARMS.load(Relaxed);
+            say(format!(
+                "held died={} alarms={alarms}",
+                g.previous_holder_died()
+            ));
+            hear();
+            drop(g);
+            say("released");
         }
         other => panic!("unknown role {other}"),
     }
@@ -251,6 +303,73 @@ fn a_sigkilled_holder_is_reclaimed_and_reported() {
     // And the lock works as before.
     let g = lt.token_lock().unwrap();
     assert!(!g.previous_holder_died(), "the death is reported once");
+}
+
+/// Issue 10 item 4: a waiter interrupted every 0.5 ms by a signal (with and without
+/// SA_RESTART) still checks what blocks it on a deadline of its own, so a SIGKILLed holder is
+/// reclaimed within the reclaim bound. Bounded, not timed: the bound is generous (before the
+/// fix, the signals postponed every check: found after 0.06-1.1 s, or never).
+#[test]
+fn signals_never_delay_reclaim() {
+    for mode in ["restart", "interrupt"] {
+        let (lt, name) = table(&format!("itimer-{mode}"));
+        let _main = lt.main_lock(Share::Shared).unwrap();
+        let mut holder = Helper::spawn("hold", &[&name, "exclusive"]);
+        holder.expect("held died=false");
+        let mut waiter = Helper::spawn("hold-itimer", &[&name, mode]);
+        wait_queued(&lt, 1);
+        let killed_at = Instant::now();
+        holder.kill();
+        let got = waiter.expect("held");
+        let reclaim = killed_at.elapsed();
+        eprintln!("{mode}: reclaim under a 0.5 ms interval timer: {reclaim:?} ({got})");
+        assert!(got.starts_with("died=true"), "{mode}: {got}");
+        let alarms: u64 = got.rsplit("alarms=").next().unwrap().parse().unwrap();
+        assert!(alarms > 0, "{mode}: no signal reached the waiter: {got}");
+        // The reclaim bound is ~1 ms; 500 ms is generous for a loaded machine (before the
+        // fix: 0.06-1.1 s here, or never).
+        assert!(
+            reclaim < Duration::from_millis(500),
+            "{mode}: a dead holder found after {reclaim:?}"
+        );
+        waiter.send("x");
+        waiter.expect("released");
+    }
+}
+
+/// A holder and the waiters queued behind it are SIGKILLed together: the survivor behind
+/// them sweeps all of them in one pass and is granted (bounded, not timed).
+#[test]
+fn a_kill_storm_is_swept_at_once() {
+    const K: usize = 16;
+    let (lt, name) = table("killstorm");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut holder = Helper::spawn("hold", &[&name, "exclusive"]);
+    holder.expect("held died=false");
+    let mut doomed = Vec::new();
+    for i in 0..K {
+        doomed.push(Helper::spawn("hold", &[&name, "exclusive"]));
+        wait_queued(&lt, i + 1);
+    }
+    let mut survivor = Helper::spawn("hold", &[&name, "exclusive"]);
+    wait_queued(&lt, K + 1);
+    let killed_at = Instant::now();
+    holder.kill();
+    for d in &mut doomed {
+        d.kill();
+    }
+    let got = survivor.expect("held");
+    let reclaim = killed_at.elapsed();
+    eprintln!(
+        "kill storm of {}: survivor granted after {reclaim:?}",
+        K + 1
+    );
+    assert!(got.starts_with("died=true"), "{got}");
+    assert!(reclaim < Duration::from_secs(2), "{reclaim:?}");
+    let st = lt.status().unwrap();
+    assert_eq!(st.reclaimed_slots, K as u64 + 1, "{st}");
+    survivor.send("x");
+    survivor.expect("released");
 }
 
 #[test]

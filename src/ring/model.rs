@@ -265,6 +265,16 @@ impl Model {
                     ring.release(r.tk)
                 })
             }),
+            // A queued waiter sweeps the dead ahead of it, as `wait` does; others (and holders)
+            // check the head alone.
+            (Kind::CheckHead, Some(r)) if !r.holding => self.procs.start(p.thread, move || {
+                Out::Checked(
+                    shared
+                        .ring()
+                        .sweep_dead(r.tk.t, &shared.world)
+                        .map(|(head, _)| head),
+                )
+            }),
             (Kind::CheckHead, _) => self.procs.start(p.thread, move || {
                 Out::Checked(shared.ring().check_head(&shared.world))
             }),

@@ -301,14 +301,6 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
     let _ = (word, n);
 }
 
-/// Gives the CPU to another runnable thread.
-pub(crate) fn yield_now() {
-    // SAFETY: sched_yield has no preconditions.
-    unsafe {
-        libc::sched_yield();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Files.
 

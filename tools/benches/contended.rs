@@ -1,4 +1,5 @@
-//! Multi-process benches: contended throughput and fairness (1, 2 and 4 processes), handoff
+//! Multi-process benches: contended throughput and fairness (1 to 64 processes, three
+//! workloads: the lock alone, 2 µs inside / 20 µs outside, 200 µs / 1 ms), kill storms, handoff
 //! latency (ping-pong) and reclaim time after a SIGKILLed holder — lockticket against flock,
 //! a robust process-shared pthread mutex, a bare CAS spin lock and a plain FIFO ticket spin
 //! lock, in one run.
@@ -54,8 +55,75 @@ const CONTENDED: [Kind; 5] = [
 ];
 /// Mechanisms of the reclaim measurement (flock for reference: the kernel drops it at exit).
 const RECLAIM: [Kind; 3] = [Kind::LockTicket, Kind::RobustMutex, Kind::Flock];
-/// Process counts of the throughput measurement.
-const PROCESSES: [usize; 3] = [1, 2, 4];
+/// Mechanisms of the throughput measurement at every process count and workload.
+const CONTENDED_ALL_N: [Kind; 3] = [Kind::LockTicket, Kind::Flock, Kind::RobustMutex];
+/// Process counts of the throughput measurement (the spin-lock floors only up to 4: with more
+/// processes than CPUs they collapse, which is known and not what is measured here).
+const PROCESSES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// Holders and waiters SIGKILLed together in the kill-storm measurement (besides the holder).
+const STORMS: [usize; 4] = [1, 4, 16, 64];
+
+/// What a worker does besides taking the lock: busy work inside and outside the lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Workload {
+    name: &'static str,
+    inside_us: u64,
+    outside_us: u64,
+}
+
+/// The three workloads of issue 11: the lock alone, fine-grained, coarse.
+const WORKLOADS: [Workload; 3] = [
+    Workload {
+        name: "none",
+        inside_us: 0,
+        outside_us: 0,
+    },
+    Workload {
+        name: "2us-20us",
+        inside_us: 2,
+        outside_us: 20,
+    },
+    Workload {
+        name: "200us-1ms",
+        inside_us: 200,
+        outside_us: 1000,
+    },
+];
+
+impl Workload {
+    /// The measurement id (the no-work one keeps the historical `contended/KIND/N`).
+    fn id(&self, kind: Kind, n: usize) -> String {
+        if self.inside_us == 0 && self.outside_us == 0 {
+            format!("contended/{}/{n}", kind.name())
+        } else {
+            format!("contended-{}/{}/{n}", self.name, kind.name())
+        }
+    }
+}
+
+/// Busy work of `iters` calibrated iterations (CPU work, not a clock wait: a preempted worker
+/// does not get its work done meanwhile).
+#[inline(never)]
+fn busy(iters: u64) {
+    let mut x = 0u64;
+    for i in 0..iters {
+        x = std::hint::black_box(x.wrapping_add(i));
+    }
+    std::hint::black_box(x);
+}
+
+/// Iterations of [`busy`] per µs on this machine (median of a few calibrations).
+fn calibrate() -> f64 {
+    let runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let n = 2_000_000;
+            let t = Instant::now();
+            busy(n);
+            n as f64 / (t.elapsed().as_nanos() as f64 / 1e3)
+        })
+        .collect();
+    median(&runs)
+}
 /// Bound on any single wait for a worker: a hang becomes a failure.
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -63,6 +131,7 @@ const TAG_VAR: &str = "LOCKTICKET_BENCH_TAG";
 const KIND_VAR: &str = "LOCKTICKET_BENCH_KIND";
 const INDEX_VAR: &str = "LOCKTICKET_BENCH_INDEX";
 const TIMED_VAR: &str = "LOCKTICKET_BENCH_TIMED";
+const WORK_VAR: &str = "LOCKTICKET_BENCH_WORK";
 
 /// Durations of one run.
 #[derive(Clone, Copy, Debug)]
@@ -164,25 +233,38 @@ fn main() {
     let load_before = loadavg();
     let started = Instant::now();
 
+    let syscall = syscall_costs();
+    println!(
+        "one trivial system call (getppid): {:.0} ns; a plain flock(LOCK_EX)+flock(LOCK_UN) \
+         pair on /dev/shm, measured here outside the harness: {:.0} ns",
+        syscall.0, syscall.1
+    );
+    let iters_per_us = calibrate();
     let mut throughput = Vec::new();
-    for n in PROCESSES {
-        let kinds: Vec<Kind> = CONTENDED
-            .into_iter()
-            .filter(|k| wanted(&format!("contended/{}/{n}", k.name())))
-            .collect();
-        let mut accs: Vec<Throughput> = kinds.iter().map(|_| Throughput::new(n)).collect();
-        for _ in 0..cfg.rounds {
-            for (kind, acc) in kinds.iter().zip(&mut accs) {
-                let before = link_probe(cfg);
-                let windows = acc.round(*kind, cfg);
-                let after = link_probe(cfg);
-                acc.links.extend([before, after]);
-                acc.window_links
-                    .extend(std::iter::repeat_n(before.max(after), windows));
+    for work in WORKLOADS {
+        for n in PROCESSES {
+            let kinds: Vec<Kind> = CONTENDED
+                .into_iter()
+                .filter(|k| CONTENDED_ALL_N.contains(k) || (n <= 4 && work == WORKLOADS[0]))
+                .filter(|k| wanted(&work.id(*k, n)))
+                .collect();
+            let mut accs: Vec<Throughput> = kinds
+                .iter()
+                .map(|_| Throughput::new(n, work, iters_per_us))
+                .collect();
+            for _ in 0..cfg.rounds {
+                for (kind, acc) in kinds.iter().zip(&mut accs) {
+                    let before = link_probe(cfg);
+                    let windows = acc.round(*kind, cfg);
+                    let after = link_probe(cfg);
+                    acc.links.extend([before, after]);
+                    acc.window_links
+                        .extend(std::iter::repeat_n(before.max(after), windows));
+                }
             }
-        }
-        for (kind, acc) in kinds.iter().zip(accs) {
-            throughput.push(acc.finish(*kind, cfg));
+            for (kind, acc) in kinds.iter().zip(accs) {
+                throughput.push(acc.finish(*kind, cfg));
+            }
         }
     }
     let mut handoff = Vec::new();
@@ -235,8 +317,19 @@ fn main() {
         }
     }
 
+    let mut storms = Vec::new();
+    for k in STORMS {
+        let id = format!("killstorm/lockticket/{k}");
+        if wanted(&id) {
+            storms.push(kill_storm(&id, k, cfg));
+        }
+    }
+
     let report = json!({
         "mode": cfg.mode,
+        "syscall_ns": syscall.0,
+        "plain_flock_pair_ns": syscall.1,
+        "busy_iters_per_us": iters_per_us,
         "config": format!("{cfg:?}"),
         "elapsed_s": started.elapsed().as_secs_f64(),
         "loadavg_before": load_before,
@@ -248,6 +341,7 @@ fn main() {
         "throughput": throughput,
         "handoff": handoff,
         "reclaim": reclaim,
+        "kill_storm": storms,
     });
     if bench {
         let dir = support::results_dir();
@@ -288,7 +382,20 @@ fn worker(role: &str) {
     match role {
         "contend" => {
             let timed = procs::param(TIMED_VAR) == "1";
-            let line = with_mechanism(kind, &arena, Contend { ctl, index, timed });
+            let work = procs::param(WORK_VAR);
+            let (inside, outside) = work.split_once(',').expect("work");
+            let (inside, outside) = (inside.parse().unwrap(), outside.parse().unwrap());
+            let line = with_mechanism(
+                kind,
+                &arena,
+                Contend {
+                    ctl,
+                    index,
+                    timed,
+                    inside,
+                    outside,
+                },
+            );
             procs::say(line);
         }
         "pingpong" => {
@@ -377,6 +484,9 @@ struct Contend<'a> {
     ctl: &'a Control,
     index: usize,
     timed: bool,
+    /// Busy-work iterations inside the lock and after it.
+    inside: u64,
+    outside: u64,
 }
 
 impl Visit for Contend<'_> {
@@ -394,7 +504,11 @@ impl Visit for Contend<'_> {
         if self.timed {
             loop {
                 let t0 = Instant::now();
-                let (t1, new) = m.with_lock(|| (Instant::now(), counter.bump(me)));
+                let (t1, new) = m.with_lock(|| {
+                    let t1 = Instant::now();
+                    busy(self.inside);
+                    (t1, counter.bump(me))
+                });
                 hist.record(t1.duration_since(t0).as_nanos() as u64);
                 n += 1;
                 b += u64::from(new);
@@ -403,10 +517,14 @@ impl Visit for Contend<'_> {
                 if ctl.phase.0.load(Relaxed) == PHASE_STOP {
                     break;
                 }
+                busy(self.outside);
             }
         } else {
             loop {
-                let new = m.with_lock(|| counter.bump(me));
+                let new = m.with_lock(|| {
+                    busy(self.inside);
+                    counter.bump(me)
+                });
                 n += 1;
                 b += u64::from(new);
                 count.store(n, Relaxed);
@@ -414,6 +532,7 @@ impl Visit for Contend<'_> {
                 if ctl.phase.0.load(Relaxed) == PHASE_STOP {
                     break;
                 }
+                busy(self.outside);
             }
         }
         let after = sched_counters();
@@ -507,9 +626,14 @@ impl Setup {
         let (mut table, mut main) = (None, None);
         if matches!(kind, Kind::LockTicket | Kind::LockTicketShared) {
             // Leaked (a few hundred bytes per measurement) so that the main guard can live
-            // next to it; the guard removes the table when dropped.
-            let lt: &'static LockTicket =
-                Box::leak(Box::new(LockTicket::open(arena.table_name()).unwrap()));
+            // next to it; the guard removes the table when dropped. Room for 64 workers, a
+            // kill storm of 66 and us (the default registry holds 64 owners).
+            let lt: &'static LockTicket = Box::leak(Box::new(
+                LockTicket::builder(arena.table_name())
+                    .member_capacity(256)
+                    .open()
+                    .unwrap(),
+            ));
             main = Some(lt.main_lock(Share::Shared).unwrap());
             table = Some(lt);
         }
@@ -517,14 +641,29 @@ impl Setup {
     }
 
     fn spawn(&self, role: &str, kind: Kind, index: usize, timed: bool) -> Worker {
-        Worker::spawn(
+        self.spawn_work(role, kind, index, timed, (0, 0), None)
+    }
+
+    /// A worker with `work` (busy iterations inside, outside the lock), in process `group`.
+    fn spawn_work(
+        &self,
+        role: &str,
+        kind: Kind,
+        index: usize,
+        timed: bool,
+        work: (u64, u64),
+        group: Option<i32>,
+    ) -> Worker {
+        Worker::spawn_in_group(
             role,
             &[
                 (TAG_VAR, self.arena.tag.clone()),
                 (KIND_VAR, kind.name().to_string()),
                 (INDEX_VAR, index.to_string()),
                 (TIMED_VAR, if timed { "1" } else { "0" }.to_string()),
+                (WORK_VAR, format!("{},{}", work.0, work.1)),
             ],
+            group,
         )
     }
 }
@@ -556,12 +695,14 @@ fn snapshot(ctl: &Control, n: usize) -> Snapshot {
 }
 
 /// One run of `n` workers in `role`: start, sample `windows` windows, stop, collect reports.
+#[allow(clippy::too_many_arguments)]
 fn run_workers(
     setup: &Setup,
     role: &str,
     kind: Kind,
     n: usize,
     timed: bool,
+    work: (u64, u64),
     warmup: Duration,
     windows: &[Duration],
 ) -> (Vec<Snapshot>, Vec<String>) {
@@ -575,7 +716,9 @@ fn run_workers(
         ctl.counts[i].0.store(0, SeqCst);
         ctl.bursts[i].0.store(0, SeqCst);
     }
-    let mut workers: Vec<Worker> = (0..n).map(|i| setup.spawn(role, kind, i, timed)).collect();
+    let mut workers: Vec<Worker> = (0..n)
+        .map(|i| setup.spawn_work(role, kind, i, timed, work, None))
+        .collect();
     wait_until("workers ready", BOUND, || {
         ctl.ready.0.load(SeqCst) as usize == n
     });
@@ -633,6 +776,9 @@ fn check_contend_reports(id: &str, ctl: &Control, reports: &[String]) -> Reports
 /// The throughput measurement of one mechanism at one process count, over rounds.
 struct Throughput {
     n: usize,
+    work: Workload,
+    /// Busy-work iterations (inside, outside).
+    iters: (u64, u64),
     /// Ops/s of every window of every round.
     rates: Vec<f64>,
     /// Grants per worker in the measured windows, summed over rounds.
@@ -650,9 +796,14 @@ struct Throughput {
 }
 
 impl Throughput {
-    fn new(n: usize) -> Throughput {
+    fn new(n: usize, work: Workload, iters_per_us: f64) -> Throughput {
         Throughput {
             n,
+            work,
+            iters: (
+                (work.inside_us as f64 * iters_per_us) as u64,
+                (work.outside_us as f64 * iters_per_us) as u64,
+            ),
             rates: Vec::new(),
             grants: vec![0; n],
             bursts: 0,
@@ -669,10 +820,12 @@ impl Throughput {
     /// Returns the number of windows.
     fn round(&mut self, kind: Kind, cfg: Config) -> usize {
         let n = self.n;
-        let id = format!("contended/{}/{n}", kind.name());
+        let id = self.work.id(kind, n);
         let setup = Setup::new(kind);
         let windows = vec![cfg.window; cfg.windows];
-        let (snaps, reports) = run_workers(&setup, "contend", kind, n, false, cfg.warmup, &windows);
+        let (snaps, reports) = run_workers(
+            &setup, "contend", kind, n, false, self.iters, cfg.warmup, &windows,
+        );
         let rep = check_contend_reports(&id, setup.arena.ctl.get(), &reports);
         self.rates
             .extend(snaps.windows(2).map(|w| rate(&w[0], &w[1])));
@@ -691,10 +844,18 @@ impl Throughput {
     /// Adds the wait-time run (two clock reads per operation) and summarises.
     fn finish(self, kind: Kind, cfg: Config) -> Value {
         let n = self.n;
-        let id = format!("contended/{}/{n}", kind.name());
+        let id = self.work.id(kind, n);
         let setup = Setup::new(kind);
-        let (tsnaps, treports) =
-            run_workers(&setup, "contend", kind, n, true, cfg.warmup, &[cfg.timed]);
+        let (tsnaps, treports) = run_workers(
+            &setup,
+            "contend",
+            kind,
+            n,
+            true,
+            self.iters,
+            cfg.warmup,
+            &[cfg.timed],
+        );
         let hist = check_contend_reports(&id, setup.arena.ctl.get(), &treports).hist;
         let timed_rate = rate(&tsnaps[0], &tsnaps[1]);
 
@@ -712,10 +873,10 @@ impl Throughput {
         let link = median(&self.links);
         let (near, far) = split_by_link(&self.rates, &self.window_links);
         println!(
-            "{id:<28} {:>9.3} M ops/s  min/max share {min_max:.3}  mean burst {mean_burst:>7.1}  \
+            "{id:<36} {:>11.0} ops/s  min/max share {min_max:.3}  mean burst {mean_burst:>7.1}  \
              wait p50 {} p99 {} max {} ns  (timed run {:.3} M ops/s)  per op: {:.3} voluntary + \
              {:.3} involuntary switches, {:.0} ns CPU; CPUs near {:.3} M, far {:.3} M ops/s",
-            ops_per_s / 1e6,
+            ops_per_s,
             hist.quantile(0.5),
             hist.quantile(0.99),
             hist.max(),
@@ -729,6 +890,9 @@ impl Throughput {
         json!({
             "id": id,
             "mechanism": kind.name(),
+            "workload": self.work.name,
+            "inside_us": self.work.inside_us,
+            "outside_us": self.work.outside_us,
             "processes": n,
             "ops_per_s": ops_per_s,
             "window_ops_per_s": self.rates,
@@ -799,7 +963,7 @@ fn link_probe(cfg: Config) -> f64 {
 fn ping_pong_run(kind: Kind, warmup: Duration, windows: &[Duration]) -> Vec<f64> {
     let setup = Setup::new(kind);
     let ctl = setup.arena.ctl.get();
-    let (snaps, reports) = run_workers(&setup, "pingpong", kind, 2, false, warmup, windows);
+    let (snaps, reports) = run_workers(&setup, "pingpong", kind, 2, false, (0, 0), warmup, windows);
     let total: u64 = reports.iter().map(|r| r.parse::<u64>().unwrap()).sum();
     let counter = ctl.counter.0.value.load(SeqCst);
     assert_eq!(
@@ -867,5 +1031,106 @@ fn reclaim_runs(id: &str, kind: Kind, cfg: Config) -> Value {
         "waiter_cpu_percent_median": cpu,
         "waiter_cpu_percent_max": cpu_max,
         "owner_death_reported": died_all,
+    })
+}
+
+/// The cost of one trivial system call (`getppid`) and of a plain flock pair on a fresh
+/// /dev/shm file, measured in this process outside the worker harness (ns, medians of runs).
+fn syscall_costs() -> (f64, f64) {
+    let n = 200_000;
+    let per = |f: &dyn Fn()| {
+        let runs: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..n {
+                    f();
+                }
+                t.elapsed().as_nanos() as f64 / n as f64
+            })
+            .collect();
+        median(&runs)
+    };
+    // SAFETY (both closures): getppid and flock take no memory; the descriptor is owned by
+    // `file` for the whole measurement.
+    let getppid = per(&|| unsafe {
+        std::hint::black_box(libc::syscall(libc::SYS_getppid));
+    });
+    let path = format!(
+        "/dev/shm/lockticket-bench-flockpair-{}",
+        support::unique_tag()
+    );
+    let file = std::fs::File::create(&path).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let pair = per(&|| unsafe {
+        libc::flock(fd, libc::LOCK_EX);
+        libc::flock(fd, libc::LOCK_UN);
+    });
+    let _ = std::fs::remove_file(&path);
+    (getppid, pair)
+}
+
+/// Kill storm: a holder and `k` waiters queued behind it, all in one process group, are
+/// SIGKILLed at once; a survivor queued behind them reports when it got the token.
+fn kill_storm(id: &str, k: usize, cfg: Config) -> Value {
+    let mut reclaim_ms = Vec::new();
+    let mut cpu_pct = Vec::new();
+    let runs = cfg.reclaim_runs.clamp(1, 5);
+    for _ in 0..runs {
+        let setup = Setup::new(Kind::LockTicket);
+        let lt = setup.table.expect("table");
+        let mut holder = setup.spawn_work("hold", Kind::LockTicket, 0, false, (0, 0), Some(0));
+        assert_eq!(holder.hear(BOUND), "held");
+        let group = holder.pid() as i32;
+        let mut doomed = Vec::new();
+        for i in 0..k {
+            let mut w =
+                setup.spawn_work("wait", Kind::LockTicket, i + 1, false, (0, 0), Some(group));
+            assert_eq!(w.hear(BOUND), "waiting");
+            let pid = w.pid();
+            wait_until("a doomed waiter in the queue", BOUND, || {
+                lt.status().unwrap().queue.iter().any(|t| t.pid == pid)
+            });
+            doomed.push(w);
+        }
+        let mut survivor = setup.spawn("wait", Kind::LockTicket, k + 1, false);
+        assert_eq!(survivor.hear(BOUND), "waiting");
+        let pid = survivor.pid();
+        wait_until("the survivor in the queue", BOUND, || {
+            lt.status().unwrap().queue.iter().any(|t| t.pid == pid)
+        });
+        std::thread::sleep(cfg.asleep);
+        let killed_at = monotonic_ns();
+        // SAFETY: kill takes no memory; the group is the one our holder leads.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        let line = survivor.hear(BOUND);
+        survivor.join();
+        holder.kill();
+        for w in &mut doomed {
+            w.kill();
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        let acquired_at: u64 = f[0].parse().unwrap();
+        let cpu_ns: f64 = f[1].parse().unwrap();
+        let wall_ns: f64 = f[2].parse().unwrap();
+        reclaim_ms.push(acquired_at.saturating_sub(killed_at) as f64 / 1e6);
+        cpu_pct.push(100.0 * cpu_ns / wall_ns);
+    }
+    let med = median(&reclaim_ms);
+    let max = reclaim_ms.iter().cloned().fold(0.0, f64::max);
+    let cpu = median(&cpu_pct);
+    println!(
+        "{id:<28} survivor granted {med:.3} ms (median; max {max:.3} ms over {runs} runs) after \
+         the holder and {k} waiters were SIGKILLed together; survivor CPU while waiting median \
+         {cpu:.2} %"
+    );
+    json!({
+        "id": id,
+        "killed_waiters": k,
+        "median_ms": med,
+        "max_ms": max,
+        "runs_ms": reclaim_ms,
+        "survivor_cpu_percent_median": cpu,
     })
 }

@@ -22,7 +22,7 @@ use memmap2::MmapMut;
 pub const SHM_DIR: &str = "/dev/shm";
 
 /// Most worker processes a control block has room for.
-pub const MAX_WORKERS: usize = 16;
+pub const MAX_WORKERS: usize = 64;
 
 /// Quick mode: `LOCKTICKET_BENCH_QUICK=1 cargo bench -p lockticket-tools`, or `cargo bench -p lockticket-tools --benches -- --quick`
 /// (criterion's own flag; `--benches` keeps it away from the library's libtest harness, which

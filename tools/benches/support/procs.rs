@@ -39,8 +39,17 @@ pub struct Worker {
 impl Worker {
     /// Starts this executable again in `role`, with the parameters `vars`.
     pub fn spawn(role: &str, vars: &[(&str, String)]) -> Worker {
+        Worker::spawn_in_group(role, vars, None)
+    }
+
+    /// Like [`spawn`](Self::spawn), in process group `group` (0: a new group led by the
+    /// worker), so that a group can be SIGKILLed at once (a kill storm).
+    pub fn spawn_in_group(role: &str, vars: &[(&str, String)], group: Option<i32>) -> Worker {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = Command::new(exe);
+        if let Some(g) = group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, g);
+        }
         cmd.env(ROLE_VAR, role)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
