@@ -196,7 +196,7 @@ impl Builder {
         self
     }
 
-    /// Token slots: how many requests can be queued at once (default 256; rounded up to a
+    /// Token slots: how many requests can be queued at once (default 1024; rounded up to a
     /// power of two, 2 to 65536). More requests than slots wait for a free slot.
     pub fn ring_capacity(mut self, slots: u32) -> Self {
         self.ring_capacity = slots;
@@ -204,7 +204,7 @@ impl Builder {
     }
 
     /// Main-lock registry entries: how many processes can hold the shared main lock at once
-    /// (default 64, at most 4096).
+    /// (default 1024, at most 4096).
     pub fn member_capacity(mut self, entries: u32) -> Self {
         self.member_capacity = entries;
         self

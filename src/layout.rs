@@ -52,11 +52,11 @@ pub const MIN_RING_CAPACITY: u32 = 2;
 /// Largest accepted ring capacity (a slot index must fit the lap arithmetic comfortably).
 pub const MAX_RING_CAPACITY: u32 = 1 << 16;
 /// Default ring capacity: the number of requests that can be queued at once.
-pub const DEFAULT_RING_CAPACITY: u32 = 256;
+pub const DEFAULT_RING_CAPACITY: u32 = 1024;
 /// Largest accepted main-lock registry.
 pub const MAX_MEMBER_CAPACITY: u32 = 4096;
 /// Default size of the main-lock registry.
-pub const DEFAULT_MEMBER_CAPACITY: u32 = 64;
+pub const DEFAULT_MEMBER_CAPACITY: u32 = 1024;
 /// Default size of the process table: how many processes can use a table at once.
 pub const DEFAULT_PROC_CAPACITY: u32 = 1024;
 /// Largest accepted process table (an index + 1 must fit [`REG_INDEX_BITS`]).

@@ -190,7 +190,7 @@ pub(crate) struct ExecArgs {
     /// (`lockticket clean NAME` removes it)
     #[arg(long)]
     pub keep: bool,
-    /// Token slots of a table this call creates (requests queued at once) [default: 256]
+    /// Token slots of a table this call creates (requests queued at once) [default: 1024]
     #[arg(long, value_name = "SLOTS")]
     pub ring_capacity: Option<u32>,
     /// Payload bytes of a table this call creates [default: 4096]
