@@ -33,14 +33,17 @@ pub enum Error {
         candidates: String,
     },
     /// A system call on the table failed.
-    #[error("{path}: {op} failed: {source}", path = path.display())]
+    ///
+    /// The OS error is part of the message and is not also given as
+    /// [`source`](std::error::Error::source), so that an error chain prints it once.
+    #[error("{path}: {op} failed: {cause}", path = path.display())]
     Io {
         /// The table path.
         path: PathBuf,
         /// What we were doing.
         op: &'static str,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The path is a symbolic link; tables are never opened through one.
     #[error(
@@ -87,10 +90,7 @@ pub enum Error {
         fs: &'static str,
     },
     /// The bytes at the path are not a lock table this version can use.
-    #[error(
-        "{path}: not a valid lock table: {reason}; if no process uses it, remove it",
-        path = path.display()
-    )]
+    #[error("{path}: {}", invalid_advice(reason), path = path.display())]
     InvalidTable {
         /// The table path.
         path: PathBuf,
@@ -319,3 +319,17 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message for a file that is not a usable table: what it is first, and removal advice
+/// only for a file that is (or was) a lock table.
+fn invalid_advice(reason: &HeaderError) -> String {
+    match reason {
+        HeaderError::Empty => {
+            "an empty file, not a lock table: lockticket leaves it alone (use another path)".into()
+        }
+        HeaderError::BadMagic { .. } => {
+            format!("{reason}: lockticket leaves it alone (use another path)")
+        }
+        _ => format!("not a valid lock table: {reason}; if no process uses it, remove it"),
+    }
+}

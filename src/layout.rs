@@ -199,10 +199,12 @@ pub enum HeaderError {
         len: u64,
     },
     /// Not our magic: some other file.
-    #[error("not a lockticket table (bad magic {found:02x?})")]
+    #[error("not a lock table: a {len}-byte file that does not start with the table magic")]
     BadMagic {
-        /// The first eight bytes.
+        /// The first eight bytes (zero-padded when the file is shorter).
         found: [u8; 8],
+        /// The file's size.
+        len: u64,
     },
     /// Written by a newer lockticket.
     #[error("format version {found} is newer than the supported version {FORMAT_VERSION}")]
@@ -312,15 +314,20 @@ pub fn validate_header(
     if file_len == 0 || bytes.is_empty() {
         return Err(HeaderError::Empty);
     }
-    if file_len < HEADER_SIZE || bytes.len() < FIXED_HEADER_SIZE {
-        return Err(HeaderError::Truncated {
-            len: file_len.min(bytes.len() as u64),
+    // What the file is comes first: a file that is not a table is never called a broken one.
+    let mut found = [0u8; 8];
+    let head = &bytes[..bytes.len().min(8)];
+    found[..head.len()].copy_from_slice(head);
+    if found != MAGIC {
+        return Err(HeaderError::BadMagic {
+            found,
+            len: file_len,
         });
     }
-    let h: FixedHeader = bytemuck::pod_read_unaligned(&bytes[..FIXED_HEADER_SIZE]);
-    if h.magic != MAGIC {
-        return Err(HeaderError::BadMagic { found: h.magic });
+    if file_len < HEADER_SIZE || bytes.len() < FIXED_HEADER_SIZE {
+        return Err(HeaderError::Truncated { len: file_len });
     }
+    let h: FixedHeader = bytemuck::pod_read_unaligned(&bytes[..FIXED_HEADER_SIZE]);
     if h.version > FORMAT_VERSION {
         return Err(HeaderError::NewerVersion { found: h.version });
     }

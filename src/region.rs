@@ -106,10 +106,10 @@ pub(crate) struct Create {
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
+    move |cause| Error::Io {
         path: path.to_path_buf(),
         op,
-        source,
+        cause,
     }
 }
 
@@ -128,24 +128,32 @@ impl Region {
         };
         let meta = file.metadata().map_err(io_err(path, "fstat"))?;
         check_kind(path, &meta)?;
-        audit(path, &meta, permissions)?;
-        check_not_network(path, sys::fs_magic_of_file(&file).ok())?;
+        // What the file is, before its permissions are judged: a user's script or a copied
+        // /etc/passwd is "not a lock table", never "a table with doubtful permissions".
         let mut bytes = [0u8; FIXED_HEADER_SIZE];
         let n = read_full_at(&file, &mut bytes).map_err(io_err(path, "read"))?;
-        let (fixed, geometry) =
-            layout::validate_header(&bytes[..n], meta.len(), payload::region_len).map_err(
-                |reason| match reason {
-                    layout::HeaderError::NewerVersion { found } => Error::UnsupportedVersion {
-                        path: path.to_path_buf(),
-                        found,
-                        supported: layout::FORMAT_VERSION,
-                    },
-                    reason => Error::InvalidTable {
-                        path: path.to_path_buf(),
-                        reason,
-                    },
-                },
-            )?;
+        let header = layout::validate_header(&bytes[..n], meta.len(), payload::region_len);
+        if let Err(reason @ (layout::HeaderError::Empty | layout::HeaderError::BadMagic { .. })) =
+            header
+        {
+            return Err(Error::InvalidTable {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
+        audit(path, &meta, permissions)?;
+        check_not_network(path, sys::fs_magic_of_file(&file).ok())?;
+        let (fixed, geometry) = header.map_err(|reason| match reason {
+            layout::HeaderError::NewerVersion { found } => Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found,
+                supported: layout::FORMAT_VERSION,
+            },
+            reason => Error::InvalidTable {
+                path: path.to_path_buf(),
+                reason,
+            },
+        })?;
         Self::map(path, file, &meta, fixed, geometry).map(Some)
     }
 
@@ -779,13 +787,13 @@ fn classify_open_error(path: &Path, e: io::Error) -> Error {
                 check_kind(path, &meta).err().unwrap_or(Error::Io {
                     path: path.to_path_buf(),
                     op: "open",
-                    source: e,
+                    cause: e,
                 })
             }
             _ => Error::Io {
                 path: path.to_path_buf(),
                 op: "open",
-                source: e,
+                cause: e,
             },
         },
     }

@@ -1108,3 +1108,30 @@ fn a_full_filesystem_gives_a_clear_error_and_leaves_nothing() {
     let _main = small.main_lock(Share::Exclusive).unwrap();
     drop(small.token_lock().unwrap());
 }
+
+#[test]
+fn a_file_that_is_not_a_table_is_said_so_and_never_advised_for_removal() {
+    let scratch = Scratch::new("notatable");
+    // A user's own 0755 script, and a 1,221-byte file of something else.
+    let script = scratch.join("job.sh");
+    write_file(&script, b"#!/bin/sh\necho hello\n", 0o755);
+    let other = scratch.join("data.bin");
+    write_file(&other, &vec![b'x'; 1221], 0o644);
+    for (p, size) in [(&script, 21u64), (&other, 1221)] {
+        let lt = LockTicket::open(p).unwrap();
+        let e = lt.main_lock(Share::Shared).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(&e, Error::InvalidTable { reason: HeaderError::BadMagic { len, .. }, .. } if *len == size),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("not a lock table") && msg.contains(&format!("{size}-byte")),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("remove") && !msg.contains("permissions"),
+            "{msg}"
+        );
+    }
+}

@@ -96,9 +96,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 pub(crate) fn status(table: &OsStr, mode: Option<u32>, json: bool) -> Result<i32, Failure> {
     let path = resolve(table)?;
     let lt = open_inspect(&path, mode)?;
-    let st = lt
-        .status()
-        .map_err(|e| Failure::table("cannot read the lock table", &e))?;
+    let st = lt.status().map_err(|e| Failure::table("cannot read", &e))?;
     let now = SystemTime::now();
     let out = if json {
         let mut s = serde_json::to_string_pretty(&status_json(&st, now))
@@ -346,10 +344,9 @@ pub(crate) fn list(dir: Option<&Path>) -> Result<i32, Failure> {
         let _ = writeln!(out, "no lock tables in {}", dir.display());
     }
     for path in &tables {
-        let state = match open_inspect(path, None).and_then(|lt| {
-            lt.status()
-                .map_err(|e| Failure::table("cannot read the lock table", &e))
-        }) {
+        let state = match open_inspect(path, None)
+            .and_then(|lt| lt.status().map_err(|e| Failure::table("cannot read", &e)))
+        {
             Ok(st) => summary(&st),
             Err(f) if f.code == code::NO_TABLE => continue, // removed meanwhile
             Err(f) => format!("unusable: {}", f.message),
@@ -380,7 +377,7 @@ fn clean_path(path: &Path) -> Result<Cleaned, Failure> {
     let st = match lt.status() {
         Ok(st) => st,
         Err(Error::NotCreated { .. } | Error::Removed { .. }) => return Ok(Cleaned::Absent),
-        Err(e) => return Err(Failure::table("cannot read the lock table", &e)),
+        Err(e) => return Err(Failure::table("cannot read", &e)),
     };
     if in_use(&st) {
         return Ok(Cleaned::Kept(summary(&st)));

@@ -357,10 +357,10 @@ impl Failure {
 /// The missing directory, when `e` is a table that cannot be opened because its directory does
 /// not exist (flock(1) exits with 66, EX_NOINPUT, when it cannot open the lock file).
 fn missing_directory(e: &Error) -> Option<&std::path::Path> {
-    let Error::Io { path, source, .. } = e else {
+    let Error::Io { path, cause, .. } = e else {
         return None;
     };
-    if source.kind() != std::io::ErrorKind::NotFound {
+    if cause.kind() != std::io::ErrorKind::NotFound {
         return None;
     }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;

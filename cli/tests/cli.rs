@@ -812,7 +812,7 @@ fn list_and_clean_remove_only_dead_tables() {
     assert!(line(&orphan).contains("unused"), "{text}");
     assert!(line(&live).contains("in use: 1 owner"), "{text}");
     assert!(
-        line(&broken).contains("unusable") && line(&broken).contains("not a valid"),
+        line(&broken).contains("unusable") && line(&broken).contains("not a lock table"),
         "{text}"
     );
 
