@@ -89,6 +89,20 @@ pub enum Error {
         /// The filesystem.
         fs: &'static str,
     },
+    /// A lock file (see [`table_for_lock_file`](crate::table_for_lock_file)) on a network
+    /// filesystem: flock(1) would lock it across hosts, a lock table only on this machine.
+    #[error(
+        "{path}: the lock file is on a network filesystem ({fs}): a lock table would exclude \
+         only the processes of this machine, where flock would lock across hosts; use a \
+         local path or a table name",
+        path = path.display()
+    )]
+    LockFileOnNetwork {
+        /// The lock file.
+        path: PathBuf,
+        /// The filesystem.
+        fs: &'static str,
+    },
     /// The bytes at the path are not a lock table this version can use.
     #[error("{path}: {}", invalid_advice(reason), path = path.display())]
     InvalidTable {

@@ -80,6 +80,60 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
     Ok(dir.join(file))
 }
 
+/// Where the table for a *lock file* lives, as `lockticket exec FILE` uses it (flock(1)'s
+/// idiom of locking a directory, the script itself, or an existing lock file): for a
+/// directory or an existing file that is not a lock table, a table in `directory` (default:
+/// [`default_directory`]) named after the file's device and inode, so that every process
+/// naming the same file — by any path — meets in the same queue, and the file itself is never
+/// touched. `Ok(None)` when `file` does not exist or is a lock table itself: use it as the
+/// table path. A lock file on a network filesystem is refused
+/// ([`Error::LockFileOnNetwork`]): flock would lock across hosts, this table only on this
+/// machine.
+///
+/// ```
+/// # fn main() -> lockticket::Result<()> {
+/// let dir = std::env::temp_dir();
+/// let table = lockticket::table_for_lock_file(&dir, None)?.expect("a directory is keyed");
+/// assert!(table.file_name().unwrap().to_str().unwrap().starts_with("lockticket-file-"));
+/// # Ok(()) }
+/// ```
+pub fn table_for_lock_file(file: &Path, directory: Option<&Path>) -> Result<Option<PathBuf>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(file) {
+        Ok(m) => m,
+        Err(_) => return Ok(None),
+    };
+    if meta.is_file() {
+        let mut magic = [0u8; 8];
+        let is_table = std::fs::File::open(file)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+            && magic == crate::layout::MAGIC;
+        if is_table {
+            return Ok(None);
+        }
+    }
+    if let Some(fs) = sys::fs_magic_of_path(file)
+        .ok()
+        .and_then(sys::network_fs_name)
+    {
+        return Err(Error::LockFileOnNetwork {
+            path: file.to_path_buf(),
+            fs,
+        });
+    }
+    let dir = match directory {
+        Some(d) => d.to_path_buf(),
+        None => default_directory()?,
+    };
+    Ok(Some(dir.join(file_name(&format!(
+        "file-{:x}-{:x}",
+        meta.dev(),
+        meta.ino()
+    )))))
+}
+
 /// The first of [`DEFAULT_DIRECTORIES`] that is writable and memory-backed, else the first
 /// writable one.
 pub fn default_directory() -> Result<PathBuf> {

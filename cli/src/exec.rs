@@ -63,7 +63,8 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
                 .map_or(Patience::Forever, Patience::Until),
         }
     };
-    let mut builder = LockTicket::builder(&a.table)
+    let table = inspect::lock_target(&a.table)?;
+    let mut builder = LockTicket::builder(&table)
         .permissions(a.mode.unwrap_or(0o600))
         .member_capacity(MEMBERS)
         .keep(a.keep);

@@ -39,9 +39,39 @@ pub(crate) fn truncated(s: &str, max: usize) -> String {
 
 /// The table file of a name or path (creates nothing).
 fn resolve(table: &OsStr) -> Result<PathBuf, Failure> {
-    LockTicket::open(table)
+    let table = lock_target(table)?;
+    LockTicket::open(&table)
         .map(|lt| lt.path().to_path_buf())
         .map_err(|e| Failure::table("invalid table", &e))
+}
+
+/// What a NAME|PATH argument locks, flock(1)-style. A bare word of `[-_A-Za-z0-9]` (at most
+/// 218) is a table *name* (placed in the default tmpfs directory). Anything else is a *path*,
+/// relative to the current directory like flock's (`job.lock`, `/var/lock/job`): a missing one
+/// or a lock table is the table itself; an existing directory or other file (`"$0"`, a lock
+/// file of a flock-based script) is never touched: its table lives in the tmpfs directory,
+/// keyed by the file's device and inode, so every process naming that file meets there.
+pub(crate) fn lock_target(arg: &OsStr) -> Result<std::ffi::OsString, Failure> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = arg.as_bytes();
+    let is_name = !b.is_empty()
+        && b.len() <= 218
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_');
+    if is_name {
+        return Ok(arg.to_os_string());
+    }
+    let explicit = b.starts_with(b"/") || b.starts_with(b"./") || b.starts_with(b"../");
+    let path = if explicit {
+        PathBuf::from(arg)
+    } else {
+        Path::new(".").join(arg)
+    };
+    match lockticket::table_for_lock_file(&path, None) {
+        Ok(Some(keyed)) => Ok(keyed.into_os_string()),
+        Ok(None) => Ok(path.into_os_string()),
+        Err(e) => Err(Failure::table("cannot lock", &e)),
+    }
 }
 
 /// A handle for looking at (or cleaning) the table at `path`. Unless `mode` is given, the
