@@ -383,8 +383,72 @@ pub(crate) fn list(dir: Option<&Path>) -> Result<i32, Failure> {
         };
         let _ = writeln!(out, "{}  {state}", path.display());
     }
+    for (path, pids) in removed_in_use(&dir) {
+        let _ = writeln!(
+            out,
+            "{}  removed, still in use by pid(s) {pids:?}: they no longer exclude processes \
+             that opened the path since",
+            path.display()
+        );
+    }
     write_stdout(out.as_bytes())?;
     Ok(code::OK)
+}
+
+/// Tables of `dir` that were removed (or replaced) while processes still map them: scans the
+/// mappings of the processes this user may see (`/proc/PID/maps`) for table files of `dir`
+/// whose inode is no longer the one at the table's path. (A mapping shows the name the file
+/// had when it was mapped: a table is created under a temporary name and linked into place, so
+/// both names are recognised.) Best effort: processes hidden by `hidepid` or of other users
+/// are not seen.
+pub(crate) fn removed_in_use(dir: &Path) -> Vec<(PathBuf, Vec<u32>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found: std::collections::BTreeMap<PathBuf, Vec<u32>> = Default::default();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(maps) = std::fs::read_to_string(e.path().join("maps")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(inode), Some(mapped)) = (fields.nth(4), fields.next()) else {
+                continue;
+            };
+            let mapped = Path::new(mapped);
+            let Some(table) = mapped_table_name(mapped) else {
+                continue;
+            };
+            if mapped.parent() != Some(dir) {
+                continue;
+            }
+            let path = dir.join(table);
+            let current = std::fs::symlink_metadata(&path).map(|m| m.ino().to_string());
+            if current.as_deref().ok() != Some(inode) {
+                let pids = found.entry(path).or_default();
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// The table file name a mapped file name stands for: `lockticket-NAME.lt` itself, or the
+/// temporary name it was created under (`.lockticket-NAME.lt.PID.RANDOM.tmp`).
+fn mapped_table_name(mapped: &Path) -> Option<String> {
+    let name = mapped.file_name()?.to_str()?;
+    if lockticket::table_name(std::ffi::OsStr::new(name)).is_some() {
+        return Some(name.to_string());
+    }
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let table = inner.rsplitn(3, '.').nth(2)?;
+    lockticket::table_name(std::ffi::OsStr::new(table)).map(|_| table.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -965,3 +965,25 @@ fn a_directory_or_an_existing_file_is_locked_without_being_touched() {
     assert_eq!(stdout(&o), "./job.lock\n", "{o:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn list_shows_a_removed_table_still_in_use() {
+    let s = Scratch::new("removed-list");
+    let table = s.path("lockticket-rm.lt");
+    let (started, go) = (s.path("started"), s.path("go"));
+    let script = format!("touch '{}'; {}", started.display(), sh_wait_for(&go));
+    let mut kids = Kids::default();
+    let k = kids.spawn(lockticket(["exec", table.to_str().unwrap(), "-c", &script]));
+    wait_until("the holder to run", || started.exists());
+    std::fs::remove_file(&table).unwrap(); // rm under a live holder
+    let o = run(["list", s.0.to_str().unwrap()]);
+    let text = stdout(&o);
+    let pid = kids.pid(k);
+    assert!(
+        text.contains("lockticket-rm.lt  removed, still in use by pid(s)")
+            && text.contains(&pid.to_string()),
+        "{text}"
+    );
+    std::fs::write(&go, b"").unwrap();
+    kids.wait(k);
+}
