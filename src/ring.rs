@@ -713,13 +713,6 @@ impl<'a> Ring<'a> {
         step!();
         let was_holding = slot.futex.load(SeqCst) == futex_tag(self.lap(h)) | HOLDING;
         step!();
-        if was_holding {
-            // Raised *before* the slot is freed, so that whoever is granted next sees it. A
-            // checker that stalls here and then loses the reclaim to another may raise it a
-            // second time: a duplicate report (see `mark_holding`), never a lost one.
-            self.words.dead_holder.store(h.wrapping_add(1), Release);
-            step!();
-        }
         let next_lap = free_word(self.lap(h).wrapping_add(1));
         if slot
             .word
@@ -729,6 +722,14 @@ impl<'a> Ring<'a> {
             return Ok(HeadCheck::Fine); // someone else reclaimed it first
         }
         step!();
+        if was_holding {
+            // Raised only by the one reclaimer whose CAS took the dead holder's claim: never
+            // for a death that did not happen (raising it before the CAS let a checker that
+            // stalled past the holder's own release report a death that never was: found by
+            // the split-step model). See docs/design.md, "Stale writes", for the window left.
+            self.words.dead_holder.store(h.wrapping_add(1), Release);
+            step!();
+        }
         self.words.reclaimed.fetch_add(1, Relaxed);
         step!();
         self.advance_head();
@@ -774,10 +775,8 @@ impl<'a> Ring<'a> {
                 break;
             }
             step!();
-            if slot.futex.load(SeqCst) == futex_tag(self.lap(t)) | HOLDING {
-                self.words.dead_holder.store(t.wrapping_add(1), Release);
-                step!();
-            }
+            let was_holding = slot.futex.load(SeqCst) == futex_tag(self.lap(t)) | HOLDING;
+            step!();
             let next_lap = free_word(self.lap(t).wrapping_add(1));
             if slot
                 .word
@@ -785,6 +784,11 @@ impl<'a> Ring<'a> {
                 .is_ok()
             {
                 step!();
+                if was_holding {
+                    // Only after our CAS took the claim (as in `check_head`).
+                    self.words.dead_holder.store(t.wrapping_add(1), Release);
+                    step!();
+                }
                 self.words.reclaimed.fetch_add(1, Relaxed);
                 more += 1;
             }

@@ -235,3 +235,14 @@ fn an_exclusive_releaser_stalled_anywhere_for_laps_does_no_harm() {
         }
     }
 }
+
+#[test]
+fn fuzz_crash_death_reported_that_never_happened() {
+    // Found by `ring_ops` (CI smoke run): kept as a regression test.
+    super::model::run_bytes(&[
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 1, 0, 1, 24, 7, 1, 3, 38, 1, 1, 0, 0, 0, 7, 1, 2, 1,
+        7, 1, 0, 0, 0, 252, 255, 6, 1, 2, 1, 7, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 128,
+        0, 0, 0, 7, 0, 1, 3, 0, 0, 0, 7, 0, 1, 0, 1, 7, 1, 3, 1, 1, 0, 0, 0, 7, 1, 2, 0, 7, 0, 2,
+        0, 4, 0, 5, 0, 0, 1, 7, 1, 1, 1, 7, 1, 3, 1, 7, 0, 0, 0, 31, 7, 1, 7, 1, 0, 1,
+    ]);
+}
