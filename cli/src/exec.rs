@@ -81,12 +81,16 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     let t0 = Instant::now();
     let Some((main, token)) = acquire(&lt, share, patience, a.verbose)? else {
         if a.verbose {
-            let how = match patience {
-                Patience::Try => "it is not free (-n)".to_string(),
-                _ => format!("timed out after {:.6} seconds", t0.elapsed().as_secs_f64()),
+            // flock(1)'s words first, then which lock.
+            let (what, how) = match patience {
+                Patience::Try => ("failed to get lock", "it is not free".to_string()),
+                _ => (
+                    "timeout while waiting to get lock",
+                    format!("not free after {:.6} seconds", t0.elapsed().as_secs_f64()),
+                ),
             };
             report(&format!(
-                "did not get the {share} lock on {}: {how}",
+                "{what}: the {share} lock on {}: {how}",
                 lt.path().display()
             ));
         }
@@ -94,16 +98,20 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     };
     let died = token.previous_holder_died();
     if a.verbose {
-        report(&format!(
-            "got the {share} lock on {} after {:.6} seconds{}",
-            lt.path().display(),
-            t0.elapsed().as_secs_f64(),
-            if died {
-                " (its previous holder died holding it)"
-            } else {
-                ""
-            }
+        // flock(1)'s own line, on stdout as flock prints it; what flock has no word for goes
+        // to stderr.
+        let took = t0.elapsed();
+        verbose_line(&format!(
+            "getting lock took {}.{:06} seconds",
+            took.as_secs(),
+            took.subsec_micros()
         ));
+        if died {
+            report(&format!(
+                "the previous holder of the {share} lock on {} died holding it",
+                lt.path().display()
+            ));
+        }
     }
 
     let mut cmd = Command::new(&program);
@@ -112,7 +120,7 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
         if died { "1" } else { "0" },
     );
     if a.verbose {
-        report(&format!("executing {}", shown(&program, &args)));
+        verbose_line(&format!("executing {}", program.to_string_lossy()));
     }
 
     if a.no_fork {
@@ -432,10 +440,10 @@ fn status_code(s: ExitStatus) -> i32 {
     }
 }
 
-fn shown(program: &OsStr, args: &[OsString]) -> String {
-    std::iter::once(program)
-        .chain(args.iter().map(OsString::as_os_str))
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A `--verbose` line that flock(1) prints on stdout (`flock: executing CMD`), printed the
+/// same way and flushed before the command writes to the same stdout.
+fn verbose_line(line: &str) {
+    use std::io::Write;
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "lockticket: {line}").and_then(|()| out.flush());
 }

@@ -46,7 +46,8 @@ fn resolve(table: &OsStr) -> Result<PathBuf, Failure> {
 }
 
 /// What a NAME|PATH argument locks, flock(1)-style. A bare word of `[-_A-Za-z0-9]` (at most
-/// 218) is a table *name* (placed in the default tmpfs directory). Anything else is a *path*,
+/// 218) is a table *name* (placed in the default tmpfs directory), refused as ambiguous when
+/// the current directory has a file or directory of that name. Anything else is a *path*,
 /// relative to the current directory like flock's (`job.lock`, `/var/lock/job`): a missing one
 /// or a lock table is the table itself; an existing directory or other file (`"$0"`, a lock
 /// file of a flock-based script) is never touched: its table lives in the tmpfs directory,
@@ -59,6 +60,28 @@ pub(crate) fn lock_target(arg: &OsStr) -> Result<std::ffi::OsString, Failure> {
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_');
     if is_name {
+        // flock(1) would lock ./WORD; a name is a table of its own in the tmpfs directory.
+        // When both exist the argument is ambiguous, and guessing would put two scripts that
+        // mean the same lock in different queues: refuse, and say how to write either.
+        if let Ok(meta) = std::fs::symlink_metadata(arg) {
+            let word = arg.to_string_lossy();
+            let kind = if meta.is_dir() { "directory" } else { "file" };
+            let named = lockticket::default_directory()
+                .map(|d| {
+                    d.join(format!("lockticket-{word}.lt"))
+                        .display()
+                        .to_string()
+                })
+                .unwrap_or_else(|_| format!("DIR/lockticket-{word}.lt"));
+            return Err(Failure::new(
+                code::USAGE,
+                format!(
+                    "bad usage: {word:?} is ambiguous: a bare word is a table name, but the \
+                     current directory has a {kind} of that name: write ./{word} to lock the \
+                     {kind} (as `flock {word}` does), or {named} for the named table"
+                ),
+            ));
+        }
         return Ok(arg.to_os_string());
     }
     let explicit = b.starts_with(b"/") || b.starts_with(b"./") || b.starts_with(b"../");

@@ -41,8 +41,11 @@ pub(crate) mod code {
     pub const NO_TABLE: i32 = 66;
     /// EX_UNAVAILABLE: exec: the command was not found or cannot be executed (as flock(1)).
     pub const CANNOT_EXECUTE: i32 = 69;
-    /// EX_OSERR: the operating system refused a resource (fork, signals).
+    /// EX_OSERR: the operating system refused a resource (fork, signals, memory, descriptors).
     pub const OS: i32 = 71;
+    /// EX_CANTCREAT: the table cannot be created: read-only filesystem or no space (as
+    /// flock(1) when it cannot create the lock file).
+    pub const CANT_CREATE: i32 = 73;
     /// EX_IOERR: the table cannot be used (not a lock table, corrupted, doubtful permissions,
     /// symlink, I/O error, busy with an exclusive owner…).
     pub const TABLE: i32 = 74;
@@ -55,18 +58,25 @@ Exit status:
   64       bad usage: unknown option, missing argument, invalid name or --mode
   65       payload set: the value does not fit the table's payload capacity
   66       no lock table exists at that name or path (status, payload), or
-           the directory of the table is missing (exec)
+           the table cannot be opened: its directory is missing, permission
+           denied (exec; as flock(1) when it cannot open the lock file)
   69       exec: the command was not found or cannot be executed
-  71       the operating system refused a resource (fork, signal setup)
+  71       the operating system refused a resource (fork, memory, descriptors)
+  73       exec: the table cannot be created: read-only filesystem, no space
   74       the table cannot be used: not a lock table, corrupted, doubtful
-           permissions, symbolic link, I/O error
+           permissions, symbolic link, lock file on a network filesystem,
+           I/O error
   128+N    exec: the command was killed by signal N
 A status of lockticket's own (64-74) always comes with a one-line message on
 stderr, starting with \"lockticket:\"; they are flock(1)'s where it has one.
 
-Tables given by NAME ([-_A-Za-z0-9]{1,218}) live in the first writable memory
-filesystem among /dev/shm, /run/shm, /run, /tmp as lockticket-NAME.lt; a PATH
-(/..., ./..., ../...) is used as given.
+A bare word NAME ([-_A-Za-z0-9]{1,218}) is a table name: the table lives in the
+first writable memory filesystem among /dev/shm, /run/shm, /run, /tmp as
+lockticket-NAME.lt (refused, 64, if the current directory has a file of that
+name: write ./NAME for the file). Anything else is a PATH, relative to the
+current directory as in flock(1): a missing path or a lock table is the table;
+a directory or any other existing file is a lock file, never touched, whose
+table is kept in that memory filesystem, keyed by its device and inode.
 
 Manual: man lockticket (if installed), or lockticket man | man -l -";
 
@@ -87,9 +97,16 @@ The command gets LOCKTICKET_PATH (the table file) and
 LOCKTICKET_PREVIOUS_HOLDER_DIED (1 when the previous holder died holding the
 lock: repair what it protected) in its environment.
 
-Not supported from flock(1): the file-descriptor form (flock 9) and -u; -o is
-accepted and changes nothing (the lock is never inherited by the command's
-children).";
+As flock(1): -E sets the status of a conflict or timeout (default 1); -F and
+-o cannot be combined (64); --verbose prints \"lockticket: getting lock took N
+seconds\" and \"lockticket: executing CMD\" on stdout, and why the lock was not
+obtained on stderr. -o is what lockticket always does: the command never gets
+a descriptor of the lock, so programs it leaves running in the background do
+not keep the lock held (with flock, only -o gives that). -c runs /bin/sh
+(flock runs $SHELL).
+
+Not supported from flock(1): the file-descriptor form (flock 9, flock -u 9),
+--fcntl, --start, --length.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -112,6 +129,8 @@ enum Command {
     /// Run a command while holding a table's lock (flock(1)-compatible options)
     #[command(
         after_help = format!("{EXEC_AFTER}\n\n{EXIT_CODES}"),
+        // As flock's getopt_long: a unique prefix of a long option is that option (--excl).
+        infer_long_args = true,
         override_usage = "lockticket exec [OPTIONS] <NAME|PATH> <COMMAND> [ARGS]...\n       \
                           lockticket exec [OPTIONS] <NAME|PATH> -c <SHELL COMMAND>"
     )]
@@ -152,7 +171,7 @@ pub(crate) struct ExecArgs {
     )]
     pub exclusive: bool,
     /// Fail at once (with the conflict exit code) if the lock is not free
-    #[arg(short = 'n', long = "nonblock", visible_alias = "nb")]
+    #[arg(short = 'n', long = "nonblock", visible_aliases = ["nonblocking", "nb"])]
     pub nonblock: bool,
     /// Fail (with the conflict exit code) if the lock is not obtained within SECONDS
     /// (fractions allowed; 0 is the same as -n)
@@ -176,9 +195,9 @@ pub(crate) struct ExecArgs {
     /// PID until it exits
     #[arg(short = 'F', long = "no-fork")]
     pub no_fork: bool,
-    /// Accepted for flock(1) compatibility; changes nothing (the command's children never
-    /// inherit the lock)
-    #[arg(short = 'o', long = "close")]
+    /// Do not let the command hold the lock (flock(1)'s -o); lockticket always works so: the
+    /// command gets no descriptor of the lock, which lockticket holds until the command exits
+    #[arg(short = 'o', long = "close", conflicts_with = "no_fork")]
     pub close: bool,
     /// Report on stderr how long the wait took, who held the lock, and what runs
     #[arg(long)]
@@ -196,7 +215,7 @@ pub(crate) struct ExecArgs {
     /// Payload bytes of a table this call creates [default: 4096]
     #[arg(long, value_name = "BYTES")]
     pub payload_capacity: Option<usize>,
-    /// The table: a NAME, or a PATH starting with /, ./ or ../
+    /// The table: a NAME ([-_A-Za-z0-9]), or a PATH (anything else; relative to the current directory)
     #[arg(value_name = "NAME|PATH")]
     pub table: OsString,
     /// Run SHELL COMMAND with /bin/sh -c
@@ -219,7 +238,7 @@ pub(crate) struct ExecArgs {
 
 #[derive(Args, Debug)]
 struct StatusArgs {
-    /// The table: a NAME, or a PATH starting with /, ./ or ../
+    /// The table: a NAME ([-_A-Za-z0-9]), or a PATH (anything else; relative to the current directory)
     #[arg(value_name = "NAME|PATH")]
     table: OsString,
     /// Print a JSON object (schema: docs/cli.md, "format": 1)
@@ -245,7 +264,7 @@ enum PayloadCommand {
 
 #[derive(Args, Debug)]
 struct PayloadTable {
-    /// The table: a NAME, or a PATH starting with /, ./ or ../
+    /// The table: a NAME ([-_A-Za-z0-9]), or a PATH (anything else; relative to the current directory)
     #[arg(value_name = "NAME|PATH")]
     table: OsString,
     /// Permissions the table is expected to have (octal) [default: 0600]
@@ -271,7 +290,7 @@ struct ListArgs {
 
 #[derive(Args, Debug)]
 struct CleanArgs {
-    /// The table to clean: a NAME, or a PATH starting with /, ./ or ../
+    /// The table to clean: a NAME ([-_A-Za-z0-9]), or a PATH (anything else)
     #[arg(
         value_name = "NAME|PATH",
         required_unless_present = "all",
@@ -371,6 +390,13 @@ fn missing_directory(e: &Error) -> Option<&std::path::Path> {
 pub(crate) fn exit_code_of(e: &Error) -> i32 {
     match e {
         _ if missing_directory(e).is_some() => code::NO_TABLE,
+        // flock(1)'s statuses when it cannot open or create the lock file.
+        Error::Io { op, cause, .. } => match cause.raw_os_error() {
+            Some(libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::ENOLCK) => code::OS,
+            Some(libc::EROFS | libc::ENOSPC | libc::EDQUOT) => code::CANT_CREATE,
+            _ if *op == "open" => code::NO_TABLE,
+            _ => code::TABLE,
+        },
         Error::InvalidName { .. } | Error::InvalidOption(_) => code::USAGE,
         Error::NotCreated { .. } | Error::Removed { .. } => code::NO_TABLE,
         Error::PayloadTooLarge { .. } => code::DATA,
@@ -497,7 +523,8 @@ fn repair(t: &PayloadTable) -> Result<i32, Failure> {
 
 /// Opens a handle on an existing table for the payload commands.
 fn payload_table(t: &PayloadTable) -> Result<LockTicket, Failure> {
-    LockTicket::builder(&t.table)
+    let table = inspect::lock_target(&t.table)?;
+    LockTicket::builder(&table)
         .permissions(t.mode.unwrap_or(0o600))
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))
