@@ -86,7 +86,8 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
 /// [`default_directory`]) named after the file's device and inode, so that every process
 /// naming the same file — by any path — meets in the same queue, and the file itself is never
 /// touched. `Ok(None)` when `file` does not exist or is a lock table itself: use it as the
-/// table path. A lock file on a network filesystem is refused
+/// table path. A file that cannot be opened for reading (as flock(1) opens it) is an
+/// [`Error::Io`]. A lock file on a network filesystem is refused
 /// ([`Error::LockFileOnNetwork`]): flock would lock across hosts, this table only on this
 /// machine.
 ///
@@ -99,22 +100,37 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
 /// ```
 pub fn table_for_lock_file(file: &Path, directory: Option<&Path>) -> Result<Option<PathBuf>> {
     use std::io::Read;
-    use std::os::unix::fs::MetadataExt;
-    let meta = match std::fs::metadata(file) {
-        Ok(m) => m,
-        Err(_) => return Ok(None),
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // Opened as flock(1) opens it (read-only; without blocking on a FIFO or taking a
+    // terminal): a file that flock could not open is refused, not keyed, so a table of
+    // another user that this user may not read is never shadowed by a second queue.
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(file)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(cause) => {
+            return Err(Error::Io {
+                path: file.to_path_buf(),
+                op: "open",
+                cause,
+            });
+        }
     };
+    let meta = f.metadata().map_err(|cause| Error::Io {
+        path: file.to_path_buf(),
+        op: "fstat",
+        cause,
+    })?;
     if meta.is_file() {
         let mut magic = [0u8; 8];
-        let is_table = std::fs::File::open(file)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok()
-            && magic == crate::layout::MAGIC;
-        if is_table {
+        if f.read_exact(&mut magic).is_ok() && magic == crate::layout::MAGIC {
             return Ok(None);
         }
     }
-    if let Some(fs) = sys::fs_magic_of_path(file)
+    if let Some(fs) = sys::fs_magic_of_file(&f)
         .ok()
         .and_then(sys::network_fs_name)
     {

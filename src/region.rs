@@ -129,31 +129,26 @@ impl Region {
         let meta = file.metadata().map_err(io_err(path, "fstat"))?;
         check_kind(path, &meta)?;
         // What the file is, before its permissions are judged: a user's script or a copied
-        // /etc/passwd is "not a lock table", never "a table with doubtful permissions".
+        // /etc/passwd is "not a lock table", and a damaged table (truncated, bad geometry) is
+        // said to be one, never "a table with doubtful permissions".
         let mut bytes = [0u8; FIXED_HEADER_SIZE];
         let n = read_full_at(&file, &mut bytes).map_err(io_err(path, "read"))?;
-        let header = layout::validate_header(&bytes[..n], meta.len(), payload::region_len);
-        if let Err(reason @ (layout::HeaderError::Empty | layout::HeaderError::BadMagic { .. })) =
-            header
-        {
-            return Err(Error::InvalidTable {
-                path: path.to_path_buf(),
-                reason,
-            });
-        }
+        let (fixed, geometry) =
+            layout::validate_header(&bytes[..n], meta.len(), payload::region_len).map_err(
+                |reason| match reason {
+                    layout::HeaderError::NewerVersion { found } => Error::UnsupportedVersion {
+                        path: path.to_path_buf(),
+                        found,
+                        supported: layout::FORMAT_VERSION,
+                    },
+                    reason => Error::InvalidTable {
+                        path: path.to_path_buf(),
+                        reason,
+                    },
+                },
+            )?;
         audit(path, &meta, permissions)?;
         check_not_network(path, sys::fs_magic_of_file(&file).ok())?;
-        let (fixed, geometry) = header.map_err(|reason| match reason {
-            layout::HeaderError::NewerVersion { found } => Error::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found,
-                supported: layout::FORMAT_VERSION,
-            },
-            reason => Error::InvalidTable {
-                path: path.to_path_buf(),
-                reason,
-            },
-        })?;
         Self::map(path, file, &meta, fixed, geometry).map(Some)
     }
 
