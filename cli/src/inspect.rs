@@ -45,6 +45,15 @@ fn resolve(table: &OsStr) -> Result<PathBuf, Failure> {
         .map_err(|e| Failure::table("invalid table", &e))
 }
 
+/// The table kept for the lock file this command names, and that file (one per run), so
+/// that messages about the table name the file the user gave.
+static LOCK_FILE: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+
+/// The keyed table and the lock file it stands for, when the argument was a lock file.
+pub(crate) fn lock_file() -> Option<&'static (PathBuf, PathBuf)> {
+    LOCK_FILE.get()
+}
+
 /// What a NAME|PATH argument locks, flock(1)-style. A bare word of `[-_A-Za-z0-9]` (at most
 /// 218) is a table *name* (placed in the default tmpfs directory), refused as ambiguous when
 /// the current directory has a file or directory of that name. Anything else is a *path*,
@@ -91,7 +100,10 @@ pub(crate) fn lock_target(arg: &OsStr) -> Result<std::ffi::OsString, Failure> {
         Path::new(".").join(arg)
     };
     match lockticket::table_for_lock_file(&path, None) {
-        Ok(Some(keyed)) => Ok(keyed.into_os_string()),
+        Ok(Some(keyed)) => {
+            let _ = LOCK_FILE.set((keyed.clone(), path));
+            Ok(keyed.into_os_string())
+        }
         Ok(None) => Ok(path.into_os_string()),
         Err(e) => Err(Failure::table("cannot lock", &e)),
     }

@@ -348,7 +348,17 @@ impl Failure {
 
     /// `what failed: the library's message` with the exit status its kind calls for.
     pub fn table(what: &str, e: &Error) -> Self {
+        let lock_file = inspect::lock_file();
         let mut message = match e {
+            // A lock file's table exists only while it is used: say so of the user's file.
+            Error::NotCreated { path } if lock_file.is_some_and(|(keyed, _)| keyed == path) => {
+                format!(
+                    "{what}: {}: no process holds or waits for a lock on this file (the table \
+                     lockticket keeps for it, {}, exists only while it is in use)",
+                    lock_file.map_or(path, |(_, file)| file).display(),
+                    path.display()
+                )
+            }
             // The library's advice (take the main lock) is for programs; say it for the CLI.
             Error::NotCreated { path } => format!(
                 "{what}: {}: no lock table exists (`lockticket exec` creates one; the last \
@@ -363,6 +373,15 @@ impl Failure {
             ),
             _ => format!("{what}: {e}"),
         };
+        if let Some((keyed, file)) = lock_file
+            && !matches!(e, Error::NotCreated { .. })
+            && message.contains(&*keyed.to_string_lossy())
+        {
+            message.push_str(&format!(
+                " (the table lockticket keeps for the lock file {})",
+                file.display()
+            ));
+        }
         if matches!(e, Error::DoubtfulPermissions { .. }) {
             message.push_str(" (if the table is shared on purpose, pass its mode with --mode)");
         }

@@ -1249,7 +1249,28 @@ fn status_and_payload_of_a_lock_file_use_its_table() {
     let o = run(["exec", l, "-c", &inner]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert_eq!(stdout(&o), "status-ok\nv", "{o:?}");
-    // Gone with its last user; the directory stays.
-    assert_eq!(run(["status", l]).status.code(), Some(NO_TABLE));
+    // Gone with its last user; the directory stays, and is what the message names.
+    let o = run(["status", l]);
+    assert_one_line_error(&o, NO_TABLE, &format!("{l}: no process holds or waits"));
     assert!(lock.is_dir());
+}
+
+#[test]
+fn a_damaged_table_is_said_to_be_one_with_its_real_size_before_its_permissions() {
+    let s = Scratch::new("damaged");
+    let f = s.path("damaged.lt");
+    let mut bytes = b"LCKTCKT\0".to_vec();
+    bytes.resize(1221, 0);
+    std::fs::write(&f, &bytes).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let p = f.to_str().unwrap();
+    for args in [vec!["exec", p, "true"], vec!["status", p]] {
+        let o = run(&args);
+        assert_one_line_error(&o, TABLE, "1221 bytes");
+        assert!(!stderr(&o).contains("doubtful"), "{o:?}");
+        assert!(!stderr(&o).contains("128 bytes"), "{o:?}");
+    }
 }
