@@ -1274,3 +1274,51 @@ fn a_damaged_table_is_said_to_be_one_with_its_real_size_before_its_permissions()
         assert!(!stderr(&o).contains("128 bytes"), "{o:?}");
     }
 }
+
+#[test]
+fn the_self_lock_idiom_of_flocks_manual_works_with_the_name_changed() {
+    // flock(1)'s manual: `[ "${FLOCKER}" != "$0" ] && exec env FLOCKER="$0" flock -en "$0"
+    // "$0" "$@" || :` at the top of a script; the README's recipe only changes the name.
+    let s = Scratch::new("selflock");
+    let script = s.path("job.sh");
+    let (started, release) = (s.path("started"), s.path("release"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"${{FLOCKER}}\" != \"$0\" ] && exec env FLOCKER=\"$0\" '{b}' exec -en \"$0\" \"$0\" \"$@\" || :\n\
+             echo \"args: $*\"\ntouch '{started}'\n{wait}\n",
+            b = bin(),
+            started = started.display(),
+            wait = sh_wait_for(&release),
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let before = std::fs::read(&script).unwrap();
+    let mut kids = Kids::default();
+    let mut first = Command::new(&script);
+    first.args(["a", "b"]).stdout(Stdio::piped());
+    let first = kids.spawn(first);
+    wait_until("the first run to hold its own lock", || started.exists());
+    let o = Command::new(&script).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "a second run is refused: {o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(kids.wait(first).code(), Some(0));
+    let mut out = String::new();
+    kids.0[first]
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out, "args: a b\n");
+    assert_eq!(
+        std::fs::read(&script).unwrap(),
+        before,
+        "the script was touched"
+    );
+}
