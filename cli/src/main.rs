@@ -590,3 +590,38 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
         .and_then(|()| out.flush())
         .map_err(|e| Failure::new(code::TABLE, format!("cannot write to stdout: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(op: &'static str, errno: i32) -> Error {
+        Error::Io {
+            path: PathBuf::from("/nonexistent-dir-of-lockticket-tests/x.lt"),
+            op,
+            cause: std::io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    /// flock(1)'s statuses when it cannot open or create its lock file (sys-utils/flock.c,
+    /// open_file): EX_OSERR for memory and descriptors, EX_CANTCREAT for a read-only or full
+    /// filesystem, EX_NOINPUT otherwise; other I/O failures are lockticket's own 74.
+    #[test]
+    fn open_and_create_failures_exit_as_flocks() {
+        for (op, errno, want) in [
+            ("open", libc::ENOMEM, code::OS),
+            ("open", libc::EMFILE, code::OS),
+            ("open", libc::ENFILE, code::OS),
+            ("open", libc::EROFS, code::CANT_CREATE),
+            ("open", libc::ENOSPC, code::CANT_CREATE),
+            ("allocate", libc::ENOSPC, code::CANT_CREATE),
+            ("link new table into place", libc::EROFS, code::CANT_CREATE),
+            ("open", libc::EACCES, code::NO_TABLE),
+            ("open", libc::ELOOP, code::NO_TABLE),
+            ("read", libc::EIO, code::TABLE),
+            ("mmap", libc::EINVAL, code::TABLE),
+        ] {
+            assert_eq!(exit_code_of(&io(op, errno)), want, "{op} {errno}");
+        }
+    }
+}
