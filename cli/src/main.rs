@@ -199,7 +199,8 @@ pub(crate) struct ExecArgs {
     /// command gets no descriptor of the lock, which lockticket holds until the command exits
     #[arg(short = 'o', long = "close", conflicts_with = "no_fork")]
     pub close: bool,
-    /// Report on stderr how long the wait took, who held the lock, and what runs
+    /// As flock(1): print how long getting the lock took and what runs, on stdout; who holds
+    /// the lock while waiting, and why it was not obtained, go to stderr
     #[arg(long)]
     pub verbose: bool,
     /// Permissions of the table (octal, e.g. 0660 to share it with the group) [default: 0600]
