@@ -339,11 +339,11 @@ mod tests {
         }
     }
 
-    /// Prints what registering and one liveness check cost (run with `--ignored --nocapture`,
-    /// in release mode for figures worth quoting).
+    /// Registers many times over and checks one registration's liveness repeatedly (every
+    /// check must say alive); prints what each costs (`--nocapture`, release mode for figures
+    /// worth quoting; a short run in CI).
     #[test]
-    #[ignore = "a measurement, not a test"]
-    fn measure_registration_and_check() {
+    fn repeated_registrations_and_checks_stay_consistent() {
         let dir = std::env::temp_dir();
         let lt = LockTicket::builder(format!("measure-procs-{}", std::process::id()))
             .directory(&dir)
@@ -352,7 +352,7 @@ mod tests {
         let main = lt.main_lock(Share::Exclusive).unwrap();
         let region = lt.table().unwrap();
         let (pid, start) = sys::current_identity();
-        let n = 500;
+        let n = 50;
         let t0 = Instant::now();
         for _ in 0..n {
             let lock = sys::reopen(region.probe_file(), region.path()).unwrap();
@@ -371,7 +371,7 @@ mod tests {
         let reg_ns = t0.elapsed().as_nanos() / n;
         let me = region.register().unwrap();
         let live = region.liveness();
-        let m = 20_000;
+        let m = 2_000;
         let t0 = Instant::now();
         for _ in 0..m {
             assert!(live.is_alive(me.owner()));
