@@ -282,6 +282,22 @@ pub enum Error {
         /// Live holders.
         holders: Vec<u32>,
     },
+    /// The table was created with another fairness mode than the one asked for
+    /// ([`Builder::fairness`](crate::Builder::fairness), `lockticket exec --fairness`).
+    #[error(
+        "{path}: the lock table was created with {table} fairness, not the {requested} asked \
+         for; every process must use the table's mode: ask for {table} (or for no mode, which \
+         takes the table's), or create the table anew once no process uses it",
+        path = path.display()
+    )]
+    FairnessMismatch {
+        /// The table path.
+        path: PathBuf,
+        /// The mode recorded in the table.
+        table: crate::Fairness,
+        /// The mode asked for.
+        requested: crate::Fairness,
+    },
     /// The calling thread asked for a token that would wait for a token the same thread
     /// holds (tokens are not re-entrant): it would wait forever.
     #[error(

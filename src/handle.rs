@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, Ordering::*};
 use std::sync::{Arc, Mutex};
 
+use crate::Fairness;
 use crate::error::{Error, Result};
 use crate::layout::{self, Geometry};
 use crate::main_lock::MainGuard;
@@ -49,6 +50,8 @@ pub struct LockTicket {
     pub(crate) retire_pending: std::sync::atomic::AtomicBool,
     /// Keep the table after the last owner leaves ([`Builder::keep`]).
     pub(crate) keep: bool,
+    /// The fairness asked for ([`Builder::fairness`]); `None`: the table's.
+    pub(crate) fairness: Option<Fairness>,
 }
 
 impl LockTicket {
@@ -157,6 +160,7 @@ pub struct Builder {
     payload_capacity: u64,
     directory: Option<PathBuf>,
     keep: bool,
+    fairness: Option<Fairness>,
 }
 
 impl Builder {
@@ -186,6 +190,33 @@ impl Builder {
     /// ```
     pub fn keep(mut self, keep: bool) -> Self {
         self.keep = keep;
+        self
+    }
+
+    /// The table's [`Fairness`]: strict FIFO (the default for a new table) or a bounded
+    /// bypass, chosen at creation and recorded in the table. Without this option a handle
+    /// takes the mode of the table it finds; with it, a table created with another mode is
+    /// refused with [`Error::FairnessMismatch`] naming both.
+    ///
+    /// ```
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let dir = std::env::temp_dir();
+    /// # let name = format!("doc-fairness-{}", std::process::id());
+    /// use lockticket::{Fairness, LockTicket, Share};
+    ///
+    /// let lt = LockTicket::builder(&name).directory(&dir).fairness(Fairness::bounded()).open()?;
+    /// let _owner = lt.main_lock(Share::Exclusive)?; // creates it bounded
+    /// drop(lt.token_lock()?);
+    ///
+    /// let strict = LockTicket::builder(&name).directory(&dir).fairness(Fairness::Strict).open()?;
+    /// assert!(matches!(
+    ///     strict.main_lock(Share::Shared),
+    ///     Err(lockticket::Error::FairnessMismatch { .. })
+    /// ));
+    /// # Ok(()) }
+    /// ```
+    pub fn fairness(mut self, fairness: Fairness) -> Self {
+        self.fairness = Some(fairness);
         self
     }
 
@@ -268,6 +299,13 @@ impl Builder {
                 layout::MAX_PAYLOAD_CAPACITY
             )));
         }
+        let fairness = self.fairness.unwrap_or_default();
+        let Some(fairness_code) = fairness.encode() else {
+            return Err(Error::InvalidOption(format!(
+                "fairness {fairness}: a bounded bypass needs a bound from 1 µs to {} s",
+                u32::MAX / 1_000_000
+            )));
+        };
         let path = crate::path::resolve(&self.name_or_path, self.directory.as_deref())?;
         let geometry = Geometry {
             ring_capacity: ring.next_power_of_two(),
@@ -283,7 +321,9 @@ impl Builder {
                 permissions: self.permissions,
                 geometry,
                 main_mode: 0,
+                fairness: fairness_code,
             },
+            fairness: self.fairness,
             creator,
             creator_pidfd: sys::pidfd_open(creator.0),
             current: AtomicPtr::new(std::ptr::null_mut()),
@@ -314,6 +354,7 @@ impl LockTicket {
             payload_capacity: layout::DEFAULT_PAYLOAD_CAPACITY as usize as u64,
             directory: None,
             keep: false,
+            fairness: None,
         }
     }
 
@@ -455,6 +496,15 @@ impl LockTicket {
                     },
                 },
             };
+            if let Some(want) = self.fairness
+                && region.fairness() != want
+            {
+                return Err(Error::FairnessMismatch {
+                    path: self.path.clone(),
+                    table: region.fairness(),
+                    requested: want,
+                });
+            }
             if let Some(done) = settle(region, created)? {
                 return Ok(Some(done));
             }

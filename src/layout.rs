@@ -20,9 +20,11 @@ use bytemuck::{Pod, Zeroable};
 /// First eight bytes of every lock table.
 pub const MAGIC: [u8; 8] = *b"LCKTCKT\0";
 /// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The first format version with a process table (claim words name registrations, not PIDs).
 pub const FIRST_VERSION_WITH_PROCESS_TABLE: u32 = 2;
+/// The first format version with a fairness mode in the header (and the bypass words).
+pub const FIRST_VERSION_WITH_FAIRNESS: u32 = 3;
 /// Size of the header page.
 pub const HEADER_SIZE: u64 = 4096;
 /// Size of one token slot (one cache line).
@@ -72,7 +74,12 @@ pub const MAIN_EXCLUSIVE: u32 = 1;
 /// `main_mode` value: the table was created by a shared main lock.
 pub const MAIN_SHARED: u32 = 2;
 
-/// The fixed part of the header (offset 0, 128 bytes), written once at creation.
+/// `fairness` value: strict FIFO (the default).
+pub const FAIRNESS_STRICT: u32 = 1;
+/// `fairness` value: bounded bypass (see `Fairness::Bounded`); `bound_us` holds the bound.
+pub const FAIRNESS_BOUNDED: u32 = 2;
+
+/// The fixed part of the header (offset 0, 136 bytes), written once at creation.
 ///
 /// All integers are in the machine's native byte order: a table is shared by the processes
 /// of one machine only.
@@ -119,21 +126,25 @@ pub struct FixedHeader {
     pub proc_capacity: u32,
     /// [`PROC_SIZE`] (version 2).
     pub proc_size: u32,
-    /// FNV-1a 64 over the 120 bytes before this field.
+    /// [`FAIRNESS_STRICT`] or [`FAIRNESS_BOUNDED`] (version 3).
+    pub fairness: u32,
+    /// The bypass bound in microseconds: 0 for strict, at least 1 for bounded (version 3).
+    pub bound_us: u32,
+    /// FNV-1a 64 over the 128 bytes before this field.
     pub checksum: u64,
 }
 
 /// Size of [`FixedHeader`] in bytes.
 pub const FIXED_HEADER_SIZE: usize = core::mem::size_of::<FixedHeader>();
-const _: () = assert!(FIXED_HEADER_SIZE == 128);
+const _: () = assert!(FIXED_HEADER_SIZE == 136);
 
 /// Offsets of the mutable header words (each on its own pair of cache lines).
 pub mod hot {
     /// `u32`: non-zero once the last owner has retired the table (about to unlink it).
-    pub const RETIRED: u64 = 128;
+    pub const RETIRED: u64 = 136;
     /// `u32`: non-zero once a user found the table's path no longer naming this file while
     /// it was not retired: 1 removed, 2 replaced by another file (anything else: removed).
-    pub const REMOVED: u64 = 132;
+    pub const REMOVED: u64 = 140;
     /// `u64`: a hint of the next ticket to hand out (never beyond it; see `ring`).
     pub const TAIL: u64 = 256;
     /// `u64`: oldest ticket not yet released.
@@ -146,6 +157,16 @@ pub mod hot {
     /// every table that never needed it, so tables of this format from before it was
     /// counted read correctly).
     pub const REPAIRS: u64 = 528;
+    /// `u32`: the bypass word of a bounded table: 0, or the owner field of the process that
+    /// holds the token ahead of the queue (index + 1, generation bits), bit 31 once it has
+    /// entered (see `ring::bypass`).
+    pub const BYPASS: u64 = 640;
+    /// `u32`: non-zero when a granted request sleeps until the bypass word is cleared.
+    pub const BYPASS_WAITERS: u64 = 644;
+    /// `u64`: the thread tag of the bypass holder (tells a thread that asks again).
+    pub const BYPASS_THREAD: u64 = 648;
+    /// `u64`: number of grants ahead of the queue.
+    pub const BYPASSES: u64 = 656;
 }
 
 /// The sizes a table is created with; validated on every open.
@@ -220,10 +241,11 @@ pub enum HeaderError {
     },
     /// Written by an older lockticket whose format this build no longer speaks.
     #[error(
-        "format version {found} was written by an older lockticket (before 0.2, which names \
-         processes by PID); this build reads version {FORMAT_VERSION} only: stop the processes \
-         of the old version, then remove the file (`lockticket clean`, or rm) and let the new \
-         version create it (see docs/migration.md)"
+        "format version {found} was written by an older lockticket (version 1: before 0.2, \
+         which names processes by PID; version 2: before fairness modes); this build reads \
+         version {FORMAT_VERSION} only: stop the processes of the old version, then remove the \
+         file (`lockticket clean`, or rm) and let the new version create it (see \
+         docs/migration.md)"
     )]
     OldVersion {
         /// The version in the file.
@@ -265,6 +287,7 @@ pub fn new_header(
     geometry: Geometry,
     permissions: u32,
     main_mode: u32,
+    fairness: (u32, u32),
     created_ns: u64,
     nonce: u64,
 ) -> FixedHeader {
@@ -289,6 +312,8 @@ pub fn new_header(
         procs_offset: geometry.procs_offset(),
         proc_capacity: geometry.proc_capacity,
         proc_size: PROC_SIZE as u32,
+        fairness: fairness.0,
+        bound_us: fairness.1,
         checksum: 0,
     };
     h.checksum = header_checksum(&h);
@@ -378,6 +403,12 @@ pub fn validate_header(
     if h.proc_capacity == 0 || h.proc_capacity > MAX_PROC_CAPACITY {
         return bad("proc_capacity", h.proc_capacity.into());
     }
+    match (h.fairness, h.bound_us) {
+        (FAIRNESS_STRICT, 0) => {}
+        (FAIRNESS_BOUNDED, b) if b > 0 => {}
+        (FAIRNESS_STRICT | FAIRNESS_BOUNDED, b) => return bad("bound_us", b.into()),
+        (f, _) => return bad("fairness", f.into()),
+    }
     let g = Geometry {
         ring_capacity: cap,
         member_capacity: h.member_capacity,
@@ -433,7 +464,7 @@ mod tests {
     #[test]
     fn a_fresh_header_validates() {
         let g = geometry();
-        let h = new_header(g, 0o600, MAIN_SHARED, 1, 2);
+        let h = new_header(g, 0o600, MAIN_SHARED, (FAIRNESS_STRICT, 0), 1, 2);
         let (back, g2) = validate_header(&header_bytes(&h), g.file_size(), region_len).unwrap();
         assert_eq!(back, h);
         assert_eq!(g2, g);
@@ -443,7 +474,7 @@ mod tests {
     #[test]
     fn bad_bytes_give_the_right_error() {
         let g = geometry();
-        let h = new_header(g, 0o600, MAIN_SHARED, 1, 2);
+        let h = new_header(g, 0o600, MAIN_SHARED, (FAIRNESS_STRICT, 0), 1, 2);
         let good = header_bytes(&h);
         let size = g.file_size();
         assert_eq!(validate_header(&[], 0, region_len), Err(HeaderError::Empty));
@@ -479,7 +510,7 @@ mod tests {
     fn a_consistent_but_hostile_header_is_refused() {
         let mut g = geometry();
         g.ring_capacity = 6; // not a power of two
-        let h = new_header(g, 0o600, MAIN_SHARED, 1, 2);
+        let h = new_header(g, 0o600, MAIN_SHARED, (FAIRNESS_STRICT, 0), 1, 2);
         assert!(matches!(
             validate_header(&header_bytes(&h), g.file_size(), region_len),
             Err(HeaderError::BadField {

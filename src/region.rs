@@ -14,6 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use memmap2::{MmapOptions, MmapRaw};
 
+use crate::Fairness;
 use crate::error::{Error, Result};
 use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE, hot};
 use crate::liveness::{Liveness, Registration};
@@ -28,12 +29,12 @@ use crate::sys;
 /// to this module: the retire lifecycle is changed only through [`Region`] and [`Cold`].
 #[repr(C)]
 struct SharedHeader {
-    fixed: [AtomicU64; 16],
+    fixed: [AtomicU64; 17],
     /// Non-zero once retired by the last owner.
     retired: AtomicU32,
     /// Non-zero once found removed (1) or replaced (2) under its users.
     removed: AtomicU32,
-    _pad0: [u32; 30],
+    _pad0: [u32; 28],
     /// A hint of the next ticket to hand out (see `ring`).
     tail: AtomicU64,
     _pad1: [u64; 15],
@@ -47,6 +48,15 @@ struct SharedHeader {
     /// Ring rebuilds after an inconsistency (see `Cold::repair_ring`).
     repairs: AtomicU64,
     _pad3: [u64; 13],
+    /// Bounded tables: who holds the token ahead of the queue (see `ring::bypass`).
+    bypass: AtomicU32,
+    /// Bounded tables: a granted request sleeps on `bypass`.
+    bypass_waiters: AtomicU32,
+    /// Bounded tables: the bypass holder's thread tag.
+    bypass_thread: AtomicU64,
+    /// Bounded tables: grants ahead of the queue.
+    bypasses: AtomicU64,
+    _pad4: [u64; 13],
 }
 const _: () = {
     assert!(core::mem::offset_of!(SharedHeader, retired) == hot::RETIRED as usize);
@@ -56,8 +66,12 @@ const _: () = {
     assert!(core::mem::offset_of!(SharedHeader, dead_holder) == hot::DEAD_HOLDER as usize);
     assert!(core::mem::offset_of!(SharedHeader, reclaimed) == hot::RECLAIMED as usize);
     assert!(core::mem::offset_of!(SharedHeader, repairs) == hot::REPAIRS as usize);
+    assert!(core::mem::offset_of!(SharedHeader, bypass) == hot::BYPASS as usize);
+    assert!(core::mem::offset_of!(SharedHeader, bypass_waiters) == hot::BYPASS_WAITERS as usize);
+    assert!(core::mem::offset_of!(SharedHeader, bypass_thread) == hot::BYPASS_THREAD as usize);
+    assert!(core::mem::offset_of!(SharedHeader, bypasses) == hot::BYPASSES as usize);
     assert!(core::mem::size_of::<SharedHeader>() <= HEADER_SIZE as usize);
-    assert!(core::mem::size_of::<[AtomicU64; 16]>() == FIXED_HEADER_SIZE);
+    assert!(core::mem::size_of::<[AtomicU64; 17]>() == FIXED_HEADER_SIZE);
 };
 
 /// A mapped table.
@@ -103,6 +117,8 @@ pub(crate) struct Create {
     pub permissions: u32,
     pub geometry: Geometry,
     pub main_mode: u32,
+    /// The header's fairness encoding (mode, bound in µs).
+    pub fairness: (u32, u32),
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -203,6 +219,7 @@ impl Region {
             opts.geometry,
             opts.permissions,
             opts.main_mode,
+            opts.fairness,
             sys::now_ns(),
             sys::random_u64(),
         );
@@ -253,9 +270,14 @@ impl Region {
                     head: &h.head,
                     dead_holder: &h.dead_holder,
                     reclaimed: &h.reclaimed,
+                    bypass: &h.bypass,
+                    bypass_waiters: &h.bypass_waiters,
+                    bypass_thread: &h.bypass_thread,
+                    bypasses: &h.bypasses,
                 },
                 slots,
-                wake_one,
+                wake_all,
+                Fairness::decode(fixed.fairness, fixed.bound_us).bound_ns(),
             )
         };
         let probe = file.try_clone().map_err(io_err(path, "dup"))?;
@@ -289,6 +311,16 @@ impl Region {
     /// The validated fixed header.
     pub(crate) fn fixed(&self) -> &FixedHeader {
         &self.fixed
+    }
+
+    /// The fairness mode the table was created with.
+    pub(crate) fn fairness(&self) -> Fairness {
+        Fairness::decode(self.fixed.fairness, self.fixed.bound_us)
+    }
+
+    /// Grants ahead of the queue so far (bounded tables).
+    pub(crate) fn bypasses(&self) -> u64 {
+        self.header().bypasses.load(Relaxed)
     }
 
     /// The header's shared words.
@@ -743,8 +775,8 @@ impl Drop for Cold<'_> {
     }
 }
 
-fn wake_one(word: &AtomicU32) {
-    sys::futex_wake(word, 1);
+fn wake_all(word: &AtomicU32) {
+    sys::futex_wake(word, i32::MAX);
 }
 
 fn parent_dir(path: &Path) -> &Path {

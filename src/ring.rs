@@ -72,6 +72,12 @@ pub(crate) const WAITING: u32 = 0;
 pub(crate) const PARKED: u32 = 1;
 /// `Slot::futex` state: the owner saw its grant and holds the token.
 pub(crate) const HOLDING: u32 = 2;
+/// `Slot::futex` state: a release woke the owner from PARKED; it has not run since (in a
+/// bounded table its turn may still be borrowed: see `bypass`).
+pub(crate) const WOKEN: u32 = 3;
+/// `Slot::futex` state (bounded tables): the owner was granted after sleeping and is
+/// entering: no bypass may start any more, and it waits for one in progress to end.
+pub(crate) const ENTERING: u32 = 4;
 
 /// Bits of a slot's `start` word that hold the owner's full generation; the rest hold a lap
 /// tag.
@@ -116,6 +122,14 @@ pub(crate) struct RingWords<'a> {
     pub dead_holder: &'a AtomicU64,
     /// Count of reclaimed slots.
     pub reclaimed: &'a AtomicU64,
+    /// Bounded tables: who holds the token ahead of the queue (see `bypass`).
+    pub bypass: &'a AtomicU32,
+    /// Bounded tables: a granted request sleeps on `bypass`.
+    pub bypass_waiters: &'a AtomicU32,
+    /// Bounded tables: the bypass holder's thread tag.
+    pub bypass_thread: &'a AtomicU64,
+    /// Bounded tables: count of grants ahead of the queue.
+    pub bypasses: &'a AtomicU64,
 }
 
 /// A queued or granted request: its ticket and the claim word that proves ownership.
@@ -198,6 +212,8 @@ pub(crate) struct Ring<'a> {
     shift: u32,
     mask: u64,
     wake: fn(&AtomicU32),
+    /// Bounded tables: the bypass bound in ns (0: a strict table, no bypass).
+    bound_ns: u64,
 }
 
 impl std::fmt::Debug for Ring<'_> {
@@ -248,8 +264,15 @@ fn thread_word(lap: u32) -> u64 {
 }
 
 impl<'a> Ring<'a> {
-    /// A view over `slots` (a power-of-two count) and the shared words.
-    pub(crate) fn new(words: RingWords<'a>, slots: &'a [Slot], wake: fn(&AtomicU32)) -> Self {
+    /// A view over `slots` (a power-of-two count) and the shared words. `wake(word)` wakes
+    /// every sleeper on a futex word; `bound_ns` is the bypass bound of a bounded table (0:
+    /// strict).
+    pub(crate) fn new(
+        words: RingWords<'a>,
+        slots: &'a [Slot],
+        wake: fn(&AtomicU32),
+        bound_ns: u64,
+    ) -> Self {
         debug_assert!(slots.len().is_power_of_two());
         Ring {
             words,
@@ -257,7 +280,14 @@ impl<'a> Ring<'a> {
             shift: slots.len().trailing_zeros(),
             mask: slots.len() as u64 - 1,
             wake,
+            bound_ns,
         }
+    }
+
+    /// True for a bounded table (a running process may go ahead of sleeping waiters).
+    #[inline(always)]
+    pub(crate) fn is_bounded(&self) -> bool {
+        self.bound_ns != 0
     }
 
     /// Number of slots.
@@ -633,6 +663,11 @@ impl<'a> Ring<'a> {
                 break;
             }
             let granted = i == 0 || (run_shared && is_shared_word(w));
+            if !granted && self.is_bounded() {
+                // No pre-wake in a bounded table: while the next-in-line sleeps, running
+                // processes may take the token ahead of it; it is woken when its turn comes.
+                break;
+            }
             self.wake_slot(t);
             if !granted {
                 break; // that was the next-in-line
@@ -651,7 +686,7 @@ impl<'a> Ring<'a> {
         let f = &self.slot(t).futex;
         let tag = futex_tag(self.lap(t));
         if f.load(SeqCst) == tag | PARKED
-            && f.compare_exchange(tag | PARKED, tag | WAITING, SeqCst, Relaxed)
+            && f.compare_exchange(tag | PARKED, tag | WOKEN, SeqCst, Relaxed)
                 .is_ok()
         {
             (self.wake)(f);
@@ -971,9 +1006,11 @@ impl<'a> Ring<'a> {
     /// registrant is gone, so these claims are all stale) picks a generation outside them:
     /// then no stale claim, published or not, can pass for the new registrant.
     pub(crate) fn fingerprints_naming(&self, index: u32) -> Vec<u32> {
+        let bypass = u64::from(self.words.bypass.load(SeqCst));
         self.slots
             .iter()
             .map(|s| s.word.load(SeqCst))
+            .chain(std::iter::once(bypass))
             .filter(|&w| owner_of_word(w) != 0 && index_of_word(w) == index)
             .map(|w| ((w >> FP_SHIFT) as u32) & GEN_FP_MASK)
             .collect()
@@ -1109,6 +1146,9 @@ pub(crate) struct Request {
 pub(crate) fn ticket_of_slot(head: u64, index: u64, mask: u64) -> u64 {
     head.wrapping_add(index.wrapping_sub(head) & mask)
 }
+
+mod bypass;
+pub(crate) use bypass::{Bypass, BypassCheck, Entry};
 
 #[cfg(any(test, fuzzing))]
 pub(crate) mod interleave;

@@ -47,6 +47,9 @@ pub struct TokenInfo {
     pub alive: bool,
     /// Holders: when they got the token; waiters: when they entered the queue.
     pub since: Option<SystemTime>,
+    /// A holder that took the token ahead of the queue (bounded tables); `ticket` is then the
+    /// request it went ahead of.
+    pub bypass: bool,
 }
 
 /// A snapshot of a table, from [`LockTicket::status`](crate::LockTicket::status).
@@ -59,6 +62,11 @@ pub struct Status {
     pub format_version: u32,
     /// Token slots.
     pub ring_capacity: u32,
+    /// How the table orders requests (chosen at creation).
+    pub fairness: crate::Fairness,
+    /// Grants ahead of the queue since the table was created (bounded tables; 0 in strict
+    /// ones).
+    pub bypasses: u64,
     /// Payload capacity in bytes.
     pub payload_capacity: u64,
     /// Registered owners.
@@ -110,12 +118,29 @@ pub(crate) fn snapshot(region: &Region) -> Status {
                 ticket: r.ticket,
                 alive: liveness.is_alive(r.owner),
                 since: time(r.since_ns),
+                bypass: false,
             };
             if r.granted {
                 holders.push(info)
             } else {
                 queue.push(info)
             }
+        }
+        if let Some((owner, true)) = ring.bypasser() {
+            let who = procs::registrant(region.procs(), owner);
+            holders.insert(
+                0,
+                TokenInfo {
+                    pid: who.map_or(0, |w| w.pid),
+                    pid_foreign: who.is_some_and(|w| w.foreign_pid),
+                    parent: 0,
+                    share: Share::Exclusive,
+                    ticket: ring.head(),
+                    alive: liveness.is_alive(owner),
+                    since: None,
+                    bypass: true,
+                },
+            );
         }
         let members = members::entries(region.members())
             .into_iter()
@@ -134,6 +159,8 @@ pub(crate) fn snapshot(region: &Region) -> Status {
             path: region.path().to_path_buf(),
             format_version: region.fixed().version,
             ring_capacity: g.ring_capacity,
+            fairness: region.fairness(),
+            bypasses: region.bypasses(),
             payload_capacity: g.payload_capacity,
             members,
             holders,
@@ -159,10 +186,15 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "table {} (format {}, {} slots, payload {}/{} bytes, generation {}, {} reclaimed{}){}",
+            "table {} (format {}, {} slots, {}{}, payload {}/{} bytes, generation {}, {} reclaimed{}){}",
             self.path.display(),
             self.format_version,
             self.ring_capacity,
+            self.fairness,
+            match self.fairness {
+                crate::Fairness::Strict => String::new(),
+                crate::Fairness::Bounded(_) => format!(" with {} bypasses", self.bypasses),
+            },
             self.payload_len,
             self.payload_capacity,
             self.payload_generation,
@@ -201,6 +233,18 @@ impl fmt::Display for Status {
         }
         for (label, list) in [("holder", &self.holders), ("waiting", &self.queue)] {
             for t in list {
+                if t.bypass {
+                    writeln!(
+                        f,
+                        "{label:<8} pid {:>7} {:<9} ahead of ticket {}{}{}",
+                        t.pid,
+                        t.share,
+                        t.ticket,
+                        dead(t.alive),
+                        ns(t.pid_foreign)
+                    )?;
+                    continue;
+                }
                 writeln!(
                     f,
                     "{label:<8} pid {:>7} {:<9} ticket {:<6} for {}{}{}",

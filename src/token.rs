@@ -4,11 +4,12 @@ use std::time::{Duration, Instant};
 
 use crate::LockTicket;
 use crate::error::{Error, Result};
+use crate::liveness::Registration;
 use crate::region::Region;
-use crate::ring::{Claim, Grant, Ticket};
+use crate::ring::{Bypass, Claim, Entry, Grant, Ticket};
 use crate::share::Share;
 use crate::sys;
-use crate::wait::{self, Outcome, WaitError, Waiter};
+use crate::wait::{self, Entered, Outcome, WaitError, Waiter};
 
 /// How long a token request may wait.
 #[derive(Clone, Copy, Debug)]
@@ -111,27 +112,73 @@ impl LockTicket {
             return Fast::Missed; // not registered yet: the slow path registers
         };
         let ring = region.ring();
+        if ring.is_bounded() && share == Share::Exclusive {
+            match self.bypass(region, me, pid) {
+                Some(g) => return Fast::Granted(g),
+                None if region.retired() => return Fast::Missed,
+                None => {}
+            }
+        }
         let Claim::Claimed(tk) = ring.try_claim(share, me) else {
             return Fast::Missed;
         };
         ring.publish(tk, me.generation, pid, sys::coarse_now_ns());
-        if ring.granted_at_once(tk) && !region.retired() {
-            return Fast::Granted(self.holding(region, tk, pid));
+        if ring.granted_at_once(tk)
+            && !region.retired()
+            && (!ring.is_bounded() || ring.enter(tk) == Entry::Clear)
+        {
+            return Fast::Granted(self.holding(region, tk, pid, false));
         }
         Fast::Claimed(region, tk)
     }
 
-    /// The guard of a granted request, marked as holding.
+    /// The guard of a granted request, marked as holding; `died` when a bypasser it waited
+    /// for died inside.
     #[inline(always)]
-    fn holding<'a>(&'a self, region: &'a Region, tk: Ticket, pid: u32) -> TokenGuard<'a> {
-        let died = region.ring().mark_holding(tk);
+    fn holding<'a>(
+        &'a self,
+        region: &'a Region,
+        tk: Ticket,
+        pid: u32,
+        died: bool,
+    ) -> TokenGuard<'a> {
+        let died = region.ring().mark_holding(tk) | died;
         TokenGuard {
             region,
             tk,
             pid,
             died,
+            bypass: false,
             _not_send: std::marker::PhantomData,
         }
+    }
+
+    /// Bounded tables: one attempt to take the exclusive token ahead of the queue (see
+    /// `ring::bypass`), as registration `me` of process `pid`. Never in a retired table.
+    #[inline]
+    fn bypass<'a>(
+        &'a self,
+        region: &'a Region,
+        me: Registration,
+        pid: u32,
+    ) -> Option<TokenGuard<'a>> {
+        let ring = region.ring();
+        let b = ring.try_bypass(me, sys::now_ns)?;
+        if region.retired() {
+            ring.release_bypass(b);
+            return None;
+        }
+        Some(TokenGuard {
+            region,
+            tk: Ticket {
+                t: b.head,
+                word: u64::from(b.owner),
+            },
+            pid,
+            died: ring.bypass_died_before(b.head),
+            bypass: true,
+            _not_send: std::marker::PhantomData,
+        })
     }
 
     /// Everything the fast path did not finish, from where it stopped.
@@ -158,22 +205,29 @@ impl LockTicket {
     }
 
     fn claim_and_wait(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
-        let (region, tk) = match self.claim(share, patience)? {
-            Some(claimed) => claimed,
-            None => return Ok(None),
-        };
-        self.wait_for_grant(region, tk, patience)
+        match self.claim(share, patience)? {
+            Some(Claimed::Queued(region, tk)) => self.wait_for_grant(region, tk, patience),
+            Some(Claimed::Holding(g)) => Ok(Some(g)),
+            None => Ok(None),
+        }
     }
 
     /// Enters the queue of the current table (waiting for a slot if the ring is full) and
-    /// publishes the request. `None`: no slot within `patience`.
-    fn claim(&self, share: Share, patience: Patience) -> Result<Option<(&Region, Ticket)>> {
+    /// publishes the request — or, in a bounded table, takes the token ahead of the queue.
+    /// `None`: no slot within `patience`.
+    fn claim(&self, share: Share, patience: Patience) -> Result<Option<Claimed<'_>>> {
         let (pid, _) = sys::current_identity();
         self.check_parent(pid)?;
         let region = self.table()?;
         region.check_at_path()?;
         let me = region.register()?;
         let ring = region.ring();
+        if ring.is_bounded()
+            && share == Share::Exclusive
+            && let Some(g) = self.bypass(region, me, pid)
+        {
+            return Ok(Some(Claimed::Holding(g)));
+        }
         let tk = match patience {
             Patience::Try => {
                 // Busy, or held by a dead process: one head check (cold) tells which, so a
@@ -210,7 +264,7 @@ impl LockTicket {
             }
         };
         ring.publish(tk, me.generation, self.creator.0, sys::coarse_now_ns());
-        Ok(Some((region, tk)))
+        Ok(Some(Claimed::Queued(region, tk)))
     }
 
     /// After a published claim: leave a table retired meanwhile, else wait for the grant
@@ -223,6 +277,10 @@ impl LockTicket {
     ) -> Result<Option<TokenGuard<'a>>> {
         let ring = region.ring();
         let (share, pid) = (tk.share(), sys::current_identity().0);
+        if ring.is_bounded() {
+            // Bypassers compare this with their clock: the fast path's coarse one is too coarse.
+            ring.set_since(tk, sys::now_ns());
+        }
         if region.retired() {
             // The last owner retired this table after we looked: leave it, use the new one.
             let _ = ring.release(tk);
@@ -237,7 +295,10 @@ impl LockTicket {
             (_, Ok(Grant::Granted)) => Ok(Outcome::Granted),
             (_, Err(b)) => Err(WaitError::Broken(b)),
             (Patience::Try, Ok(Grant::Waiting { .. })) => Ok(Outcome::TimedOut),
-            (_, Ok(Grant::Waiting { .. })) if ring.held_by_this_thread_before(tk) => {
+            (_, Ok(Grant::Waiting { .. }))
+                if ring.held_by_this_thread_before(tk)
+                    || ring.bypass_held_by_this_thread(tk.word) =>
+            {
                 // Tokens are not re-entrant: this thread would wait for itself forever.
                 Err(WaitError::Check(Error::WouldDeadlock {
                     path: region.path().to_path_buf(),
@@ -252,6 +313,35 @@ impl LockTicket {
                 wait::until_granted(ring, tk, &mut waiter)
             }
         };
+        // Bounded tables: a granted request waits for a bypasser inside to leave.
+        let mut bypass_died = false;
+        let outcome = match outcome {
+            Ok(Outcome::Granted) if ring.is_bounded() => {
+                if ring.bypass_held_by_this_thread(tk.word) {
+                    Err(WaitError::Check(Error::WouldDeadlock {
+                        path: region.path().to_path_buf(),
+                    }))
+                } else {
+                    let mut waiter = Waiter {
+                        deadline: match patience {
+                            Patience::Try => Some(Instant::now()),
+                            other => other.deadline(),
+                        },
+                        liveness: &region.liveness(),
+                        check,
+                    };
+                    match wait::until_entered(ring, tk, &mut waiter) {
+                        Ok(Entered::Clear { died }) => {
+                            bypass_died = died;
+                            Ok(Outcome::Granted)
+                        }
+                        Ok(Entered::TimedOut) => Ok(Outcome::TimedOut),
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+            other => other,
+        };
         // A forked child's parent may have died while it waited: then the token is void.
         let outcome = match outcome {
             Ok(Outcome::Granted) if pid != self.creator.0 => match check() {
@@ -263,7 +353,7 @@ impl LockTicket {
         match outcome {
             Ok(Outcome::Granted) => {
                 ring.set_since(tk, sys::coarse_now_ns()); // now "held since", for status
-                Ok(Some(self.holding(region, tk, pid)))
+                Ok(Some(self.holding(region, tk, pid, bypass_died)))
             }
             Ok(Outcome::TimedOut) => {
                 ring.release(tk).map_err(|b| self.broken(b))?;
@@ -282,6 +372,14 @@ impl LockTicket {
             WaitError::Check(e) => e,
         }
     }
+}
+
+/// What a claim got.
+enum Claimed<'a> {
+    /// A published request in the queue.
+    Queued(&'a Region, Ticket),
+    /// The token, ahead of the queue (bounded tables).
+    Holding(TokenGuard<'a>),
 }
 
 /// What the fast path got.
@@ -321,6 +419,9 @@ pub struct TokenGuard<'a> {
     /// The process that took it.
     pid: u32,
     died: bool,
+    /// Held ahead of the queue (bounded tables): `tk` is then the head it went ahead of and
+    /// our bypass owner field.
+    bypass: bool,
     /// Not `Send`, like std's `MutexGuard`: a token is released by the thread that took it,
     /// which is what lets a thread that asks again for it get an error instead of waiting
     /// for itself.
@@ -376,6 +477,13 @@ impl TokenGuard<'_> {
         }
         let ring = self.region.ring();
         let released = match self.tk.share() {
+            _ if self.bypass => {
+                ring.release_bypass(Bypass {
+                    owner: self.tk.word as u32,
+                    head: self.tk.t,
+                });
+                Ok(())
+            }
             Share::Exclusive => ring.release_exclusive(self.tk),
             Share::Shared => ring.release(self.tk),
         };

@@ -23,13 +23,13 @@
 //!   look only when `head` has not moved since their last look (a moving queue has a live
 //!   holder; this keeps long queues from reading /proc on every timeout).
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
 use crate::liveness::{Liveness, Registration};
-use crate::ring::{Broken, Claim, Grant, HeadCheck, Ring, Ticket};
+use crate::ring::{Broken, BypassCheck, Claim, Entry, Grant, HeadCheck, Ring, Ticket};
 use crate::share::Share;
 use crate::sys;
 
@@ -195,6 +195,71 @@ pub(crate) fn until_granted<L: Liveness, E>(
             spin_from = Some(Instant::now());
             spins = 0;
         }
+    }
+}
+
+/// How a granted request of a bounded table got in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entered {
+    /// It holds the token; `died` when a bypasser it waited for died inside.
+    Clear {
+        /// The bypasser it waited for died holding the token.
+        died: bool,
+    },
+    /// The deadline passed while a bypasser was inside.
+    TimedOut,
+}
+
+/// Bounded tables: after `tk` was granted, waits until no bypasser is inside (see
+/// `ring::bypass`): spins briefly where that can pay (a bypasser's critical section is
+/// usually short), then sleeps on the bypass word; looks at the bypasser's liveness on the
+/// same schedule as a waiter looks at the head, so a bypasser that died inside blocks nobody
+/// for longer than [`CHECK_NEXT`]. With no deadline left (a `try_` call) it looks once.
+pub(crate) fn until_entered<L: Liveness, E>(
+    ring: &Ring<'_>,
+    tk: Ticket,
+    waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
+) -> Result<Entered, WaitError<E>> {
+    let start = Instant::now();
+    let mut check_at = start + CHECK_NEXT;
+    let mut died = false;
+    let mut spins = 0u32;
+    loop {
+        let b = match ring.enter(tk) {
+            Entry::Clear => return Ok(Entered::Clear { died }),
+            Entry::Busy(b) => b,
+        };
+        spins = spins.wrapping_add(1);
+        if !spins.is_multiple_of(SPINS_PER_CHECK) {
+            std::hint::spin_loop();
+            continue;
+        }
+        let now = Instant::now();
+        if waiter.expired(now) {
+            // One look at the bypasser: a dead one never blocks callers that only try.
+            if let BypassCheck::Reclaimed { was_holding } = ring.check_bypass(waiter.liveness) {
+                died |= was_holding;
+                continue;
+            }
+            return Ok(Entered::TimedOut);
+        }
+        if now >= check_at {
+            if let BypassCheck::Reclaimed { was_holding } = ring.check_bypass(waiter.liveness) {
+                died |= was_holding;
+            }
+            (waiter.check)().map_err(WaitError::Check)?;
+            check_at = now + CHECK_NEXT;
+            continue;
+        }
+        if now.duration_since(start) < SPIN_BUDGET && ring.queued() <= cpus() {
+            continue;
+        }
+        let word = ring.bypass_park_word();
+        if word.load(SeqCst) != b {
+            continue;
+        }
+        let nap = waiter.nap(check_at.saturating_duration_since(now), now);
+        sys::futex_wait(word, b, nap);
     }
 }
 

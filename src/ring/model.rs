@@ -21,18 +21,34 @@ pub(crate) struct MemRing {
     head: AtomicU64,
     dead_holder: AtomicU64,
     reclaimed: AtomicU64,
+    bypass: AtomicU32,
+    bypass_waiters: AtomicU32,
+    bypass_thread: AtomicU64,
+    bypasses: AtomicU64,
+    /// The bypass bound (0: strict).
+    bound_ns: u64,
     /// The slots.
     pub(crate) slots: Vec<Slot>,
 }
 
 impl MemRing {
-    /// `capacity` free slots, head and tail at 0.
+    /// `capacity` free slots, head and tail at 0: a strict ring.
     pub(crate) fn new(capacity: usize) -> Self {
+        Self::with_bound(capacity, 0)
+    }
+
+    /// A ring with bypass bound `bound_ns` (0: strict).
+    pub(crate) fn with_bound(capacity: usize, bound_ns: u64) -> Self {
         MemRing {
             tail: AtomicU64::new(0),
             head: AtomicU64::new(0),
             dead_holder: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
+            bypass: AtomicU32::new(0),
+            bypass_waiters: AtomicU32::new(0),
+            bypass_thread: AtomicU64::new(0),
+            bypasses: AtomicU64::new(0),
+            bound_ns,
             slots: (0..capacity).map(|_| Slot::default()).collect(),
         }
     }
@@ -44,8 +60,12 @@ impl MemRing {
             head: &self.head,
             dead_holder: &self.dead_holder,
             reclaimed: &self.reclaimed,
+            bypass: &self.bypass,
+            bypass_waiters: &self.bypass_waiters,
+            bypass_thread: &self.bypass_thread,
+            bypasses: &self.bypasses,
         };
-        Ring::new(words, &self.slots, wake)
+        Ring::new(words, &self.slots, wake, self.bound_ns)
     }
 }
 
