@@ -186,7 +186,9 @@ impl Ring<'_> {
             f.swap(tag | ENTERING, SeqCst);
             step!();
         }
-        match self.words.bypass.load(SeqCst) {
+        let b = self.words.bypass.load(SeqCst);
+        step!();
+        match b {
             0 => Entry::Clear,
             b => Entry::Busy(b),
         }

@@ -129,6 +129,11 @@ pub enum Op {
     Kill(usize),
     /// The dead process's process-table entry is taken by a new process (next generation).
     Reuse(usize),
+    /// Bounded rings: process tries to take the token ahead of the queue.
+    Bypass(usize),
+    /// Process marks its queued request asleep (`park_word`), as a waiter does before its
+    /// futex wait.
+    Park(usize),
 }
 
 /// Processes in the model.
@@ -142,6 +147,9 @@ enum Out {
     Polled(Result<Option<bool>, Broken>),
     Released(Result<(), Broken>),
     Checked(Result<HeadCheck, Broken>),
+    /// `Some(died)` when it went ahead.
+    Bypassed(Option<(Bypass, bool)>),
+    Parked,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +158,8 @@ enum Kind {
     Poll,
     Release,
     CheckHead,
+    Bypass,
+    Park,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -167,6 +177,8 @@ struct Proc {
     generation: u32,
     thread: usize,
     req: Option<Req>,
+    /// Holds the token ahead of the queue.
+    bypass: Option<Bypass>,
     /// The operation in flight.
     op: Option<Kind>,
 }
@@ -201,6 +213,8 @@ impl Model {
                 self.act(i, Kind::Enqueue, share);
             }
             Op::Poll(i) => self.act(i, Kind::Poll, Share::Exclusive),
+            Op::Bypass(i) => self.act(i, Kind::Bypass, Share::Exclusive),
+            Op::Park(i) => self.act(i, Kind::Park, Share::Exclusive),
             Op::Release(i) => self.act(i, Kind::Release, Share::Exclusive),
             Op::CheckHead(i) => self.act(i, Kind::CheckHead, Share::Exclusive),
             Op::Step(i, n) => {
@@ -243,6 +257,7 @@ impl Model {
                         generation: self.next_generation,
                         thread: self.procs.spawn(),
                         req: None,
+                        bypass: None,
                         op: None,
                     };
                     self.shared.world.set(p.index, Some(p.generation));
@@ -262,6 +277,29 @@ impl Model {
         }
         let shared = Arc::clone(&self.shared);
         let status = match (kind, p.req) {
+            _ if p.bypass.is_some() && kind != Kind::Release => return,
+            (Kind::Release, None) => {
+                let Some(b) = p.bypass else { return };
+                self.procs.start(p.thread, move || {
+                    shared.ring().release_bypass(b);
+                    Out::Released(Ok(()))
+                })
+            }
+            (Kind::Bypass, None) => self.procs.start(p.thread, move || {
+                let ring = shared.ring();
+                let me = Registration {
+                    index: p.index,
+                    generation: p.generation,
+                };
+                Out::Bypassed(
+                    ring.try_bypass(me, || 0)
+                        .map(|b| (b, ring.bypass_died_before(b.head))),
+                )
+            }),
+            (Kind::Park, Some(r)) if !r.holding => self.procs.start(p.thread, move || {
+                let _ = shared.ring().park_word(r.tk);
+                Out::Parked
+            }),
             (Kind::Enqueue, None) => self.procs.start(p.thread, move || {
                 let ring = shared.ring();
                 let me = Registration {
@@ -273,6 +311,19 @@ impl Model {
             (Kind::Poll, Some(r)) if !r.holding => self.procs.start(p.thread, move || {
                 let ring = shared.ring();
                 Out::Polled(ring.grant(r.tk, r.tk.share()).map(|g| match g {
+                    Grant::Granted if ring.is_bounded() => {
+                        // As `wait::until_entered`: enter, or look at the bypasser.
+                        let mut died = false;
+                        loop {
+                            match ring.enter(r.tk) {
+                                Entry::Clear => break Some(ring.mark_holding(r.tk) | died),
+                                Entry::Busy(_) => match ring.check_bypass(&shared.world) {
+                                    BypassCheck::Reclaimed { was_holding } => died |= was_holding,
+                                    BypassCheck::Fine => break None,
+                                },
+                            }
+                        }
+                    }
                     Grant::Granted => Some(ring.mark_holding(r.tk)),
                     Grant::Waiting { .. } => None,
                 }))
@@ -353,8 +404,21 @@ impl Model {
             }
             Out::Released(r) => {
                 r.unwrap_or_else(|b| panic!("release of process {i}: {b:?}"));
-                p.req = None;
+                if p.bypass.take().is_none() {
+                    p.req = None;
+                }
             }
+            Out::Bypassed(b) => {
+                if let Some((b, died)) = b {
+                    assert!(
+                        !died || self.holder_deaths > 0,
+                        "a holder's death reported that never happened (bypass)"
+                    );
+                    self.check_bypass_entry(i);
+                    p.bypass = Some(b);
+                }
+            }
+            Out::Parked => {}
             Out::Checked(r) => match r.unwrap_or_else(|b| panic!("head check: {b:?}")) {
                 HeadCheck::Reclaimed { index, was_holding } => {
                     let owner = self
@@ -395,6 +459,45 @@ impl Model {
                     && r.tk.t.wrapping_sub(head) < ring.capacity()
             })
             .collect()
+    }
+
+    /// Holders ahead of the queue that still count: live bypassers not being released, and
+    /// any process (live or dead) whose owner field the bypass word still carries after it
+    /// entered.
+    fn bypass_holders(&self) -> Vec<String> {
+        let ring = self.ring();
+        let word = ring.words.bypass.load(SeqCst);
+        let mut out: Vec<String> = self
+            .live
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let p = (*p)?;
+                (p.bypass.is_some() && p.op != Some(Kind::Release)).then(|| format!("live {i}"))
+            })
+            .collect();
+        for d in &self.dead {
+            if let Some(b) = d.bypass
+                && word == b.owner | super::bypass::ENTERED
+            {
+                out.push(format!("dead index {}", d.index));
+            }
+        }
+        out
+    }
+
+    /// When process `i` went ahead of the queue: nobody else holds.
+    fn check_bypass_entry(&self, i: usize) {
+        let holding: Vec<_> = self
+            .standing()
+            .into_iter()
+            .filter(|(_, r)| r.holding)
+            .collect();
+        assert!(
+            holding.is_empty() && self.bypass_holders().is_empty(),
+            "process {i} went ahead of the queue while {holding:?} / {:?} hold",
+            self.bypass_holders()
+        );
     }
 
     /// Live requests that are not being released.
@@ -448,6 +551,11 @@ impl Model {
                 "exclusive token held together with another: {holders:?}"
             );
         }
+        let bypassers = self.bypass_holders();
+        assert!(
+            bypassers.len() <= 1 && (bypassers.is_empty() || holders.is_empty()),
+            "token held ahead of the queue by {bypassers:?} together with {holders:?}"
+        );
         // A live request (not being released) keeps its slot and its place in the queue.
         for (who, r) in self.live_requests() {
             assert_eq!(
@@ -493,6 +601,9 @@ impl Model {
         for _ in 0..(4 * cap + 4 * PROCS) {
             for i in 0..PROCS {
                 self.finish(i);
+                if self.live[i].is_some_and(|p| p.bypass.is_some()) {
+                    self.whole(i, Op::Release(i));
+                }
                 match self.live[i].and_then(|p| p.req) {
                     Some(r) if r.holding => self.whole(i, Op::Release(i)),
                     Some(_) => self.whole(i, Op::Poll(i)),
@@ -501,7 +612,11 @@ impl Model {
             }
             let looker = self.alive_looker();
             self.whole(looker, Op::CheckHead(looker));
-            let idle = self.live.iter().flatten().all(|p| p.req.is_none());
+            let idle = self
+                .live
+                .iter()
+                .flatten()
+                .all(|p| p.req.is_none() && p.bypass.is_none());
             if idle && self.ring().requests().is_empty() {
                 drained = true;
                 break;
@@ -551,7 +666,10 @@ impl Model {
 /// of its release), or died in the middle of a poll (after marking itself holding, before the
 /// model heard of its grant).
 fn may_hold(p: &Proc) -> bool {
-    p.req.is_some_and(|r| r.holding) || p.op == Some(Kind::Poll)
+    p.req.is_some_and(|r| r.holding)
+        || p.bypass.is_some()
+        || p.op == Some(Kind::Poll)
+        || p.op == Some(Kind::Bypass)
 }
 
 /// A claim as the blocking path makes it (retrying when another process moved first), then
@@ -572,11 +690,16 @@ fn enqueue(ring: &Ring<'_>, share: Share, me: Registration) -> Result<Option<Tic
 }
 
 /// Runs `ops` on a ring of `2^cap_shift` slots whose first ticket is `start_ticket`, checking
-/// the invariants after every step (panics on a violation), then drains the queue.
-pub fn run(cap_shift: u32, start_ticket: u64, ops: &[Op]) {
+/// the invariants after every step (panics on a violation), then drains the queue. `bounded`:
+/// a bounded ring (bypasses allowed; the model's clock stands still, so every sleeping head
+/// may be gone ahead of).
+pub fn run(cap_shift: u32, start_ticket: u64, bounded: bool, ops: &[Op]) {
     let cap = 1usize << cap_shift;
     let shared = Arc::new(Shared {
-        mem: Some(MemRing::new(cap)),
+        mem: Some(MemRing::with_bound(
+            cap,
+            if bounded { 1_000_000 } else { 0 },
+        )),
         world: World::default(),
     });
     shared.ring().reset_at(start_ticket);
@@ -617,13 +740,15 @@ pub fn run_bytes(data: &[u8]) {
         }
         None => (0, rest),
     };
+    let bounded = first & 0x20 != 0;
+    let kinds = if bounded { 10 } else { 8 };
     let ops: Vec<Op> = rest
         .chunks(2)
         .map(|c| {
             let arg = c.get(1).copied().unwrap_or(0);
             let p = usize::from(arg) % PROCS;
             let shared = arg & 0x80 != 0;
-            match c[0] % 8 {
+            match c[0] % kinds {
                 0 => Op::Enqueue(p, shared),
                 1 => Op::Poll(p),
                 2 => Op::Release(p),
@@ -631,9 +756,11 @@ pub fn run_bytes(data: &[u8]) {
                 4 => Op::Step(p, 1 + (arg >> 3) % 4),
                 5 => Op::Kill(p),
                 6 => Op::Reuse(p),
-                _ => Op::Step(p, 255),
+                7 => Op::Step(p, 255),
+                8 => Op::Bypass(p),
+                _ => Op::Park(p),
             }
         })
         .collect();
-    run(cap_shift, start, &ops);
+    run(cap_shift, start, bounded, &ops);
 }

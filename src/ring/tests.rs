@@ -21,6 +21,17 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The steps of a bounded ring: the same, plus bypass attempts and parking (only a sleeping
+/// head may be gone ahead of).
+fn bounded_op() -> impl Strategy<Value = Op> {
+    let p = 0..PROCS;
+    prop_oneof![
+        10 => op(),
+        6 => p.clone().prop_map(Op::Bypass),
+        6 => p.prop_map(Op::Park),
+    ]
+}
+
 /// Tickets to start from: zero, just before the u64 wrap, just before the 32-bit lap wrap.
 fn start_ticket(cap_shift: u32) -> impl Strategy<Value = u64> {
     prop_oneof![
@@ -42,8 +53,121 @@ proptest! {
         (cap_shift, start) in (1u32..4).prop_flat_map(|s| (Just(s), start_ticket(s))),
         ops in proptest::collection::vec(op(), 0..120),
     ) {
-        run(cap_shift, start, &ops);
+        run(cap_shift, start, false, &ops);
     }
+
+    /// The same in a bounded ring: exclusion between ring holders and bypassers after every
+    /// step, no death reported that did not happen, no deadlock by death.
+    #[test]
+    fn bounded_invariants_hold_under_any_interleaving(
+        (cap_shift, start) in (1u32..4).prop_flat_map(|s| (Just(s), start_ticket(s))),
+        ops in proptest::collection::vec(bounded_op(), 0..120),
+    ) {
+        run(cap_shift, start, true, &ops);
+    }
+}
+
+/// A bounded ring with a sleeping exclusive head (ticket of registration 1) behind holder 0.
+fn bounded_with_sleeping_head(mem: &MemRing) -> (Ring<'_>, Ticket, Ticket) {
+    let ring = mem.ring(no_wake);
+    let holder = published(&ring, 0);
+    ring.mark_holding(holder);
+    let head = published(&ring, 1);
+    let _ = ring.park_word(head);
+    ring.release_exclusive(holder).unwrap();
+    assert_eq!(ring.grant(head, Share::Exclusive), Ok(Grant::Granted));
+    (ring, holder, head)
+}
+
+#[test]
+fn a_running_process_goes_ahead_of_a_sleeping_head_and_the_head_waits_for_it() {
+    let mem = MemRing::with_bound(4, 1_000_000);
+    let (ring, _, head) = bounded_with_sleeping_head(&mem);
+    let b = ring
+        .try_bypass(reg(2), || 0)
+        .expect("a sleeping head may be gone ahead of");
+    assert!(
+        ring.try_bypass(reg(3), || 0).is_none(),
+        "one bypasser at a time"
+    );
+    assert!(matches!(ring.enter(head), Entry::Busy(_)));
+    // Once the head has left its sleeping state, nobody goes ahead of it.
+    ring.release_bypass(b);
+    assert!(
+        ring.try_bypass(reg(2), || 0).is_none(),
+        "the head is entering"
+    );
+    assert_eq!(ring.enter(head), Entry::Clear);
+}
+
+#[test]
+fn no_bypass_in_a_strict_ring_past_the_bound_or_of_a_running_or_shared_head() {
+    let strict = MemRing::new(4);
+    let (ring, _, _) = bounded_with_sleeping_head(&strict);
+    assert!(ring.try_bypass(reg(2), || 0).is_none(), "strict");
+
+    let mem = MemRing::with_bound(4, 1_000);
+    let (ring, _, _) = bounded_with_sleeping_head(&mem);
+    assert!(
+        ring.try_bypass(reg(2), || 5_000).is_none(),
+        "waited past the bound"
+    );
+    assert!(ring.try_bypass(reg(2), || 10).is_some(), "within the bound");
+
+    let mem = MemRing::with_bound(4, 1_000_000);
+    let ring = mem.ring(no_wake);
+    let holder = published(&ring, 0);
+    ring.mark_holding(holder);
+    assert!(
+        ring.try_bypass(reg(2), || 0).is_none(),
+        "a holder is running"
+    );
+    let waiter = published(&ring, 1);
+    ring.release_exclusive(holder).unwrap();
+    assert!(
+        ring.try_bypass(reg(2), || 0).is_none(),
+        "a granted head that never slept"
+    );
+    assert_eq!(ring.enter(waiter), Entry::Clear);
+
+    let mem = MemRing::with_bound(4, 1_000_000);
+    let ring = mem.ring(no_wake);
+    let Claim::Claimed(reader) = ring.try_claim(Share::Shared, reg(1)) else {
+        panic!()
+    };
+    ring.publish(reader, reg(1).generation, 0, 0);
+    let _ = ring.park_word(reader);
+    assert!(ring.try_bypass(reg(2), || 0).is_none(), "a shared head");
+}
+
+#[test]
+fn a_dead_bypasser_is_cleared_and_reported_only_if_it_entered() {
+    struct Dead(u32);
+    impl Liveness for Dead {
+        fn is_alive(&self, o: Owner) -> bool {
+            o.index != self.0
+        }
+    }
+    let mem = MemRing::with_bound(4, 1_000_000);
+    let (ring, _, head) = bounded_with_sleeping_head(&mem);
+    assert!(ring.try_bypass(reg(2), || 0).is_some());
+    assert_eq!(ring.check_bypass(&AllAlive), BypassCheck::Fine);
+    assert_eq!(
+        ring.check_bypass(&Dead(2)),
+        BypassCheck::Reclaimed { was_holding: true }
+    );
+    assert_eq!(ring.enter(head), Entry::Clear);
+    // A bypasser that died before entering (its CAS in, its look at the head not done).
+    let mem = MemRing::with_bound(4, 1_000_000);
+    let (ring, _, head) = bounded_with_sleeping_head(&mem);
+    let owner = ((reg(2).generation & GEN_FP_MASK) << FP_SHIFT) | (2 + 1);
+    ring.words.bypass.store(owner, SeqCst);
+    assert!(matches!(ring.enter(head), Entry::Busy(_)));
+    assert_eq!(
+        ring.check_bypass(&Dead(2)),
+        BypassCheck::Reclaimed { was_holding: false }
+    );
+    assert_eq!(ring.enter(head), Entry::Clear);
 }
 
 #[test]
@@ -143,6 +267,13 @@ fn reg(index: u32) -> crate::liveness::Registration {
         index,
         generation: index,
     }
+}
+
+/// A claim of registration `pid`, published.
+fn published(ring: &Ring<'_>, pid: u32) -> Ticket {
+    let tk = claim(ring, pid);
+    ring.publish(tk, reg(pid).generation, 0, 0);
+    tk
 }
 
 fn claim(ring: &Ring<'_>, pid: u32) -> Ticket {
