@@ -38,7 +38,7 @@ mod support;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
-use lockticket::{LockTicket, MainGuard, Share};
+use lockticket::{Fairness, LockTicket, MainGuard, Share};
 use serde_json::{Value, json};
 use support::locks::{Kind, Mechanism, PosixSem, Visit, with_mechanism};
 use support::procs::{self, Worker};
@@ -46,17 +46,28 @@ use support::stats::{Histogram, median};
 use support::{Arena, Control, PHASE_GO, PHASE_STOP, monotonic_ns, process_cpu_ns, wait_until};
 
 /// Mechanisms of the throughput and handoff measurements.
-const CONTENDED: [Kind; 5] = [
+const CONTENDED: [Kind; 6] = [
     Kind::LockTicket,
+    Kind::LockTicketBounded,
     Kind::Flock,
     Kind::RobustMutex,
     Kind::CasSpin,
     Kind::TicketSpin,
 ];
 /// Mechanisms of the reclaim measurement (flock for reference: the kernel drops it at exit).
-const RECLAIM: [Kind; 3] = [Kind::LockTicket, Kind::RobustMutex, Kind::Flock];
+const RECLAIM: [Kind; 4] = [
+    Kind::LockTicket,
+    Kind::LockTicketBounded,
+    Kind::RobustMutex,
+    Kind::Flock,
+];
 /// Mechanisms of the throughput measurement at every process count and workload.
-const CONTENDED_ALL_N: [Kind; 3] = [Kind::LockTicket, Kind::Flock, Kind::RobustMutex];
+const CONTENDED_ALL_N: [Kind; 4] = [
+    Kind::LockTicket,
+    Kind::LockTicketBounded,
+    Kind::Flock,
+    Kind::RobustMutex,
+];
 /// Process counts of the throughput measurement (the spin-lock floors only up to 4: with more
 /// processes than CPUs they collapse, which is known and not what is measured here).
 const PROCESSES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
@@ -624,13 +635,21 @@ impl Setup {
     fn new(kind: Kind) -> Setup {
         let arena = Arena::create();
         let (mut table, mut main) = (None, None);
-        if matches!(kind, Kind::LockTicket | Kind::LockTicketShared) {
+        if matches!(
+            kind,
+            Kind::LockTicket | Kind::LockTicketBounded | Kind::LockTicketShared
+        ) {
             // Leaked (a few hundred bytes per measurement) so that the main guard can live
             // next to it; the guard removes the table when dropped. Room for 64 workers, a
             // kill storm of 66 and us (the default registry holds 64 owners).
             let lt: &'static LockTicket = Box::leak(Box::new(
                 LockTicket::builder(arena.table_name())
                     .member_capacity(256)
+                    .fairness(if kind == Kind::LockTicketBounded {
+                        Fairness::bounded()
+                    } else {
+                        Fairness::Strict
+                    })
                     .open()
                     .unwrap(),
             ));

@@ -29,6 +29,8 @@ pub trait Mechanism {
 pub enum Kind {
     /// lockticket's exclusive token.
     LockTicket,
+    /// lockticket's exclusive token in a table created with `Fairness::bounded()`.
+    LockTicketBounded,
     /// lockticket's shared token.
     LockTicketShared,
     /// `flock(LOCK_EX)` / `flock(LOCK_UN)` on a tmpfs file.
@@ -50,8 +52,9 @@ pub enum Kind {
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::LockTicket,
+        Kind::LockTicketBounded,
         Kind::LockTicketShared,
         Kind::Flock,
         Kind::Ofd,
@@ -66,6 +69,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::LockTicket => "lockticket",
+            Kind::LockTicketBounded => "lockticket_bounded",
             Kind::LockTicketShared => "lockticket_shared",
             Kind::Flock => "flock",
             Kind::Ofd => "ofd_fcntl",
@@ -94,10 +98,11 @@ pub trait Visit {
 /// Opens mechanism `kind` of `arena` in this process and runs `v` with it.
 pub fn with_mechanism<V: Visit>(kind: Kind, arena: &Arena, v: V) -> V::Out {
     match kind {
-        Kind::LockTicket | Kind::LockTicketShared => {
+        Kind::LockTicket | Kind::LockTicketBounded | Kind::LockTicketShared => {
+            // The table's fairness is the one its creator chose (see `Setup`).
             let lt = LockTicket::open(arena.table_name()).expect("open table");
             let main = lt.main_lock(Share::Shared).expect("main lock");
-            let out = if kind == Kind::LockTicket {
+            let out = if kind != Kind::LockTicketShared {
                 v.visit(&Token {
                     lt: &lt,
                     died: Cell::new(false),
