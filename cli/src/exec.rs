@@ -74,6 +74,9 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     if let Some(bytes) = a.payload_capacity {
         builder = builder.payload_capacity(bytes);
     }
+    if let Some(fairness) = a.fairness {
+        builder = builder.fairness(fairness);
+    }
     let lt = builder
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;

@@ -197,6 +197,7 @@ fn token_json(t: &TokenInfo, position: Option<usize>, now: SystemTime) -> Value 
         "alive": t.alive,
         "since": t.since.map(unix_seconds),
         "age_seconds": age(t.since, now).map(|d| d.as_secs_f64()),
+        "bypass": t.bypass,
         "command": command_line(t.pid, t.alive && !t.pid_foreign),
     });
     if let (Some(p), Value::Object(map)) = (position, &mut v) {
@@ -215,6 +216,8 @@ fn status_json(st: &Status, now: SystemTime) -> Value {
         "in_use": in_use(st),
         "table_format": st.format_version,
         "ring_capacity": st.ring_capacity,
+        "fairness": st.fairness.to_string(),
+        "bypasses": st.bypasses,
         "payload_capacity": st.payload_capacity,
         "payload_len": st.payload_len,
         "payload_generation": st.payload_generation,
@@ -259,6 +262,18 @@ fn status_text(st: &Status, now: SystemTime) -> String {
             ""
         } else {
             "; changed while read"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "order    {}",
+        match st.fairness {
+            lockticket::Fairness::Strict => "strict: first come, first served".to_string(),
+            f => format!(
+                "{f}: running processes may go ahead of sleeping waiters within the bound; \
+                 {} grants went ahead",
+                st.bypasses
+            ),
         }
     );
     let _ = writeln!(
@@ -336,6 +351,16 @@ fn cmd(pid: u32, alive: bool) -> String {
 
 /// One line of the holders or the queue: `prefix`, then the request, its age labelled `when`.
 fn token_line(prefix: &str, when: &str, t: &TokenInfo, now: SystemTime) -> String {
+    if t.bypass {
+        return format!(
+            "{prefix}pid {:<8} {:<9}  ahead of ticket {}{}{}",
+            t.pid,
+            t.share.to_string(),
+            t.ticket,
+            dead(t.alive),
+            cmd_or_ns(t.pid, t.alive, t.pid_foreign)
+        );
+    }
     format!(
         "{prefix}pid {:<8} {:<9}  ticket {:<6} {when} {:<8}{}{}",
         t.pid,

@@ -216,6 +216,12 @@ pub(crate) struct ExecArgs {
     /// Payload bytes of a table this call creates [default: 4096]
     #[arg(long, value_name = "BYTES")]
     pub payload_capacity: Option<usize>,
+    /// Order of a table this call creates: strict (first come, first served), or bounded[:MS]
+    /// (a running process may go ahead of sleeping waiters unless the oldest has waited MS
+    /// milliseconds; default 1). An existing table of another mode is refused (64)
+    /// [default: the table's; strict for a new one]
+    #[arg(long, value_name = "strict|bounded[:MS]")]
+    pub fairness: Option<lockticket::Fairness>,
     /// The table: a NAME ([-_A-Za-z0-9]), or a PATH (anything else; relative to the current directory)
     #[arg(value_name = "NAME|PATH")]
     pub table: OsString,
@@ -417,7 +423,9 @@ pub(crate) fn exit_code_of(e: &Error) -> i32 {
             _ if *op == "open" => code::NO_TABLE,
             _ => code::TABLE,
         },
-        Error::InvalidName { .. } | Error::InvalidOption(_) => code::USAGE,
+        Error::InvalidName { .. } | Error::InvalidOption(_) | Error::FairnessMismatch { .. } => {
+            code::USAGE
+        }
         Error::NotCreated { .. } | Error::Removed { .. } => code::NO_TABLE,
         Error::PayloadTooLarge { .. } => code::DATA,
         _ => code::TABLE,
