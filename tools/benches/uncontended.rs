@@ -42,6 +42,15 @@ fn uncontended(c: &mut Criterion) {
     group.bench_function("lockticket_shared", |b| {
         b.iter(|| drop(black_box(lt.token_lock_shared().unwrap())))
     });
+    // The same in a table created with bounded fairness (the fast path reads the bypass word).
+    let bounded = lockticket::LockTicket::builder(format!("{}-bounded", arena.table_name()))
+        .fairness(lockticket::Fairness::bounded())
+        .open()
+        .unwrap();
+    let keep_bounded = bounded.main_lock(lockticket::Share::Shared).unwrap();
+    group.bench_function("lockticket_bounded_exclusive", |b| {
+        b.iter(|| drop(black_box(bounded.token_lock().unwrap())))
+    });
     for kind in [
         Kind::Flock,
         Kind::Ofd,
@@ -62,6 +71,7 @@ fn uncontended(c: &mut Criterion) {
     group.finish();
     PosixSem::unlink(&arena.sem_name());
     keep.unlock().unwrap();
+    keep_bounded.unlock().unwrap();
 }
 
 /// The building blocks' costs, to explain the figures above: one atomic read-modify-write on
