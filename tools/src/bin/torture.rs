@@ -124,11 +124,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lockticket::{LockTicket, Share};
+use lockticket::{Fairness, LockTicket, Share};
 use memmap2::MmapRaw;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
+/// Bounded tables: scheduling slack of the wait check (a 2-core machine with more workers
+/// than cores and the supervisor: a runnable process may wait this long for a CPU).
+const BOUNDED_SLACK: Duration = Duration::from_millis(250);
 /// Most workers at once (the `active` table of the witness).
 const MAX_PROCS: usize = 64;
 /// Witness magic: "LTtortur".
@@ -226,6 +229,12 @@ struct Header {
     fifo_checks: AtomicU64,
     /// Record id currently occupying each worker slot (0 = none).
     active: [AtomicU64; MAX_PROCS],
+    /// Bounded tables: the bypass bound in ns (0: a strict table, FIFO is checked).
+    bound_ns: AtomicU64,
+    /// When the supervisor last stopped, continued or killed a worker (`now_ns`), and how
+    /// many are stopped now: the bounded wait check skips requests disturbed so.
+    disturbed_ns: AtomicU64,
+    stopped_now: AtomicU64,
     /// When the supervisor started the workers (`now_ns`).
     start_ns: AtomicU64,
     /// The first [`ERR_KINDS`] distinct library errors (see [`note_lib_error`]): kind (a hash
@@ -260,6 +269,8 @@ struct Record {
     /// Requests with a timeout or `try_` that came back empty.
     gave_up: AtomicU64,
     max_wait_ns: AtomicU64,
+    /// At least the time (`now_ns`) its pending request was certified (only grows).
+    cert_ns: AtomicU64,
 }
 
 struct Witness {
@@ -561,6 +572,9 @@ fn certify(w: &Witness, lt: &LockTicket) -> lockticket::Result<u64> {
         {
             continue;
         }
+        // Before the CAS, and only ever raised: a reader of a certified request finds a time at
+        // least as late as its certification (a stalled certifier's late write cannot lower it).
+        rec.cert_ns.fetch_max(now_ns(), SeqCst);
         if rec
             .req
             .compare_exchange(req, req | (delta << DELTA_SHIFT), SeqCst, SeqCst)
@@ -585,6 +599,7 @@ struct Options {
     ring: u32,
     payload: usize,
     seed: Option<u64>,
+    fairness: Fairness,
 }
 
 /// Arguments of a worker process.
@@ -602,7 +617,7 @@ enum Role {
 }
 
 const USAGE: &str = "usage: torture [--procs N] [--seconds S] [--kill-rate K] [--stall-rate S] \
-                     [--ring N] [--payload BYTES] [--seed S]";
+                     [--ring N] [--payload BYTES] [--seed S] [--fairness strict|bounded[:MS]]";
 
 fn parse_args() -> Result<Role, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -614,6 +629,7 @@ fn parse_args() -> Result<Role, String> {
         ring: 8,
         payload: 262144,
         seed: None,
+        fairness: Fairness::Strict,
     };
     let mut worker: Option<usize> = None;
     let (mut name, mut witness) = (None, None);
@@ -634,6 +650,7 @@ fn parse_args() -> Result<Role, String> {
             "--ring" => o.ring = v.parse().map_err(|e| bad(&e))?,
             "--payload" => o.payload = v.parse().map_err(|e| bad(&e))?,
             "--seed" => o.seed = Some(v.parse().map_err(|e| bad(&e))?),
+            "--fairness" => o.fairness = v.parse().map_err(|e| bad(&e))?,
             "--worker" => worker = Some(v.parse().map_err(|e| bad(&e))?),
             "--name" => name = Some(v.clone()),
             "--witness" => witness = Some(PathBuf::from(v)),
@@ -909,6 +926,10 @@ impl Worker<'_> {
             if !(exclusive || a_exclusive) {
                 continue;
             }
+            let bound = h.bound_ns.load(Relaxed);
+            if bound != 0 && !self.over_bound(rec, bound) {
+                continue; // bounded: going ahead of a request within the bound is allowed
+            }
             h.fifo_checks.fetch_add(1, Relaxed);
             if ra + delta < r && rec.life.load(SeqCst) == ALIVE {
                 self.violation(
@@ -923,6 +944,22 @@ impl Worker<'_> {
                 );
             }
         }
+    }
+
+    /// Bounded tables: worker `rec`'s certified request has waited longer than the bound plus
+    /// [`BOUNDED_SLACK`] by now, with no worker stopped, continued or killed since it was
+    /// certified (a stopped process may have been the head, or the request itself between
+    /// its claim and its wait). Nobody may then go ahead of it: once the oldest waiter is
+    /// over the bound, grants go in arrival order (and a request certified before ours was
+    /// queued before we asked).
+    fn over_bound(&self, rec: &Record, bound: u64) -> bool {
+        let h = self.w.header();
+        let cert = rec.cert_ns.load(SeqCst);
+        let now = now_ns();
+        cert != 0
+            && h.stopped_now.load(SeqCst) == 0
+            && h.disturbed_ns.load(SeqCst) < cert
+            && now.saturating_sub(cert) > bound + BOUNDED_SLACK.as_nanos() as u64
     }
 
     fn exclusive_section(&mut self) {
@@ -1135,13 +1172,21 @@ impl Supervisor<'_> {
     fn kill(&mut self, i: usize) -> Option<u64> {
         let slot = &mut self.slots[i];
         let mut child = slot.child.take()?;
-        if let Some((at, _)) = slot.stall.take() {
+        let record = slot.record;
+        let was_stopped = slot.stall.take();
+        if let Some((at, _)) = was_stopped {
             self.killed_stopped += 1;
             let len = at.elapsed();
             self.max_stall = self.max_stall.max(len);
             self.stalled_total += len;
         }
-        let rec = self.w.rec(slot.record);
+        // A kill is no disturbance for the bounded check (a dead request is not checked, and
+        // a dead head is reclaimed: nobody may then go ahead of an over-bound waiter either);
+        // the end of a stall is.
+        if was_stopped.is_some() {
+            self.disturb(-1);
+        }
+        let rec = self.w.rec(record);
         rec.life.store(KILLING, SeqCst);
         let _ = child.kill();
         let _ = child.wait();
@@ -1172,16 +1217,21 @@ impl Supervisor<'_> {
         let rec = self.w.rec(slot.record);
         // The child is not reaped before `kill` or `reap_exited`, so `pid` is still ours.
         let target = Pid::from_raw(pid as i32);
+        self.disturb(1);
         signal::kill(target, Signal::SIGSTOP).ok()?;
         let asked = Instant::now();
         loop {
             match proc_state(u64::from(pid)) {
                 Some(b'T' | b't') => break,
-                None | Some(b'Z' | b'X') => return None, // exited on its own: reap_exited's
+                None | Some(b'Z' | b'X') => {
+                    self.disturb(-1);
+                    return None; // exited on its own: reap_exited's
+                }
                 _ => {}
             }
             if asked.elapsed() > STOP_BOUND {
                 let _ = signal::kill(target, Signal::SIGCONT);
+                self.disturb(-1);
                 self.stalls_missed += 1;
                 return None;
             }
@@ -1210,9 +1260,25 @@ impl Supervisor<'_> {
         if let Some(c) = slot.child.as_ref() {
             let _ = signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
         }
+        self.disturb(-1);
         let len = at.elapsed();
         self.max_stall = self.max_stall.max(len);
         self.stalled_total += len;
+    }
+
+    /// Notes a stop (+1) or the end of one (-1) for the bounded wait check.
+    fn disturb(&self, stopped: i64) {
+        let h = self.w.header();
+        h.disturbed_ns.fetch_max(now_ns(), SeqCst);
+        match stopped {
+            1 => {
+                h.stopped_now.fetch_add(1, SeqCst);
+            }
+            _ => {
+                h.stopped_now.fetch_sub(1, SeqCst);
+            }
+        }
+        h.disturbed_ns.fetch_max(now_ns(), SeqCst);
     }
 
     /// Continues the stalls that are due; returns when the next one is.
@@ -1335,14 +1401,16 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         .seed
         .unwrap_or_else(|| now_ns() ^ (u64::from(pid) << 32) ^ 0x5eed);
     eprintln!(
-        "torture: procs={} seconds={} kill_rate={} stall_rate={} ring={} payload={} seed={seed}",
-        o.procs, o.seconds, o.kill_rate, o.stall_rate, o.ring, o.payload
+        "torture: procs={} seconds={} kill_rate={} stall_rate={} ring={} payload={} fairness={} \
+         seed={seed}",
+        o.procs, o.seconds, o.kill_rate, o.stall_rate, o.ring, o.payload, o.fairness
     );
     let mut rng = Rng::new(seed);
     let name = format!("torture-{pid}");
     let lt = LockTicket::builder(&name)
         .ring_capacity(o.ring)
         .payload_capacity(o.payload)
+        .fairness(o.fairness)
         .open()?;
     let owner = lt.main_lock(Share::Shared)?;
     let dir = if Path::new("/dev/shm").is_dir() {
@@ -1355,6 +1423,13 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
     let records = o.procs + (o.seconds * o.kill_rate * 2.0) as usize + 64;
     let w = Witness::create(&witness_path, records)?;
     let h = w.header();
+    h.bound_ns.store(
+        match o.fairness {
+            Fairness::Strict => 0,
+            Fairness::Bounded(d) => d.as_nanos().max(1) as u64,
+        },
+        SeqCst,
+    );
     let mut sup = Supervisor {
         o: &o,
         w: &w,
