@@ -49,6 +49,9 @@ pub struct LockTicket {
     pub(crate) retire_pending: std::sync::atomic::AtomicBool,
     /// Keep the table after the last owner leaves ([`Builder::keep`]).
     pub(crate) keep: bool,
+    /// A read-only description of the lock file the table is keyed by (see
+    /// [`LockTicket::set_lock_file`]), handed to every table this handle maps.
+    pub(crate) anchor: std::sync::OnceLock<std::fs::File>,
 }
 
 impl LockTicket {
@@ -290,6 +293,7 @@ impl Builder {
             regions: Mutex::new(Vec::new()),
             retire_pending: std::sync::atomic::AtomicBool::new(false),
             keep: self.keep,
+            anchor: std::sync::OnceLock::new(),
         })
     }
 }
@@ -455,6 +459,9 @@ impl LockTicket {
                     },
                 },
             };
+            if let Some(anchor) = self.anchor.get() {
+                region.set_anchor(anchor)?;
+            }
             if let Some(done) = settle(region, created)? {
                 return Ok(Some(done));
             }

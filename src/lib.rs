@@ -67,6 +67,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+mod fd;
 mod handle;
 pub mod layout;
 mod liveness;
@@ -97,6 +98,7 @@ pub mod fuzzing {
 }
 
 pub use error::{Error, Result};
+pub use fd::{FdLock, table_for_lock_fd};
 pub use handle::{Builder, LockTicket};
 pub use layout::HeaderError;
 pub use main_lock::MainGuard;

@@ -397,3 +397,12 @@ impl Drop for TokenGuard<'_> {
         let _ = self.release();
     }
 }
+
+impl<'a> TokenGuard<'a> {
+    /// The table and the ticket, without releasing it: for a token handed over to another
+    /// owner (the descriptor form, `crate::fd`).
+    pub(crate) fn into_parts(self) -> (&'a Region, Ticket) {
+        let this = std::mem::ManuallyDrop::new(self);
+        (this.region, this.tk)
+    }
+}
