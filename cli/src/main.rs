@@ -16,6 +16,7 @@
 //! `docs/cli.md` for the exit codes and the JSON schema of `status --json`.
 
 mod exec;
+mod fd;
 mod inspect;
 mod man;
 
@@ -191,6 +192,10 @@ pub(crate) struct ExecArgs {
         default_value_t = code::CONFLICT
     )]
     pub conflict_exit_code: u8,
+    /// Release the lock held for descriptor FD (lockticket exec -u FD; success when it holds
+    /// none)
+    #[arg(short = 'u', long = "unlock")]
+    pub unlock: bool,
     /// Do not fork: replace lockticket by the command, which then holds the lock under the same
     /// PID until it exits
     #[arg(short = 'F', long = "no-fork")]
