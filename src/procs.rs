@@ -498,6 +498,160 @@ mod tests {
         }
     }
 
+    /// A scratch lock file and its table-side files, for the descriptor-form entries.
+    fn scratch(tag: &str) -> (std::path::PathBuf, File, File) {
+        let dir = std::env::temp_dir();
+        let base = format!(
+            "lockticket-procs-{tag}-{}-{:x}",
+            std::process::id(),
+            sys::random_u64()
+        );
+        let table = dir.join(format!("{base}.table"));
+        let probe = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&table)
+            .unwrap();
+        let lock_file = dir.join(format!("{base}.lock"));
+        std::fs::write(&lock_file, b"").unwrap();
+        let anchor = File::open(&lock_file).unwrap();
+        std::fs::remove_file(&table).unwrap();
+        (lock_file, probe, anchor)
+    }
+
+    /// A `KIND_FD` entry is alive exactly while some description holds its lock-file byte
+    /// (write-only or read-only), unknown (so alive) to a checker without an anchor, and dead
+    /// once retired or once its description is closed.
+    #[test]
+    fn fd_entries_live_by_their_lock_file_byte() {
+        use std::os::fd::AsFd;
+        let (lock_file, probe, anchor) = scratch("fd-live");
+        let procs: Vec<ProcEntry> = (0..3).map(|_| ProcEntry::default()).collect();
+        let liveness = |anchor| TableLiveness {
+            probe: &probe,
+            procs: &procs,
+            procs_offset: 0,
+            anchor,
+        };
+        for write in [true, false] {
+            let holder = if write {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&lock_file)
+                    .unwrap()
+            } else {
+                File::open(&lock_file).unwrap()
+            };
+            let reg = register_fd(
+                &procs,
+                0,
+                &probe,
+                &anchor,
+                holder.as_fd(),
+                write,
+                1,
+                0,
+                |_| Vec::new(),
+            )
+            .unwrap();
+            assert_eq!(procs[reg.index as usize].kind.load(SeqCst), KIND_FD);
+            assert!(liveness(Some(&anchor)).is_alive(reg.owner()), "held: alive");
+            assert!(
+                liveness(None).is_alive(reg.owner()),
+                "no anchor: judged alive"
+            );
+            // The holder's own question does not see its lock; the anchor does.
+            assert_eq!(fd_registrations(&procs, &anchor, holder.as_fd()), vec![reg]);
+            let other = File::open(&lock_file).unwrap();
+            assert!(fd_registrations(&procs, &anchor, other.as_fd()).is_empty());
+            if write {
+                drop(holder); // the shell closes fd 9, or dies
+                assert!(
+                    !liveness(Some(&anchor)).is_alive(reg.owner()),
+                    "closed: dead"
+                );
+                assert!(
+                    liveness(None).is_alive(reg.owner()),
+                    "never wrong without an anchor"
+                );
+            } else {
+                retire_fd(&procs, holder.as_fd(), reg).unwrap();
+                assert!(
+                    !liveness(Some(&anchor)).is_alive(reg.owner()),
+                    "retired: dead"
+                );
+                assert!(
+                    !liveness(None).is_alive(reg.owner()),
+                    "retired: table byte free"
+                );
+                assert!(fd_registrations(&procs, &anchor, holder.as_fd()).is_empty());
+            }
+        }
+        std::fs::remove_file(&lock_file).unwrap();
+    }
+
+    /// `register` never hands out a live `KIND_FD` entry (its table byte is free), and takes
+    /// a dead one over only when an anchor shows its lock-file byte free.
+    #[test]
+    fn register_skips_live_fd_entries() {
+        use std::os::fd::AsFd;
+        let (lock_file, probe, anchor) = scratch("fd-skip");
+        let procs: Vec<ProcEntry> = (0..1).map(|_| ProcEntry::default()).collect();
+        let holder = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lock_file)
+            .unwrap();
+        let fd_reg = register_fd(
+            &procs,
+            0,
+            &probe,
+            &anchor,
+            holder.as_fd(),
+            true,
+            1,
+            0,
+            |_| Vec::new(),
+        )
+        .unwrap();
+        // A registrant's own description of the table (through /proc/self/fd).
+        let lock = sys::reopen(&probe, std::path::Path::new("/nonexistent")).unwrap();
+        for a in [None, Some(&anchor)] {
+            assert!(
+                matches!(
+                    register(&procs, 0, &lock, a, 1, 0, 0, |_| Vec::new()),
+                    Err(RegisterError::Full)
+                ),
+                "a live descriptor-form entry was handed out (anchor: {})",
+                a.is_some()
+            );
+        }
+        drop(holder);
+        assert!(
+            matches!(
+                register(&procs, 0, &lock, None, 1, 0, 0, |_| Vec::new()),
+                Err(RegisterError::Full)
+            ),
+            "without an anchor a descriptor-form entry is never taken"
+        );
+        let r = register(&procs, 0, &lock, Some(&anchor), 1, 0, 0, |_| Vec::new()).unwrap();
+        assert_eq!(r.index, fd_reg.index);
+        assert_ne!(r.generation, fd_reg.generation);
+        assert_eq!(procs[0].kind.load(SeqCst), KIND_OFD);
+        let l = TableLiveness {
+            probe: &probe,
+            procs: &procs,
+            procs_offset: 0,
+            anchor: Some(&anchor),
+        };
+        assert!(l.is_alive(r.owner()));
+        assert!(
+            !l.is_alive(fd_reg.owner()),
+            "the old descriptor-form claim is dead"
+        );
+        std::fs::remove_file(&lock_file).unwrap();
+    }
+
     /// Registers many times over and checks one registration's liveness repeatedly (every
     /// check must say alive); prints what each costs (`--nocapture`, release mode for figures
     /// worth quoting; a short run in CI).
