@@ -52,6 +52,9 @@ pub struct LockTicket {
     pub(crate) keep: bool,
     /// The fairness asked for ([`Builder::fairness`]); `None`: the table's.
     pub(crate) fairness: Option<Fairness>,
+    /// A read-only description of the lock file the table is keyed by (see
+    /// [`LockTicket::set_lock_file`]), handed to every table this handle maps.
+    pub(crate) anchor: std::sync::OnceLock<std::fs::File>,
 }
 
 impl LockTicket {
@@ -330,6 +333,7 @@ impl Builder {
             regions: Mutex::new(Vec::new()),
             retire_pending: std::sync::atomic::AtomicBool::new(false),
             keep: self.keep,
+            anchor: std::sync::OnceLock::new(),
         })
     }
 }
@@ -504,6 +508,9 @@ impl LockTicket {
                     table: region.fairness(),
                     requested: want,
                 });
+            }
+            if let Some(anchor) = self.anchor.get() {
+                region.set_anchor(anchor)?;
             }
             if let Some(done) = settle(region, created)? {
                 return Ok(Some(done));

@@ -100,6 +100,10 @@ pub(crate) struct Region {
     reg_id: AtomicU64,
     /// The open file description that holds our registration's OFD lock.
     reg_lock: Mutex<Option<File>>,
+    /// A read-only description of the lock file this table is keyed by, holding no locks,
+    /// when the handle knows it (see `LockTicket::set_lock_file`): `KIND_FD` entries are
+    /// judged through it.
+    anchor: std::sync::OnceLock<File>,
 }
 
 impl std::fmt::Debug for Region {
@@ -287,6 +291,7 @@ impl Region {
             reg_pid: AtomicU32::new(0),
             reg_id: AtomicU64::new(0),
             reg_lock: Mutex::new(None),
+            anchor: std::sync::OnceLock::new(),
             file: Mutex::new(Some(file)),
             map,
             payload_map,
@@ -373,7 +378,28 @@ impl Region {
             probe: &self.probe,
             procs: self.procs(),
             procs_offset: self.geometry.procs_offset(),
+            anchor: self.anchor.get(),
         }
+    }
+
+    /// The anchor on the table's lock file, if one was given.
+    pub(crate) fn anchor(&self) -> Option<&File> {
+        self.anchor.get()
+    }
+
+    /// Gives the table the anchor on its lock file (a description holding no locks); the
+    /// first one given stays.
+    pub(crate) fn set_anchor(&self, anchor: &File) -> Result<()> {
+        if self.anchor.get().is_none() {
+            let dup = anchor.try_clone().map_err(io_err(&self.path, "dup"))?;
+            let _ = self.anchor.set(dup);
+        }
+        Ok(())
+    }
+
+    /// The description liveness checks of the table itself ask through.
+    pub(crate) fn probe(&self) -> &File {
+        &self.probe
     }
 
     /// This process's registration in the table, if it has one (no system call).
@@ -651,6 +677,7 @@ impl Cold<'_> {
             r.procs(),
             r.geometry.procs_offset(),
             &lock,
+            r.anchor.get(),
             pid,
             start,
             sys::now_ns(),

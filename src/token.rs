@@ -84,6 +84,25 @@ impl LockTicket {
         }
     }
 
+    /// Takes a token within `patience` through the queue only, never ahead of it (bounded
+    /// tables): the guard then holds a ring ticket, which the descriptor form hands over to
+    /// another owner (`crate::fd`).
+    pub(crate) fn acquire_queued(
+        &self,
+        share: Share,
+        patience: Patience,
+    ) -> Result<Option<TokenGuard<'_>>> {
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                QUEUE_ONLY.set(false);
+            }
+        }
+        QUEUE_ONLY.set(true);
+        let _reset = Reset;
+        self.acquire(share, patience)
+    }
+
     /// Takes a token within `patience`.
     #[inline]
     pub(crate) fn acquire(
@@ -162,6 +181,9 @@ impl LockTicket {
         me: Registration,
         pid: u32,
     ) -> Option<TokenGuard<'a>> {
+        if QUEUE_ONLY.get() {
+            return None;
+        }
         let ring = region.ring();
         let b = ring.try_bypass(me, sys::now_ns)?;
         if region.retired() {
@@ -374,6 +396,11 @@ impl LockTicket {
     }
 }
 
+thread_local! {
+    /// Set while this thread asks through the queue only (see `acquire_queued`).
+    static QUEUE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// What a claim got.
 enum Claimed<'a> {
     /// A published request in the queue.
@@ -503,5 +530,14 @@ impl Drop for TokenGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         let _ = self.release();
+    }
+}
+
+impl<'a> TokenGuard<'a> {
+    /// The table and the ticket, without releasing it: for a token handed over to another
+    /// owner (the descriptor form, `crate::fd`).
+    pub(crate) fn into_parts(self) -> (&'a Region, Ticket) {
+        let this = std::mem::ManuallyDrop::new(self);
+        (this.region, this.tk)
     }
 }

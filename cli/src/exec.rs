@@ -29,7 +29,7 @@ const FORWARDED: [libc::c_int; 6] = [
 
 /// Main-lock registry entries of a table this command creates: many concurrent `exec`s
 /// (xargs -P, parallel make) each register as an owner.
-const MEMBERS: u32 = 1024;
+pub(crate) const MEMBERS: u32 = 1024;
 
 /// How many times a vanished table is joined again before giving up.
 const REJOIN_ATTEMPTS: u32 = 16;
@@ -38,20 +38,15 @@ const REJOIN_ATTEMPTS: u32 = 16;
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
 #[derive(Clone, Copy)]
-enum Patience {
+pub(crate) enum Patience {
     Try,
     Until(Instant),
     Forever,
 }
 
-pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
-    let (program, args) = command_of(&a)?;
-    let share = if a.shared {
-        Share::Shared
-    } else {
-        Share::Exclusive
-    };
-    let patience = if a.nonblock {
+/// How long `-n` / `-w` let us wait.
+pub(crate) fn patience_of(a: &ExecArgs) -> Patience {
+    if a.nonblock {
         Patience::Try
     } else {
         match a.timeout {
@@ -62,7 +57,27 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
                 .and_then(|d| Instant::now().checked_add(d))
                 .map_or(Patience::Forever, Patience::Until),
         }
+    }
+}
+
+pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
+    if crate::fd::is_fd_form(&a) {
+        return crate::fd::run(&a);
+    }
+    if a.unlock {
+        return Err(Failure::new(
+            code::USAGE,
+            "bad usage: -u unlocks a descriptor: lockticket exec -u FD (see 'lockticket exec \
+             --help')",
+        ));
+    }
+    let (program, args) = command_of(&a)?;
+    let share = if a.shared {
+        Share::Shared
+    } else {
+        Share::Exclusive
     };
+    let patience = patience_of(&a);
     let table = inspect::lock_target(&a.table)?;
     let mut builder = LockTicket::builder(&table)
         .permissions(a.mode.unwrap_or(0o600))
@@ -80,6 +95,7 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     let lt = builder
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;
+    inspect::anchor_lock_file(&lt);
 
     let t0 = Instant::now();
     let Some((main, token)) = acquire(&lt, share, patience, a.verbose)? else {
@@ -161,7 +177,7 @@ fn command_of(a: &ExecArgs) -> Result<(OsString, Vec<OsString>), Failure> {
         (None, None) => Err(Failure::new(
             code::USAGE,
             "bad usage: no command given: lockticket exec [OPTIONS] NAME|PATH COMMAND [ARGS...] \
-             (the file-descriptor form of flock(1) is not supported; see 'lockticket exec --help')",
+             or lockticket exec [OPTIONS] FD for a descriptor (see 'lockticket exec --help')",
         )),
     }
 }
@@ -445,7 +461,7 @@ fn status_code(s: ExitStatus) -> i32 {
 
 /// A `--verbose` line that flock(1) prints on stdout (`flock: executing CMD`), printed the
 /// same way and flushed before the command writes to the same stdout.
-fn verbose_line(line: &str) {
+pub(crate) fn verbose_line(line: &str) {
     use std::io::Write;
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "lockticket: {line}").and_then(|()| out.flush());

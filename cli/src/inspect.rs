@@ -117,10 +117,24 @@ fn open_inspect(path: &Path, mode: Option<u32>) -> Result<LockTicket, Failure> {
         Ok(m) if m.file_type().is_file() => (m.mode() & 0o777) | 0o600,
         _ => 0o600,
     });
-    LockTicket::builder(path)
+    let lt = LockTicket::builder(path)
         .permissions(mode)
         .open()
-        .map_err(|e| Failure::table("cannot open the lock table", &e))
+        .map_err(|e| Failure::table("cannot open the lock table", &e))?;
+    anchor_lock_file(&lt);
+    Ok(lt)
+}
+
+/// When `lt`'s table is the one kept for the lock file this command names, gives the handle
+/// that file (see `LockTicket::set_lock_file`): holders in the descriptor form (`lockticket
+/// exec 9`) are then judged, and reclaimed once their descriptor is closed. Without it they
+/// are judged alive (never wrong), so a failure to open the file only costs that.
+pub(crate) fn anchor_lock_file(lt: &LockTicket) {
+    if let Some((keyed, file)) = lock_file()
+        && keyed == lt.path()
+    {
+        let _ = lt.set_lock_file(file);
+    }
 }
 
 /// True when a live process owns the table, holds its token or waits for it.

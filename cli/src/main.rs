@@ -4,6 +4,7 @@
 //! ```text
 //! lockticket exec [OPTIONS] NAME|PATH COMMAND [ARGS...]
 //! lockticket exec [OPTIONS] NAME|PATH -c 'SHELL COMMAND'
+//! lockticket exec [-s|-x] [-n|-w SECS] FD          (flock's descriptor form; -u FD releases)
 //! lockticket status NAME|PATH [--json]
 //! lockticket payload get|set|clear NAME|PATH [VALUE|-]
 //! lockticket list [DIR]
@@ -16,6 +17,7 @@
 //! `docs/cli.md` for the exit codes and the JSON schema of `status --json`.
 
 mod exec;
+mod fd;
 mod inspect;
 mod man;
 
@@ -105,8 +107,19 @@ a descriptor of the lock, so programs it leaves running in the background do
 not keep the lock held (with flock, only -o gives that). -c runs /bin/sh
 (flock runs $SHELL).
 
-Not supported from flock(1): the file-descriptor form (flock 9, flock -u 9),
---fcntl, --start, --length.";
+The descriptor form, as flock(1)'s: `lockticket exec [-s|-x] [-n|-w SECS] FD`
+(a number and no command) takes the lock for the file the shell opened on
+descriptor FD (`exec 9>/var/lock/job`, `( ... ) 9>file`, `9<dir`), in the same
+queue as `lockticket exec FILE CMD` naming that file, and exits 0 (1 or -E if
+not obtained). It is held until that descriptor is closed in every process
+that has it (the subshell ends, the shell exits or is killed) or `lockticket
+exec -u FD` releases it. -u, or the end of a subshell, hands the lock on at
+once; a bare close within a few milliseconds. Asked again for the same
+descriptor it returns at once (same mode) or converts (releases, then waits
+again). A descriptor that is not open, or on a device, socket or pipe, is a
+usage error (64).
+
+Not supported from flock(1): --fcntl, --start, --length.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -132,7 +145,9 @@ enum Command {
         // As flock's getopt_long: a unique prefix of a long option is that option (--excl).
         infer_long_args = true,
         override_usage = "lockticket exec [OPTIONS] <NAME|PATH> <COMMAND> [ARGS]...\n       \
-                          lockticket exec [OPTIONS] <NAME|PATH> -c <SHELL COMMAND>"
+                          lockticket exec [OPTIONS] <NAME|PATH> -c <SHELL COMMAND>\n       \
+                          lockticket exec [-s|-x] [-n|-w SECONDS] [-E N] [--verbose] <FD>\n       \
+                          lockticket exec -u <FD>"
     )]
     Exec(ExecArgs),
     /// Show a table's owners, holders and queue (FIFO order, with wait times)
@@ -191,6 +206,10 @@ pub(crate) struct ExecArgs {
         default_value_t = code::CONFLICT
     )]
     pub conflict_exit_code: u8,
+    /// Release the lock held for descriptor FD (lockticket exec -u FD; success when it holds
+    /// none)
+    #[arg(short = 'u', long = "unlock")]
+    pub unlock: bool,
     /// Do not fork: replace lockticket by the command, which then holds the lock under the same
     /// PID until it exits
     #[arg(short = 'F', long = "no-fork")]

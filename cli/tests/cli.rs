@@ -1096,8 +1096,8 @@ fn util_linux_flock_cases_against_a_shared_holder() {
 
 #[test]
 fn util_linux_flock_fd_case_is_refused_without_creating_a_file() {
-    // ts/flock/flock "fd": `flock -n -x -E 123 4` on an open descriptor. The descriptor form
-    // is not supported yet: a usage error (64), and no file named "4" appears.
+    // ts/flock/flock "fd", with descriptor 4 *not* open (the open case is in tests/fd.rs): a
+    // usage error (64), and no file named "4" appears.
     let s = Scratch::new("ul-fd");
     let o = lockticket(["exec", "--nonblocking", "--exclusive", "-E", "123", "4"])
         .current_dir(&s.0)
@@ -1143,7 +1143,7 @@ fn util_linux_close_case_the_command_holds_no_descriptor_of_the_lock() {
 
 #[test]
 fn util_linux_unlock_case_wait_0_is_nonblock_and_verbose_lines() {
-    // ts/flock/unlock (its last step; the descriptor steps are not supported): -w 0 is -n,
+    // ts/flock/unlock (its last step; the whole case is in tests/fd.rs): -w 0 is -n,
     // and --verbose prints flock's lines on stdout.
     let s = Scratch::new("ul-unlock");
     let lock = s.path("lock");

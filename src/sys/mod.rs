@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -345,12 +345,19 @@ fn one_byte(offset: u64, kind: libc::c_int) -> libc::flock {
 /// waiting (`F_OFD_SETLK`). The kernel drops it when the last descriptor of that description
 /// is closed — at the latest when every process holding one has died or exec'd it away.
 pub(crate) fn ofd_try_lock(file: &File, offset: u64) -> io::Result<OfdLock> {
+    ofd_try_lock_as(file.as_fd(), offset, true)
+}
+
+/// Like [`ofd_try_lock`] on any descriptor's open file description, with a write lock
+/// (`write`: the description must be open for writing) or a read lock (it must be open for
+/// reading: a directory, `9<file`). Either conflicts with a checker's `F_WRLCK` question.
+pub(crate) fn ofd_try_lock_as(fd: BorrowedFd<'_>, offset: u64, write: bool) -> io::Result<OfdLock> {
     #[cfg(target_os = "linux")]
     {
-        let fl = one_byte(offset, libc::F_WRLCK);
+        let fl = one_byte(offset, if write { libc::F_WRLCK } else { libc::F_RDLCK });
         loop {
-            // SAFETY: fcntl on an fd we own with a valid, initialised `flock`.
-            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+            // SAFETY: fcntl on a borrowed, open fd with a valid, initialised `flock`.
+            let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
             if rc == 0 {
                 return Ok(OfdLock::Taken);
             }
@@ -367,22 +374,46 @@ pub(crate) fn ofd_try_lock(file: &File, offset: u64) -> io::Result<OfdLock> {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (file, offset);
+        let _ = (fd, offset, write);
         Ok(OfdLock::Unsupported)
+    }
+}
+
+/// Drops the lock of `fd`'s open file description on the byte at `offset` (`F_OFD_SETLK`
+/// with `F_UNLCK`; nothing happens when it holds none).
+pub(crate) fn ofd_unlock(fd: BorrowedFd<'_>, offset: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let fl = one_byte(offset, libc::F_UNLCK);
+        loop {
+            // SAFETY: fcntl on a borrowed, open fd with a valid, initialised `flock`.
+            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (fd, offset);
+        Ok(())
     }
 }
 
 /// Asks the kernel whether another open file description holds a lock on the byte at
 /// `offset` (`F_OFD_GETLK`): `Some(true)` locked, `Some(false)` free, `None` when the question
 /// failed. Locks of `file`'s own description never conflict with it, so ask through a
-/// description that holds none.
-pub(crate) fn ofd_is_locked(file: &File, offset: u64) -> Option<bool> {
+/// description that holds none (or through a holder, to learn whether *another* one holds it).
+pub(crate) fn ofd_is_locked(file: impl AsFd, offset: u64) -> Option<bool> {
     #[cfg(target_os = "linux")]
     {
         let mut fl = one_byte(offset, libc::F_WRLCK);
         loop {
-            // SAFETY: fcntl on an fd we own; F_OFD_GETLK writes into the `flock` we own.
-            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+            // SAFETY: fcntl on an open fd; F_OFD_GETLK writes into the `flock` we own.
+            let rc = unsafe { libc::fcntl(file.as_fd().as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
             if rc == 0 {
                 return Some(fl.l_type != libc::F_UNLCK as libc::c_short);
             }
@@ -396,6 +427,58 @@ pub(crate) fn ofd_is_locked(file: &File, offset: u64) -> Option<bool> {
         let _ = (file, offset);
         None
     }
+}
+
+/// The access mode of descriptor `fd` (`O_RDONLY`, `O_WRONLY`, `O_RDWR`, or `O_PATH` among
+/// the flags): `EBADF` when it is not open.
+pub(crate) fn fd_access_mode(fd: std::os::fd::RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFL only reads the descriptor table; an unopened fd gives EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & (libc::O_ACCMODE | libc::O_PATH))
+}
+
+/// A new open file description of the file behind `fd`, read-only, close-on-exec (through
+/// `/proc/self/fd`, checked to be the same file): an *anchor* that holds no locks, through
+/// which `F_OFD_GETLK` sees the locks of every description of the file (an `O_PATH`
+/// descriptor cannot ask).
+pub(crate) fn reopen_read_only(fd: BorrowedFd<'_>) -> io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let want = fstat_dev_ino(fd)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    let m = f.metadata()?;
+    if (m.dev(), m.ino()) != want {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "/proc/self/fd names another file than the descriptor",
+        ));
+    }
+    Ok(f)
+}
+
+/// Device and inode of the file behind `fd` (`fstat`).
+pub(crate) fn fstat_dev_ino(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    fstat_fd(fd).map(|(dev, ino, _)| (dev, ino))
+}
+
+/// Device, inode and file type (`st_mode & S_IFMT`) of the file behind `fd` (`fstat`).
+pub(crate) fn fstat_fd(fd: BorrowedFd<'_>) -> io::Result<(u64, u64, u32)> {
+    // SAFETY: `stat` is a plain C struct, all-zero valid; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a borrowed, open fd with a valid out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((
+        st.st_dev as u64,
+        st.st_ino as u64,
+        st.st_mode as u32 & libc::S_IFMT,
+    ))
 }
 
 /// A second, independent open file description of the file behind `file` (close-on-exec):
@@ -529,8 +612,8 @@ pub(crate) unsafe fn remap_anonymous(addr: *mut u8, len: usize) {
 }
 
 /// Filesystem magic of the filesystem holding `file`.
-pub(crate) fn fs_magic_of_file(file: &File) -> io::Result<i64> {
-    let st = nix::sys::statfs::fstatfs(file).map_err(io::Error::from)?;
+pub(crate) fn fs_magic_of_file(file: impl AsFd) -> io::Result<i64> {
+    let st = nix::sys::statfs::fstatfs(file.as_fd()).map_err(io::Error::from)?;
     Ok(st.filesystem_type().0 as i64)
 }
 
