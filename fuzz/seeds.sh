@@ -3,6 +3,8 @@
 # never committed: fuzz/corpus is ignored). Bytes, as `run_bytes` decodes them: one byte for
 # the ring size and start mode, 8 for the first ticket, then (op, arg) pairs: op % 8 is
 # Enqueue, Poll, Release, CheckHead, Step(1-4), Kill, Reuse, Step(255); arg % 5 the process.
+# A first byte with bit 5 set makes a bounded ring, whose ops are op % 10: the same, then
+# Bypass (8) and Park (9).
 set -euo pipefail
 dir="$(dirname "$0")/corpus/ring_ops"
 mkdir -p "$dir"
@@ -22,4 +24,13 @@ lap() { # process $1 takes and releases the token once
 { ring4; whole 0 128; whole 1 128; whole 0 129; whole 1 129; whole 0 2; hex 2 0;
   for _ in $(seq 6); do whole 1 2; hex 3 3; done; whole 2 1; hex 7 0; whole 1 2; } \
   >"$dir/shared-then-exclusive"
+ # Bounded: A holds, B queues and sleeps, A releases (B's turn, asleep), C goes ahead of B,
+# B polls (must wait), C is killed inside, B polls again (reclaims, enters), then laps.
+bounded4() { hex 33 0 0 0 0 0 0 0 0; }       # 4 slots, bounded, first ticket 0
+{ bounded4; whole 0 0; whole 1 0; whole 0 1; whole 9 1; whole 2 0; whole 8 2; hex 1 1 7 1;
+  hex 5 2; whole 1 1; whole 3 1; whole 1 1; whole 2 1; for _ in $(seq 6); do lap 3; done; } \
+  >"$dir/bounded-bypass-killed"
+# Bounded: a bypasser stalled between its CAS and its second look while the head enters.
+{ bounded4; whole 0 0; whole 1 0; whole 0 1; whole 9 1; whole 2 0; hex 8 2 4 2; whole 1 1;
+  hex 7 2; whole 1 1; whole 2 1; for _ in $(seq 6); do lap 2; done; } >"$dir/bounded-stalled-bypasser"
 echo "seeds: $(ls "$dir" | wc -l) files in $dir"
