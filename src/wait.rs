@@ -47,6 +47,14 @@ const CHECK_FAR: Duration = Duration::from_millis(2);
 const CHECK_AGAIN: Duration = Duration::from_micros(200);
 /// Spin iterations between clock reads.
 const SPINS_PER_CHECK: u32 = 64;
+/// Waiters this close to the head look on the short schedule ([`CHECK_FAR`]) whatever
+/// happens: a kill storm of up to this many processes ahead of a survivor is found in one
+/// interval.
+const WATCHED: u64 = 80;
+/// Waiters farther back double their interval after every look that found the queue standing
+/// still (a live holder holding long), up to `CHECK_FAR << MAX_BACKOFF` (64 ms): a pool of a
+/// thousand sleeping waiters must not wake up half a million times a second.
+const MAX_BACKOFF: u32 = 5;
 
 /// CPUs this process may run on (cached: `available_parallelism` is a system call).
 fn cpus() -> u64 {
@@ -138,6 +146,8 @@ pub(crate) fn until_granted<L: Liveness, E>(
     let mut check_at = start + CHECK_NEXT;
     // `head` at our last look (farther waiters check only a queue that did not move).
     let mut looked_at = None;
+    // Looks in a row at a queue that stood still (far waiters back off).
+    let mut quiet = 0u32;
     // Since when we may spin as next-in-line (`None`: not now).
     let mut spin_from = Some(start);
     let mut spins = 0u32;
@@ -165,12 +175,19 @@ pub(crate) fn until_granted<L: Liveness, E>(
                 (waiter.check)().map_err(WaitError::Check)?;
                 false
             };
-            looked_at = (!reclaimed).then(|| ring.head());
+            let now_head = ring.head();
+            quiet = if !reclaimed && looked_at == Some(now_head) {
+                quiet.saturating_add(1)
+            } else {
+                0
+            };
+            looked_at = (!reclaimed).then_some(now_head);
             check_at = now
                 + match (reclaimed, ahead) {
                     (true, _) => CHECK_AGAIN,
                     (false, 1) => CHECK_NEXT,
-                    (false, _) => CHECK_FAR,
+                    (false, a) if a <= WATCHED => CHECK_FAR,
+                    (false, _) => CHECK_FAR * (1 << quiet.min(MAX_BACKOFF)),
                 };
             continue;
         }

@@ -543,9 +543,28 @@ pub(crate) fn set_cloexec(file: &File, on: bool) -> io::Result<()> {
 /// registration whether its PID means the same in the reader's namespace.
 pub(crate) fn pid_namespace() -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid")
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    // A process's own PID namespace never changes; a child made by clone(CLONE_NEWPID) has
+    // another one and inherits this cache, so it is keyed by our PID. (Status calls this for
+    // every entry: a thousand `stat`s of /proc otherwise.)
+    static CACHED: AtomicU64 = AtomicU64::new(0); // pid << 32 | low 32 bits of the inode
+    static FULL: AtomicU64 = AtomicU64::new(0);
+    let pid = u64::from(std::process::id());
+    let c = CACHED.load(Relaxed);
+    if c >> 32 == pid && c != 0 {
+        let full = FULL.load(Relaxed);
+        if full & 0xffff_ffff == c & 0xffff_ffff {
+            return full;
+        }
+    }
+    let ns = std::fs::metadata("/proc/self/ns/pid")
         .map(|m| m.ino())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    if ns != 0 {
+        FULL.store(ns, Relaxed);
+        CACHED.store(pid << 32 | (ns & 0xffff_ffff), Relaxed);
+    }
+    ns
 }
 
 /// Makes `file`'s descriptor refer to /dev/null instead (`dup2`, atomic for concurrent
