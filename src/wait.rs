@@ -21,7 +21,9 @@
 //!   the liveness check. The check sweeps every dead request ahead of us in one pass
 //!   ([`Ring::sweep_dead`]): a kill storm costs one check, not one per sleep. Farther waiters
 //!   look only when `head` has not moved since their last look (a moving queue has a live
-//!   holder; this keeps long queues from reading /proc on every timeout).
+//!   holder; this keeps long queues from reading /proc on every timeout). Waiters more than
+//!   [`WATCHED`] behind the head back off (up to 64 ms) while the queue stands still: a pool of
+//!   a thousand sleeping waiters would otherwise wake half a million times a second.
 
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
