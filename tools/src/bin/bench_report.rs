@@ -440,6 +440,22 @@ fn render(d: &Data, analysis: &str) -> String {
         )
         .unwrap();
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let load1 = |k: &str| {
+        c[k].as_str()
+            .and_then(|l| l.split(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let busy = load1("loadavg_before").max(load1("loadavg_after"));
+    if busy > 1.5 * cpus {
+        writeln!(
+            w,
+            "> **Loaded machine**: the 1-minute load average reached {busy:.1} on {cpus:.0} \
+             CPUs around the multi-process run; other jobs shared the CPUs, and absolute \
+             figures (worst waits above all) carry their noise. Compare ratios within this run.\n"
+        )
+        .unwrap();
+    }
     writeln!(w, "## Machine\n\n{}", machine()).unwrap();
     let mut probes: Vec<f64> = ["throughput", "handoff"]
         .iter()
@@ -463,8 +479,8 @@ fn render(d: &Data, analysis: &str) -> String {
             if probes[probes.len() - 1] >= f64::from(FAR) {
                 "The host moved the two virtual CPUs between close (~50 ns) and distant \
                  (~200 ns) placements during this run; handoff-bound figures (2-process \
-                 throughput, ping-pong) follow that by up to 5×, so the contended section also \
-                 splits every result by placement. Compare mechanisms within one placement."
+                 throughput, ping-pong) follow that by up to 5×; the no-work N ≤ 4 results are \
+                 also split by placement below. Compare mechanisms within one placement."
             } else {
                 "All probes were under 100 ns: the two virtual CPUs stayed close together for \
                  the whole run. (On this VM the host sometimes places them far apart, ~200 ns \
@@ -1272,7 +1288,8 @@ fn method(w: &mut String) {
            of 200 ms — between two 30 ms no-lock ping-pong probes of the CPU link; throughput \
            is the median of the 8 windows, and of the windows in each link state; then a \
            separate 500 ms run for wait times; ping-pong likewise, 4 rounds of 3 windows of \
-           100 ms; 21 reclaim runs per mechanism). Total: about 2.5 minutes plus \
+           100 ms; 21 reclaim runs per mechanism; the N-scan, 1 to 64 processes × three \
+           workloads; 5 kill-storm runs per K). Total: the elapsed time in the header, plus \
            compilation.\n\
          * Quick mode: `LOCKTICKET_BENCH_QUICK=1 cargo bench -p lockticket-tools` (criterion groups 0.2 s + 0.5 s, \
            20 samples; short windows and 5 reclaim runs in `contended`: about 40 s plus \
@@ -1350,9 +1367,11 @@ fn plot_scan(d: &Data, path: &Path, metric: Metric) {
         let (lo, hi) = if all.is_empty() {
             (0.01, 100.0)
         } else {
-            let lo = all.iter().cloned().fold(f64::INFINITY, f64::min);
-            let hi = all.iter().cloned().fold(0.0, f64::max).max(lo * 10.0);
-            (lo / 2.0, hi * 2.0)
+            let lo = all.iter().cloned().fold(f64::INFINITY, f64::min) / 1.6;
+            // Head room above for the legend; at least a factor of 8 for the log labels.
+            let hi = all.iter().cloned().fold(0.0, f64::max) * 2.5;
+            let widen = (8.0 / (hi / lo)).max(1.0).sqrt();
+            (lo / widen, hi * widen)
         };
         let mut chart = ChartBuilder::on(panel)
             .caption(format!("workload {wl}"), ("sans-serif", 18))
