@@ -15,6 +15,7 @@
 //!   windows, 5 reclaim runs (about 10 s).
 //! * `cargo bench -p lockticket-tools --bench contended -- FILTER` — only the measurements whose id contains
 //!   FILTER (e.g. `contended/flock`); the results then go to `contended-partial.json`.
+//! * `LOCKTICKET_BENCH_BOUND_US=5000` — the bound of the `lockticket_bounded` tables (default 1 ms).
 //! * Without `--bench` (`cargo test --benches`) — a smoke run of a few ms per case, no JSON.
 //!
 //! Throughput: N workers each loop "lock → non-atomic increment of a shared counter → unlock"
@@ -624,6 +625,17 @@ impl Visit for WaitOnce {
 // ---------------------------------------------------------------------------------------------
 // Orchestration.
 
+/// The mode of `lockticket_bounded` tables: `Fairness::bounded()` (1 ms), or the bound in µs
+/// given by `LOCKTICKET_BENCH_BOUND_US` (for experiments with the bound).
+fn bounded_fairness() -> Fairness {
+    std::env::var("LOCKTICKET_BENCH_BOUND_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Fairness::bounded(), |us| {
+            Fairness::Bounded(Duration::from_micros(us))
+        })
+}
+
 /// The arena of one measurement, and the table for lockticket (kept alive by our main lock).
 struct Setup {
     arena: Arena,
@@ -646,7 +658,7 @@ impl Setup {
                 LockTicket::builder(arena.table_name())
                     .member_capacity(256)
                     .fairness(if kind == Kind::LockTicketBounded {
-                        Fairness::bounded()
+                        bounded_fairness()
                     } else {
                         Fairness::Strict
                     })
