@@ -212,7 +212,7 @@ fn a_stale_claim_is_withdrawn_or_resolved() {
 
 #[test]
 fn wake_up_is_not_lost_when_parking_races_a_release() {
-    // A waiter parks (PARKED), the holder releases: the waiter's word is back to WAITING
+    // A waiter parks (PARKED), the holder releases: the waiter's word is moved to WOKEN
     // and a wake was issued.
     static WOKEN: AtomicU64 = AtomicU64::new(0);
     fn count(_: &AtomicU32) {
