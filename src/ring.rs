@@ -1016,11 +1016,15 @@ impl<'a> Ring<'a> {
             .collect()
     }
 
-    /// True when `head .. tail` holds a slot claimed by a live process.
+    /// True when `head .. tail` holds a slot claimed by a live process, or a live process
+    /// holds the token ahead of the queue (bounded tables).
     pub(crate) fn has_live_requests(&self, liveness: &impl Liveness) -> bool {
         self.requests()
             .into_iter()
             .any(|r| liveness.is_alive(r.owner))
+            || self
+                .bypasser()
+                .is_some_and(|(owner, _)| liveness.is_alive(owner))
     }
 
     /// The requests in the queue, oldest first (a best-effort snapshot).

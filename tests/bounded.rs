@@ -235,3 +235,22 @@ fn the_mode_is_recorded_in_the_table_and_a_conflicting_one_refused() {
         Err(Error::InvalidOption(_))
     ));
 }
+
+#[test]
+fn the_last_owner_out_keeps_a_table_whose_token_is_held_ahead_of_the_queue() {
+    let (lt, name) = bounded("blast", LONG);
+    let main = lt.main_lock(Share::Shared).unwrap();
+    let mut w = sleeping_head(&lt, &name);
+    let mut x = Helper::spawn("try", &[&name]);
+    x.expect("held died=false");
+    // Only X's bypass is left in use: W (the head it went ahead of) dies.
+    w.kill();
+    main.unlock().unwrap();
+    assert!(
+        lt.path().exists(),
+        "the last owner out removed a table while a live process held its token"
+    );
+    x.send("x");
+    x.expect("released");
+    let _ = std::fs::remove_file(lt.path());
+}
