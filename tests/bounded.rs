@@ -254,3 +254,28 @@ fn the_last_owner_out_keeps_a_table_whose_token_is_held_ahead_of_the_queue() {
     x.expect("released");
     let _ = std::fs::remove_file(lt.path());
 }
+
+#[test]
+fn asking_again_while_holding_ahead_of_the_queue_is_an_error_not_a_hang() {
+    let (lt, name) = bounded("breenter", LONG);
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut w = sleeping_head(&lt, &name);
+    let g = lt
+        .try_token_lock()
+        .unwrap()
+        .expect("goes ahead of the stopped head");
+    assert!(lt.status().unwrap().holders.iter().any(|h| h.bypass));
+    match lt.try_token_lock() {
+        Ok(None) | Err(Error::WouldDeadlock { .. }) => {}
+        other => panic!("a try while this thread holds the token: {other:?}"),
+    }
+    assert!(
+        matches!(lt.token_lock(), Err(Error::WouldDeadlock { .. })),
+        "a blocking request would wait for this thread's own token"
+    );
+    drop(g);
+    signal(w.pid(), libc::SIGCONT);
+    w.expect("held died=false");
+    w.send("x");
+    w.expect("released");
+}
