@@ -238,6 +238,22 @@ fn owner_of_word(w: u64) -> u32 {
 fn index_of_word(w: u64) -> u32 {
     ((w & INDEX_MASK) as u32).wrapping_sub(1)
 }
+/// The owner field naming registration `me` (in a claim word and in the bypass word).
+#[inline]
+fn owner_field(me: Registration) -> u64 {
+    (u64::from(me.generation & GEN_FP_MASK) << FP_SHIFT)
+        | (u64::from(me.index).wrapping_add(1) & INDEX_MASK)
+}
+/// The owner an owner field names, by its generation bits only (the full generation is not in
+/// the word).
+#[inline]
+fn owner_of_field(w: u64) -> Owner {
+    Owner {
+        index: index_of_word(w),
+        generation: None,
+        gen_fp: ((w >> FP_SHIFT) as u32) & GEN_FP_MASK,
+    }
+}
 #[inline]
 fn is_shared_word(w: u64) -> bool {
     w & SHARED_BIT != 0
@@ -316,10 +332,7 @@ impl<'a> Ring<'a> {
         } else {
             0
         };
-        free_word(self.lap(t))
-            | shared
-            | (u64::from(me.generation & GEN_FP_MASK) << FP_SHIFT)
-            | (u64::from(me.index).wrapping_add(1) & INDEX_MASK)
+        free_word(self.lap(t)) | shared | owner_field(me)
     }
 
     /// What the claim word `w` says about ticket `t`.
@@ -1100,9 +1113,7 @@ impl<'a> Ring<'a> {
         slot.futex.store(futex_tag(tk.lap()) | WAITING, SeqCst);
         slot.start.store(0, SeqCst);
         step!();
-        let word = (tk.word & !OWNER_MASK)
-            | (u64::from(to.generation & GEN_FP_MASK) << FP_SHIFT)
-            | (u64::from(to.index).wrapping_add(1) & INDEX_MASK);
+        let word = (tk.word & !OWNER_MASK) | owner_field(to);
         if slot
             .word
             .compare_exchange(tk.word, word, SeqCst, SeqCst)

@@ -17,18 +17,7 @@ fn dispatch(role: &str, args: &[String]) {
     let lt = LockTicket::open(name).unwrap();
     match role {
         // Increments a file counter `n` times under the exclusive token.
-        "count" => {
-            let counter = Counter::open(std::path::Path::new(&args[1]));
-            let n: u64 = args[2].parse().unwrap();
-            say("ready");
-            assert_eq!(hear(), "go");
-            for _ in 0..n {
-                let g = lt.token_lock().unwrap();
-                counter.bump();
-                drop(g);
-            }
-            say("done");
-        }
+        "count" => count_role(&lt, args),
         // Takes the exclusive token, says so, holds it until told to release (or killed).
         "hold" => {
             let g = lt.token_lock().unwrap();
@@ -110,27 +99,8 @@ fn sleeping_head(lt: &LockTicket, name: &str) -> Helper {
 fn mutual_exclusion_between_processes_in_a_bounded_table() {
     let (lt, name) = bounded("bexcl", Fairness::DEFAULT_BOUND);
     let _main = lt.main_lock(Share::Shared).unwrap();
-    let scratch = Scratch::new("bexcl");
-    let counter = scratch.join("counter");
     let per = 2000;
-    let mut helpers: Vec<Helper> = (0..6)
-        .map(|_| {
-            Helper::spawn(
-                "count",
-                &[&name, counter.to_str().unwrap(), &per.to_string()],
-            )
-        })
-        .collect();
-    for h in &mut helpers {
-        h.expect("ready");
-    }
-    for h in &mut helpers {
-        h.send("go");
-    }
-    for h in &mut helpers {
-        h.expect("done");
-    }
-    assert_eq!(Counter::open(&counter).get(), 6 * per);
+    assert_eq!(count_together("bexcl", &name, 6, per), 6 * per);
     let st = lt.status().unwrap();
     assert_eq!(st.fairness, Fairness::bounded());
     eprintln!(

@@ -25,19 +25,10 @@ fn describe<T>(r: &lockticket::Result<T>) -> String {
     }
 }
 
-/// Forks; 0 in the child, the child's PID in the parent.
-fn fork() -> libc::pid_t {
-    // SAFETY: this helper process runs its work on one thread; the child only uses the
-    // allocator, the inherited handle and stdio, then `_exit`s (see `child_main`).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    pid
-}
-
 /// A raw fork: `clone(SIGCHLD)` straight through `syscall`, as `syscall(SYS_fork)` or glibc's
 /// `_Fork` do: no `pthread_atfork` handler runs in the child.
 fn raw_fork() -> libc::pid_t {
-    // SAFETY: as `fork` (one thread in this helper). With flags SIGCHLD and no new stack the
+    // SAFETY: as `common::fork` (one thread in this helper). With flags SIGCHLD and no new stack the
     // child continues on a copy of our stack, like fork(2); every other argument is 0 (the
     // order of the remaining clone arguments differs between architectures, zeroes do not).
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
@@ -48,26 +39,6 @@ fn raw_fork() -> libc::pid_t {
 /// `fork` or, when `how` is "raw", [`raw_fork`].
 fn fork_by(how: &str) -> libc::pid_t {
     if how == "raw" { raw_fork() } else { fork() }
-}
-
-/// The forked child's whole life: runs `body`, then `_exit`s (101 if it panicked), never
-/// returning into the test harness.
-fn child_main(body: impl FnOnce()) -> ! {
-    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-        Ok(()) => 0,
-        Err(_) => 101,
-    };
-    // SAFETY: ends the child without running the test harness's exit path a second time.
-    unsafe { libc::_exit(code) }
-}
-
-/// Forks a child that runs `body` (borrowing what it needs); returns its PID.
-fn fork_child(body: impl FnOnce()) -> libc::pid_t {
-    let pid = fork();
-    if pid == 0 {
-        child_main(body);
-    }
-    pid
 }
 
 /// Waits for our child; its exit code (128 + signal if killed).

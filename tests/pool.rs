@@ -18,16 +18,6 @@ fn pool_size() -> usize {
         .unwrap_or(1000)
 }
 
-/// Forks; 0 in the child.
-fn fork() -> libc::pid_t {
-    // SAFETY: the "pool" helper runs its work on one thread (libtest runs it on the main
-    // thread with --test-threads=1); the child only uses the allocator, a new handle and a
-    // file, then `_exit`s.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    pid
-}
-
 fn dispatch(role: &str, args: &[String]) {
     let name = &args[0];
     match role {
@@ -42,28 +32,22 @@ fn dispatch(role: &str, args: &[String]) {
             let mut kids = Vec::with_capacity(pool);
             let t0 = Instant::now();
             for i in 0..pool {
-                let pid = fork();
-                if pid == 0 {
-                    let code = std::panic::catch_unwind(|| {
-                        let lt = LockTicket::open(name).unwrap();
-                        let main = lt
-                            .main_lock(Share::Shared)
-                            .unwrap_or_else(|e| panic!("child {i}: main_lock: {e}"));
-                        let token = lt
-                            .token_lock()
-                            .unwrap_or_else(|e| panic!("child {i}: token_lock: {e}"));
-                        let mut f = std::fs::OpenOptions::new()
-                            .append(true)
-                            .open(&order)
-                            .unwrap();
-                        writeln!(f, "{i}").unwrap();
-                        drop(token);
-                        drop(main);
-                    })
-                    .map_or(101, |()| 0);
-                    // SAFETY: ends the forked child without running the harness's exit path.
-                    unsafe { libc::_exit(code) };
-                }
+                let pid = fork_child(|| {
+                    let lt = LockTicket::open(name).unwrap();
+                    let main = lt
+                        .main_lock(Share::Shared)
+                        .unwrap_or_else(|e| panic!("child {i}: main_lock: {e}"));
+                    let token = lt
+                        .token_lock()
+                        .unwrap_or_else(|e| panic!("child {i}: token_lock: {e}"));
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&order)
+                        .unwrap();
+                    writeln!(f, "{i}").unwrap();
+                    drop(token);
+                    drop(main);
+                });
                 kids.push(pid);
                 wait_until(&format!("child {i} queued"), || {
                     lt.status().unwrap().queue.len() == i + 1

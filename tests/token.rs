@@ -14,18 +14,7 @@ fn dispatch(role: &str, args: &[String]) {
     let lt = LockTicket::open(name).unwrap();
     match role {
         // Increments a file counter `n` times under the exclusive token.
-        "count" => {
-            let counter = Counter::open(std::path::Path::new(&args[1]));
-            let n: u64 = args[2].parse().unwrap();
-            say("ready");
-            assert_eq!(hear(), "go");
-            for _ in 0..n {
-                let g = lt.token_lock().unwrap();
-                counter.bump();
-                drop(g);
-            }
-            say("done");
-        }
+        "count" => count_role(&lt, args),
         // Takes a token, says so, holds it until told to release (or killed).
         "hold" => {
             let share = if args[1] == "shared" {
@@ -172,27 +161,7 @@ fn wait_queued(lt: &LockTicket, n: usize) {
 fn mutual_exclusion_between_processes() {
     let (lt, name) = table("excl");
     let _main = lt.main_lock(Share::Shared).unwrap();
-    let scratch = Scratch::new("excl");
-    let counter = scratch.join("counter");
-    let per = 500;
-    let mut helpers: Vec<Helper> = (0..4)
-        .map(|_| {
-            Helper::spawn(
-                "count",
-                &[&name, counter.to_str().unwrap(), &per.to_string()],
-            )
-        })
-        .collect();
-    for h in &mut helpers {
-        h.expect("ready");
-    }
-    for h in &mut helpers {
-        h.send("go");
-    }
-    for h in &mut helpers {
-        h.expect("done");
-    }
-    assert_eq!(Counter::open(&counter).get(), 4 * per);
+    assert_eq!(count_together("excl", &name, 4, 500), 4 * 500);
 }
 
 #[test]

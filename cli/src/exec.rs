@@ -100,14 +100,7 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     let t0 = Instant::now();
     let Some((main, token)) = acquire(&lt, share, patience, a.verbose)? else {
         if a.verbose {
-            // flock(1)'s words first, then which lock.
-            let (what, how) = match patience {
-                Patience::Try => ("failed to get lock", "it is not free".to_string()),
-                _ => (
-                    "timeout while waiting to get lock",
-                    format!("not free after {:.6} seconds", t0.elapsed().as_secs_f64()),
-                ),
-            };
+            let (what, how) = not_obtained(patience, t0);
             report(&format!(
                 "{what}: the {share} lock on {}: {how}",
                 lt.path().display()
@@ -461,6 +454,18 @@ fn status_code(s: ExitStatus) -> i32 {
 
 /// A `--verbose` line that flock(1) prints on stdout (`flock: executing CMD`), printed the
 /// same way and flushed before the command writes to the same stdout.
+/// Why `--verbose` says a lock was not obtained within `patience` (asked at `t0`): flock(1)'s
+/// words first, then lockticket's.
+pub(crate) fn not_obtained(patience: Patience, t0: Instant) -> (&'static str, String) {
+    match patience {
+        Patience::Try => ("failed to get lock", "it is not free".to_string()),
+        _ => (
+            "timeout while waiting to get lock",
+            format!("not free after {:.6} seconds", t0.elapsed().as_secs_f64()),
+        ),
+    }
+}
+
 pub(crate) fn verbose_line(line: &str) {
     use std::io::Write;
     let mut out = io::stdout().lock();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use lockticket::{Error, LockTicket, MainGuard, Share};
 
-use crate::exec::{MEMBERS, Patience, patience_of, verbose_line};
+use crate::exec::{MEMBERS, Patience, not_obtained, patience_of, verbose_line};
 use crate::{ExecArgs, Failure, code, report};
 
 /// True for the descriptor form: a number and no command (as flock(1) reads `flock 9`).
@@ -95,13 +95,7 @@ pub(crate) fn run(a: &ExecArgs) -> Result<i32, Failure> {
     let got = got.map_err(|e| Failure::table(&format!("cannot lock descriptor {arg}"), &e))?;
     let Some(got) = got else {
         if a.verbose {
-            let (what, how) = match patience {
-                Patience::Try => ("failed to get lock", "it is not free".to_string()),
-                _ => (
-                    "timeout while waiting to get lock",
-                    format!("not free after {:.6} seconds", t0.elapsed().as_secs_f64()),
-                ),
-            };
+            let (what, how) = not_obtained(patience, t0);
             report(&format!(
                 "{what}: the {share} lock on descriptor {arg} ({}): {how}",
                 lt.path().display()

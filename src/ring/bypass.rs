@@ -76,12 +76,6 @@ pub(crate) enum BypassCheck {
 }
 
 impl Ring<'_> {
-    /// The owner field of registration `me`, as in a claim word.
-    #[inline]
-    fn owner_field(me: Registration) -> u32 {
-        ((me.generation & GEN_FP_MASK) << FP_SHIFT) | (me.index.wrapping_add(1) & INDEX_MASK as u32)
-    }
-
     /// True when the request at ticket `h`, with claim word `w`, may be gone ahead of: an
     /// exclusive claim, published, asleep, and waiting less than the bound at `now_ns`.
     #[inline]
@@ -124,7 +118,7 @@ impl Ring<'_> {
             return None;
         }
         step!();
-        let mine = Self::owner_field(me);
+        let mine = owner_field(me) as u32; // 31 bits: bit 31 stays free for ENTERED
         if self
             .words
             .bypass
@@ -209,13 +203,7 @@ impl Ring<'_> {
         if b == 0 {
             return BypassCheck::Fine;
         }
-        let w = u64::from(b) & OWNER_MASK;
-        let owner = Owner {
-            index: index_of_word(w),
-            generation: None,
-            gen_fp: ((w >> FP_SHIFT) as u32) & GEN_FP_MASK,
-        };
-        if liveness.is_alive(owner) {
+        if liveness.is_alive(owner_of_field(u64::from(b) & OWNER_MASK)) {
             return BypassCheck::Fine;
         }
         step!();
@@ -246,17 +234,7 @@ impl Ring<'_> {
     /// The bypasser's owner field and whether it entered, if anyone bypasses (for status).
     pub(crate) fn bypasser(&self) -> Option<(Owner, bool)> {
         let b = self.words.bypass.load(SeqCst);
-        (b != 0).then(|| {
-            let w = u64::from(b) & OWNER_MASK;
-            (
-                Owner {
-                    index: index_of_word(w),
-                    generation: None,
-                    gen_fp: ((w >> FP_SHIFT) as u32) & GEN_FP_MASK,
-                },
-                b & ENTERED != 0,
-            )
-        })
+        (b != 0).then(|| (owner_of_field(u64::from(b) & OWNER_MASK), b & ENTERED != 0))
     }
 
     /// Died-holder report for a bypasser that entered ahead of ticket `head`.

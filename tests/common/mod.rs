@@ -10,6 +10,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+mod shared;
+#[allow(unused_imports)] // not every test file uses every piece
+pub use shared::*;
+
 /// Upper bound for any single wait in a test: a hang becomes a failure, not a stuck CI.
 pub const BOUND: Duration = Duration::from_secs(60);
 
