@@ -22,7 +22,7 @@ use crate::members::Member;
 use crate::payload::{self, Payload};
 use crate::procs::{self, ProcEntry, TableLiveness};
 use crate::repair::Repaired;
-use crate::ring::{Ring, RingWords, Slot};
+use crate::ring::{Ring, RingRepair, RingWords, Slot};
 use crate::sys;
 
 /// The header page as shared atomics. Offsets are fixed by `layout` (checked below). Private
@@ -734,43 +734,35 @@ impl Cold<'_> {
     /// otherwise a live holder whose claim was overwritten could be joined by a second one.
     pub(crate) fn repair_ring(&self, keep_live: bool) -> Repair {
         let r = self.region;
-        let liveness = r.liveness();
-        let ring = r.ring();
         // PIDs for the messages (0 when the entry no longer names the registration).
         let pid =
             |c: &crate::ring::SlotClaim| procs::registrant(r.procs(), c.owner).map_or(0, |g| g.pid);
-        let Some(problem) = ring.inconsistency() else {
-            return Repair::NotNeeded;
-        };
-        let claims = ring.claims();
-        let live: Vec<_> = claims
-            .iter()
-            .copied()
-            .filter(|c| liveness.is_alive(c.owner))
-            .collect();
-        let holders: Vec<u32> = live.iter().filter(|c| c.holding).map(pid).collect();
-        if !live.is_empty() && (!keep_live || !holders.is_empty()) {
-            return Repair::Refused {
+        match r.ring().repair(&r.liveness(), keep_live) {
+            RingRepair::NotNeeded => Repair::NotNeeded,
+            RingRepair::Rebuilt {
                 problem,
-                live: live.iter().map(pid).collect(),
-                holders,
-            };
-        }
-        match ring.rebuild(&live) {
-            Ok((old_head, new_head)) => {
+                old_head,
+                new_head,
+                dropped,
+                kept,
+            } => {
                 r.header().repairs.fetch_add(1, Relaxed);
                 Repair::Repaired(Repaired {
                     problem,
                     old_head,
                     new_head,
-                    dropped: claims.len() - live.len(),
-                    kept: live.len(),
+                    dropped,
+                    kept,
                 })
             }
-            Err(why) => Repair::Refused {
-                problem: format!("{problem}; {why}"),
-                live: live.iter().map(pid).collect(),
+            RingRepair::Refused {
+                problem,
+                live,
                 holders,
+            } => Repair::Refused {
+                problem,
+                live: live.iter().map(pid).collect(),
+                holders: holders.iter().map(pid).collect(),
             },
         }
     }

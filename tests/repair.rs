@@ -33,6 +33,43 @@ fn move_head_back_two_laps(path: &Path, capacity: u64) {
     write_u64(path, layout::hot::HEAD, head.wrapping_sub(2 * capacity));
 }
 
+fn dispatch(role: &str, args: &[String]) {
+    match role {
+        // Two threads take the exclusive token `args[2]` times each and bump the counter
+        // file `args[1]` under it (a lost increment is a broken exclusion).
+        "busy" => {
+            let lt = LockTicket::builder(&args[0])
+                .ring_capacity(4)
+                .open()
+                .unwrap();
+            let counter = Counter::open(Path::new(&args[1]));
+            let n: u64 = args[2].parse().unwrap();
+            say("ready");
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..n {
+                            let g = lt
+                                .token_lock_timeout(BOUND)
+                                .unwrap()
+                                .expect("the queue wedged");
+                            counter.bump();
+                            drop(g);
+                        }
+                    });
+                }
+            });
+            say("done");
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn helper_entry() {
+    common::helper_entry(dispatch);
+}
+
 fn cycle(lt: &LockTicket, n: usize) {
     for _ in 0..n {
         let g = lt.token_lock().unwrap();
@@ -97,5 +134,62 @@ fn a_live_holder_is_never_repaired_away() {
     assert_eq!(r.kept, 0);
     cycle(&lt, 10);
     assert_eq!(lt.status().unwrap().repairs, 1);
+    main.unlock().unwrap();
+}
+
+/// Issue 17: `repair` run again and again on a healthy table that 4 processes x 2 threads use
+/// (ring of 4, so it laps constantly) is a no-op: it never rebuilds a ring that moves under
+/// its look, so exclusion holds, nothing wedges, and no repair is counted.
+#[test]
+fn repair_on_a_busy_healthy_table_is_a_no_op() {
+    let scratch = Scratch::new("repair-busy");
+    let path = scratch.join("t.lt");
+    let counter = scratch.join("counter");
+    let lt = LockTicket::builder(&path).ring_capacity(4).open().unwrap();
+    let main = lt.main_lock(Share::Shared).unwrap();
+    let per = 3000u64;
+    let mut helpers: Vec<Helper> = (0..4)
+        .map(|_| {
+            Helper::spawn(
+                "busy",
+                &[
+                    path.to_str().unwrap(),
+                    counter.to_str().unwrap(),
+                    &per.to_string(),
+                ],
+            )
+        })
+        .collect();
+    for h in &mut helpers {
+        h.expect("ready");
+    }
+    let mut repairs = 0u64;
+    let deadline = std::time::Instant::now() + 2 * BOUND;
+    // Until every helper has exited (each says "done" first: checked below).
+    while !helpers
+        .iter_mut()
+        .all(|h| h.child.try_wait().unwrap().is_some())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the helpers never finished"
+        );
+        for _ in 0..20 {
+            if let Some(r) = lt.repair().unwrap() {
+                repairs += 1;
+                eprintln!("rebuilt a healthy ring: {r}");
+            }
+        }
+    }
+    for h in &mut helpers {
+        h.expect("done");
+    }
+    assert_eq!(repairs, 0, "repair rebuilt a consistent ring");
+    assert_eq!(
+        Counter::open(&counter).get(),
+        4 * 2 * per,
+        "exclusion broke"
+    );
+    assert_eq!(lt.status().unwrap().repairs, 0);
     main.unlock().unwrap();
 }

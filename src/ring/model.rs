@@ -134,6 +134,10 @@ pub enum Op {
     /// Process marks its queued request asleep (`park_word`), as a waiter does before its
     /// futex wait.
     Park(usize),
+    /// Process runs `repair` (what `lockticket repair` does), one shared-memory access at a
+    /// time while the others go on: the model's ring is never corrupt, so it must find
+    /// nothing to do, whatever runs meanwhile.
+    Repair(usize),
 }
 
 /// Processes in the model.
@@ -150,6 +154,7 @@ enum Out {
     /// `Some(died)` when it went ahead.
     Bypassed(Option<(Bypass, bool)>),
     Parked,
+    Repaired(RingRepair),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +165,7 @@ enum Kind {
     CheckHead,
     Bypass,
     Park,
+    Repair,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -215,6 +221,7 @@ impl Model {
             Op::Poll(i) => self.act(i, Kind::Poll, Share::Exclusive),
             Op::Bypass(i) => self.act(i, Kind::Bypass, Share::Exclusive),
             Op::Park(i) => self.act(i, Kind::Park, Share::Exclusive),
+            Op::Repair(i) => self.act(i, Kind::Repair, Share::Exclusive),
             Op::Release(i) => self.act(i, Kind::Release, Share::Exclusive),
             Op::CheckHead(i) => self.act(i, Kind::CheckHead, Share::Exclusive),
             Op::Step(i, n) => {
@@ -277,6 +284,9 @@ impl Model {
         }
         let shared = Arc::clone(&self.shared);
         let status = match (kind, p.req) {
+            (Kind::Repair, _) => self.procs.start(p.thread, move || {
+                Out::Repaired(shared.ring().repair(&shared.world, true))
+            }),
             _ if p.bypass.is_some() && kind != Kind::Release => return,
             (Kind::Release, None) => {
                 let Some(b) = p.bypass else { return };
@@ -419,6 +429,12 @@ impl Model {
                 }
             }
             Out::Parked => {}
+            Out::Repaired(r) => assert_eq!(
+                r,
+                RingRepair::NotNeeded,
+                "repair of a consistent ring did something (head/tail {:?})",
+                self.ring().head_tail()
+            ),
             Out::Checked(r) => match r.unwrap_or_else(|b| panic!("head check: {b:?}")) {
                 HeadCheck::Reclaimed { index, was_holding } => {
                     let owner = self
@@ -741,7 +757,7 @@ pub fn run_bytes(data: &[u8]) {
         None => (0, rest),
     };
     let bounded = first & 0x20 != 0;
-    let kinds = if bounded { 10 } else { 8 };
+    let kinds = if bounded { 11 } else { 9 };
     let ops: Vec<Op> = rest
         .chunks(2)
         .map(|c| {
@@ -757,8 +773,10 @@ pub fn run_bytes(data: &[u8]) {
                 5 => Op::Kill(p),
                 6 => Op::Reuse(p),
                 7 => Op::Step(p, 255),
+                8 if !bounded => Op::Repair(p),
                 8 => Op::Bypass(p),
-                _ => Op::Park(p),
+                9 => Op::Park(p),
+                _ => Op::Repair(p),
             }
         })
         .collect();

@@ -17,7 +17,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (p.clone(), 1u8..6).prop_map(|(p, n)| Op::Step(p, n)),
         1 => (p.clone(), Just(255u8)).prop_map(|(p, n)| Op::Step(p, n)),
         1 => p.clone().prop_map(Op::Kill),
-        1 => p.prop_map(Op::Reuse),
+        1 => p.clone().prop_map(Op::Reuse),
+        1 => p.prop_map(Op::Repair),
     ]
 }
 
@@ -376,4 +377,38 @@ fn fuzz_crash_death_reported_that_never_happened() {
         0, 0, 0, 7, 0, 1, 3, 0, 0, 0, 7, 0, 1, 0, 1, 7, 1, 3, 1, 1, 0, 0, 0, 7, 1, 2, 0, 7, 0, 2,
         0, 4, 0, 5, 0, 0, 1, 7, 1, 1, 1, 7, 1, 3, 1, 7, 0, 0, 0, 31, 7, 1, 7, 1, 0, 1,
     ]);
+}
+
+/// `repair` leaves a consistent ring alone, and rebuilds one with an impossible word around
+/// its live waiter (issue 17: it used to judge a ring that moved under its scan).
+#[test]
+fn repair_is_a_no_op_on_a_consistent_ring_and_rebuilds_a_broken_one() {
+    use super::repair::RingRepair;
+    struct Live(u32);
+    impl crate::liveness::Liveness for Live {
+        fn is_alive(&self, o: crate::liveness::Owner) -> bool {
+            o.index == self.0
+        }
+    }
+    let mem = MemRing::new(4);
+    let ring = mem.ring(no_wake);
+    let holder = published(&ring, 0);
+    ring.mark_holding(holder);
+    let waiter = published(&ring, 1);
+    assert_eq!(ring.repair(&Live(1), true), RingRepair::NotNeeded);
+    // A dead holder, and garbage two slots on: a live waiter is kept, in its place.
+    mem.slots[3].word.store(0xdead_beef, SeqCst);
+    match ring.repair(&Live(1), true) {
+        RingRepair::Rebuilt { kept, dropped, .. } => assert_eq!((kept, dropped), (1, 2)),
+        other => panic!("not rebuilt: {other:?}"),
+    }
+    assert_eq!(ring.grant(waiter, Share::Exclusive), Ok(Grant::Granted));
+    assert_eq!(ring.repair(&Live(1), true), RingRepair::NotNeeded);
+    // A live holder is never rebuilt around.
+    ring.mark_holding(waiter);
+    mem.slots[3].word.store(0xdead_beef, SeqCst);
+    assert!(matches!(
+        ring.repair(&Live(1), true),
+        RingRepair::Refused { .. }
+    ));
 }
