@@ -890,113 +890,6 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// What makes no sense in the ring, if anything: an impossible slot in the window of
-    /// `head`, or a claimed ticket after one not handed out yet (claims are made in order).
-    /// A best-effort snapshot, for the cold path: run it under the cold lock.
-    pub(crate) fn inconsistency(&self) -> Option<String> {
-        let head = self.words.head.load(SeqCst);
-        let mut open = true; // still in the claimed/released prefix
-        for i in 0..self.capacity() {
-            let t = head.wrapping_add(i);
-            let w = self.slot(t).word.load(SeqCst);
-            match self.state(t, w) {
-                SlotState::Impossible => {
-                    return Some(format!(
-                        "slot of ticket {t} holds {w:#x}, expected lap {} (head {head})",
-                        self.lap(t)
-                    ));
-                }
-                SlotState::Claimed | SlotState::Released if !open => {
-                    return Some(format!(
-                        "ticket {t} is claimed after a free one (head {head})"
-                    ));
-                }
-                SlotState::Claimed | SlotState::Released => {}
-                SlotState::Free | SlotState::Lagging => open = false,
-            }
-        }
-        None
-    }
-
-    /// Every slot that names a process (claimed, or lagging), whoever it is: slot index,
-    /// claim word, owner, and whether it was marked holding.
-    pub(crate) fn claims(&self) -> Vec<SlotClaim> {
-        (0..self.capacity())
-            .filter_map(|index| {
-                let slot = &self.slots[index as usize];
-                let w = slot.word.load(SeqCst);
-                if owner_of_word(w) == 0 {
-                    return None;
-                }
-                // A ticket with the word's lap at this slot (only its low lap bits matter
-                // for the owner's start-time tag).
-                let t = (u64::from(lap_of_word(w)) << self.shift) | index;
-                let holding = slot.futex.load(SeqCst) == futex_tag(lap_of_word(w)) | HOLDING;
-                Some(SlotClaim {
-                    index,
-                    word: w,
-                    owner: self.owner(t, w),
-                    holding,
-                })
-            })
-            .collect()
-    }
-
-    /// Rebuilds the ring after [`inconsistency`](Self::inconsistency) found it broken,
-    /// keeping the requests of `keep` (the live claims, none of them holding) in their order
-    /// and dropping every other claim. `head` moves to the oldest kept request (or, with none,
-    /// two laps past every ticket in use, so that no stale compare-and-swap from before the
-    /// repair can succeed on a slot by accident); every other slot of the new window is
-    /// released or free for its ticket. Run under the cold lock, with no live holder: a
-    /// process in the middle of a hot-path step may see the change, and every such step
-    /// re-checks what it read (claims are confirmed against `head`, grants re-read it).
-    /// Returns the old and the new `head`.
-    pub(crate) fn rebuild(&self, keep: &[SlotClaim]) -> Result<(u64, u64), String> {
-        let old = self.words.head.load(SeqCst);
-        let hint = self.words.tail.load(SeqCst);
-        let span = 1u64 << (32 + self.shift); // tickets with the same slot and lap bits
-        // The full ticket of a kept claim: its slot and lap bits, nearest to the old head.
-        let ticket = |c: &SlotClaim| {
-            let low = (u64::from(lap_of_word(c.word)) << self.shift) | c.index;
-            let base = old & !(span - 1);
-            [base.wrapping_sub(span), base, base.wrapping_add(span)]
-                .into_iter()
-                .map(|b| b | low)
-                .min_by_key(|t| t.wrapping_sub(old).min(old.wrapping_sub(*t)))
-                .unwrap_or(low)
-        };
-        let mut kept: Vec<(u64, u64)> = keep.iter().map(|c| (ticket(c), c.word)).collect();
-        let new_head = match kept.iter().map(|k| k.0).min_by_key(|t| t.wrapping_sub(old)) {
-            Some(first) => first,
-            None => old.max(hint).wrapping_add(2 * self.capacity()),
-        };
-        kept.sort_by_key(|k| k.0.wrapping_sub(new_head));
-        if let Some(last) = kept.last()
-            && last.0.wrapping_sub(new_head) >= self.capacity()
-        {
-            return Err(format!(
-                "the live requests span more than one lap (tickets {new_head} to {})",
-                last.0
-            ));
-        }
-        let end = kept.last().map_or(new_head, |k| k.0.wrapping_add(1));
-        for i in 0..self.capacity() {
-            let t = new_head.wrapping_add(i);
-            let w = match kept.iter().find(|k| k.0 == t) {
-                Some(k) => k.1,
-                None if t.wrapping_sub(new_head) < end.wrapping_sub(new_head) => {
-                    free_word(self.lap(t).wrapping_add(1)) // released
-                }
-                None => free_word(self.lap(t)),
-            };
-            self.slot(t).word.store(w, SeqCst);
-        }
-        self.words.tail.store(end, SeqCst);
-        self.words.head.store(new_head, SeqCst);
-        self.wake_from(new_head);
-        Ok((old, new_head))
-    }
-
     /// True when a request before `tk` that holds the token belongs to the calling thread
     /// (same registration, same thread tag, in the right lap): waiting for it would never end.
     #[cold]
@@ -1201,6 +1094,8 @@ pub(crate) fn ticket_of_slot(head: u64, index: u64, mask: u64) -> u64 {
 
 mod bypass;
 pub(crate) use bypass::{Bypass, BypassCheck, Entry};
+mod repair;
+pub(crate) use repair::RingRepair;
 
 #[cfg(any(test, fuzzing))]
 pub(crate) mod interleave;

@@ -316,7 +316,13 @@ impl LockTicket {
         let outcome = match (patience, ring.grant(tk, share)) {
             (_, Ok(Grant::Granted)) => Ok(Outcome::Granted),
             (_, Err(b)) => Err(WaitError::Broken(b)),
-            (Patience::Try, Ok(Grant::Waiting { .. })) => Ok(Outcome::TimedOut),
+            (Patience::Try, Ok(Grant::Waiting { .. })) => {
+                match wait::last_look(ring, tk, &region.liveness()) {
+                    Ok(Grant::Granted) => Ok(Outcome::Granted),
+                    Ok(Grant::Waiting { .. }) => Ok(Outcome::TimedOut),
+                    Err(b) => Err(WaitError::Broken(b)),
+                }
+            }
             (_, Ok(Grant::Waiting { .. }))
                 if ring.held_by_this_thread_before(tk)
                     || ring.bypass_held_by_this_thread(tk.word) =>

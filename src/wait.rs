@@ -167,7 +167,11 @@ pub(crate) fn until_granted<L: Liveness, E>(
         }
         let now = Instant::now();
         if waiter.expired(now) {
-            return Ok(Outcome::TimedOut);
+            // A deadline shorter than the check interval must not miss a dead holder.
+            return match last_look(ring, tk, waiter.liveness)? {
+                Grant::Granted => Ok(Outcome::Granted),
+                Grant::Waiting { .. } => Ok(Outcome::TimedOut),
+            };
         }
         if now >= check_at {
             let head = ring.head();
@@ -215,6 +219,29 @@ pub(crate) fn until_granted<L: Liveness, E>(
             spins = 0;
         }
     }
+}
+
+/// One last look before queued request `tk` gives up (a `try_` call, or a deadline that
+/// passed before its first periodic check): every dead request at the head of the queue is
+/// reclaimed (a released ticket left behind is passed), then the grant is asked again. So a
+/// dead holder never blocks callers that only ever try, or only ever wait less than
+/// [`CHECK_NEXT`] (issue 17: a poller behind a SIGKILLed holder was never granted). Costs a
+/// failed attempt one liveness check of the head.
+#[cold]
+pub(crate) fn last_look<L: Liveness>(
+    ring: &Ring<'_>,
+    tk: Ticket,
+    liveness: &L,
+) -> Result<Grant, Broken> {
+    // Every pass that does something moves `head` on or frees a slot ahead of us: at most a
+    // ring's worth of them.
+    for _ in 0..=ring.capacity() {
+        let grant = ring.grant(tk, tk.share())?;
+        if grant == Grant::Granted || ring.check_head(liveness)? == HeadCheck::Fine {
+            return Ok(grant);
+        }
+    }
+    ring.grant(tk, tk.share())
 }
 
 /// How a granted request of a bounded table got in.

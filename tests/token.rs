@@ -543,3 +543,36 @@ fn owned_guards_can_be_returned_and_hold_releases_everything() {
         "hold's drop released the token and left the table"
     );
 }
+
+/// Issue 17: a process that already has the table open and only polls — `try_token_lock`, or
+/// timeouts shorter than a waiter's check interval — finds a SIGKILLed holder on its first
+/// call after the holder is gone (the kernel has dropped the dead process's registration by
+/// the time it is reaped), in either mode.
+#[test]
+fn polling_and_short_timeouts_find_a_dead_holder_at_once() {
+    type Poll = fn(&LockTicket) -> Option<lockticket::TokenGuard<'_>>;
+    let polls: [(&str, Poll); 4] = [
+        ("try", |lt| lt.try_token_lock().unwrap()),
+        ("try shared", |lt| lt.try_token_lock_shared().unwrap()),
+        ("500us", |lt| {
+            lt.token_lock_timeout(Duration::from_micros(500)).unwrap()
+        }),
+        ("0s shared", |lt| {
+            lt.token_lock_shared_timeout(Duration::ZERO).unwrap()
+        }),
+    ];
+    for (what, poll) in polls {
+        let (lt, name) = table("pollkill");
+        let _main = lt.main_lock(Share::Shared).unwrap();
+        // Warm: this process is registered and its fast path is live.
+        drop(lt.token_lock().unwrap());
+        let mut holder = Helper::spawn("hold", &[&name, "exclusive"]);
+        holder.expect("held died=false");
+        assert!(poll(&lt).is_none(), "{what}: granted beside a live holder");
+        holder.kill(); // SIGKILL and reap
+        let g = poll(&lt).unwrap_or_else(|| panic!("{what}: a dead holder blocks a poller"));
+        assert!(g.previous_holder_died(), "{what}: the death is reported");
+        drop(g);
+        assert!(poll(&lt).is_some(), "{what}: and the lock works as before");
+    }
+}
