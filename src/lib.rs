@@ -75,6 +75,7 @@ mod liveness;
 mod main_lock;
 mod members;
 mod owned;
+mod park;
 mod path;
 mod payload;
 mod procs;

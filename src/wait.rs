@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::Backoff;
 
 use crate::liveness::{Liveness, Registration};
+use crate::park::{Futex, Parker};
 use crate::ring::{Broken, BypassCheck, Claim, Entry, Grant, HeadCheck, Ring, Ticket};
 use crate::share::Share;
-use crate::sys;
 
 /// How long the next-in-line spins before sleeping.
 const SPIN_BUDGET: Duration = Duration::from_micros(50);
@@ -134,6 +134,160 @@ impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Waiter<'_, L, C> {
     }
 }
 
+/// One kind of wait — for a grant, for a bypasser to leave — as [`wait_turn`] drives it.
+trait Turn<E> {
+    /// What a wait that ends well gives.
+    type Done;
+    /// Is the wait over? (Shared memory only, no system call.)
+    fn poll(&mut self) -> Result<Option<Self::Done>, WaitError<E>>;
+    /// True when this waiter would be the next to run (only then may spinning pay).
+    fn next_in_line(&self) -> bool;
+    /// True while spinning still pays, `spun` after spinning became allowed.
+    fn may_spin(&self, spun: Duration) -> bool;
+    /// The periodic look at what blocks us (reclaiming the dead) and the caller's check;
+    /// returns how long until the next look.
+    fn look(&mut self) -> Result<Duration, WaitError<E>>;
+    /// The deadline passed: one last look at what blocks us; `Some` when the wait turned out
+    /// to be over (a dead holder never blocks a caller whose deadline is short).
+    fn last_look(&mut self) -> Result<Option<Self::Done>, WaitError<E>>;
+    /// Gets ready to sleep: the word to sleep on and the value it holds meanwhile; `None`
+    /// when things moved (poll again instead).
+    fn sleep_on(&mut self) -> Result<Option<(&AtomicU32, u32)>, WaitError<E>>;
+}
+
+/// The one loop every wait runs: poll; spin while that can pay; look at what blocks us on a
+/// deadline of its own (kept across EINTR, spurious wake-ups and pre-wakes: only a look moves
+/// it); park on the turn's word until woken, the next look, or the caller's deadline. A wake
+/// that changed the word (a release: we may be next) allows a new spin. `None`: the deadline
+/// passed.
+fn wait_turn<E, T: Turn<E>>(
+    parker: &impl Parker,
+    deadline: Option<Instant>,
+    mut turn: T,
+) -> Result<Option<T::Done>, WaitError<E>> {
+    let start = parker.now();
+    let mut check_at = start + CHECK_NEXT;
+    // Since when we may spin (`None`: not now).
+    let mut spin_from = Some(start);
+    let mut spins = 0u32;
+    loop {
+        if let Some(done) = turn.poll()? {
+            return Ok(Some(done));
+        }
+        if spin_from.is_some() && turn.next_in_line() {
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(SPINS_PER_CHECK) {
+                std::hint::spin_loop();
+                continue;
+            }
+        }
+        let now = parker.now();
+        if deadline.is_some_and(|d| now >= d) {
+            return turn.last_look();
+        }
+        if now >= check_at {
+            check_at = now + turn.look()?;
+            continue;
+        }
+        if let Some(from) = spin_from {
+            if turn.next_in_line() && turn.may_spin(now.duration_since(from)) {
+                continue;
+            }
+            spin_from = None;
+        }
+        let Some((word, expected)) = turn.sleep_on()? else {
+            continue;
+        };
+        let mut nap = check_at.saturating_duration_since(now);
+        if let Some(d) = deadline {
+            nap = nap.min(d.saturating_duration_since(now));
+        }
+        parker.park(word, expected, nap);
+        // A release that wakes us first moves the word off `expected` (see `Ring::wake_slot`);
+        // a signal, a spurious wake-up or the timeout leave it: then nothing changes.
+        if word.load(Relaxed) != expected {
+            spin_from = Some(parker.now());
+            spins = 0;
+        }
+    }
+}
+
+/// A queued request waiting for its grant.
+struct GrantTurn<'r, 'a, 'w, 'l, L, C> {
+    ring: &'r Ring<'a>,
+    tk: Ticket,
+    waiter: &'w mut Waiter<'l, L, C>,
+    /// Requests ahead of us at the last poll (1: next in line).
+    ahead: u64,
+    /// `head` at our last look (farther waiters check only a queue that did not move).
+    looked_at: Option<u64>,
+    /// Looks in a row at a queue that stood still (far waiters back off).
+    quiet: u32,
+}
+
+impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Turn<E> for GrantTurn<'_, '_, '_, '_, L, C> {
+    type Done = ();
+
+    fn poll(&mut self) -> Result<Option<()>, WaitError<E>> {
+        match self.ring.grant(self.tk, self.tk.share())? {
+            Grant::Granted => Ok(Some(())),
+            Grant::Waiting { ahead } => {
+                self.ahead = ahead;
+                Ok(None)
+            }
+        }
+    }
+
+    fn next_in_line(&self) -> bool {
+        self.ahead == 1
+    }
+
+    fn may_spin(&self, spun: Duration) -> bool {
+        spun < SPIN_BUDGET && self.ring.queued() <= cpus()
+    }
+
+    fn look(&mut self) -> Result<Duration, WaitError<E>> {
+        let (ring, ahead) = (self.ring, self.ahead);
+        let head = ring.head();
+        let reclaimed = if ahead == 1 || self.looked_at == Some(head) {
+            self.waiter.on_check(ring, self.tk)?
+        } else {
+            (self.waiter.check)().map_err(WaitError::Check)?;
+            false
+        };
+        let now_head = ring.head();
+        self.quiet = if !reclaimed && self.looked_at == Some(now_head) {
+            self.quiet.saturating_add(1)
+        } else {
+            0
+        };
+        self.looked_at = (!reclaimed).then_some(now_head);
+        Ok(match (reclaimed, ahead) {
+            (true, _) => CHECK_AGAIN,
+            (false, 1) => CHECK_NEXT,
+            (false, a) if a <= WATCHED => CHECK_FAR,
+            (false, _) => CHECK_FAR * (1 << self.quiet.min(MAX_BACKOFF)),
+        })
+    }
+
+    fn last_look(&mut self) -> Result<Option<()>, WaitError<E>> {
+        Ok(match last_look(self.ring, self.tk, self.waiter.liveness)? {
+            Grant::Granted => Some(()),
+            Grant::Waiting { .. } => None,
+        })
+    }
+
+    fn sleep_on(&mut self) -> Result<Option<(&AtomicU32, u32)>, WaitError<E>> {
+        // Mark ourselves asleep, then look once more: a release between the two either sees
+        // PARKED and wakes us, or we see its grant here.
+        let (word, parked) = self.ring.park_word(self.tk);
+        Ok(match self.ring.grant(self.tk, self.tk.share())? {
+            Grant::Granted => None,
+            Grant::Waiting { .. } => Some((word, parked)),
+        })
+    }
+}
+
 /// Waits until `tk` is granted, the waiter's deadline passes, or its check fails. Does not
 /// release the ticket: the caller does that on any outcome but `Granted`.
 pub(crate) fn until_granted<L: Liveness, E>(
@@ -141,86 +295,30 @@ pub(crate) fn until_granted<L: Liveness, E>(
     tk: Ticket,
     waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
 ) -> Result<Outcome, WaitError<E>> {
-    let share = tk.share();
-    let start = Instant::now();
-    // When to look at what blocks us: a deadline of its own, kept across EINTR, spurious
-    // wake-ups and pre-wakes (only a look moves it).
-    let mut check_at = start + CHECK_NEXT;
-    // `head` at our last look (farther waiters check only a queue that did not move).
-    let mut looked_at = None;
-    // Looks in a row at a queue that stood still (far waiters back off).
-    let mut quiet = 0u32;
-    // Since when we may spin as next-in-line (`None`: not now).
-    let mut spin_from = Some(start);
-    let mut spins = 0u32;
-    loop {
-        let ahead = match ring.grant(tk, share)? {
-            Grant::Granted => return Ok(Outcome::Granted),
-            Grant::Waiting { ahead } => ahead,
-        };
-        if ahead == 1 && spin_from.is_some() {
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(SPINS_PER_CHECK) {
-                std::hint::spin_loop();
-                continue;
-            }
-        }
-        let now = Instant::now();
-        if waiter.expired(now) {
-            // A deadline shorter than the check interval must not miss a dead holder.
-            return match last_look(ring, tk, waiter.liveness)? {
-                Grant::Granted => Ok(Outcome::Granted),
-                Grant::Waiting { .. } => Ok(Outcome::TimedOut),
-            };
-        }
-        if now >= check_at {
-            let head = ring.head();
-            let reclaimed = if ahead == 1 || looked_at == Some(head) {
-                waiter.on_check(ring, tk)?
-            } else {
-                (waiter.check)().map_err(WaitError::Check)?;
-                false
-            };
-            let now_head = ring.head();
-            quiet = if !reclaimed && looked_at == Some(now_head) {
-                quiet.saturating_add(1)
-            } else {
-                0
-            };
-            looked_at = (!reclaimed).then_some(now_head);
-            check_at = now
-                + match (reclaimed, ahead) {
-                    (true, _) => CHECK_AGAIN,
-                    (false, 1) => CHECK_NEXT,
-                    (false, a) if a <= WATCHED => CHECK_FAR,
-                    (false, _) => CHECK_FAR * (1 << quiet.min(MAX_BACKOFF)),
-                };
-            continue;
-        }
-        if let Some(from) = spin_from {
-            let may_spin =
-                ahead == 1 && now.duration_since(from) < SPIN_BUDGET && ring.queued() <= cpus();
-            if may_spin {
-                continue;
-            }
-            spin_from = None;
-        }
-        // Sleep on our own slot's futex word, until a release wakes us or it is time to look.
-        let (word, parked) = ring.park_word(tk);
-        if let Grant::Granted = ring.grant(tk, share)? {
-            return Ok(Outcome::Granted);
-        }
-        let nap = waiter.nap(check_at.saturating_duration_since(now), now);
-        sys::futex_wait(word, parked, nap);
-        // A release that wakes us first moves the word off `parked` (see `Ring::wake_slot`);
-        // a signal, a spurious wake-up or the timeout leave it: then nothing changes.
-        if word.load(Relaxed) != parked {
-            spin_from = Some(Instant::now());
-            spins = 0;
-        }
-    }
+    until_granted_on(&Futex, ring, tk, waiter)
 }
 
+/// [`until_granted`] on any parker.
+fn until_granted_on<L: Liveness, E>(
+    parker: &impl Parker,
+    ring: &Ring<'_>,
+    tk: Ticket,
+    waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
+) -> Result<Outcome, WaitError<E>> {
+    let deadline = waiter.deadline;
+    let turn = GrantTurn {
+        ring,
+        tk,
+        waiter,
+        ahead: 0,
+        looked_at: None,
+        quiet: 0,
+    };
+    Ok(match wait_turn(parker, deadline, turn)? {
+        Some(()) => Outcome::Granted,
+        None => Outcome::TimedOut,
+    })
+}
 /// One last look before queued request `tk` gives up (a `try_` call, or a deadline that
 /// passed before its first periodic check): every dead request at the head of the queue is
 /// reclaimed (a released ticket left behind is passed), then the grant is asked again. So a
@@ -256,6 +354,68 @@ pub(crate) enum Entered {
     TimedOut,
 }
 
+/// A granted request of a bounded table waiting for the bypasser inside to leave.
+struct EnterTurn<'r, 'a, 'w, 'l, L, C> {
+    ring: &'r Ring<'a>,
+    tk: Ticket,
+    waiter: &'w mut Waiter<'l, L, C>,
+    /// The bypass word at the last poll.
+    busy: u32,
+    /// A bypasser we waited for died inside.
+    died: bool,
+}
+
+impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Turn<E> for EnterTurn<'_, '_, '_, '_, L, C> {
+    type Done = bool;
+
+    fn poll(&mut self) -> Result<Option<bool>, WaitError<E>> {
+        Ok(match self.ring.enter(self.tk) {
+            Entry::Clear => Some(self.died),
+            Entry::Busy(b) => {
+                self.busy = b;
+                None
+            }
+        })
+    }
+
+    fn next_in_line(&self) -> bool {
+        true // the token is ours once the bypasser leaves
+    }
+
+    fn may_spin(&self, spun: Duration) -> bool {
+        spun < SPIN_BUDGET && self.ring.queued() <= cpus()
+    }
+
+    fn look(&mut self) -> Result<Duration, WaitError<E>> {
+        if let BypassCheck::Reclaimed { was_holding } = self.ring.check_bypass(self.waiter.liveness)
+        {
+            self.died |= was_holding;
+        }
+        (self.waiter.check)().map_err(WaitError::Check)?;
+        Ok(CHECK_NEXT)
+    }
+
+    fn last_look(&mut self) -> Result<Option<bool>, WaitError<E>> {
+        // A dead bypasser never blocks callers that only try. No bypass starts while we are
+        // ENTERING, so this ends after at most one reclaim.
+        for _ in 0..2 {
+            match self.ring.check_bypass(self.waiter.liveness) {
+                BypassCheck::Reclaimed { was_holding } => self.died |= was_holding,
+                BypassCheck::Fine => return Ok(None),
+            }
+            if let Some(died) = self.poll()? {
+                return Ok(Some(died));
+            }
+        }
+        Ok(None)
+    }
+
+    fn sleep_on(&mut self) -> Result<Option<(&AtomicU32, u32)>, WaitError<E>> {
+        let word = self.ring.bypass_park_word();
+        Ok((word.load(SeqCst) == self.busy).then_some((word, self.busy)))
+    }
+}
+
 /// Bounded tables: after `tk` was granted, waits until no bypasser is inside (see
 /// `ring::bypass`): spins briefly where that can pay (a bypasser's critical section is
 /// usually short), then sleeps on the bypass word; looks at the bypasser's liveness on the
@@ -266,51 +426,43 @@ pub(crate) fn until_entered<L: Liveness, E>(
     tk: Ticket,
     waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
 ) -> Result<Entered, WaitError<E>> {
-    let start = Instant::now();
-    let mut check_at = start + CHECK_NEXT;
-    let mut died = false;
-    let mut spins = 0u32;
-    loop {
-        let b = match ring.enter(tk) {
-            Entry::Clear => return Ok(Entered::Clear { died }),
-            Entry::Busy(b) => b,
-        };
-        spins = spins.wrapping_add(1);
-        if !spins.is_multiple_of(SPINS_PER_CHECK) {
-            std::hint::spin_loop();
-            continue;
-        }
-        let now = Instant::now();
-        if waiter.expired(now) {
-            // One look at the bypasser: a dead one never blocks callers that only try.
-            if let BypassCheck::Reclaimed { was_holding } = ring.check_bypass(waiter.liveness) {
-                died |= was_holding;
-                continue;
-            }
-            return Ok(Entered::TimedOut);
-        }
-        if now >= check_at {
-            if let BypassCheck::Reclaimed { was_holding } = ring.check_bypass(waiter.liveness) {
-                died |= was_holding;
-            }
-            (waiter.check)().map_err(WaitError::Check)?;
-            check_at = now + CHECK_NEXT;
-            continue;
-        }
-        if now.duration_since(start) < SPIN_BUDGET && ring.queued() <= cpus() {
-            continue;
-        }
-        let word = ring.bypass_park_word();
-        if word.load(SeqCst) != b {
-            continue;
-        }
-        let nap = waiter.nap(check_at.saturating_duration_since(now), now);
-        sys::futex_wait(word, b, nap);
-    }
+    until_entered_on(&Futex, ring, tk, waiter)
+}
+
+/// [`until_entered`] on any parker.
+fn until_entered_on<L: Liveness, E>(
+    parker: &impl Parker,
+    ring: &Ring<'_>,
+    tk: Ticket,
+    waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
+) -> Result<Entered, WaitError<E>> {
+    let deadline = waiter.deadline;
+    let turn = EnterTurn {
+        ring,
+        tk,
+        waiter,
+        busy: 0,
+        died: false,
+    };
+    Ok(match wait_turn(parker, deadline, turn)? {
+        Some(died) => Entered::Clear { died },
+        None => Entered::TimedOut,
+    })
 }
 
 /// Claims a slot, waiting while the ring is full. `None` when the deadline passes first.
 pub(crate) fn claim<L: Liveness, E>(
+    ring: &Ring<'_>,
+    share: Share,
+    me: Registration,
+    waiter: &mut Waiter<'_, L, impl FnMut() -> Result<(), E>>,
+) -> Result<Option<Ticket>, WaitError<E>> {
+    claim_on(&Futex, ring, share, me, waiter)
+}
+
+/// [`claim`] on any parker.
+fn claim_on<L: Liveness, E>(
+    parker: &impl Parker,
     ring: &Ring<'_>,
     share: Share,
     me: Registration,
@@ -326,7 +478,7 @@ pub(crate) fn claim<L: Liveness, E>(
             Claim::Full => {
                 // Every slot is taken. Rare (capacity is sized for the expected crowd), so a
                 // plain sleep-and-retry is enough; it also finds dead holders.
-                let now = Instant::now();
+                let now = parker.now();
                 if waiter.expired(now) {
                     return Ok(None);
                 }
@@ -338,11 +490,269 @@ pub(crate) fn claim<L: Liveness, E>(
                     } else {
                         Duration::from_millis(1)
                     };
-                    std::thread::sleep(waiter.nap(nap, now));
+                    parker.sleep(waiter.nap(nap, now));
                 } else {
                     backoff.snooze();
                 }
             }
         }
+    }
+}
+
+/// The policy on a virtual clock: every sleep is recorded, the world acts while we "sleep".
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::liveness::Owner;
+    use crate::ring::model::{MemRing, no_wake};
+
+    /// A parker whose clock moves only when it is read (a little: spinning costs time) or
+    /// slept on; `on_park` runs at every sleep, as the rest of the world.
+    struct Virtual<'w> {
+        t0: Instant,
+        elapsed: Cell<Duration>,
+        naps: RefCell<Vec<Duration>>,
+        on_park: RefCell<Box<dyn FnMut(Duration) + 'w>>,
+    }
+
+    impl<'w> Virtual<'w> {
+        fn new(on_park: impl FnMut(Duration) + 'w) -> Self {
+            Virtual {
+                t0: Instant::now(),
+                elapsed: Cell::new(Duration::ZERO),
+                naps: RefCell::new(Vec::new()),
+                on_park: RefCell::new(Box::new(on_park)),
+            }
+        }
+        fn advance(&self, d: Duration) {
+            self.elapsed.set(self.elapsed.get() + d);
+        }
+        fn at(&self) -> Instant {
+            self.t0 + self.elapsed.get()
+        }
+    }
+
+    impl Parker for Virtual<'_> {
+        fn now(&self) -> Instant {
+            self.advance(Duration::from_nanos(20));
+            self.at()
+        }
+        fn park(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+            self.naps.borrow_mut().push(timeout);
+            (self.on_park.borrow_mut())(self.elapsed.get());
+            // Woken at once by a change, else the whole nap.
+            if word.load(SeqCst) == expected {
+                self.advance(timeout);
+            } else {
+                self.advance(Duration::from_micros(1));
+            }
+        }
+        fn sleep(&self, d: Duration) {
+            self.advance(d);
+        }
+    }
+
+    /// Registrations whose bit is set are dead.
+    #[derive(Default)]
+    struct Dead(Cell<u64>);
+    impl Dead {
+        fn kill(&self, index: u32) {
+            self.0.set(self.0.get() | 1 << index);
+        }
+    }
+    impl Liveness for Dead {
+        fn is_alive(&self, o: Owner) -> bool {
+            self.0.get() & (1 << o.index) == 0
+        }
+    }
+
+    fn reg(index: u32) -> Registration {
+        Registration {
+            index,
+            generation: index,
+        }
+    }
+
+    fn queue(ring: &Ring<'_>, index: u32) -> Ticket {
+        match ring.try_claim(Share::Exclusive, reg(index)) {
+            Claim::Claimed(tk) => {
+                ring.publish(tk, index, 0, 0);
+                tk
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ok() -> Result<(), ()> {
+        Ok(())
+    }
+
+    #[test]
+    fn a_dead_holder_is_found_within_one_check_interval() {
+        let mem = MemRing::new(4);
+        let ring = mem.ring(no_wake);
+        let holder = queue(&ring, 0);
+        ring.mark_holding(holder);
+        let me = queue(&ring, 1);
+        let dead = Dead::default();
+        dead.kill(0);
+        let parker = Virtual::new(|_| {});
+        let mut waiter = Waiter {
+            deadline: None,
+            liveness: &dead,
+            check: ok,
+        };
+        let out = until_granted_on(&parker, &ring, me, &mut waiter).unwrap();
+        assert_eq!(out, Outcome::Granted);
+        assert!(
+            parker.elapsed.get() <= CHECK_NEXT + Duration::from_micros(100),
+            "found after {:?}",
+            parker.elapsed.get()
+        );
+        assert!(ring.mark_holding(me), "the death is reported");
+    }
+
+    #[test]
+    fn a_release_wakes_the_waiter_without_waiting_for_a_look() {
+        let mem = MemRing::new(4);
+        let ring = mem.ring(no_wake);
+        let holder = queue(&ring, 0);
+        ring.mark_holding(holder);
+        let me = queue(&ring, 1);
+        let alive = Dead::default();
+        let released = Cell::new(false);
+        let parker = Virtual::new(|_| {
+            if !released.replace(true) {
+                ring.release_exclusive(holder).unwrap();
+            }
+        });
+        let mut waiter = Waiter {
+            deadline: None,
+            liveness: &alive,
+            check: ok,
+        };
+        let out = until_granted_on(&parker, &ring, me, &mut waiter).unwrap();
+        assert_eq!(out, Outcome::Granted);
+        assert_eq!(
+            parker.naps.borrow().len(),
+            1,
+            "one sleep, ended by the release"
+        );
+        assert!(
+            parker.elapsed.get() < CHECK_NEXT,
+            "{:?}",
+            parker.elapsed.get()
+        );
+        assert!(!ring.mark_holding(me), "nobody died");
+    }
+
+    #[test]
+    fn the_deadline_is_never_overslept_and_ends_with_a_last_look() {
+        let mem = MemRing::new(4);
+        let ring = mem.ring(no_wake);
+        let holder = queue(&ring, 0);
+        ring.mark_holding(holder);
+        let me = queue(&ring, 1);
+        let dead = Dead::default();
+        let parker = Virtual::new(|_| {});
+        let deadline = parker.t0 + Duration::from_micros(5_500);
+        let mut waiter = Waiter {
+            deadline: Some(deadline),
+            liveness: &dead,
+            check: ok,
+        };
+        let out = until_granted_on(&parker, &ring, me, &mut waiter).unwrap();
+        assert_eq!(out, Outcome::TimedOut);
+        let end = parker.at();
+        assert!(end >= deadline && end < deadline + Duration::from_micros(10));
+        assert!(parker.naps.borrow().iter().all(|n| *n <= CHECK_NEXT));
+        // A deadline shorter than the look interval still finds a dead holder at its end.
+        dead.kill(0);
+        let parker = Virtual::new(|_| {});
+        let mut waiter = Waiter {
+            deadline: Some(parker.t0 + Duration::from_micros(300)),
+            liveness: &dead,
+            check: ok,
+        };
+        let out = until_granted_on(&parker, &ring, me, &mut waiter).unwrap();
+        assert_eq!(out, Outcome::Granted);
+    }
+
+    #[test]
+    fn far_waiters_back_off_while_the_queue_stands_still() {
+        let mem = MemRing::new(256);
+        let ring = mem.ring(no_wake);
+        let holder = queue(&ring, 0);
+        ring.mark_holding(holder);
+        for i in 1..=(WATCHED as u32 + 20) {
+            queue(&ring, i % 60 + 1);
+        }
+        let me = queue(&ring, 62);
+        let alive = Dead::default();
+        let parker = Virtual::new(|_| {});
+        let mut waiter = Waiter {
+            deadline: Some(parker.t0 + Duration::from_secs(1)),
+            liveness: &alive,
+            check: ok,
+        };
+        let out = until_granted_on(&parker, &ring, me, &mut waiter).unwrap();
+        assert_eq!(out, Outcome::TimedOut);
+        let naps = parker.naps.borrow();
+        // 1 s of a still queue: 2, 4, … 64 ms, then every 64 ms — not every 2 ms (500).
+        assert!(naps.len() < 30, "{} sleeps in 1 s", naps.len());
+        assert!(
+            naps.iter()
+                .any(|n| *n > CHECK_FAR * (1 << (MAX_BACKOFF - 1)))
+        );
+        // A near waiter keeps the short schedule: a kill storm ahead is found at once.
+        let mem = MemRing::new(256);
+        let ring = mem.ring(no_wake);
+        let holder = queue(&ring, 0);
+        ring.mark_holding(holder);
+        for i in 1..10 {
+            queue(&ring, i);
+        }
+        let me = queue(&ring, 10);
+        let parker = Virtual::new(|_| {});
+        let mut waiter = Waiter {
+            deadline: Some(parker.t0 + Duration::from_millis(100)),
+            liveness: &alive,
+            check: ok,
+        };
+        assert_eq!(
+            until_granted_on(&parker, &ring, me, &mut waiter).unwrap(),
+            Outcome::TimedOut
+        );
+        assert!(parker.naps.borrow().iter().all(|n| *n <= CHECK_FAR));
+    }
+
+    #[test]
+    fn a_dead_bypasser_blocks_the_entering_head_for_one_check_interval_at_most() {
+        let mem = MemRing::with_bound(4, 1_000_000);
+        let ring = mem.ring(no_wake);
+        let holder = queue(&ring, 0);
+        ring.mark_holding(holder);
+        let head = queue(&ring, 1);
+        let _ = ring.park_word(head);
+        ring.release_exclusive(holder).unwrap();
+        let b = ring
+            .try_bypass(reg(2), || 0)
+            .expect("a sleeping head is bypassed");
+        let _ = b;
+        let dead = Dead::default();
+        dead.kill(2);
+        let parker = Virtual::new(|_| {});
+        let mut waiter = Waiter {
+            deadline: None,
+            liveness: &dead,
+            check: ok,
+        };
+        let out = until_entered_on(&parker, &ring, head, &mut waiter).unwrap();
+        assert!(matches!(out, Entered::Clear { .. }), "{out:?}");
+        assert!(parker.elapsed.get() <= CHECK_NEXT + Duration::from_micros(100));
     }
 }
