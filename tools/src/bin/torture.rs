@@ -16,7 +16,9 @@
 //!
 //! Options: `--procs N` (default 6, at most 64), `--seconds S` (20), `--kill-rate K` kills per
 //! second (5; 0 = none), `--stall-rate S` stalls per second (20; 0 = none), `--ring N` token
-//! slots (8, so that more workers than slots sometimes wait for a free slot), `--payload N`
+//! slots (8, so that more workers than slots sometimes wait for a free slot), `--repair-rate R`
+//! calls of `repair` per second from a handle of its own (0 = none; each must find nothing
+//! to do, the table is never corrupt), `--payload N`
 //! payload capacity in bytes (262144: large values take long enough to write that a kill can
 //! land mid-write), `--seed S` (default: from the clock and the PID; it repeats the
 //! supervisor's random choices, not the interleavings). The last line
@@ -121,7 +123,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lockticket::{Fairness, LockTicket, Share};
@@ -596,6 +598,7 @@ struct Options {
     seconds: f64,
     kill_rate: f64,
     stall_rate: f64,
+    repair_rate: f64,
     ring: u32,
     payload: usize,
     seed: Option<u64>,
@@ -617,7 +620,7 @@ enum Role {
 }
 
 const USAGE: &str = "usage: torture [--procs N] [--seconds S] [--kill-rate K] [--stall-rate S] \
-                     [--ring N] [--payload BYTES] [--seed S] [--fairness strict|bounded[:MS]]";
+                     [--repair-rate R] [--ring N] [--payload BYTES] [--seed S] [--fairness strict|bounded[:MS]]";
 
 fn parse_args() -> Result<Role, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -626,6 +629,7 @@ fn parse_args() -> Result<Role, String> {
         seconds: 20.0,
         kill_rate: 5.0,
         stall_rate: 20.0,
+        repair_rate: 0.0,
         ring: 8,
         payload: 262144,
         seed: None,
@@ -647,6 +651,7 @@ fn parse_args() -> Result<Role, String> {
             "--seconds" => o.seconds = v.parse().map_err(|e| bad(&e))?,
             "--kill-rate" => o.kill_rate = v.parse().map_err(|e| bad(&e))?,
             "--stall-rate" => o.stall_rate = v.parse().map_err(|e| bad(&e))?,
+            "--repair-rate" => o.repair_rate = v.parse().map_err(|e| bad(&e))?,
             "--ring" => o.ring = v.parse().map_err(|e| bad(&e))?,
             "--payload" => o.payload = v.parse().map_err(|e| bad(&e))?,
             "--seed" => o.seed = Some(v.parse().map_err(|e| bad(&e))?),
@@ -677,6 +682,9 @@ fn parse_args() -> Result<Role, String> {
     }
     if !(o.stall_rate.is_finite() && o.stall_rate >= 0.0) {
         return Err("--stall-rate: a number >= 0".into());
+    }
+    if !(o.repair_rate.is_finite() && o.repair_rate >= 0.0) {
+        return Err("--repair-rate: a number >= 0".into());
     }
     if o.payload < 16 {
         return Err("--payload: at least 16 bytes".into());
@@ -1461,7 +1469,21 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
     // The stalls' choices come from a stream of their own, so that a seed repeats the kills'
     // choices whatever the stall rate.
     let mut stall_rng = Rng::new(seed ^ 0x57a1_1000_57a1_1000);
-    let outcome = run(&mut sup, &lt, &mut rng, &mut stall_rng);
+    // The repairer: `repair` (what `lockticket repair` does, from a handle of its own) at
+    // random moments while everything else runs. The table is never corrupt, so every call
+    // must find nothing to do (issue 17: a repair that judged a moving ring broke exclusion).
+    let repairing = AtomicBool::new(true);
+    let repairs = RepairCounts::default();
+    let outcome = std::thread::scope(|scope| {
+        if o.repair_rate > 0.0 {
+            let (name, repairing, repairs) = (sup.name.clone(), &repairing, &repairs);
+            let mut rng = Rng::new(seed ^ 0x4e9a_14e9_a14e_9a14);
+            scope.spawn(move || repairer(&name, o.repair_rate, &mut rng, repairing, repairs));
+        }
+        let outcome = run(&mut sup, &lt, &mut rng, &mut stall_rng);
+        repairing.store(false, SeqCst);
+        outcome
+    });
     // Whatever happened, no worker survives the supervisor's run, and none stays stopped.
     let stragglers = sup.stop_all();
     let (stuck, max_grant_gap, max_holder_reclaim, stragglers, left_stopped) =
@@ -1540,6 +1562,8 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         (stragglers != 0, "stragglers"),
         (left_stopped != 0, "left_stopped"),
         (leftover != 0, "live_requests_left"),
+        (v(&repairs.rebuilt) != 0, "repair_rebuilt_a_healthy_table"),
+        (v(&repairs.errors) != 0, "repair_errors"),
         (!table_removed, "table_not_removed"),
     ] {
         if bad {
@@ -1571,6 +1595,14 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         sup.stalled_total.as_secs_f64()
     );
     print_lib_errors(h);
+    if o.repair_rate > 0.0 {
+        eprintln!(
+            "torture: repairs: calls={} rebuilt={} errors={}",
+            v(&repairs.calls),
+            v(&repairs.rebuilt),
+            v(&repairs.errors)
+        );
+    }
     eprintln!(
         "torture: detail: exclusive={} shared={} gave_up={} payload_writes={} free_writes={} \
          payload_reads={} max_readers_together={} died_reports={} stale_holders={} landed={} \
@@ -1623,6 +1655,43 @@ fn supervise(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
     )?;
     out.flush()?;
     Ok(failures.is_empty())
+}
+
+/// What the repairer saw.
+#[derive(Default)]
+struct RepairCounts {
+    calls: AtomicU64,
+    rebuilt: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Calls `repair` on table `name` at exponentially distributed moments (mean `1 / rate`)
+/// while `running`; a rebuild or an error is a failure (the table is never corrupt).
+fn repairer(name: &str, rate: f64, rng: &mut Rng, running: &AtomicBool, n: &RepairCounts) {
+    let lt = match LockTicket::open(name) {
+        Ok(lt) => lt,
+        Err(e) => {
+            eprintln!("torture: repairer: {e}");
+            n.errors.fetch_add(1, SeqCst);
+            return;
+        }
+    };
+    while running.load(SeqCst) {
+        // Pacing, not synchronisation.
+        std::thread::sleep(poisson_delay(rng, rate).min(Duration::from_secs(1)));
+        n.calls.fetch_add(1, SeqCst);
+        match lt.repair() {
+            Ok(None) => {}
+            Ok(Some(r)) => {
+                eprintln!("torture: VIOLATION: repair rebuilt a healthy table: {r}");
+                n.rebuilt.fetch_add(1, SeqCst);
+            }
+            Err(e) => {
+                eprintln!("torture: repair failed: {e}");
+                n.errors.fetch_add(1, SeqCst);
+            }
+        }
+    }
 }
 
 /// Picks a worker slot whose worker is in one of `phases` (watching for up to 5 ms when
