@@ -203,6 +203,40 @@ fn dispatch(role: &str, args: &[String]) {
             g.unlock().unwrap();
             say("unlocked");
         }
+        // Opens table args[0], maps it (status), then uses up every descriptor this process
+        // may have (RLIMIT_NOFILE lowered to just above its open ones, the holes filled) and
+        // asks for the token: the registration cannot open its descriptor.
+        "out-of-fds" => {
+            let lt = LockTicket::open(&args[0]).unwrap();
+            lt.status().unwrap();
+            let highest = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap();
+            let lim = libc::rlimit {
+                rlim_cur: highest + 1,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: setrlimit with a valid rlimit struct.
+            let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+            let lim = libc::rlimit {
+                rlim_cur: highest + 1,
+                rlim_max: highest + 1,
+            };
+            // SAFETY: as above (lowering the hard limit too when raising it was refused).
+            if rc != 0 && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                panic!("setrlimit: {}", std::io::Error::last_os_error());
+            }
+            let mut fillers = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                fillers.push(f);
+            }
+            match lt.token_lock() {
+                Ok(_) => say("locked"),
+                Err(e) => say(format!("error {e}")),
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -803,4 +837,19 @@ fn a_table_being_created_is_not_reclaimed_by_a_joiner() {
     joiner.send("x");
     joiner.expect("unlocked");
     assert!(!path.exists());
+}
+
+#[test]
+fn running_out_of_descriptors_while_registering_says_so() {
+    let (lt, p) = table("out-of-fds");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("out-of-fds", &[&p]);
+    let said = h.next();
+    let msg = said
+        .strip_prefix("error ")
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(msg.contains("Too many open files"), "{msg}");
+    assert!(msg.contains(&p), "{msg}");
+    assert!(!msg.contains("/proc"), "{msg}");
+    h.finish();
 }

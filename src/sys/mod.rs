@@ -482,42 +482,53 @@ pub(crate) fn fstat_fd(fd: BorrowedFd<'_>) -> io::Result<(u64, u64, u32)> {
 }
 
 /// A second, independent open file description of the file behind `file` (close-on-exec):
-/// through `/proc/self/fd`, else by `path` (refused unless it is still the same file).
+/// through `/proc/self/fd`, else — only where /proc is not mounted — by `path` (refused unless
+/// it is still the same file). Any other failure (EMFILE or ENFILE when out of descriptors,
+/// ENOMEM, EACCES) is returned as it is: it says what went wrong, where "no /proc" would not.
 pub(crate) fn reopen(file: &File, path: &std::path::Path) -> io::Result<File> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let want = file.metadata()?;
-    let open = |p: &std::path::Path| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(p)
+    let same = |f: File| -> io::Result<Option<File>> {
+        let m = f.metadata()?;
+        Ok((m.dev() == want.dev() && m.ino() == want.ino()).then_some(f))
     };
-    let by_proc = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    for candidate in [by_proc.as_path(), path] {
-        // /proc/self/fd/N is a magic link: opening it needs following it.
-        let f = if candidate == by_proc.as_path() {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-                .open(candidate)
-        } else {
-            open(candidate)
-        };
-        if let Ok(f) = f
-            && let Ok(m) = f.metadata()
-            && m.dev() == want.dev()
-            && m.ino() == want.ino()
-        {
-            return Ok(f);
+    // /proc/self/fd/N is a magic link: opening it needs following it.
+    let by_proc = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    match by_proc {
+        Ok(f) => {
+            if let Some(f) = same(f)? {
+                return Ok(f);
+            }
         }
+        // No /proc here (or no such entry: not procfs): try the path.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        "cannot open a second description of the table (no /proc, and the path names another \
-         file now)",
-    ))
+    let by_path = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path);
+    match by_path {
+        Ok(f) => match same(f)? {
+            Some(f) => Ok(f),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "cannot open a second description of the table (no /proc, and the path names \
+                 another file now)",
+            )),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "cannot open a second description of the table (no /proc, and the path names no \
+             file now)",
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Sets or clears close-on-exec on `file`.
