@@ -56,7 +56,9 @@ pub(crate) fn is_path(s: &OsStr) -> bool {
     b.starts_with(b"/") || b.starts_with(b"./") || b.starts_with(b"../")
 }
 
-/// Resolves a name or path. `directory` overrides the search for names.
+/// Resolves a name or path to an absolute path (a relative one against the current directory,
+/// now: a later `chdir` changes neither what the handle opens nor what its messages and
+/// `status` show). `directory` overrides the search for names.
 pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<PathBuf> {
     let s = name_or_path.as_os_str();
     if is_path(s) {
@@ -65,7 +67,7 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
                 name: s.to_string_lossy().into_owned(),
             });
         }
-        return Ok(name_or_path.to_path_buf());
+        return absolute(name_or_path);
     }
     if !is_name(s) {
         return Err(Error::InvalidName {
@@ -77,7 +79,17 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
         Some(d) => d.to_path_buf(),
         None => default_directory()?,
     };
-    Ok(dir.join(file))
+    absolute(&dir.join(file))
+}
+
+/// `path` made absolute against the current directory (lexically: `.` components dropped,
+/// `..` and symlinks kept, as `std::path::absolute` does).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|cause| Error::Io {
+        path: path.to_path_buf(),
+        op: "make the path absolute (the current directory is gone?)",
+        cause,
+    })
 }
 
 /// Where the table for a *lock file* lives, as `lockticket exec FILE` uses it (flock(1)'s
@@ -177,7 +189,9 @@ mod tests {
         let r = |s: &str| resolve(Path::new(s), Some(Path::new("/d")));
         assert_eq!(r("app").unwrap(), Path::new("/d/lockticket-app.lt"));
         assert_eq!(r("a-b_C9").unwrap(), Path::new("/d/lockticket-a-b_C9.lt"));
-        assert_eq!(r("./x.lt").unwrap(), Path::new("./x.lt"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(r("./x.lt").unwrap(), cwd.join("x.lt"));
+        assert_eq!(r("../x.lt").unwrap(), cwd.join("../x.lt"));
         assert_eq!(r("/abs/x").unwrap(), Path::new("/abs/x"));
         assert!(r("").is_err());
         assert!(r("a/b").is_err());

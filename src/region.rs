@@ -5,8 +5,11 @@
 //! half-made by us. Opening never follows a symlink, refuses files that grant more than the
 //! requested permissions, and validates the header before mapping anything.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
@@ -76,7 +79,14 @@ const _: () = {
 
 /// A mapped table.
 pub(crate) struct Region {
+    /// The table's path, absolute (see `path::resolve`): for messages.
     path: PathBuf,
+    /// The directory the table was opened in (`O_PATH`), and the table's name in it: every
+    /// "does the path still name this file?" check asks through these, never through `path`,
+    /// so a `chdir`, `chroot` or mount-namespace change after opening cannot make a table look
+    /// removed (issue 17).
+    dir: OwnedFd,
+    name: CString,
     /// The open file, for flock and payload locks; `None` once neutered. The mutex also
     /// serialises this process's threads on the cold paths (flock does not: it belongs to the
     /// open file description, which they share).
@@ -285,8 +295,15 @@ impl Region {
             )
         };
         let probe = file.try_clone().map_err(io_err(path, "dup"))?;
+        let dir = sys::open_dir_path(parent_dir(path))
+            .map_err(io_err(path, "open the table's directory"))?;
+        let name = CString::new(path.file_name().unwrap_or_default().as_bytes()).map_err(|_| {
+            io_err(path, "name the table")(io::Error::from(io::ErrorKind::InvalidInput))
+        })?;
         Ok(Region {
             path: path.to_path_buf(),
+            dir,
+            name,
             probe,
             reg_pid: AtomicU32::new(0),
             reg_id: AtomicU64::new(0),
@@ -519,11 +536,21 @@ impl Region {
         if self.retired() {
             return Ok(());
         }
-        let mark = match std::fs::symlink_metadata(&self.path) {
-            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => return Ok(()),
-            Ok(_) => 2,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 1,
-            Err(_) => return Ok(()), // cannot tell (EACCES on a directory): say nothing
+        // Asked of the directory the table was opened in (never of the path, which a chdir
+        // or chroot since would make name another place): "replaced" when the name names
+        // another file; "removed" when the name is gone from that directory — unlinked, or
+        // renamed away (the file may still have a name elsewhere, but whoever opens the path
+        // now makes a second table: its users must learn that exclusion is not guaranteed).
+        let mark = match self.at_path() {
+            Ok(Some(true)) => return Ok(()),
+            Ok(Some(false)) => 2,
+            Ok(None) => 1,
+            // Cannot tell (EACCES on the directory): say nothing, unless our own descriptor
+            // shows the file has no name left anywhere.
+            Err(_) => match sys::link_count(self.probe.as_fd()) {
+                Ok(0) => 1,
+                _ => return Ok(()),
+            },
         };
         if self.retired() {
             return Ok(()); // retired and unlinked meanwhile: the last owner's way out
@@ -594,12 +621,23 @@ impl Region {
         (self.dev, self.ino) == (other.dev, other.ino)
     }
 
-    /// True while `path` still names this table's file (not unlinked, not replaced).
+    /// True while the table's name in its directory still names this table's file (not
+    /// unlinked, not renamed away, not replaced).
     pub(crate) fn still_at_path(&self) -> Result<bool> {
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(m) => Ok(m.dev() == self.dev && m.ino() == self.ino),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        match self.at_path() {
+            Ok(at) => Ok(at == Some(true)),
             Err(e) => Err(io_err(&self.path, "stat")(e)),
+        }
+    }
+
+    /// What the table's name in the directory it was opened in names now (`fstatat` through
+    /// the directory's descriptor, not following a symlink): `Some(true)` this file,
+    /// `Some(false)` another one, `None` nothing.
+    fn at_path(&self) -> io::Result<Option<bool>> {
+        match sys::stat_at(self.dir.as_fd(), &self.name) {
+            Ok(id) => Ok(Some(id == (self.dev, self.ino))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -780,8 +818,9 @@ impl Cold<'_> {
         let r = self.region;
         r.header().retired.store(1, SeqCst);
         if r.still_at_path()? {
-            match std::fs::remove_file(&r.path) {
+            match sys::unlink_at(r.dir.as_fd(), &r.name) {
                 Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // A shared table in a sticky directory (/dev/shm, /tmp) created by another
                 // user: only its owner (or root) may unlink it. It stays behind retired and
                 // harmless: the next user revives it (`revive_abandoned`), and `lockticket

@@ -531,6 +531,60 @@ pub(crate) fn reopen(file: &File, path: &std::path::Path) -> io::Result<File> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// A table's name in its directory, through a descriptor of the directory: what a path names is
+// judged the same way after a chdir, a chroot or a change of mount namespace.
+
+/// Opens `dir` as an `O_PATH` directory descriptor (close-on-exec): a handle on the directory
+/// itself, for the `*at` calls below, that grants no access of its own.
+pub(crate) fn open_dir_path(dir: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    Ok(f.into())
+}
+
+/// Device and inode of what `name` names in `dir` (`fstatat`, not following a symlink).
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<(u64, u64)> {
+    // SAFETY: `stat` is a plain C struct, all-zero valid; fstatat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a borrowed open directory fd, a NUL-terminated name and a valid out-pointer.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}
+
+/// Removes `name` from `dir` (`unlinkat`).
+pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: a borrowed open directory fd and a NUL-terminated name.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How many names the file behind `fd` has (`st_nlink`): 0 once it was removed everywhere.
+pub(crate) fn link_count(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: `stat` is a plain C struct, all-zero valid; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a borrowed, open fd with a valid out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_nlink as u64)
+}
+
 /// Sets or clears close-on-exec on `file`.
 pub(crate) fn set_cloexec(file: &File, on: bool) -> io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD on an fd we own.
