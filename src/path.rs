@@ -42,6 +42,41 @@ pub fn table_name(file_name: &OsStr) -> Option<&str> {
     std::str::from_utf8(name).ok()
 }
 
+/// The name of a named temporary file a creator makes where `O_TMPFILE` cannot be used
+/// (see `Region::create`): `.lockticket-PID-RANDOM.tmp`, short whatever the table's name.
+pub(crate) fn temp_file_name(pid: u32, random: u64) -> String {
+    format!(".lockticket-{pid}-{random:016x}.tmp")
+}
+
+/// The PID of the process that made a temporary file called `file_name`, when it is one a
+/// table creator makes: `.lockticket-PID-RANDOM.tmp` (this version, where `O_TMPFILE` cannot be
+/// used), or `.NAME.PID.RANDOM.tmp` with NAME a table's file name (`lockticket-NAME.lt`, as
+/// earlier versions made them). `None` for any other name. A creator needs its temporary file
+/// for microseconds: one whose creator is dead, or that is older than a minute, was left by a
+/// creator killed half-way, and may be removed (`lockticket clean` does).
+pub fn temp_file_creator(file_name: &OsStr) -> Option<u32> {
+    let s = file_name.to_str()?;
+    let body = s.strip_suffix(".tmp")?.strip_prefix('.')?;
+    let hex16 = |r: &str| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit());
+    let pid = |p: &str| {
+        (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u32>().ok())
+            .flatten()
+    };
+    if let Some(rest) = body.strip_prefix("lockticket-")
+        && let Some((p, r)) = rest.split_once('-')
+        && hex16(r)
+    {
+        return pid(p);
+    }
+    // Earlier versions: `.{table file name}.{pid}.{random:016x}.tmp`.
+    let (rest, r) = body.rsplit_once('.')?;
+    let (table, p) = rest.rsplit_once('.')?;
+    (hex16(r) && table_name(OsStr::new(table)).is_some())
+        .then(|| pid(p))
+        .flatten()
+}
+
 /// True for a valid table name: `[-_A-Za-z0-9]{1,MAX_NAME_LEN}`.
 pub(crate) fn is_name(s: &OsStr) -> bool {
     let b = s.as_bytes();
@@ -215,6 +250,29 @@ mod tests {
             "x",
         ] {
             assert_eq!(table_name(OsStr::new(file)), None, "{file}");
+        }
+    }
+
+    #[test]
+    fn temporary_files_are_recognised() {
+        let name = temp_file_name(4242, 0xdead_beef);
+        assert_eq!(name, ".lockticket-4242-00000000deadbeef.tmp");
+        assert!(name.len() < 64);
+        assert_eq!(temp_file_creator(OsStr::new(&name)), Some(4242));
+        assert_eq!(
+            temp_file_creator(OsStr::new(".lockticket-app.lt.17.0123456789abcdef.tmp")),
+            Some(17)
+        );
+        for other in [
+            "lockticket-app.lt",
+            ".lockticket-4242-xyz.tmp",
+            ".lockticket--00000000deadbeef.tmp",
+            ".lockticket-42-00000000deadbeef.tmp.bak",
+            ".t.lt.17.0123456789abcdef.tmp", // a path table's: its name is not ours to judge
+            ".lockticket-app.lt.x.0123456789abcdef.tmp",
+            "x.tmp",
+        ] {
+            assert_eq!(temp_file_creator(OsStr::new(other)), None, "{other}");
         }
     }
 

@@ -182,33 +182,65 @@ impl Region {
         Self::map(path, file, &meta, fixed, geometry).map(Some)
     }
 
-    /// Creates a table at `path`: writes it whole under a temporary name, then links it into
-    /// place. `Ok(None)` when a file appeared at `path` first (open that one instead).
+    /// Creates a table at `path`: writes it whole in a file without a name (`O_TMPFILE` in the
+    /// target directory), then links it into place — nothing to leak if the creator is killed
+    /// half-way, and no temporary name whose length depends on the table's (issue 17). Where
+    /// `O_TMPFILE` is not supported, or the nameless file cannot be linked (no /proc and no
+    /// `CAP_DAC_READ_SEARCH`), a short named temporary file ([`temp_file_name`](crate::path::temp_file_name)) is used
+    /// instead. `Ok(None)` when a file appeared at `path` first (open that one instead).
     pub(crate) fn create(path: &Path, opts: Create) -> Result<Option<Region>> {
         let dir = parent_dir(path);
         check_not_network(path, sys::fs_magic_of_path(dir).ok())?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(
-            ".{name}.{}.{:016x}.tmp",
+        let dirfd = sys::open_dir_path(dir).map_err(io_err(path, "open the table's directory"))?;
+        let name = CString::new(path.file_name().unwrap_or_default().as_bytes()).map_err(|_| {
+            io_err(path, "name the table")(io::Error::from(io::ErrorKind::InvalidInput))
+        })?;
+        match sys::open_tmpfile(dirfd.as_fd(), opts.permissions) {
+            Ok(file) => {
+                let region = Self::fill_new(path, path, file, opts)?;
+                // Hold the table's flock from before it is visible until the caller has
+                // registered (it takes the same lock again with `cold`, then drops it): a
+                // joiner must not find a new table without owners and take it for an orphan.
+                region.lock_new().map_err(io_err(path, "flock"))?;
+                let linked = {
+                    let file = region.file.lock().unwrap_or_else(|p| p.into_inner());
+                    match file.as_ref() {
+                        Some(f) => sys::link_at(f, dirfd.as_fd(), &name),
+                        None => Err(io::Error::from(io::ErrorKind::NotFound)),
+                    }
+                };
+                match linked {
+                    Ok(()) => return Ok(Some(region)),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+                    // Cannot be linked here: made again with a name, below.
+                    Err(_) => {}
+                }
+            }
+            Err(e) if sys::tmpfile_unsupported(&e) => {}
+            Err(e) => return Err(classify_open_error(path, e)),
+        }
+        Self::create_named(path, dir, opts)
+    }
+
+    /// [`Region::create`] through a named temporary file in the target directory, where a
+    /// nameless one cannot be made or linked. A creator killed half-way leaves that file
+    /// behind: `lockticket clean` removes it ([`temp_file_creator`](crate::temp_file_creator)).
+    fn create_named(path: &Path, dir: &Path, opts: Create) -> Result<Option<Region>> {
+        let tmp = dir.join(crate::path::temp_file_name(
             std::process::id(),
-            sys::random_u64()
+            sys::random_u64(),
         ));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(opts.permissions)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(|e| classify_open_error(path, e))?;
         let made = Self::fill_new(path, &tmp, file, opts);
         let outcome = match made {
-            // Hold the table's flock from before it is visible until the caller has
-            // registered (it takes the same lock again with `cold`, then drops it): a joiner
-            // must not find a new table without owners and take it for an orphan.
+            // The flock is held from before the table is visible, as above.
             Ok(region) => match region
                 .lock_new()
                 .and_then(|()| std::fs::hard_link(&tmp, path))
@@ -223,6 +255,7 @@ impl Region {
         outcome
     }
 
+    /// Sizes and initialises a new table in `file` (`tmp` names it in messages).
     fn fill_new(path: &Path, tmp: &Path, file: File, opts: Create) -> Result<Region> {
         // The exact mode, whatever the umask.
         file.set_permissions(std::fs::Permissions::from_mode(opts.permissions))
@@ -246,7 +279,7 @@ impl Region {
             word.store(u64::from_ne_bytes(b), Relaxed);
         }
         region.payload().init();
-        // dev/ino of the temporary file are those of the final path: it is a hard link.
+        // dev/ino of the new file are those of the final path: it is linked there.
         Ok(region)
     }
 

@@ -1327,3 +1327,42 @@ fn the_self_lock_idiom_of_flocks_manual_works_with_the_name_changed() {
         "the script was touched"
     );
 }
+
+/// Issue 17, item 9a: `clean --all` removes the temporary files that table creators killed
+/// half-way left (where `O_TMPFILE` cannot be used, and those of earlier versions): a dead
+/// creator's at once, a live one's only when older than a minute.
+#[test]
+fn clean_all_removes_temporary_files_of_dead_creators() {
+    let s = Scratch::new("clean-tmp");
+    let dir = s.0.to_str().unwrap().to_string();
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let me = std::process::id();
+    let dead_new = s.path(&format!(".lockticket-{dead}-0123456789abcdef.tmp"));
+    let dead_old = s.path(&format!(".lockticket-app.lt.{dead}.0123456789abcdef.tmp"));
+    let live_fresh = s.path(&format!(".lockticket-{me}-0123456789abcdef.tmp"));
+    let live_stale = s.path(&format!(".lockticket-{me}-fedcba9876543210.tmp"));
+    let other = s.path(".other-1-0123456789abcdef.tmp");
+    for f in [&dead_new, &dead_old, &live_fresh, &live_stale, &other] {
+        std::fs::write(f, b"half a table").unwrap();
+    }
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(&live_stale)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let o = run(["clean", "--all", "--dir", &dir]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let text = stdout(&o);
+    for gone in [&dead_new, &dead_old, &live_stale] {
+        assert!(!gone.exists(), "{} in {text}", gone.display());
+        assert!(
+            text.contains(&format!("removed {}", gone.display())),
+            "{text}"
+        );
+    }
+    assert!(live_fresh.exists() && other.exists(), "{text}");
+}

@@ -574,6 +574,80 @@ pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Resul
     Ok(())
 }
 
+/// A new regular file in `dir` without a name (`O_TMPFILE`, read-write, close-on-exec): it
+/// vanishes with its last descriptor unless [`link_at`] gives it one, so a creator killed
+/// half-way leaves nothing behind. `EOPNOTSUPP` (or `EISDIR`/`EINVAL` from older kernels) where
+/// the filesystem or kernel cannot.
+pub(crate) fn open_tmpfile(dir: BorrowedFd<'_>, mode: u32) -> io::Result<File> {
+    // SAFETY: a borrowed open directory fd, a NUL-terminated literal, and the mode argument
+    // that O_TMPFILE (which includes O_DIRECTORY) requires.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// True for the errors of [`open_tmpfile`] that mean "not supported here".
+pub(crate) fn tmpfile_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+    )
+}
+
+/// Gives the file behind `file` (an [`open_tmpfile`] one) the name `name` in `dir`: through
+/// `/proc/self/fd` (`linkat(…, AT_SYMLINK_FOLLOW)`, what unprivileged processes may do), else
+/// `linkat(fd, "", …, AT_EMPTY_PATH)` (needs `CAP_DAC_READ_SEARCH`). `EEXIST` when the name is
+/// taken; the first attempt's error when neither works.
+pub(crate) fn link_at(file: &File, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<()> {
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: NUL-terminated paths, an open directory fd; linkat reads no other memory.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let first = io::Error::last_os_error();
+    if first.raw_os_error() == Some(libc::EEXIST) {
+        return Err(first);
+    }
+    // SAFETY: as above, with our own open fd and an empty NUL-terminated path.
+    let rc = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let second = io::Error::last_os_error();
+    if second.raw_os_error() == Some(libc::EEXIST) {
+        return Err(second);
+    }
+    Err(first)
+}
+
 /// How many names the file behind `fd` has (`st_nlink`): 0 once it was removed everywhere.
 pub(crate) fn link_count(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: `stat` is a plain C struct, all-zero valid; fstat writes into it.
