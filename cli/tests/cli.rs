@@ -1366,3 +1366,35 @@ fn clean_all_removes_temporary_files_of_dead_creators() {
     }
     assert!(live_fresh.exists() && other.exists(), "{text}");
 }
+
+/// Issue 17, item 9d: `exec --process-capacity N` makes a table for N processes, and a full
+/// process table says how to get a larger one — with a builder method and an option that exist.
+#[test]
+fn exec_process_capacity_sizes_the_process_table_and_a_full_one_says_how_to_grow_it() {
+    let n = name("proccap");
+    let n = n.as_str();
+    // The outer lockticket is the table's one process; the inner one cannot register.
+    let inner = format!("'{}' exec {n} true", bin());
+    let o = run(["exec", "--process-capacity", "1", n, "-c", &inner]);
+    assert_ne!(o.status.code(), Some(0), "{o:?}");
+    let err = stderr(&o);
+    assert!(err.contains("process table is full (1 processes"), "{err}");
+    assert!(
+        err.contains("Builder::process_capacity") && err.contains("--process-capacity"),
+        "{err}"
+    );
+    // Room for two: the inner one gets in (and waits for nothing: it only joins).
+    let o = run([
+        "exec",
+        "--process-capacity",
+        "2",
+        "-s",
+        n,
+        "-c",
+        &inner.replace(" exec ", " exec -s "),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = run(["exec", "--process-capacity", "0", n, "true"]);
+    assert_eq!(o.status.code(), Some(USAGE), "{o:?}");
+    assert_no_table(n);
+}
