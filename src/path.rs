@@ -190,11 +190,26 @@ pub fn table_for_lock_file(file: &Path, directory: Option<&Path>) -> Result<Opti
         Some(d) => d.to_path_buf(),
         None => default_directory()?,
     };
-    Ok(Some(dir.join(file_name(&format!(
-        "file-{:x}-{:x}",
+    let birth = sys::birth(std::os::fd::AsFd::as_fd(&f));
+    Ok(Some(dir.join(file_name(&lock_file_key(
         meta.dev(),
-        meta.ino()
+        meta.ino(),
+        birth,
     )))))
+}
+
+/// The name of the table kept for a lock file: `file-DEV-INO-BIRTH` (hex), BIRTH the file's
+/// birth time in nanoseconds, or `gGENERATION` (its inode generation) where the filesystem
+/// reports no birth time, or nothing where it reports neither (`file-DEV-INO`, the only key
+/// of earlier versions). A lock file removed and made again with the same inode number —
+/// ext4 reuses them — thus gets a new table, not the old one's payload or died flag. At most
+/// 56 characters: a valid table name.
+pub(crate) fn lock_file_key(dev: u64, ino: u64, birth: sys::Birth) -> String {
+    match birth {
+        sys::Birth::Time(ns) => format!("file-{dev:x}-{ino:x}-{ns:x}"),
+        sys::Birth::Generation(g) => format!("file-{dev:x}-{ino:x}-g{g:x}"),
+        sys::Birth::Unknown => format!("file-{dev:x}-{ino:x}"),
+    }
 }
 
 /// The first of [`DEFAULT_DIRECTORIES`] that is writable and memory-backed, else the first
@@ -274,6 +289,32 @@ mod tests {
         ] {
             assert_eq!(temp_file_creator(OsStr::new(other)), None, "{other}");
         }
+    }
+
+    #[test]
+    fn lock_file_keys_tell_files_of_one_inode_number_apart() {
+        use crate::sys::Birth;
+        let (dev, ino) = (0x803, 0x1234);
+        let a = lock_file_key(dev, ino, Birth::Time(1_700_000_000_000_000_001));
+        let b = lock_file_key(dev, ino, Birth::Time(1_700_000_000_000_000_002));
+        let g = lock_file_key(dev, ino, Birth::Generation(7));
+        let h = lock_file_key(dev, ino, Birth::Generation(8));
+        let old = lock_file_key(dev, ino, Birth::Unknown);
+        assert_eq!(old, "file-803-1234");
+        assert_eq!(g, "file-803-1234-g7");
+        let all = [&a, &b, &g, &h, &old];
+        for (i, x) in all.iter().enumerate() {
+            for y in &all[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        let longest = lock_file_key(u64::MAX, u64::MAX, Birth::Time(u64::MAX));
+        assert!(longest.len() <= 56, "{longest}");
+        for k in [&a, &g, &old, &longest] {
+            assert!(is_name(OsStr::new(k)), "{k}");
+        }
+        let longest = lock_file_key(u64::MAX, u64::MAX, Birth::Generation(u32::MAX));
+        assert!(is_name(OsStr::new(&longest)), "{longest}");
     }
 
     #[test]

@@ -965,3 +965,46 @@ fn creating_tables_never_names_a_temporary_file() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Issue 17, item 10a: a lock file removed and made again with the same inode number (ext4
+/// reuses them at once) is keyed to a new table, not to the old file's (its payload, its died
+/// flag). Where this filesystem never reuses a number in 200 tries, says so and checks only
+/// that the keys of the two files differ.
+#[test]
+fn a_lock_file_made_again_with_the_same_inode_gets_a_new_table() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::new("reused-inode");
+    let tables = shm_scratch("reused-inode-tables");
+    let file = s.join("job.lock");
+    let key = |f: &Path| {
+        lockticket::table_for_lock_file(f, Some(&tables.0))
+            .unwrap()
+            .expect("a plain file is keyed")
+    };
+    std::fs::write(&file, b"").unwrap();
+    let first = key(&file);
+    let ino = std::fs::metadata(&file).unwrap().ino();
+    // The old file's table, kept with a payload (the died flag lives beside it).
+    let lt = LockTicket::builder(&first).keep(true).open().unwrap();
+    lt.main_lock(Share::Exclusive).unwrap().unlock().unwrap();
+    lt.set_payload(b"the old file's").unwrap();
+    let mut reused = false;
+    for _ in 0..200 {
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, b"").unwrap();
+        let now = key(&file);
+        assert_ne!(now, first, "another file, another table");
+        if std::fs::metadata(&file).unwrap().ino() == ino {
+            reused = true;
+            let new = LockTicket::open(&now).unwrap();
+            let _main = new.main_lock(Share::Exclusive).unwrap();
+            assert_eq!(new.payload().unwrap(), b"", "nothing inherited");
+            break;
+        }
+    }
+    if !reused {
+        eprintln!("this filesystem did not reuse the inode number in 200 tries");
+    }
+    drop(lt);
+    let _ = std::fs::remove_file(&first);
+}

@@ -648,6 +648,76 @@ pub(crate) fn link_at(file: &File, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -
     Err(first)
 }
 
+/// What tells a file apart from an earlier one that had the same inode number (filesystems
+/// reuse the numbers of removed files).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Birth {
+    /// Its creation time in nanoseconds since the epoch (`statx` `stx_btime`).
+    Time(u64),
+    /// Its inode generation (`FS_IOC_GETVERSION`), where the filesystem has no birth time.
+    Generation(u32),
+    /// Neither is available.
+    Unknown,
+}
+
+/// The [`Birth`] of the file behind `fd`: its birth time when the filesystem reports one,
+/// else its inode generation when the filesystem keeps one (non-zero), else `Unknown`.
+pub(crate) fn birth(fd: BorrowedFd<'_>) -> Birth {
+    // SAFETY: `statx` is a plain C struct, all-zero valid; the kernel writes into it.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx on a borrowed open fd with an empty NUL-terminated path (AT_EMPTY_PATH)
+    // and a valid out-pointer.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_BTIME,
+            &mut stx,
+        )
+    };
+    if rc == 0 && stx.stx_mask & libc::STATX_BTIME != 0 {
+        let ns = (stx.stx_btime.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(u64::from(stx.stx_btime.tv_nsec));
+        if ns != 0 {
+            return Birth::Time(ns);
+        }
+    }
+    let mut generation: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETVERSION on a borrowed open fd writes one int into `generation`;
+    // filesystems without it fail with ENOTTY/EOPNOTSUPP and write nothing.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::FS_IOC_GETVERSION,
+            &mut generation as *mut libc::c_int,
+        )
+    };
+    if rc == 0 && generation != 0 {
+        return Birth::Generation(generation as u32);
+    }
+    // An `O_PATH` descriptor (the descriptor form accepts one) cannot be asked: ask a
+    // read-only description of the same file, so that every process computes the same key.
+    if rc != 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+        && let Ok(f) = reopen_read_only(fd)
+    {
+        // SAFETY: as above, on the new description.
+        let rc = unsafe {
+            libc::ioctl(
+                f.as_raw_fd(),
+                libc::FS_IOC_GETVERSION,
+                &mut generation as *mut libc::c_int,
+            )
+        };
+        if rc == 0 && generation != 0 {
+            return Birth::Generation(generation as u32);
+        }
+    }
+    Birth::Unknown
+}
+
 /// How many names the file behind `fd` has (`st_nlink`): 0 once it was removed everywhere.
 pub(crate) fn link_count(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: `stat` is a plain C struct, all-zero valid; fstat writes into it.
