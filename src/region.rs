@@ -210,7 +210,10 @@ impl Region {
                     }
                 };
                 match linked {
-                    Ok(()) => return Ok(Some(region)),
+                    Ok(()) => {
+                        region.map_by_name();
+                        return Ok(Some(region));
+                    }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
                     // Cannot be linked here: made again with a name, below.
                     Err(_) => {}
@@ -245,7 +248,10 @@ impl Region {
                 .lock_new()
                 .and_then(|()| std::fs::hard_link(&tmp, path))
             {
-                Ok(()) => Ok(Some(region)),
+                Ok(()) => {
+                    region.map_by_name();
+                    Ok(Some(region))
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(io_err(path, "link new table into place")(e)),
             },
@@ -253,6 +259,28 @@ impl Region {
         };
         let _ = std::fs::remove_file(&tmp);
         outcome
+    }
+
+    /// After a new table was linked into place: maps it again through its name, so that
+    /// `/proc/PID/maps` shows the table's path for this process's mappings (`lockticket list`
+    /// finds tables removed under their users there), not the nameless file's `#INODE
+    /// (deleted)` or the temporary name. Same file, same pages: nothing else changes. Best
+    /// effort: the old mappings stay on any failure.
+    fn map_by_name(&self) {
+        let Ok(named) = sys::open_at(self.dir.as_fd(), &self.name) else {
+            return;
+        };
+        if !sys::fstat_dev_ino(named.as_fd()).is_ok_and(|id| id == (self.dev, self.ino)) {
+            return; // replaced at once: keep what we have
+        }
+        for (m, offset) in [
+            (&self.map, 0),
+            (&self.payload_map, self.geometry.payload_offset()),
+        ] {
+            // SAFETY: `m` is a whole shared read-write mapping we own of this very file (same
+            // dev/ino) at `offset`; the references into it stay valid (same pages).
+            unsafe { sys::remap_same_file(m.as_mut_ptr(), m.len(), &named, offset) };
+        }
     }
 
     /// Sizes and initialises a new table in `file` (`tmp` names it in messages).

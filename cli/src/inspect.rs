@@ -515,8 +515,8 @@ pub(crate) fn list(dir: Option<&Path>) -> Result<i32, Failure> {
 /// Tables of `dir` that were removed (or replaced) while processes still map them: scans the
 /// mappings of the processes this user may see (`/proc/PID/maps`) for table files of `dir`
 /// whose inode is no longer the one at the table's path. (A mapping shows the name the file
-/// had when it was mapped: a table is created under a temporary name and linked into place, so
-/// both names are recognised.) Best effort: processes hidden by `hidepid` or of other users
+/// was opened by: a creator maps its new table again by the table's name once it is linked
+/// into place; the temporary names of earlier versions are recognised too.) Best effort: processes hidden by `hidepid` or of other users
 /// are not seen.
 pub(crate) fn removed_in_use(dir: &Path) -> Vec<(PathBuf, Vec<u32>)> {
     use std::os::unix::fs::MetadataExt;
@@ -557,7 +557,8 @@ pub(crate) fn removed_in_use(dir: &Path) -> Vec<(PathBuf, Vec<u32>)> {
 }
 
 /// The table file name a mapped file name stands for: `lockticket-NAME.lt` itself, or the
-/// temporary name it was created under (`.lockticket-NAME.lt.PID.RANDOM.tmp`).
+/// temporary name earlier versions created it under (`.lockticket-NAME.lt.PID.RANDOM.tmp`;
+/// this version maps a table it created again by its name once it is linked into place).
 fn mapped_table_name(mapped: &Path) -> Option<String> {
     let name = mapped.file_name()?.to_str()?;
     if lockticket::table_name(std::ffi::OsStr::new(name)).is_some() {

@@ -718,6 +718,67 @@ pub(crate) fn birth(fd: BorrowedFd<'_>) -> Birth {
     Birth::Unknown
 }
 
+/// Opens `name` in `dir` read-write, never following a symlink, close-on-exec.
+pub(crate) fn open_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<File> {
+    // SAFETY: a borrowed open directory fd and a NUL-terminated name; no mode (no O_CREAT).
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Replaces the shared mapping at `addr .. addr + len` by a new shared mapping of `file` at
+/// `offset` — the same file, so the same pages: the contents do not change, only the name
+/// `/proc/PID/maps` shows for the range (the name `file` was opened by). Maps the new range
+/// elsewhere first and moves it over the old one with `mremap(MREMAP_FIXED)`, so on any
+/// failure the old mapping is left as it was.
+///
+/// # Safety
+///
+/// `addr .. addr + len` must be a whole shared read-write mapping owned by the caller of the
+/// same file `file` names, at `offset`.
+pub(crate) unsafe fn remap_same_file(addr: *mut u8, len: usize, file: &File, offset: u64) -> bool {
+    // SAFETY: a new mapping at an address of the kernel's choosing; nothing aliases it yet.
+    let new = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if new == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: moves our new mapping onto the caller's range (see above: the same pages of the
+    // same file, so every reference into the range stays valid and sees the same memory);
+    // on failure the old mapping is untouched and the new one is unmapped.
+    unsafe {
+        let moved = libc::mremap(
+            new,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            addr.cast::<libc::c_void>(),
+        );
+        if moved == libc::MAP_FAILED {
+            libc::munmap(new, len);
+            return false;
+        }
+    }
+    true
+}
+
 /// How many names the file behind `fd` has (`st_nlink`): 0 once it was removed everywhere.
 pub(crate) fn link_count(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: `stat` is a plain C struct, all-zero valid; fstat writes into it.
