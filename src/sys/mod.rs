@@ -661,7 +661,8 @@ pub(crate) enum Birth {
 }
 
 /// The [`Birth`] of the file behind `fd`: its birth time when the filesystem reports one,
-/// else its inode generation when the filesystem keeps one (non-zero), else `Unknown`.
+/// else, for a regular file or a directory, its inode generation when the filesystem keeps one
+/// (non-zero), else `Unknown`.
 pub(crate) fn birth(fd: BorrowedFd<'_>) -> Birth {
     // SAFETY: `statx` is a plain C struct, all-zero valid; the kernel writes into it.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
@@ -672,17 +673,26 @@ pub(crate) fn birth(fd: BorrowedFd<'_>) -> Birth {
             fd.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_BTIME,
+            libc::STATX_TYPE | libc::STATX_BTIME,
             &mut stx,
         )
     };
-    if rc == 0 && stx.stx_mask & libc::STATX_BTIME != 0 {
+    if rc != 0 {
+        return Birth::Unknown;
+    }
+    if stx.stx_mask & libc::STATX_BTIME != 0 {
         let ns = (stx.stx_btime.tv_sec as u64)
             .wrapping_mul(1_000_000_000)
             .wrapping_add(u64::from(stx.stx_btime.tv_nsec));
         if ns != 0 {
             return Birth::Time(ns);
         }
+    }
+    // The generation is asked of regular files and directories only: an ioctl number means
+    // something else to a device's driver.
+    let kind = u32::from(stx.stx_mode) & libc::S_IFMT;
+    if stx.stx_mask & libc::STATX_TYPE == 0 || (kind != libc::S_IFREG && kind != libc::S_IFDIR) {
+        return Birth::Unknown;
     }
     let mut generation: libc::c_int = 0;
     // SAFETY: FS_IOC_GETVERSION on a borrowed open fd writes one int into `generation`;
