@@ -1,8 +1,10 @@
 //! The mapped table file: creating it whole, opening and auditing it, and typed views of it.
 //!
-//! This is where the crate's raw memory lives. A table is created in a temporary file, fully
-//! initialised, and only then `link`ed to its path, so a file at a table path is never
-//! half-made by us. Opening never follows a symlink, refuses files that grant more than the
+//! This is where the crate's raw memory lives. A table is created in a file without a name
+//! (`O_TMPFILE`), fully initialised, and only then linked to its path, so a file at a table
+//! path is never half-made by us, and a creator killed half-way leaves nothing. The directory
+//! a table was opened in is kept (`O_PATH`): whether its name still names the table is asked
+//! of that directory, never of a path another `chdir` would resolve elsewhere. Opening never follows a symlink, refuses files that grant more than the
 //! requested permissions, and validates the header before mapping anything.
 
 use std::ffi::CString;
