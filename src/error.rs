@@ -212,7 +212,8 @@ pub enum Error {
     /// Every entry of the table's process table is held by a live process.
     #[error(
         "{path}: the table's process table is full ({capacity} processes use it); wait for \
-         some to exit, or recreate the table with a larger process_capacity",
+         some to exit, or, once nobody uses the table, recreate it with more entries \
+         (`Builder::process_capacity`, or `lockticket exec --process-capacity N`)",
         path = path.display()
     )]
     ProcessTableFull {

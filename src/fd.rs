@@ -43,7 +43,7 @@ pub struct FdLock {
 
 /// Where the table for the lock file open on descriptor `fd` lives: the table
 /// [`table_for_lock_file`](crate::table_for_lock_file) gives for that file (named after its
-/// device and inode, in `directory`, default [`default_directory`](crate::default_directory)),
+/// device, inode and birth, in `directory`, default [`default_directory`](crate::default_directory)),
 /// found by `fstat` on the descriptor, never by a path — and never the descriptor's file itself,
 /// even when it is a lock table (a shell's `9>file` truncates a file). Refused: a descriptor
 /// that is not open ([`Error::Io`] with `EBADF`), anything but a regular file or a directory
@@ -90,7 +90,8 @@ pub fn table_for_lock_fd(fd: BorrowedFd<'_>, directory: Option<&Path>) -> Result
         Some(d) => d.to_path_buf(),
         None => crate::path::default_directory()?,
     };
-    Ok(dir.join(crate::path::file_name(&format!("file-{:x}-{:x}", dev, ino))))
+    let key = crate::path::lock_file_key(dev, ino, sys::birth(fd));
+    Ok(dir.join(crate::path::file_name(&key)))
 }
 
 /// What descriptor `fd` names, for messages: the path the kernel shows, else `descriptor N`.

@@ -106,7 +106,9 @@ pub use handle::{Builder, LockTicket};
 pub use layout::HeaderError;
 pub use main_lock::MainGuard;
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
-pub use path::{DEFAULT_DIRECTORIES, default_directory, table_for_lock_file, table_name};
+pub use path::{
+    DEFAULT_DIRECTORIES, default_directory, table_for_lock_file, table_name, temp_file_creator,
+};
 pub use repair::Repaired;
 pub use request::TokenRequest;
 pub use share::Share;

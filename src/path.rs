@@ -42,6 +42,41 @@ pub fn table_name(file_name: &OsStr) -> Option<&str> {
     std::str::from_utf8(name).ok()
 }
 
+/// The name of a named temporary file a creator makes where `O_TMPFILE` cannot be used
+/// (see `Region::create`): `.lockticket-PID-RANDOM.tmp`, short whatever the table's name.
+pub(crate) fn temp_file_name(pid: u32, random: u64) -> String {
+    format!(".lockticket-{pid}-{random:016x}.tmp")
+}
+
+/// The PID of the process that made a temporary file called `file_name`, when it is one a
+/// table creator makes: `.lockticket-PID-RANDOM.tmp` (this version, where `O_TMPFILE` cannot be
+/// used), or `.NAME.PID.RANDOM.tmp` with NAME a table's file name (`lockticket-NAME.lt`, as
+/// earlier versions made them). `None` for any other name. A creator needs its temporary file
+/// for microseconds: one whose creator is dead, or that is older than a minute, was left by a
+/// creator killed half-way, and may be removed (`lockticket clean` does).
+pub fn temp_file_creator(file_name: &OsStr) -> Option<u32> {
+    let s = file_name.to_str()?;
+    let body = s.strip_suffix(".tmp")?.strip_prefix('.')?;
+    let hex16 = |r: &str| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit());
+    let pid = |p: &str| {
+        (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u32>().ok())
+            .flatten()
+    };
+    if let Some(rest) = body.strip_prefix("lockticket-")
+        && let Some((p, r)) = rest.split_once('-')
+        && hex16(r)
+    {
+        return pid(p);
+    }
+    // Earlier versions: `.{table file name}.{pid}.{random:016x}.tmp`.
+    let (rest, r) = body.rsplit_once('.')?;
+    let (table, p) = rest.rsplit_once('.')?;
+    (hex16(r) && table_name(OsStr::new(table)).is_some())
+        .then(|| pid(p))
+        .flatten()
+}
+
 /// True for a valid table name: `[-_A-Za-z0-9]{1,MAX_NAME_LEN}`.
 pub(crate) fn is_name(s: &OsStr) -> bool {
     let b = s.as_bytes();
@@ -56,7 +91,9 @@ pub(crate) fn is_path(s: &OsStr) -> bool {
     b.starts_with(b"/") || b.starts_with(b"./") || b.starts_with(b"../")
 }
 
-/// Resolves a name or path. `directory` overrides the search for names.
+/// Resolves a name or path to an absolute path (a relative one against the current directory,
+/// now: a later `chdir` changes neither what the handle opens nor what its messages and
+/// `status` show). `directory` overrides the search for names.
 pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<PathBuf> {
     let s = name_or_path.as_os_str();
     if is_path(s) {
@@ -65,7 +102,7 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
                 name: s.to_string_lossy().into_owned(),
             });
         }
-        return Ok(name_or_path.to_path_buf());
+        return absolute(name_or_path);
     }
     if !is_name(s) {
         return Err(Error::InvalidName {
@@ -77,7 +114,17 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
         Some(d) => d.to_path_buf(),
         None => default_directory()?,
     };
-    Ok(dir.join(file))
+    absolute(&dir.join(file))
+}
+
+/// `path` made absolute against the current directory (lexically: `.` components dropped,
+/// `..` and symlinks kept, as `std::path::absolute` does).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|cause| Error::Io {
+        path: path.to_path_buf(),
+        op: "make the path absolute (the current directory is gone?)",
+        cause,
+    })
 }
 
 /// Where the table for a *lock file* lives, as `lockticket exec FILE` uses it (flock(1)'s
@@ -143,11 +190,26 @@ pub fn table_for_lock_file(file: &Path, directory: Option<&Path>) -> Result<Opti
         Some(d) => d.to_path_buf(),
         None => default_directory()?,
     };
-    Ok(Some(dir.join(file_name(&format!(
-        "file-{:x}-{:x}",
+    let birth = sys::birth(std::os::fd::AsFd::as_fd(&f));
+    Ok(Some(dir.join(file_name(&lock_file_key(
         meta.dev(),
-        meta.ino()
+        meta.ino(),
+        birth,
     )))))
+}
+
+/// The name of the table kept for a lock file: `file-DEV-INO-BIRTH` (hex), BIRTH the file's
+/// birth time in nanoseconds, or `gGENERATION` (its inode generation) where the filesystem
+/// reports no birth time, or nothing where it reports neither (`file-DEV-INO`, the only key
+/// of earlier versions). A lock file removed and made again with the same inode number —
+/// ext4 reuses them — thus gets a new table, not the old one's payload or died flag. At most
+/// 56 characters: a valid table name.
+pub(crate) fn lock_file_key(dev: u64, ino: u64, birth: sys::Birth) -> String {
+    match birth {
+        sys::Birth::Time(ns) => format!("file-{dev:x}-{ino:x}-{ns:x}"),
+        sys::Birth::Generation(g) => format!("file-{dev:x}-{ino:x}-g{g:x}"),
+        sys::Birth::Unknown => format!("file-{dev:x}-{ino:x}"),
+    }
 }
 
 /// The first of [`DEFAULT_DIRECTORIES`] that is writable and memory-backed, else the first
@@ -177,7 +239,9 @@ mod tests {
         let r = |s: &str| resolve(Path::new(s), Some(Path::new("/d")));
         assert_eq!(r("app").unwrap(), Path::new("/d/lockticket-app.lt"));
         assert_eq!(r("a-b_C9").unwrap(), Path::new("/d/lockticket-a-b_C9.lt"));
-        assert_eq!(r("./x.lt").unwrap(), Path::new("./x.lt"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(r("./x.lt").unwrap(), cwd.join("x.lt"));
+        assert_eq!(r("../x.lt").unwrap(), cwd.join("../x.lt"));
         assert_eq!(r("/abs/x").unwrap(), Path::new("/abs/x"));
         assert!(r("").is_err());
         assert!(r("a/b").is_err());
@@ -202,6 +266,55 @@ mod tests {
         ] {
             assert_eq!(table_name(OsStr::new(file)), None, "{file}");
         }
+    }
+
+    #[test]
+    fn temporary_files_are_recognised() {
+        let name = temp_file_name(4242, 0xdead_beef);
+        assert_eq!(name, ".lockticket-4242-00000000deadbeef.tmp");
+        assert!(name.len() < 64);
+        assert_eq!(temp_file_creator(OsStr::new(&name)), Some(4242));
+        assert_eq!(
+            temp_file_creator(OsStr::new(".lockticket-app.lt.17.0123456789abcdef.tmp")),
+            Some(17)
+        );
+        for other in [
+            "lockticket-app.lt",
+            ".lockticket-4242-xyz.tmp",
+            ".lockticket--00000000deadbeef.tmp",
+            ".lockticket-42-00000000deadbeef.tmp.bak",
+            ".t.lt.17.0123456789abcdef.tmp", // a path table's: its name is not ours to judge
+            ".lockticket-app.lt.x.0123456789abcdef.tmp",
+            "x.tmp",
+        ] {
+            assert_eq!(temp_file_creator(OsStr::new(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn lock_file_keys_tell_files_of_one_inode_number_apart() {
+        use crate::sys::Birth;
+        let (dev, ino) = (0x803, 0x1234);
+        let a = lock_file_key(dev, ino, Birth::Time(1_700_000_000_000_000_001));
+        let b = lock_file_key(dev, ino, Birth::Time(1_700_000_000_000_000_002));
+        let g = lock_file_key(dev, ino, Birth::Generation(7));
+        let h = lock_file_key(dev, ino, Birth::Generation(8));
+        let old = lock_file_key(dev, ino, Birth::Unknown);
+        assert_eq!(old, "file-803-1234");
+        assert_eq!(g, "file-803-1234-g7");
+        let all = [&a, &b, &g, &h, &old];
+        for (i, x) in all.iter().enumerate() {
+            for y in &all[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        let longest = lock_file_key(u64::MAX, u64::MAX, Birth::Time(u64::MAX));
+        assert!(longest.len() <= 56, "{longest}");
+        for k in [&a, &g, &old, &longest] {
+            assert!(is_name(OsStr::new(k)), "{k}");
+        }
+        let longest = lock_file_key(u64::MAX, u64::MAX, Birth::Generation(u32::MAX));
+        assert!(is_name(OsStr::new(&longest)), "{longest}");
     }
 
     #[test]

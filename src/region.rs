@@ -1,12 +1,17 @@
 //! The mapped table file: creating it whole, opening and auditing it, and typed views of it.
 //!
-//! This is where the crate's raw memory lives. A table is created in a temporary file, fully
-//! initialised, and only then `link`ed to its path, so a file at a table path is never
-//! half-made by us. Opening never follows a symlink, refuses files that grant more than the
+//! This is where the crate's raw memory lives. A table is created in a file without a name
+//! (`O_TMPFILE`), fully initialised, and only then linked to its path, so a file at a table
+//! path is never half-made by us, and a creator killed half-way leaves nothing. The directory
+//! a table was opened in is kept (`O_PATH`): whether its name still names the table is asked
+//! of that directory, never of a path another `chdir` would resolve elsewhere. Opening never follows a symlink, refuses files that grant more than the
 //! requested permissions, and validates the header before mapping anything.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
@@ -76,7 +81,14 @@ const _: () = {
 
 /// A mapped table.
 pub(crate) struct Region {
+    /// The table's path, absolute (see `path::resolve`): for messages.
     path: PathBuf,
+    /// The directory the table was opened in (`O_PATH`), and the table's name in it: every
+    /// "does the path still name this file?" check asks through these, never through `path`,
+    /// so a `chdir`, `chroot` or mount-namespace change after opening cannot make a table look
+    /// removed (issue 17).
+    dir: OwnedFd,
+    name: CString,
     /// The open file, for flock and payload locks; `None` once neutered. The mutex also
     /// serialises this process's threads on the cold paths (flock does not: it belongs to the
     /// open file description, which they share).
@@ -172,38 +184,76 @@ impl Region {
         Self::map(path, file, &meta, fixed, geometry).map(Some)
     }
 
-    /// Creates a table at `path`: writes it whole under a temporary name, then links it into
-    /// place. `Ok(None)` when a file appeared at `path` first (open that one instead).
+    /// Creates a table at `path`: writes it whole in a file without a name (`O_TMPFILE` in the
+    /// target directory), then links it into place — nothing to leak if the creator is killed
+    /// half-way, and no temporary name whose length depends on the table's (issue 17). Where
+    /// `O_TMPFILE` is not supported, or the nameless file cannot be linked (no /proc and no
+    /// `CAP_DAC_READ_SEARCH`), a short named temporary file ([`temp_file_name`](crate::path::temp_file_name)) is used
+    /// instead. `Ok(None)` when a file appeared at `path` first (open that one instead).
     pub(crate) fn create(path: &Path, opts: Create) -> Result<Option<Region>> {
         let dir = parent_dir(path);
         check_not_network(path, sys::fs_magic_of_path(dir).ok())?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(
-            ".{name}.{}.{:016x}.tmp",
+        let dirfd = sys::open_dir_path(dir).map_err(io_err(path, "open the table's directory"))?;
+        let name = CString::new(path.file_name().unwrap_or_default().as_bytes()).map_err(|_| {
+            io_err(path, "name the table")(io::Error::from(io::ErrorKind::InvalidInput))
+        })?;
+        match sys::open_tmpfile(dirfd.as_fd(), opts.permissions) {
+            Ok(file) => {
+                let region = Self::fill_new(path, path, file, opts)?;
+                // Hold the table's flock from before it is visible until the caller has
+                // registered (it takes the same lock again with `cold`, then drops it): a
+                // joiner must not find a new table without owners and take it for an orphan.
+                region.lock_new().map_err(io_err(path, "flock"))?;
+                let linked = {
+                    let file = region.file.lock().unwrap_or_else(|p| p.into_inner());
+                    match file.as_ref() {
+                        Some(f) => sys::link_at(f, dirfd.as_fd(), &name),
+                        None => Err(io::Error::from(io::ErrorKind::NotFound)),
+                    }
+                };
+                match linked {
+                    Ok(()) => {
+                        region.map_by_name();
+                        return Ok(Some(region));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+                    // Cannot be linked here: made again with a name, below.
+                    Err(_) => {}
+                }
+            }
+            Err(e) if sys::tmpfile_unsupported(&e) => {}
+            Err(e) => return Err(classify_open_error(path, e)),
+        }
+        Self::create_named(path, dir, opts)
+    }
+
+    /// [`Region::create`] through a named temporary file in the target directory, where a
+    /// nameless one cannot be made or linked. A creator killed half-way leaves that file
+    /// behind: `lockticket clean` removes it ([`temp_file_creator`](crate::temp_file_creator)).
+    fn create_named(path: &Path, dir: &Path, opts: Create) -> Result<Option<Region>> {
+        let tmp = dir.join(crate::path::temp_file_name(
             std::process::id(),
-            sys::random_u64()
+            sys::random_u64(),
         ));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(opts.permissions)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(|e| classify_open_error(path, e))?;
         let made = Self::fill_new(path, &tmp, file, opts);
         let outcome = match made {
-            // Hold the table's flock from before it is visible until the caller has
-            // registered (it takes the same lock again with `cold`, then drops it): a joiner
-            // must not find a new table without owners and take it for an orphan.
+            // The flock is held from before the table is visible, as above.
             Ok(region) => match region
                 .lock_new()
                 .and_then(|()| std::fs::hard_link(&tmp, path))
             {
-                Ok(()) => Ok(Some(region)),
+                Ok(()) => {
+                    region.map_by_name();
+                    Ok(Some(region))
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(io_err(path, "link new table into place")(e)),
             },
@@ -213,6 +263,29 @@ impl Region {
         outcome
     }
 
+    /// After a new table was linked into place: maps it again through its name, so that
+    /// `/proc/PID/maps` shows the table's path for this process's mappings (`lockticket list`
+    /// finds tables removed under their users there), not the nameless file's `#INODE
+    /// (deleted)` or the temporary name. Same file, same pages: nothing else changes. Best
+    /// effort: the old mappings stay on any failure.
+    fn map_by_name(&self) {
+        let Ok(named) = sys::open_at(self.dir.as_fd(), &self.name) else {
+            return;
+        };
+        if !sys::fstat_dev_ino(named.as_fd()).is_ok_and(|id| id == (self.dev, self.ino)) {
+            return; // replaced at once: keep what we have
+        }
+        for (m, offset) in [
+            (&self.map, 0),
+            (&self.payload_map, self.geometry.payload_offset()),
+        ] {
+            // SAFETY: `m` is a whole shared read-write mapping we own of this very file (same
+            // dev/ino) at `offset`; the references into it stay valid (same pages).
+            unsafe { sys::remap_same_file(m.as_mut_ptr(), m.len(), &named, offset) };
+        }
+    }
+
+    /// Sizes and initialises a new table in `file` (`tmp` names it in messages).
     fn fill_new(path: &Path, tmp: &Path, file: File, opts: Create) -> Result<Region> {
         // The exact mode, whatever the umask.
         file.set_permissions(std::fs::Permissions::from_mode(opts.permissions))
@@ -236,7 +309,7 @@ impl Region {
             word.store(u64::from_ne_bytes(b), Relaxed);
         }
         region.payload().init();
-        // dev/ino of the temporary file are those of the final path: it is a hard link.
+        // dev/ino of the new file are those of the final path: it is linked there.
         Ok(region)
     }
 
@@ -285,8 +358,15 @@ impl Region {
             )
         };
         let probe = file.try_clone().map_err(io_err(path, "dup"))?;
+        let dir = sys::open_dir_path(parent_dir(path))
+            .map_err(io_err(path, "open the table's directory"))?;
+        let name = CString::new(path.file_name().unwrap_or_default().as_bytes()).map_err(|_| {
+            io_err(path, "name the table")(io::Error::from(io::ErrorKind::InvalidInput))
+        })?;
         Ok(Region {
             path: path.to_path_buf(),
+            dir,
+            name,
             probe,
             reg_pid: AtomicU32::new(0),
             reg_id: AtomicU64::new(0),
@@ -519,11 +599,21 @@ impl Region {
         if self.retired() {
             return Ok(());
         }
-        let mark = match std::fs::symlink_metadata(&self.path) {
-            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => return Ok(()),
-            Ok(_) => 2,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 1,
-            Err(_) => return Ok(()), // cannot tell (EACCES on a directory): say nothing
+        // Asked of the directory the table was opened in (never of the path, which a chdir
+        // or chroot since would make name another place): "replaced" when the name names
+        // another file; "removed" when the name is gone from that directory — unlinked, or
+        // renamed away (the file may still have a name elsewhere, but whoever opens the path
+        // now makes a second table: its users must learn that exclusion is not guaranteed).
+        let mark = match self.at_path() {
+            Ok(Some(true)) => return Ok(()),
+            Ok(Some(false)) => 2,
+            Ok(None) => 1,
+            // Cannot tell (EACCES on the directory): say nothing, unless our own descriptor
+            // shows the file has no name left anywhere.
+            Err(_) => match sys::link_count(self.probe.as_fd()) {
+                Ok(0) => 1,
+                _ => return Ok(()),
+            },
         };
         if self.retired() {
             return Ok(()); // retired and unlinked meanwhile: the last owner's way out
@@ -594,12 +684,23 @@ impl Region {
         (self.dev, self.ino) == (other.dev, other.ino)
     }
 
-    /// True while `path` still names this table's file (not unlinked, not replaced).
+    /// True while the table's name in its directory still names this table's file (not
+    /// unlinked, not renamed away, not replaced).
     pub(crate) fn still_at_path(&self) -> Result<bool> {
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(m) => Ok(m.dev() == self.dev && m.ino() == self.ino),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        match self.at_path() {
+            Ok(at) => Ok(at == Some(true)),
             Err(e) => Err(io_err(&self.path, "stat")(e)),
+        }
+    }
+
+    /// What the table's name in the directory it was opened in names now (`fstatat` through
+    /// the directory's descriptor, not following a symlink): `Some(true)` this file,
+    /// `Some(false)` another one, `None` nothing.
+    fn at_path(&self) -> io::Result<Option<bool>> {
+        match sys::stat_at(self.dir.as_fd(), &self.name) {
+            Ok(id) => Ok(Some(id == (self.dev, self.ino))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -772,8 +873,9 @@ impl Cold<'_> {
         let r = self.region;
         r.header().retired.store(1, SeqCst);
         if r.still_at_path()? {
-            match std::fs::remove_file(&r.path) {
+            match sys::unlink_at(r.dir.as_fd(), &r.name) {
                 Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // A shared table in a sticky directory (/dev/shm, /tmp) created by another
                 // user: only its owner (or root) may unlink it. It stays behind retired and
                 // harmless: the next user revives it (`revive_abandoned`), and `lockticket

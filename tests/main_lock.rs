@@ -203,6 +203,54 @@ fn dispatch(role: &str, args: &[String]) {
             g.unlock().unwrap();
             say("unlocked");
         }
+        // Opens table args[0], maps it (status), then uses up every descriptor this process
+        // may have (RLIMIT_NOFILE lowered to just above its open ones, the holes filled) and
+        // asks for the token: the registration cannot open its descriptor.
+        "out-of-fds" => {
+            let lt = LockTicket::open(&args[0]).unwrap();
+            lt.status().unwrap();
+            let highest = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap();
+            let lim = libc::rlimit {
+                rlim_cur: highest + 1,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: setrlimit with a valid rlimit struct.
+            let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+            let lim = libc::rlimit {
+                rlim_cur: highest + 1,
+                rlim_max: highest + 1,
+            };
+            // SAFETY: as above (lowering the hard limit too when raising it was refused).
+            if rc != 0 && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                panic!("setrlimit: {}", std::io::Error::last_os_error());
+            }
+            let mut fillers = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                fillers.push(f);
+            }
+            match lt.token_lock() {
+                Ok(_) => say("locked"),
+                Err(e) => say(format!("error {e}")),
+            }
+        }
+        // Creates and removes tables in directory args[0] until killed.
+        "create-loop" => {
+            for i in 0.. {
+                let lt = LockTicket::builder(format!("loop-{}", i % 4))
+                    .directory(&args[0])
+                    .open()
+                    .unwrap();
+                let g = lt.main_lock(Share::Exclusive).unwrap();
+                g.unlock().unwrap();
+                if i == 0 {
+                    say("started");
+                }
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -803,4 +851,160 @@ fn a_table_being_created_is_not_reclaimed_by_a_joiner() {
     joiner.send("x");
     joiner.expect("unlocked");
     assert!(!path.exists());
+}
+
+#[test]
+fn running_out_of_descriptors_while_registering_says_so() {
+    let (lt, p) = table("out-of-fds");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("out-of-fds", &[&p]);
+    let said = h.next();
+    let msg = said
+        .strip_prefix("error ")
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(msg.contains("Too many open files"), "{msg}");
+    assert!(msg.contains(&p), "{msg}");
+    assert!(!msg.contains("/proc"), "{msg}");
+    h.finish();
+}
+
+/// The names of the entries created in the directory `fd` watches so far (without blocking).
+fn created_so_far(fd: libc::c_int) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: a non-blocking poll of our inotify descriptor, then a read into our buffer.
+        let n = unsafe {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut p, 1, 0) <= 0 {
+                return names;
+            }
+            libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
+        };
+        assert!(n > 0, "inotify read: {}", std::io::Error::last_os_error());
+        let mut off = 0;
+        while off + 16 <= n as usize {
+            let len = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().unwrap()) as usize;
+            let raw = &buf[off + 16..off + 16 + len];
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(len);
+            names.push(String::from_utf8_lossy(&raw[..end]).into_owned());
+            off += 16 + len;
+        }
+    }
+}
+
+/// A scratch directory on tmpfs (where `O_TMPFILE` always works), removed on drop.
+fn shm_scratch(tag: &str) -> Scratch {
+    let p = Path::new("/dev/shm").join(unique(tag));
+    std::fs::create_dir_all(&p).unwrap();
+    Scratch(p)
+}
+
+/// Issue 17, item 7: every valid name works, whatever its length and the creator's PID (the
+/// temporary file a table was made in used to carry the name, the PID and 16 more characters,
+/// and went past the 255 bytes a file name may have).
+#[test]
+fn names_of_214_to_218_characters_work() {
+    for len in 214..=218 {
+        let base = unique("long");
+        let name = format!("{base}{}", "x".repeat(len - base.len()));
+        assert_eq!(name.len(), len);
+        let lt = LockTicket::open(&name).unwrap();
+        let main = lt
+            .main_lock(Share::Exclusive)
+            .unwrap_or_else(|e| panic!("{len}: {e}"));
+        assert!(main.created());
+        lt.token_lock().unwrap().unlock().unwrap();
+        lt.set_payload(b"long").unwrap();
+        let path = lt.path().to_path_buf();
+        assert!(path.exists());
+        main.unlock().unwrap();
+        assert!(!path.exists(), "{len}: the last owner removed it");
+    }
+}
+
+/// Issue 17, item 9a: a table is made in a file without a name and linked into place, so no
+/// temporary name ever appears in the directory (none can be left by a creator killed
+/// half-way) — and none is left when creators are SIGKILLed at random points.
+#[test]
+fn creating_tables_never_names_a_temporary_file() {
+    let s = shm_scratch("tmpfiles");
+    let fd = watch_creations(&s.0);
+    for i in 0..20 {
+        let lt = LockTicket::builder(format!("t{}", i % 3))
+            .directory(&s.0)
+            .open()
+            .unwrap();
+        lt.main_lock(Share::Exclusive).unwrap().unlock().unwrap();
+    }
+    let created = created_so_far(fd);
+    assert!(!created.is_empty());
+    for name in &created {
+        assert!(
+            lockticket::table_name(std::ffi::OsStr::new(name)).is_some(),
+            "only tables are ever named in the directory: {created:?}"
+        );
+    }
+    // Creators killed mid-loop leave no temporary file either.
+    for _ in 0..5 {
+        let mut h = Helper::spawn("create-loop", &[s.0.to_str().unwrap()]);
+        h.expect("started");
+        created_so_far(fd); // what came before
+        wait_until("more creations", || !created_so_far(fd).is_empty());
+        h.kill();
+    }
+    // SAFETY: closing our inotify descriptor.
+    unsafe { libc::close(fd) };
+    let left: Vec<String> = listing(&s.0)
+        .into_iter()
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Issue 17, item 10a: a lock file removed and made again with the same inode number (ext4
+/// reuses them at once) is keyed to a new table, not to the old file's (its payload, its died
+/// flag). Where this filesystem never reuses a number in 200 tries, says so and checks only
+/// that the keys of the two files differ.
+#[test]
+fn a_lock_file_made_again_with_the_same_inode_gets_a_new_table() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::new("reused-inode");
+    let tables = shm_scratch("reused-inode-tables");
+    let file = s.join("job.lock");
+    let key = |f: &Path| {
+        lockticket::table_for_lock_file(f, Some(&tables.0))
+            .unwrap()
+            .expect("a plain file is keyed")
+    };
+    std::fs::write(&file, b"").unwrap();
+    let first = key(&file);
+    let ino = std::fs::metadata(&file).unwrap().ino();
+    // The old file's table, kept with a payload (the died flag lives beside it).
+    let lt = LockTicket::builder(&first).keep(true).open().unwrap();
+    lt.main_lock(Share::Exclusive).unwrap().unlock().unwrap();
+    lt.set_payload(b"the old file's").unwrap();
+    let mut reused = false;
+    for _ in 0..200 {
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, b"").unwrap();
+        let now = key(&file);
+        assert_ne!(now, first, "another file, another table");
+        if std::fs::metadata(&file).unwrap().ino() == ino {
+            reused = true;
+            let new = LockTicket::open(&now).unwrap();
+            let _main = new.main_lock(Share::Exclusive).unwrap();
+            assert_eq!(new.payload().unwrap(), b"", "nothing inherited");
+            break;
+        }
+    }
+    if !reused {
+        eprintln!("this filesystem did not reuse the inode number in 200 tries");
+    }
+    drop(lt);
+    let _ = std::fs::remove_file(&first);
 }

@@ -21,6 +21,9 @@ fn describe<T>(r: &lockticket::Result<T>) -> String {
 }
 
 fn dispatch(role: &str, args: &[String]) {
+    if role == "relative" {
+        return relative_then_chdir(&args[0]);
+    }
     let lt = LockTicket::open(&args[0]).unwrap();
     let main = lt.main_lock(Share::Shared).unwrap();
     match role {
@@ -45,6 +48,35 @@ fn dispatch(role: &str, args: &[String]) {
         other => panic!("unknown role {other}"),
     }
     let _ = hear();
+    say(format!("leave {}", describe(&main.unlock())));
+}
+
+/// The daemon of issue 17 (item 1): opens `./t.lt` in `dir`, then `chdir("/")`, and goes on
+/// using the table through every kind of slow-path call.
+fn relative_then_chdir(dir: &str) {
+    std::env::set_current_dir(dir).unwrap();
+    let lt = LockTicket::open("./t.lt").unwrap();
+    let main = lt.main_lock(Share::Shared).unwrap();
+    drop(lt.token_lock().unwrap());
+    say(format!("opened {}", lt.path().display()));
+    std::env::set_current_dir("/").unwrap();
+    say(format!("status {}", describe(&lt.status())));
+    say(format!("lock {}", describe(&lt.token_lock())));
+    say(format!("try {}", describe(&lt.try_token_lock())));
+    say(format!(
+        "timeout {}",
+        describe(&lt.token_lock_timeout(Duration::from_millis(50)))
+    ));
+    say(format!("set {}", describe(&lt.set_payload(b"from /"))));
+    assert_eq!(hear(), "wait");
+    // Queued behind the other process: its waits check the table's path on every timeout.
+    say("waiting");
+    let g = lt.token_lock();
+    say(format!("queued {}", describe(&g)));
+    if let Ok(g) = g {
+        say(format!("unlock {}", describe(&g.unlock())));
+    }
+    assert_eq!(hear(), "leave");
     say(format!("leave {}", describe(&main.unlock())));
 }
 
@@ -121,4 +153,47 @@ fn a_table_removed_under_its_users_is_noticed_and_reported() {
 #[test]
 fn a_table_renamed_under_its_users_is_noticed_and_reported() {
     removed_under_users("mv");
+}
+
+/// Issue 17, item 1: a process that opened the table by a relative path and changed its
+/// directory since must not take the table for removed (and mark it so for everyone): its
+/// checks ask the directory it opened the table in, and its path is absolute from the start.
+#[test]
+fn a_relative_path_and_a_chdir_do_not_make_a_table_look_removed() {
+    let s = Scratch::new("relative");
+    let table = s.join("t.lt");
+    let mut h = Helper::spawn("relative", &[s.0.to_str().unwrap()]);
+    assert_eq!(
+        h.expect("opened"),
+        table.display().to_string(),
+        "the path is absolute"
+    );
+    for call in ["status", "lock", "try", "timeout", "set"] {
+        assert_eq!(h.expect(call), "Ok", "{call} after chdir");
+    }
+    // Another process, by the absolute path: the same table, usable, not marked.
+    let lt = LockTicket::open(&table).unwrap();
+    let main = lt.main_lock(Share::Shared).unwrap();
+    assert!(!main.created(), "the same table");
+    assert_eq!(lt.payload().unwrap(), b"from /");
+    let tok = lt.token_lock().unwrap();
+    h.send("wait");
+    h.expect("waiting");
+    wait_until("the helper queues", || {
+        lt.status().is_ok_and(|st| st.queue.len() == 1)
+    });
+    drop(tok);
+    assert_eq!(h.expect("queued"), "Ok");
+    assert_eq!(h.expect("unlock"), "Ok");
+    let st = lt.status().unwrap();
+    assert_eq!(st.queue.len(), 0);
+    main.unlock().unwrap();
+    // The helper leaves last: it removes the table through the directory it opened it in.
+    h.send("leave");
+    assert_eq!(h.expect("leave"), "Ok");
+    h.finish();
+    assert!(
+        !table.exists(),
+        "the last owner (after its chdir) removed the table"
+    );
 }

@@ -89,6 +89,9 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     if let Some(bytes) = a.payload_capacity {
         builder = builder.payload_capacity(bytes);
     }
+    if let Some(entries) = a.process_capacity {
+        builder = builder.process_capacity(entries);
+    }
     if let Some(fairness) = a.fairness {
         builder = builder.fairness(fairness);
     }

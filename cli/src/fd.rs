@@ -63,6 +63,9 @@ pub(crate) fn run(a: &ExecArgs) -> Result<i32, Failure> {
     if let Some(bytes) = a.payload_capacity {
         builder = builder.payload_capacity(bytes);
     }
+    if let Some(entries) = a.process_capacity {
+        builder = builder.process_capacity(entries);
+    }
     let lt = builder
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;

@@ -429,6 +429,49 @@ fn tables_in(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
     Ok(out)
 }
 
+/// Temporary files in `dir` that table creators killed half-way left behind (where
+/// `O_TMPFILE` could not be used, or made by earlier versions; see
+/// [`lockticket::temp_file_creator`]), with why each is stale: its creator is dead, or it is
+/// older than a minute (a creator needs it for microseconds; a PID alive again may be another
+/// process, or one of another PID namespace). Sorted.
+fn stale_temp_files(dir: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let now = SystemTime::now();
+    let mut out: Vec<(PathBuf, String)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid = lockticket::temp_file_creator(&e.file_name())?;
+            let meta = e.metadata().ok().filter(|m| m.is_file())?;
+            let old = age(meta.modified().ok(), now).is_none_or(|a| a > Duration::from_secs(60));
+            let why = if !pid_alive(pid) {
+                format!("temporary file of a table creator that died, pid {pid}")
+            } else if old {
+                "temporary file of a table creator, older than a minute".to_string()
+            } else {
+                return None;
+            };
+            Some((e.path(), why))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `kill(pid, 0)`: false only when no such process exists.
+fn pid_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if p <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; a positive PID never addresses a group.
+    let rc = unsafe { libc::kill(p, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// The directory to look in: `dir` (made absolute, so its files are paths to the library) or
 /// the default directory of named tables.
 fn directory(dir: Option<&Path>) -> Result<PathBuf, Failure> {
@@ -472,8 +515,8 @@ pub(crate) fn list(dir: Option<&Path>) -> Result<i32, Failure> {
 /// Tables of `dir` that were removed (or replaced) while processes still map them: scans the
 /// mappings of the processes this user may see (`/proc/PID/maps`) for table files of `dir`
 /// whose inode is no longer the one at the table's path. (A mapping shows the name the file
-/// had when it was mapped: a table is created under a temporary name and linked into place, so
-/// both names are recognised.) Best effort: processes hidden by `hidepid` or of other users
+/// was opened by: a creator maps its new table again by the table's name once it is linked
+/// into place; the temporary names of earlier versions are recognised too.) Best effort: processes hidden by `hidepid` or of other users
 /// are not seen.
 pub(crate) fn removed_in_use(dir: &Path) -> Vec<(PathBuf, Vec<u32>)> {
     use std::os::unix::fs::MetadataExt;
@@ -514,7 +557,8 @@ pub(crate) fn removed_in_use(dir: &Path) -> Vec<(PathBuf, Vec<u32>)> {
 }
 
 /// The table file name a mapped file name stands for: `lockticket-NAME.lt` itself, or the
-/// temporary name it was created under (`.lockticket-NAME.lt.PID.RANDOM.tmp`).
+/// temporary name earlier versions created it under (`.lockticket-NAME.lt.PID.RANDOM.tmp`;
+/// this version maps a table it created again by its name once it is linked into place).
 fn mapped_table_name(mapped: &Path) -> Option<String> {
     let name = mapped.file_name()?.to_str()?;
     if lockticket::table_name(std::ffi::OsStr::new(name)).is_some() {
@@ -609,6 +653,20 @@ pub(crate) fn clean_all(dir: Option<&Path>) -> Result<i32, Failure> {
         let r = report_clean(&path, clean_path(&path), &mut out);
         if rc == code::OK {
             rc = r;
+        }
+    }
+    for (path, why) in stale_temp_files(&dir) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                let _ = writeln!(out, "removed {} ({why})", path.display());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                report(&format!("cannot remove {}: {e}", path.display()));
+                if rc == code::OK {
+                    rc = code::TABLE;
+                }
+            }
         }
     }
     if out.is_empty() && rc == code::OK {

@@ -235,6 +235,10 @@ pub(crate) struct ExecArgs {
     /// Payload bytes of a table this call creates [default: 4096]
     #[arg(long, value_name = "BYTES")]
     pub payload_capacity: Option<usize>,
+    /// Process-table entries of a table this call creates: how many processes can use it at
+    /// once (1 to 32768) [default: 1024]
+    #[arg(long, value_name = "PROCESSES")]
+    pub process_capacity: Option<u32>,
     /// Order of a table this call creates: strict (first come, first served), or bounded[:MS]
     /// (a running process may go ahead of sleeping waiters unless the oldest has waited MS
     /// milliseconds; default 1). An existing table of another mode is refused (64)

@@ -961,7 +961,12 @@ fn a_directory_or_an_existing_file_is_locked_without_being_touched() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{o:?}");
-    assert_eq!(stdout(&o), "./job.lock\n", "{o:?}");
+    // Made absolute when opened: the command may chdir and still use it.
+    assert_eq!(
+        stdout(&o),
+        format!("{}\n", dir.join("job.lock").display()),
+        "{o:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1321,4 +1326,75 @@ fn the_self_lock_idiom_of_flocks_manual_works_with_the_name_changed() {
         before,
         "the script was touched"
     );
+}
+
+/// Issue 17, item 9a: `clean --all` removes the temporary files that table creators killed
+/// half-way left (where `O_TMPFILE` cannot be used, and those of earlier versions): a dead
+/// creator's at once, a live one's only when older than a minute.
+#[test]
+fn clean_all_removes_temporary_files_of_dead_creators() {
+    let s = Scratch::new("clean-tmp");
+    let dir = s.0.to_str().unwrap().to_string();
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let me = std::process::id();
+    let dead_new = s.path(&format!(".lockticket-{dead}-0123456789abcdef.tmp"));
+    let dead_old = s.path(&format!(".lockticket-app.lt.{dead}.0123456789abcdef.tmp"));
+    let live_fresh = s.path(&format!(".lockticket-{me}-0123456789abcdef.tmp"));
+    let live_stale = s.path(&format!(".lockticket-{me}-fedcba9876543210.tmp"));
+    let other = s.path(".other-1-0123456789abcdef.tmp");
+    for f in [&dead_new, &dead_old, &live_fresh, &live_stale, &other] {
+        std::fs::write(f, b"half a table").unwrap();
+    }
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(&live_stale)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let o = run(["clean", "--all", "--dir", &dir]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let text = stdout(&o);
+    for gone in [&dead_new, &dead_old, &live_stale] {
+        assert!(!gone.exists(), "{} in {text}", gone.display());
+        assert!(
+            text.contains(&format!("removed {}", gone.display())),
+            "{text}"
+        );
+    }
+    assert!(live_fresh.exists() && other.exists(), "{text}");
+}
+
+/// Issue 17, item 9d: `exec --process-capacity N` makes a table for N processes, and a full
+/// process table says how to get a larger one — with a builder method and an option that exist.
+#[test]
+fn exec_process_capacity_sizes_the_process_table_and_a_full_one_says_how_to_grow_it() {
+    let n = name("proccap");
+    let n = n.as_str();
+    // The outer lockticket is the table's one process; the inner one cannot register.
+    let inner = format!("'{}' exec {n} true", bin());
+    let o = run(["exec", "--process-capacity", "1", n, "-c", &inner]);
+    assert_ne!(o.status.code(), Some(0), "{o:?}");
+    let err = stderr(&o);
+    assert!(err.contains("process table is full (1 processes"), "{err}");
+    assert!(
+        err.contains("Builder::process_capacity") && err.contains("--process-capacity"),
+        "{err}"
+    );
+    // Room for two: the inner one gets in (and waits for nothing: it only joins).
+    let o = run([
+        "exec",
+        "--process-capacity",
+        "2",
+        "-s",
+        n,
+        "-c",
+        &inner.replace(" exec ", " exec -s "),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = run(["exec", "--process-capacity", "0", n, "true"]);
+    assert_eq!(o.status.code(), Some(USAGE), "{o:?}");
+    assert_no_table(n);
 }
