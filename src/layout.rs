@@ -157,6 +157,9 @@ pub mod hot {
     /// every table that never needed it, so tables of this format from before it was
     /// counted read correctly).
     pub const REPAIRS: u64 = 528;
+    /// `u64`: the last fencing token handed out (zero in tables of this format from before
+    /// fencing tokens existed, which then start from 1).
+    pub const FENCE: u64 = 536;
     /// `u32`: the bypass word of a bounded table: 0, or the owner field of the process that
     /// holds the token ahead of the queue (index + 1, generation bits), bit 31 once it has
     /// entered (see `ring::bypass`).

@@ -69,6 +69,7 @@
 mod error;
 mod fairness;
 mod fd;
+mod guard;
 mod handle;
 pub mod layout;
 mod liveness;
@@ -102,6 +103,7 @@ pub mod fuzzing {
 pub use error::{Error, Result};
 pub use fairness::{Fairness, ParseFairnessError};
 pub use fd::{FdLock, table_for_lock_fd};
+pub use guard::Guard;
 pub use handle::{Builder, LockTicket};
 pub use layout::HeaderError;
 pub use main_lock::MainGuard;

@@ -132,3 +132,27 @@ impl Deref for Held {
         &self.token
     }
 }
+
+impl crate::Guard for OwnedTokenGuard {
+    fn share(&self) -> Share {
+        TokenGuard::share(self)
+    }
+    fn previous_holder_died(&self) -> bool {
+        TokenGuard::previous_holder_died(self)
+    }
+    fn fencing_token(&self) -> u64 {
+        TokenGuard::fencing_token(self)
+    }
+}
+
+impl crate::Guard for Held {
+    fn share(&self) -> Share {
+        TokenGuard::share(self)
+    }
+    fn previous_holder_died(&self) -> bool {
+        TokenGuard::previous_holder_died(self)
+    }
+    fn fencing_token(&self) -> u64 {
+        TokenGuard::fencing_token(self)
+    }
+}

@@ -52,7 +52,9 @@ struct SharedHeader {
     reclaimed: AtomicU64,
     /// Ring rebuilds after an inconsistency (see `Cold::repair_ring`).
     repairs: AtomicU64,
-    _pad3: [u64; 13],
+    /// The last fencing token handed out (see `Region::next_fence`).
+    fence: AtomicU64,
+    _pad3: [u64; 12],
     /// Bounded tables: who holds the token ahead of the queue (see `ring::bypass`).
     bypass: AtomicU32,
     /// Bounded tables: a granted request sleeps on `bypass`.
@@ -71,6 +73,7 @@ const _: () = {
     assert!(core::mem::offset_of!(SharedHeader, dead_holder) == hot::DEAD_HOLDER as usize);
     assert!(core::mem::offset_of!(SharedHeader, reclaimed) == hot::RECLAIMED as usize);
     assert!(core::mem::offset_of!(SharedHeader, repairs) == hot::REPAIRS as usize);
+    assert!(core::mem::offset_of!(SharedHeader, fence) == hot::FENCE as usize);
     assert!(core::mem::offset_of!(SharedHeader, bypass) == hot::BYPASS as usize);
     assert!(core::mem::offset_of!(SharedHeader, bypass_waiters) == hot::BYPASS_WAITERS as usize);
     assert!(core::mem::offset_of!(SharedHeader, bypass_thread) == hot::BYPASS_THREAD as usize);
@@ -640,6 +643,19 @@ impl Region {
     /// How many slots were reclaimed from dead processes (statistics).
     pub(crate) fn reclaimed_slots(&self) -> u64 {
         self.header().reclaimed.load(Relaxed)
+    }
+
+    /// A new fencing token: larger than every one handed out before in this table (the
+    /// counter lives in the file: it survives reclaims, repairs, orphan takeovers and, for a
+    /// kept table, runs). Asked by a holder while it holds, so the token of a later grant is
+    /// always larger; nothing is counted on the lock path itself.
+    pub(crate) fn next_fence(&self) -> u64 {
+        self.header().fence.fetch_add(1, SeqCst).wrapping_add(1)
+    }
+
+    /// The last fencing token handed out (0: none yet).
+    pub(crate) fn last_fence(&self) -> u64 {
+        self.header().fence.load(SeqCst)
     }
 
     /// How many times the ring was rebuilt after it was found inconsistent.

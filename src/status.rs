@@ -80,6 +80,10 @@ pub struct Status {
     /// Times the token queue was rebuilt after it was found inconsistent (see
     /// [`LockTicket::repair`](crate::LockTicket::repair)); 0 in a healthy table.
     pub repairs: u64,
+    /// The last fencing token handed out (see
+    /// [`TokenGuard::fencing_token`](crate::TokenGuard::fencing_token)); 0 when none was asked
+    /// for yet.
+    pub last_fencing_token: u64,
     /// Length of the current payload in bytes.
     pub payload_len: u64,
     /// Generation of the current payload (0 = never set).
@@ -167,6 +171,7 @@ pub(crate) fn snapshot(region: &Region) -> Status {
             queue,
             reclaimed_slots: region.reclaimed_slots(),
             repairs: region.repairs(),
+            last_fencing_token: region.last_fence(),
             payload_len,
             payload_generation,
             consistent,
@@ -186,7 +191,7 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "table {} (format {}, {} slots, {}{}, payload {}/{} bytes, generation {}, {} reclaimed{}){}",
+            "table {} (format {}, {} slots, {}{}, payload {}/{} bytes, generation {}, {} reclaimed{}{}){}",
             self.path.display(),
             self.format_version,
             self.ring_capacity,
@@ -202,6 +207,10 @@ impl fmt::Display for Status {
             match self.repairs {
                 0 => String::new(),
                 n => format!(", {n} repaired"),
+            },
+            match self.last_fencing_token {
+                0 => String::new(),
+                n => format!(", fencing token {n}"),
             },
             if self.consistent {
                 ""

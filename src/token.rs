@@ -168,6 +168,7 @@ impl LockTicket {
             pid,
             died,
             bypass: false,
+            fence: std::sync::OnceLock::new(),
             _not_send: std::marker::PhantomData,
         }
     }
@@ -199,6 +200,7 @@ impl LockTicket {
             pid,
             died: ring.bypass_died_before(b.head),
             bypass: true,
+            fence: std::sync::OnceLock::new(),
             _not_send: std::marker::PhantomData,
         })
     }
@@ -455,6 +457,8 @@ pub struct TokenGuard<'a> {
     /// Held ahead of the queue (bounded tables): `tk` is then the head it went ahead of and
     /// our bypass owner field.
     bypass: bool,
+    /// The fencing token, taken from the table the first time it is asked for.
+    fence: std::sync::OnceLock<u64>,
     /// Not `Send`, like std's `MutexGuard`: a token is released by the thread that took it,
     /// which is what lets a thread that asks again for it get an error instead of waiting
     /// for itself.
@@ -470,6 +474,7 @@ impl std::fmt::Debug for TokenGuard<'_> {
             .field("ticket", &self.tk.t)
             .field("pid", &self.pid)
             .field("previous_holder_died", &self.died)
+            .field("fencing_token", &self.fence.get())
             .finish()
     }
 }
@@ -484,6 +489,26 @@ impl TokenGuard<'_> {
     /// Exclusive or shared.
     pub fn share(&self) -> Share {
         self.tk.share()
+    }
+
+    /// The fencing token of this grant: larger than that of every grant of this table before
+    /// it (see [`Guard::fencing_token`](crate::Guard::fencing_token)); the same on every call.
+    /// Taken from the table's counter the first time it is asked for, so the lock path pays
+    /// nothing for it.
+    ///
+    /// ```
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let dir = std::env::temp_dir();
+    /// # let name = format!("doc-fence-{}", std::process::id());
+    /// let lt = lockticket::LockTicket::builder(&name).directory(&dir).open()?;
+    /// let _owner = lt.main_lock(lockticket::Share::Shared)?;
+    /// let first = lt.token_lock()?.fencing_token();
+    /// let second = lt.token_lock()?.fencing_token();
+    /// assert!(second > first);
+    /// # Ok(()) }
+    /// ```
+    pub fn fencing_token(&self) -> u64 {
+        *self.fence.get_or_init(|| self.region.next_fence())
     }
 
     /// Releases the token. Fails if the table was corrupted meanwhile; with
@@ -545,5 +570,17 @@ impl<'a> TokenGuard<'a> {
     pub(crate) fn into_parts(self) -> (&'a Region, Ticket) {
         let this = std::mem::ManuallyDrop::new(self);
         (this.region, this.tk)
+    }
+}
+
+impl crate::Guard for TokenGuard<'_> {
+    fn share(&self) -> Share {
+        TokenGuard::share(self)
+    }
+    fn previous_holder_died(&self) -> bool {
+        TokenGuard::previous_holder_died(self)
+    }
+    fn fencing_token(&self) -> u64 {
+        TokenGuard::fencing_token(self)
     }
 }

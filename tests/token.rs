@@ -36,6 +36,13 @@ fn dispatch(role: &str, args: &[String]) {
             drop(g);
             say(format!("released {cmd}"));
         }
+        // Takes the exclusive token, says its fencing token, holds it until killed.
+        "fence" => {
+            let g = lt.token_lock().unwrap();
+            say(format!("fence {}", g.fencing_token()));
+            let _ = hear();
+            drop(g);
+        }
         // Takes the token, appends its tag to a file under it, releases.
         "append" => {
             let g = lt.token_lock().unwrap();
@@ -575,4 +582,30 @@ fn polling_and_short_timeouts_find_a_dead_holder_at_once() {
         drop(g);
         assert!(poll(&lt).is_some(), "{what}: and the lock works as before");
     }
+}
+
+/// Issue 19: fencing tokens grow with every grant of a table — across processes, a SIGKILLed
+/// holder's reclaim, and a repair — and stay the same for the life of a guard.
+#[test]
+fn fencing_tokens_strictly_increase_across_grants_reclaims_and_repairs() {
+    let (lt, name) = table("fence");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let g = lt.token_lock().unwrap();
+    let first = g.fencing_token();
+    assert_eq!(g.fencing_token(), first, "stable for the guard's life");
+    drop(g);
+    // Another process's grant, then its death holding the token.
+    let mut holder = Helper::spawn("fence", &[&name]);
+    let theirs: u64 = holder.expect("fence ").parse().unwrap();
+    assert!(theirs > first, "{theirs} after {first}");
+    holder.kill();
+    let g = lt.token_lock().unwrap();
+    assert!(g.previous_holder_died());
+    let after_reclaim = g.fencing_token();
+    assert!(after_reclaim > theirs);
+    drop(g);
+    assert_eq!(lt.repair().unwrap(), None);
+    let g = lt.try_token_lock().unwrap().unwrap();
+    assert!(g.fencing_token() > after_reclaim);
+    assert_eq!(lt.status().unwrap().last_fencing_token, g.fencing_token());
 }

@@ -237,6 +237,7 @@ fn status_json(st: &Status, now: SystemTime) -> Value {
         "payload_generation": st.payload_generation,
         "reclaimed_slots": st.reclaimed_slots,
         "repairs": st.repairs,
+        "last_fencing_token": st.last_fencing_token,
         "consistent": st.consistent,
         "members": st.members.iter().map(|m| member_json(m, now)).collect::<Vec<_>>(),
         "holders": st.holders.iter().map(|t| token_json(t, None, now)).collect::<Vec<_>>(),
