@@ -101,7 +101,7 @@ pub mod fuzzing {
 pub use error::{Error, Result};
 pub use fairness::{Fairness, ParseFairnessError};
 pub use fd::{FdLock, table_for_lock_fd};
-pub use handle::{Builder, LockTicket};
+pub use handle::{Builder, ExecGuardian, LockTicket};
 pub use layout::HeaderError;
 pub use main_lock::MainGuard;
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
