@@ -208,8 +208,80 @@ fn dispatch(role: &str, args: &[String]) {
             main.unlock().unwrap();
             say("helper-unlocked");
         }
+        // Issue 17, item 6: the helper holds the token and forks a worker that never uses
+        // the handle and outlives it (the test kills the helper, then the worker).
+        "holder-forks-worker" => {
+            let g = lt.token_lock().unwrap();
+            let worker = fork_child(|| {
+                loop {
+                    // SAFETY: waits for a signal; the test SIGKILLs us.
+                    unsafe { libc::pause() };
+                }
+            });
+            say(format!("held pid={} worker={worker}", my_pid()));
+            let _ = hear(); // killed by the test meanwhile
+            drop(g);
+        }
+        // Issue 17, item 10b: the helper is in the table and holds the table's flock through
+        // a description of its own (as during a cold path); its forked child, which inherited
+        // every descriptor, must wait in its cold path (here: registering for a token).
+        "cold-under-parent" => {
+            let _main = lt.main_lock(Share::Shared).unwrap();
+            let fd = flock_a_table_description(lt.path());
+            let child = fork_child(|| {
+                say(format!("child-calling pid={}", my_pid()));
+                let r = lt.token_lock();
+                say(format!("child-done {}", describe(&r)));
+            });
+            if hear() != "unlock" {
+                return;
+            }
+            // SAFETY: drops our flock on a descriptor of ours.
+            unsafe { libc::flock(fd, libc::LOCK_UN) };
+            say(format!("child-exit {}", reap(child)));
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Takes the table's flock (`LOCK_EX`, without waiting) through the first of our descriptors
+/// of `path` that can take it, and returns that descriptor.
+fn flock_a_table_description(path: &std::path::Path) -> i32 {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let want = id(std::fs::metadata(path).unwrap());
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    for fd in fds {
+        if std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .ok()
+            .map(id)
+            != Some(want)
+        {
+            continue;
+        }
+        // SAFETY: flock on a descriptor of ours, without waiting.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return fd;
+        }
+    }
+    panic!("no descriptor of {} could take its flock", path.display());
+}
+
+/// True when /proc/locks shows `pid` waiting for a flock.
+fn waits_for_flock(pid: u32) -> bool {
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.get(1) == Some(&"->")
+                && w.get(2) == Some(&"FLOCK")
+                && w.get(5) == Some(&&*pid.to_string())
+        })
 }
 
 #[test]
@@ -496,4 +568,66 @@ fn a_main_guard_dropped_in_a_forked_child_keeps_the_parent_registered() {
         h.expect("helper-unlocked");
         assert!(!lt.path().exists());
     }
+}
+
+/// Issue 17, item 6: a holder that forked a worker (which never touches the handle) and then
+/// died frees the token at once: the worker does not keep the holder's registration alive.
+#[test]
+fn a_holder_killed_after_forking_a_worker_is_reclaimed_while_the_worker_lives() {
+    let (lt, name) = table("forkworker");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("holder-forks-worker", &[&name]);
+    let line = h.expect("held");
+    let worker: libc::pid_t = field(&line, "worker").parse().unwrap();
+    assert!(worker > 0);
+    /// SIGKILLs the worker at the end, whatever happens.
+    struct KillOnDrop(libc::pid_t);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: signals one process by its PID (> 0).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _worker = KillOnDrop(worker);
+    h.kill();
+    let t0 = Instant::now();
+    let g = lt
+        .token_lock_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("granted while the dead holder's worker still lives");
+    assert!(g.previous_holder_died());
+    // SAFETY: signal 0 only asks whether the worker exists.
+    assert_eq!(
+        unsafe { libc::kill(worker, 0) },
+        0,
+        "the worker still lives ({:?} after the holder's death)",
+        t0.elapsed()
+    );
+    drop(g);
+}
+
+/// Issue 17, item 10b: a forked child never runs a cold path through a description it shares
+/// with its parent: while the parent holds the table's flock, the child's cold path waits.
+#[test]
+fn a_forked_childs_cold_path_waits_for_its_parents_flock() {
+    let name = unique("coldfork");
+    let mut h = Helper::spawn("cold-under-parent", &[&name]);
+    let child: u32 = h.expect("child-calling pid=").parse().unwrap();
+    let deadline = Instant::now() + common::BOUND;
+    loop {
+        if let Some(line) = h.try_next() {
+            panic!("the child ran its cold path under its parent's flock: {line}");
+        }
+        if waits_for_flock(child) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child neither waits nor ends"
+        );
+        std::thread::sleep(Duration::from_millis(1)); // polling a state, not synchronising
+    }
+    h.send("unlock");
+    assert_eq!(h.expect("child-done"), "Ok");
+    assert_eq!(h.expect("child-exit"), "0");
 }
