@@ -597,8 +597,9 @@ fn a_holder_killed_after_forking_a_worker_is_reclaimed_while_the_worker_lives() 
         .expect("granted while the dead holder's worker still lives");
     assert!(g.previous_holder_died());
     // SAFETY: signal 0 only asks whether the worker exists.
+    let alive = unsafe { libc::kill(worker, 0) };
     assert_eq!(
-        unsafe { libc::kill(worker, 0) },
+        alive,
         0,
         "the worker still lives ({:?} after the holder's death)",
         t0.elapsed()

@@ -1044,6 +1044,20 @@ mod tests {
     }
 
     #[test]
+    fn fork_local_descriptors_leave_the_table_when_dropped() {
+        let f = File::open("/dev/null").unwrap();
+        let fd = f.as_raw_fd();
+        let tracked = ForkLocal::new(f);
+        assert!(is_fork_local(fd));
+        assert!(
+            PLACEHOLDER.load(Ordering::Relaxed) >= 0,
+            "/dev/null is open"
+        );
+        drop(tracked);
+        assert!(!is_fork_local(fd));
+    }
+
+    #[test]
     fn we_are_alive_and_pid_zero_is_not() {
         let (pid, start) = current_identity();
         assert_eq!(pid, std::process::id());
