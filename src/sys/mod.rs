@@ -668,14 +668,18 @@ impl Drop for ForkLocal {
     fn drop(&mut self) {
         // Leave the table *before* the descriptor is closed (by the field's drop, after
         // this): the child handler must never replace a number that was closed and reused.
-        let fd = self.0.as_raw_fd();
-        for slot in &FORK_LOCAL {
-            if slot
-                .compare_exchange(fd, -1, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
-            {
-                break;
-            }
+        untrack(self.0.as_raw_fd());
+    }
+}
+
+/// Takes `fd` out of the table of [`ForkLocal`] descriptors.
+fn untrack(fd: RawFd) {
+    for slot in &FORK_LOCAL {
+        if slot
+            .compare_exchange(fd, -1, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            break;
         }
     }
 }
@@ -1044,7 +1048,7 @@ mod tests {
     }
 
     #[test]
-    fn fork_local_descriptors_leave_the_table_when_dropped() {
+    fn fork_local_descriptors_are_tracked_until_untracked() {
         let f = File::open("/dev/null").unwrap();
         let fd = f.as_raw_fd();
         let tracked = ForkLocal::new(f);
@@ -1053,8 +1057,10 @@ mod tests {
             PLACEHOLDER.load(Ordering::Relaxed) >= 0,
             "/dev/null is open"
         );
-        drop(tracked);
+        // What `drop` does before closing (checked while the number cannot be reused).
+        untrack(fd);
         assert!(!is_fork_local(fd));
+        drop(tracked);
     }
 
     #[test]
