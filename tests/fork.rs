@@ -240,6 +240,21 @@ fn dispatch(role: &str, args: &[String]) {
             unsafe { libc::flock(fd, libc::LOCK_UN) };
             say(format!("child-exit {}", reap(child)));
         }
+        // Issue 17, item 10b: the helper forks a worker (which never uses the handle), then
+        // runs cold paths (joining and leaving the table) until the test kills it.
+        "cold-loop-with-worker" => {
+            drop(lt.token_lock().unwrap()); // mapped and registered before the fork
+            let worker = fork_child(|| {
+                loop {
+                    // SAFETY: waits for a signal; the test SIGKILLs us.
+                    unsafe { libc::pause() };
+                }
+            });
+            say(format!("looping pid={} worker={worker}", my_pid()));
+            loop {
+                lt.main_lock(Share::Shared).unwrap().unlock().unwrap();
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -282,6 +297,30 @@ fn waits_for_flock(pid: u32) -> bool {
                 && w.get(2) == Some(&"FLOCK")
                 && w.get(5) == Some(&&*pid.to_string())
         })
+}
+
+/// True when /proc/locks shows `pid` holding (not waiting for) a flock on inode `ino`.
+fn holds_flock(pid: u32, ino: u64) -> bool {
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.get(1) == Some(&"FLOCK")
+                && w.get(4) == Some(&&*pid.to_string())
+                && w.get(5).and_then(|f| f.rsplit(':').next()) == Some(&*ino.to_string())
+        })
+}
+
+/// True when process `pid` is stopped (state `T`).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
 }
 
 #[test]
@@ -631,4 +670,73 @@ fn a_forked_childs_cold_path_waits_for_its_parents_flock() {
     h.send("unlock");
     assert_eq!(h.expect("child-done"), "Ok");
     assert_eq!(h.expect("child-exit"), "0");
+}
+
+/// Issue 17, item 10b: a process killed inside a cold path (holding the table's flock) while a
+/// child it forked lives on does not leave the flock held: the child kept neither the cold
+/// path's description (its copy was let go at fork) nor a mapping of it (it is never mapped).
+#[test]
+fn a_process_killed_in_a_cold_path_leaves_no_flock_to_its_forked_child() {
+    use std::os::unix::fs::MetadataExt;
+    let (lt, name) = table("coldkill");
+    let _main = lt.main_lock(Share::Shared).unwrap(); // keeps the table in place
+    let ino = std::fs::metadata(lt.path()).unwrap().ino();
+    let mut h = Helper::spawn("cold-loop-with-worker", &[&name]);
+    let line = h.expect("looping");
+    let helper: u32 = field(&line, "pid").parse().unwrap();
+    let worker: libc::pid_t = field(&line, "worker").parse().unwrap();
+    assert!(worker > 0);
+    /// SIGKILLs the worker at the end, whatever happens.
+    struct KillOnDrop(libc::pid_t);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: signals one process by its PID (> 0).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _worker = KillOnDrop(worker);
+    let signal = |sig| {
+        // SAFETY: signals our helper, which is not reaped before `h.kill()`.
+        unsafe { libc::kill(helper as libc::pid_t, sig) };
+    };
+    // Catch the helper inside a cold path: stopped while /proc/locks shows it holding.
+    let deadline = Instant::now() + common::BOUND;
+    loop {
+        assert!(Instant::now() < deadline, "never caught inside a cold path");
+        if !holds_flock(helper, ino) {
+            std::thread::yield_now();
+            continue;
+        }
+        signal(libc::SIGSTOP);
+        wait_until("the helper stops", || stopped(helper));
+        if holds_flock(helper, ino) {
+            break;
+        }
+        signal(libc::SIGCONT);
+    }
+    h.kill();
+    // The worker lives; the flock must be free (checked without waiting, on a description of
+    // our own).
+    let f = std::fs::File::open(lt.path()).unwrap();
+    // SAFETY: flock on a descriptor we own, without waiting.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    // SAFETY: signal 0 only asks whether the worker exists.
+    let alive = unsafe { libc::kill(worker, 0) };
+    assert_eq!(alive, 0, "the worker still lives");
+    assert_eq!(
+        rc, 0,
+        "the dead helper's flock is still held (its forked worker keeps it)"
+    );
+    drop(f);
+    // And the table goes on.
+    drop(
+        lt.token_lock_timeout(common::BOUND)
+            .unwrap()
+            .expect("granted"),
+    );
 }
