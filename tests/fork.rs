@@ -742,3 +742,23 @@ fn a_process_killed_in_a_cold_path_leaves_no_flock_to_its_forked_child() {
             .expect("granted"),
     );
 }
+
+/// `hold_across_exec` forks a guardian whose death signal follows the forking *thread*: it
+/// refuses a process with more than one thread (issue 17, item 5).
+#[test]
+fn hold_across_exec_refuses_a_multithreaded_process() {
+    let (lt, _name) = table("holdmt");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    // A second thread for the length of the call, whatever thread libtest runs us on.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || {
+        let _ = rx.recv();
+    });
+    let r = lt.hold_across_exec();
+    drop(tx);
+    other.join().unwrap();
+    match r {
+        Err(Error::NotSingleThreaded { threads, .. }) => assert!(threads >= 2),
+        other => panic!("expected NotSingleThreaded, got {other:?}"),
+    }
+}
