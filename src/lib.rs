@@ -61,8 +61,9 @@
 //! `bytemuck::Pod` types, and `set_data` / `data` for any serde type with the `serde` feature.
 //!
 //! Child processes take tokens on the handle their parent opened (after `fork`), or open the
-//! same name themselves. A child made by `fork` never keeps its parent's tokens alive: when
-//! the parent dies, its tokens are reclaimed even while the child runs on. See `docs/design.md` for the algorithm and its crash analysis,
+//! same name themselves. A child made by `fork(3)` never keeps its parent's tokens alive: when
+//! the parent dies, its tokens are reclaimed even while the child runs on (a raw
+//! `clone`/`syscall(SYS_fork)` child until its first call on the handle: docs/design.md). See `docs/design.md` for the algorithm and its crash analysis,
 //! `docs/format.md` for the file layout, and `docs/migration.md` for the Perl original's calls.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
