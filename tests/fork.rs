@@ -257,6 +257,35 @@ fn dispatch(role: &str, args: &[String]) {
                 assert_eq!(lt.repair().unwrap(), None);
             }
         }
+        // Issue 17, item 5, through the library: a forked child of the helper (one thread,
+        // as `hold_across_exec` requires) takes the token, forks its exec guardian and execs a
+        // shell (args[1] "exec") that reports and waits for a line, or a missing program
+        // (args[1] "fail"), then drops the guardian and goes on.
+        "hold-across-exec" => {
+            let child = fork_child(|| {
+                use std::os::unix::process::CommandExt;
+                let g = lt.token_lock().unwrap();
+                let guardian = lt.hold_across_exec().unwrap();
+                let gpid = guardian.pid().expect("a guardian");
+                say(format!("guardian pid={} guardian={gpid}", my_pid()));
+                let program = if args[1] == "exec" {
+                    "/bin/sh"
+                } else {
+                    "/nonexistent/lockticket-test"
+                };
+                let err = std::process::Command::new(program)
+                    .args(["-c", "echo '@@ execd'; read x"])
+                    .exec();
+                drop(guardian);
+                // SAFETY: signal 0 only asks whether the (reaped) guardian still exists.
+                let gone = unsafe { libc::kill(gpid as libc::pid_t, 0) } != 0;
+                say(format!("exec-failed gone={gone} {:?}", err.kind()));
+                let _ = hear();
+                g.unlock().unwrap();
+                say("released");
+            });
+            reap(child);
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -761,4 +790,47 @@ fn hold_across_exec_refuses_a_multithreaded_process() {
         Err(Error::NotSingleThreaded { threads, .. }) => assert!(threads >= 2),
         other => panic!("expected NotSingleThreaded, got {other:?}"),
     }
+}
+
+/// `hold_across_exec` keeps the token held by the exec'd program, exactly until it exits.
+#[test]
+fn hold_across_exec_keeps_the_token_for_the_execd_program() {
+    let (lt, name) = table("holdexec");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("hold-across-exec", &[&name, "exec"]);
+    let line = h.expect("guardian");
+    let pid: u32 = field(&line, "pid").parse().unwrap();
+    h.expect("execd");
+    // The shell is the helper's process: it holds the token, alive.
+    let st = lt.status().unwrap();
+    assert_eq!(
+        st.holders
+            .iter()
+            .map(|t| (t.pid, t.alive))
+            .collect::<Vec<_>>(),
+        [(pid, true)],
+        "{st}"
+    );
+    assert!(lt.try_token_lock().unwrap().is_none());
+    h.send("end"); // the shell's `read` returns: it exits
+    let g = lt
+        .token_lock_timeout(common::BOUND)
+        .unwrap()
+        .expect("granted once the program exited");
+    assert!(g.previous_holder_died());
+}
+
+/// When `exec` fails, dropping the guardian ends it, and the token is still the process's.
+#[test]
+fn a_dropped_exec_guardian_ends_and_the_process_keeps_its_token() {
+    let (lt, name) = table("holdfail");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("hold-across-exec", &[&name, "fail"]);
+    h.expect("guardian");
+    assert_eq!(h.expect("exec-failed"), "gone=true NotFound");
+    assert!(lt.try_token_lock().unwrap().is_none(), "still held");
+    h.send("release");
+    h.expect("released");
+    let g = lt.try_token_lock().unwrap().expect("free");
+    assert!(!g.previous_holder_died());
 }
