@@ -4,7 +4,8 @@
 //! as its child, and the child is made to die with us (`PR_SET_PDEATHSIG` = `SIGKILL`): the
 //! lock can never be free while the command still runs, even if we are killed by `SIGKILL`.
 //! With `-F` the command replaces this process (same PID, same start time), so it is the
-//! token's owner itself until it exits.
+//! token's owner itself until it exits; a guardian child keeps the registration's descriptor
+//! for it (the command and its children never inherit it) and dies with it.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -140,16 +141,19 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
 
     if a.no_fork {
         // On success `exec` does not return: the command is this process now, and holds the
-        // token and the main-lock registration until it exits: the descriptor whose OFD lock
-        // vouches for our registration is kept open across the exec.
-        if let Err(e) = lt.keep_registration_across_exec() {
-            release(token, main);
-            return Err(Failure::table(
-                "cannot keep the registration across exec",
-                &e,
-            ));
-        }
+        // token and the main-lock registration until it exits. The descriptor whose OFD lock
+        // vouches for our registration stays close-on-exec (the command's children must not
+        // keep the lock after it): a guardian child keeps it, and the kernel kills the
+        // guardian when the command ends (see `LockTicket::hold_across_exec`).
+        let guardian = match lt.hold_across_exec() {
+            Ok(g) => g,
+            Err(e) => {
+                release(token, main);
+                return Err(Failure::table("cannot hold the lock across exec", &e));
+            }
+        };
         let err = cmd.exec();
+        drop(guardian);
         let failure = spawn_failure(&program, &err);
         release(token, main);
         return Err(failure);

@@ -93,7 +93,9 @@ lockticket holds the lock itself while the command runs as its child, and
 forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it. If
 lockticket is killed (even by SIGKILL), the command is killed with it, so the
 lock is never free while the command still runs. With -F the command replaces
-lockticket (same PID) and holds the lock itself until it exits.
+lockticket (same PID) and holds the lock itself until it exits (not as long as
+background children it leaves: a small guardian child of lockticket's keeps
+the lock for the command and dies with it).
 
 The command gets LOCKTICKET_PATH (the table file) and
 LOCKTICKET_PREVIOUS_HOLDER_DIED (1 when the previous holder died holding the
@@ -211,7 +213,7 @@ pub(crate) struct ExecArgs {
     #[arg(short = 'u', long = "unlock")]
     pub unlock: bool,
     /// Do not fork: replace lockticket by the command, which then holds the lock under the same
-    /// PID until it exits
+    /// PID until it exits (a guardian child keeps it for the command, not its children)
     #[arg(short = 'F', long = "no-fork")]
     pub no_fork: bool,
     /// Do not let the command hold the lock (flock(1)'s -o); lockticket always works so: the
