@@ -127,6 +127,11 @@ impl LockTicket {
                 op: "open",
                 cause,
             })?;
+        if self.anchor.get().is_none() {
+            let _ = self
+                .lock_file_path
+                .set(std::path::absolute(lock_file).unwrap_or_else(|_| lock_file.to_path_buf()));
+        }
         self.install_anchor(f)
     }
 
@@ -247,6 +252,24 @@ impl LockTicket {
         let Some(guard) = self.acquire_queued(share, patience)? else {
             return Ok(None);
         };
+        // The kernel's flock on the caller's description, as flock(1) takes it: keeps holders
+        // that use another table for this file (another directory or /dev/shm) and plain
+        // flock(1) users out (`crate::lock_file`). Within one table it is free at once.
+        let flocked = crate::lock_file::take_on(fd, &path, share, patience);
+        match flocked {
+            Ok(true) => {}
+            Ok(false) => {
+                guard.unlock()?;
+                return Ok(None);
+            }
+            Err(e) => {
+                drop(guard);
+                return Err(e);
+            }
+        }
+        let unflock = || {
+            let _ = sys::flock_unlock_fd(fd);
+        };
         let died = guard.previous_holder_died();
         let (region, tk) = guard.into_parts();
         let ring = region.ring();
@@ -257,6 +280,7 @@ impl LockTicket {
         let cold = match region.cold() {
             Ok(c) => c,
             Err(e) => {
+                unflock();
                 let _ = release_ours(tk);
                 return Err(e);
             }
@@ -276,6 +300,7 @@ impl LockTicket {
         ) {
             Ok(reg) => reg,
             Err(e) => {
+                unflock();
                 let _ = release_ours(tk);
                 return Err(match e {
                     procs::RegisterError::Full => Error::ProcessTableFull {
@@ -292,6 +317,7 @@ impl LockTicket {
         };
         if let Err(b) = ring.transfer(tk, reg, display_pid) {
             let _ = procs::retire_fd(region.procs(), fd, reg);
+            unflock();
             return Err(self.broken(b));
         }
         drop(cold);
@@ -346,6 +372,10 @@ fn release_fd(
     reg: Registration,
     held: &[Ticket],
 ) -> Result<()> {
+    if !held.is_empty() {
+        // The description's flock first: never two holders of the file meanwhile.
+        let _ = sys::flock_unlock_fd(fd);
+    }
     for &tk in held {
         region.ring().release(tk).map_err(|b| lt.broken(b))?;
     }

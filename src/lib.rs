@@ -72,6 +72,7 @@ mod fd;
 mod handle;
 pub mod layout;
 mod liveness;
+mod lock_file;
 mod main_lock;
 mod members;
 mod owned;

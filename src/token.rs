@@ -38,9 +38,13 @@ impl LockTicket {
     /// Takes the exclusive token, waiting in FIFO order (the original's `TokenLock()`).
     #[inline]
     pub fn token_lock(&self) -> Result<TokenGuard<'_>> {
-        match self.fast(Share::Exclusive) {
-            Fast::Granted(g) => Ok(g),
-            other => self.acquire_blocking(Share::Exclusive, other),
+        let g = match self.fast(Share::Exclusive) {
+            Fast::Granted(g) => g,
+            other => self.acquire_blocking(Share::Exclusive, other)?,
+        };
+        match self.anchor.get() {
+            None => Ok(g),
+            Some(lock_file) => self.lock_file_forever(g, lock_file),
         }
     }
 
@@ -48,9 +52,13 @@ impl LockTicket {
     /// together; a shared request behind a queued exclusive one waits for it.
     #[inline]
     pub fn token_lock_shared(&self) -> Result<TokenGuard<'_>> {
-        match self.fast(Share::Shared) {
-            Fast::Granted(g) => Ok(g),
-            other => self.acquire_blocking(Share::Shared, other),
+        let g = match self.fast(Share::Shared) {
+            Fast::Granted(g) => g,
+            other => self.acquire_blocking(Share::Shared, other)?,
+        };
+        match self.anchor.get() {
+            None => Ok(g),
+            Some(lock_file) => self.lock_file_forever(g, lock_file),
         }
     }
 
@@ -100,16 +108,29 @@ impl LockTicket {
         }
         QUEUE_ONLY.set(true);
         let _reset = Reset;
-        self.acquire(share, patience)
+        // No kernel lock on the lock file here: the descriptor form takes it on the caller's
+        // descriptor itself (`crate::fd`).
+        self.acquire_ring(share, patience)
     }
 
-    /// Takes a token within `patience`.
+    /// Takes a token within `patience`: the ring's, and for a keyed table the kernel lock on
+    /// its lock file (`crate::lock_file`).
     #[inline]
     pub(crate) fn acquire(
         &self,
         share: Share,
         patience: Patience,
     ) -> Result<Option<TokenGuard<'_>>> {
+        let g = self.acquire_ring(share, patience)?;
+        match (g, self.anchor.get()) {
+            (Some(g), Some(lock_file)) => self.lock_file_within(g, lock_file, patience),
+            (g, _) => Ok(g),
+        }
+    }
+
+    /// Takes the ring's token within `patience`.
+    #[inline]
+    fn acquire_ring(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
         match self.fast(share) {
             Fast::Granted(g) => Ok(Some(g)),
             other => self.slow(share, patience, other),
@@ -168,6 +189,7 @@ impl LockTicket {
             pid,
             died,
             bypass: false,
+            kernel: None,
             _not_send: std::marker::PhantomData,
         }
     }
@@ -199,6 +221,7 @@ impl LockTicket {
             pid,
             died: ring.bypass_died_before(b.head),
             bypass: true,
+            kernel: None,
             _not_send: std::marker::PhantomData,
         })
     }
@@ -449,6 +472,9 @@ pub struct TokenGuard<'a> {
     /// Held ahead of the queue (bounded tables): `tk` is then the head it went ahead of and
     /// our bypass owner field.
     bypass: bool,
+    /// Keyed tables: the `flock` on the lock file, taken after the ring's grant and dropped
+    /// before the ring token is released (`crate::lock_file`).
+    pub(crate) kernel: Option<crate::lock_file::KernelLock>,
     /// Not `Send`, like std's `MutexGuard`: a token is released by the thread that took it,
     /// which is what lets a thread that asks again for it get an error instead of waiting
     /// for itself.
@@ -486,8 +512,35 @@ impl TokenGuard<'_> {
     /// found removed or replaced while the token was held: processes that opened the path
     /// afterwards were not excluded.
     pub fn unlock(self) -> Result<()> {
-        let this = std::mem::ManuallyDrop::new(self);
-        this.release()
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let released = this.release();
+        drop(this.kernel.take()); // closes the lock file's description
+        released
+    }
+
+    /// For a token in a keyed table (a handle given its lock file, see
+    /// [`LockTicket::set_lock_file`]): the open file description that holds the kernel
+    /// `flock` on the lock file (`LOCK_EX` for an exclusive token, `LOCK_SH` for a shared
+    /// one), which keeps processes that use another table for the same file (another
+    /// directory, another `/dev/shm`) and plain flock(1) users excluded. It is close-on-exec;
+    /// the lock stays as long as some copy of the description is open, until this guard is
+    /// released (which unlocks it for every copy). A process that hands its token on to
+    /// another (`lockticket exec -F`) hands a copy of this description with it. `None` for an
+    /// ordinary table.
+    ///
+    /// ```
+    /// # fn main() -> lockticket::Result<()> {
+    /// let lock_file = std::env::temp_dir();
+    /// let table = lockticket::table_for_lock_file(&lock_file, None)?.unwrap();
+    /// let lt = lockticket::LockTicket::open(&table)?;
+    /// lt.set_lock_file(&lock_file)?;
+    /// let _owner = lt.main_lock(lockticket::Share::Shared)?;
+    /// let token = lt.token_lock()?;
+    /// assert!(token.lock_file_descriptor().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn lock_file_descriptor(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.kernel.as_ref().map(|k| k.fd())
     }
 
     #[inline]
@@ -501,6 +554,9 @@ impl TokenGuard<'_> {
                 owner: self.pid,
                 pid,
             });
+        }
+        if let Some(k) = &self.kernel {
+            k.unlock(); // before the ring token: never two holders of the file meanwhile
         }
         let ring = self.region.ring();
         let released = match self.tk.share() {

@@ -139,6 +139,19 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
         // On success `exec` does not return: the command is this process now, and holds the
         // token and the main-lock registration until it exits: the descriptor whose OFD lock
         // vouches for our registration is kept open across the exec.
+        // A keyed table's kernel flock on the lock file (`TokenGuard::lock_file_descriptor`)
+        // goes with the token: its description is kept open across the exec, so the command
+        // holds it until it exits. (A guardian process that keeps the registration instead
+        // must be handed this description too.)
+        if let Some(fd) = token.lock_file_descriptor()
+            && let Err(e) = keep_across_exec(fd)
+        {
+            release(token, main);
+            return Err(Failure::new(
+                code::OS,
+                format!("cannot keep the lock file's lock across exec: {e}"),
+            ));
+        }
         if let Err(e) = lt.keep_registration_across_exec() {
             release(token, main);
             return Err(Failure::table(
@@ -155,6 +168,20 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     let outcome = run_child(cmd, &program);
     release(token, main);
     outcome.map(status_code)
+}
+
+/// Clears close-on-exec on `fd`, so that an `exec` keeps it open.
+fn keep_across_exec(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFD/F_SETFD on a descriptor the guard keeps open; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The program and its arguments, from `COMMAND [ARGS...]` or `-c 'SHELL COMMAND'`.

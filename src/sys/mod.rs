@@ -318,6 +318,42 @@ pub(crate) fn flock_exclusive(file: &File) -> io::Result<()> {
     }
 }
 
+/// Takes a `flock` on the description behind `fd`: `LOCK_EX` when `exclusive`, else
+/// `LOCK_SH`; with `nonblock` only if that is possible at once. `Ok(false)`: busy (only with
+/// `nonblock`). Interrupted calls are retried.
+pub(crate) fn flock_fd(fd: BorrowedFd<'_>, exclusive: bool, nonblock: bool) -> io::Result<bool> {
+    let mut op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    if nonblock {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: flock on a descriptor the caller keeps open; it reads no memory of ours.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if nonblock => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Drops the `flock` of the description behind `fd` (for every descriptor of it).
+pub(crate) fn flock_unlock_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: flock on a descriptor the caller keeps open.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// What `F_OFD_SETLK` gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OfdLock {
