@@ -109,6 +109,15 @@ impl LockTicket {
     /// reclaim a token whose descriptor was closed. Call it before the first lock call; the
     /// first lock file given stays.
     ///
+    /// It also makes every token of this handle take the kernel's `flock` on the lock file
+    /// (`LOCK_EX`, or `LOCK_SH` for a shared token) once the queue granted it, dropped just
+    /// before the token is released (see [`TokenGuard::lock_file_descriptor`]): processes that
+    /// meet in *another* table for the same file (another directory, a private `/dev/shm`)
+    /// and plain flock(1) users of the file stay excluded. Within one table that `flock` is
+    /// always free at once; across tables only exclusion holds, not arrival order.
+    ///
+    /// [`TokenGuard::lock_file_descriptor`]: crate::TokenGuard::lock_file_descriptor
+    ///
     /// ```
     /// # fn main() -> lockticket::Result<()> {
     /// let lock_file = std::env::temp_dir();
@@ -185,6 +194,12 @@ impl LockTicket {
     ///
     /// The calling process waits in the queue as itself, so killing it while it waits leaves
     /// nothing held; it needs not stay alive once this returns.
+    ///
+    /// Once granted, the kernel's `flock` is taken on `fd`'s own description too (`LOCK_EX`,
+    /// or `LOCK_SH` for [`Share::Shared`]), exactly as `flock 9` takes it, within the same
+    /// `wait`: it lives as long as the description, and [`unlock_fd`](Self::unlock_fd) drops it
+    /// before releasing the token. It keeps flock(1) users of the file and processes that use
+    /// another table for it (another directory) excluded.
     ///
     /// ```
     /// use std::os::fd::AsFd;
