@@ -96,7 +96,11 @@ fn different_table_directories_still_exclude() {
     other.expect("waiting");
     holder.send("go");
     holder.expect("released");
-    assert_eq!(other.next(), "held 0", "held while the other table's holder did");
+    assert_eq!(
+        other.next(),
+        "held 0",
+        "held while the other table's holder did"
+    );
     assert!(holder.finish().success());
     assert!(other.finish().success());
 }

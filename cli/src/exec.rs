@@ -176,8 +176,7 @@ fn keep_across_exec(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD on a descriptor the guard keeps open; no memory is passed.
     unsafe {
         let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-        {
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -274,7 +273,7 @@ fn describe_contention(lt: &LockTicket, share: Share) {
         .holders
         .iter()
         .map(|h| {
-            let cmd = inspect::command_line(h.pid, h.alive)
+            let cmd = inspect::command_text(h.pid, h.alive)
                 .map(|c| format!(" ({})", inspect::truncated(&c, 60)))
                 .unwrap_or_default();
             format!("pid {} {}{}", h.pid, h.share, cmd)
@@ -495,6 +494,7 @@ pub(crate) fn not_obtained(patience: Patience, t0: Instant) -> (&'static str, St
 
 pub(crate) fn verbose_line(line: &str) {
     use std::io::Write;
+    let line = crate::escape::text(line); // it may quote a command or path: foreign bytes
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "lockticket: {line}").and_then(|()| out.flush());
 }

@@ -112,7 +112,10 @@ fn exec_and_flock_exclude_each_other() {
     let mut kids = Kids::default();
 
     for no_fork in [false, true] {
-        let (held, go) = (s.join(&format!("held{no_fork}")), s.join(&format!("go{no_fork}")));
+        let (held, go) = (
+            s.join(&format!("held{no_fork}")),
+            s.join(&format!("go{no_fork}")),
+        );
         let mut c = Command::new(bin());
         c.arg("exec");
         if no_fork {
@@ -143,7 +146,11 @@ fn exec_and_flock_exclude_each_other() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "lockticket ran beside a flock holder");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "lockticket ran beside a flock holder"
+    );
     let out = Command::new(bin())
         .args(["exec", "-w", "0.05"])
         .arg(&file)
@@ -151,7 +158,11 @@ fn exec_and_flock_exclude_each_other() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "lockticket -w ran beside a flock holder");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "lockticket -w ran beside a flock holder"
+    );
     drop(f);
     let out = Command::new(bin())
         .args(["exec", "-n"])
@@ -184,7 +195,10 @@ fn descriptor_form_holds_the_flock_on_the_description() {
         c
     });
     wait_for(&held);
-    assert!(!flock_free(&file), "flock(1) got the file the descriptor form holds");
+    assert!(
+        !flock_free(&file),
+        "flock(1) got the file the descriptor form holds"
+    );
     std::fs::write(&go, b"").unwrap();
     assert!(kids.wait(i).success());
     assert!(flock_free(&file));
