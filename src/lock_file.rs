@@ -180,3 +180,183 @@ impl crate::LockTicket {
         }
     }
 }
+
+/// What [`LockTicket::find_lock_file`](crate::LockTicket::find_lock_file) found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockFileSearch {
+    /// Nothing to find: the handle knows its lock file already, the table is not keyed by a
+    /// lock file, or it has no holder in the descriptor form.
+    NotNeeded,
+    /// A process has the lock file open: the handle now judges descriptor-form holders
+    /// through a description of it (opened through `/proc/PID/fd`), exactly.
+    Found,
+    /// No process has the lock file open (it may have been deleted): every descriptor-form
+    /// holder registered so far closed its descriptor, and is judged dead from now on.
+    NoneOpen,
+    /// This process cannot see every process that might have it open (`/proc` missing or
+    /// mounted with `hidepid`, descriptors of other users, a holder of another PID
+    /// namespace): descriptor-form holders stay judged alive.
+    Inconclusive(&'static str),
+}
+
+/// The device and inode a keyed table's file name stands for (`lockticket-file-DEV-INO.lt`).
+fn keyed_dev_ino(table: &Path) -> Option<(u64, u64)> {
+    let name = table.file_name()?.to_str()?;
+    let key = name.strip_prefix("lockticket-file-")?.strip_suffix(".lt")?;
+    let (dev, ino) = key.split_once('-')?;
+    Some((
+        u64::from_str_radix(dev, 16).ok()?,
+        u64::from_str_radix(ino, 16).ok()?,
+    ))
+}
+
+/// What one pass over `/proc/*/fd` found for the file `(dev, ino)`.
+enum Scan {
+    Found(File),
+    None,
+    Incomplete(&'static str),
+}
+
+/// Looks through every process's descriptors for one of the file `(dev, ino)`; opens it again
+/// (read-only, close-on-exec) when found.
+fn scan_proc(want: (u64, u64)) -> Scan {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Scan::Incomplete("no /proc");
+    };
+    let mut incomplete = None;
+    for p in procs.flatten() {
+        if !p
+            .file_name()
+            .to_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let fds = match std::fs::read_dir(p.path().join("fd")) {
+            Ok(fds) => fds,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // exited
+            Err(_) => {
+                incomplete = Some("the descriptors of some processes cannot be read");
+                continue;
+            }
+        };
+        for fd in fds.flatten() {
+            let path = fd.path();
+            let Ok(m) = std::fs::metadata(&path) else {
+                continue; // closed meanwhile, or not a file we may stat
+            };
+            if (m.dev(), m.ino()) != want {
+                continue;
+            }
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+                .open(&path);
+            return match opened {
+                Ok(f) if f.metadata().is_ok_and(|m| (m.dev(), m.ino()) == want) => Scan::Found(f),
+                // It is open somewhere, but not for us to judge through.
+                _ => Scan::Incomplete("the lock file is open in a process we cannot open it from"),
+            };
+        }
+    }
+    match incomplete {
+        Some(why) => Scan::Incomplete(why),
+        None => Scan::None,
+    }
+}
+
+/// True when `/proc` hides other users' processes from us (`hidepid`, unless we are root).
+fn proc_hides_processes() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    info.lines().any(|l| {
+        let mut halves = l.split(" - ");
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        left.split(' ').nth(4) == Some("/proc")
+            && right.split(' ').nth(2).is_some_and(|opts| {
+                opts.split(',').any(|o| {
+                    o.strip_prefix("hidepid=")
+                        .is_some_and(|v| v != "0" && v != "off")
+                        || o == "subset=pid"
+                })
+            })
+    })
+}
+
+impl crate::LockTicket {
+    /// For a table keyed by a lock file whose handle was not given that file (an inspecting
+    /// tool names the table itself, or the file was deleted): looks for the lock file among
+    /// the descriptors every process has open (`/proc/*/fd`), so that holders in the
+    /// descriptor form ([`lock_fd`](Self::lock_fd)) are judged rather than always taken for
+    /// alive. Found open: the handle judges through it ([`LockFileSearch::Found`]). Open
+    /// nowhere — the holders' descriptors are all closed, typically because the lock file was
+    /// deleted and its shell closed it — the descriptor-form holders registered so far are
+    /// dead for good ([`LockFileSearch::NoneOpen`]): `status` shows them dead and a
+    /// cleaner removes the table. Where this process cannot see every process
+    /// ([`LockFileSearch::Inconclusive`]) nothing changes: they stay judged alive, never
+    /// wrongly dead.
+    ///
+    /// It reads every process's descriptor directory (twice, so that a descriptor handed on
+    /// meanwhile is not missed): a call for tools, not for a lock path.
+    ///
+    /// ```
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let name = format!("doc-find-lock-file-{}", std::process::id());
+    /// let lt = lockticket::LockTicket::open(&name)?;
+    /// let _owner = lt.main_lock(lockticket::Share::Shared)?;
+    /// // A named table is not keyed by a lock file: nothing to find.
+    /// assert_eq!(lt.find_lock_file()?, lockticket::LockFileSearch::NotNeeded);
+    /// # Ok(()) }
+    /// ```
+    pub fn find_lock_file(&self) -> Result<LockFileSearch> {
+        if self.anchor.get().is_some() {
+            return Ok(LockFileSearch::NotNeeded);
+        }
+        let region = self.table()?;
+        let Some(want) = keyed_dev_ino(region.path()) else {
+            return Ok(LockFileSearch::NotNeeded);
+        };
+        // The entries first, the search second: an entry whose description is open nowhere
+        // *after* it was recorded is closed for good (a closed description never reopens); a
+        // later registrant of the same entry bumps its generation, which the verdict names.
+        let entries = crate::procs::fd_entries(region.procs());
+        if entries.is_empty() {
+            return Ok(LockFileSearch::NotNeeded);
+        }
+        let ours = sys::pid_namespace();
+        if ours == 0
+            || crate::procs::fd_namespaces(region.procs())
+                .iter()
+                .any(|&ns| ns != ours)
+        {
+            return Ok(LockFileSearch::Inconclusive(
+                "a holder registered from another PID namespace",
+            ));
+        }
+        if proc_hides_processes() {
+            return Ok(LockFileSearch::Inconclusive(
+                "/proc hides other processes (hidepid)",
+            ));
+        }
+        for _ in 0..2 {
+            match scan_proc(want) {
+                Scan::Found(f) => {
+                    self.install_anchor(f)?;
+                    return Ok(LockFileSearch::Found);
+                }
+                Scan::Incomplete(why) => return Ok(LockFileSearch::Inconclusive(why)),
+                Scan::None => {}
+            }
+        }
+        region.set_fd_closed(entries);
+        Ok(LockFileSearch::NoneOpen)
+    }
+}

@@ -104,6 +104,9 @@ pub(crate) struct Region {
     /// when the handle knows it (see `LockTicket::set_lock_file`): `KIND_FD` entries are
     /// judged through it.
     anchor: std::sync::OnceLock<File>,
+    /// `KIND_FD` entries found dead without an anchor: no process had the lock file open
+    /// after they registered (see `crate::lock_file::search`).
+    fd_closed: std::sync::OnceLock<Vec<(u32, u32)>>,
 }
 
 impl std::fmt::Debug for Region {
@@ -292,6 +295,7 @@ impl Region {
             reg_id: AtomicU64::new(0),
             reg_lock: Mutex::new(None),
             anchor: std::sync::OnceLock::new(),
+            fd_closed: std::sync::OnceLock::new(),
             file: Mutex::new(Some(file)),
             map,
             payload_map,
@@ -379,7 +383,14 @@ impl Region {
             procs: self.procs(),
             procs_offset: self.geometry.procs_offset(),
             anchor: self.anchor.get(),
+            closed: self.fd_closed.get().map_or(&[], Vec::as_slice),
         }
+    }
+
+    /// Records `KIND_FD` entries (index, full generation) found closed for good: no process
+    /// had the lock file open after they registered. The first record stays.
+    pub(crate) fn set_fd_closed(&self, entries: Vec<(u32, u32)>) {
+        let _ = self.fd_closed.set(entries);
     }
 
     /// The anchor on the table's lock file, if one was given.

@@ -131,6 +131,11 @@ fn open_inspect(path: &Path, mode: Option<u32>) -> Result<LockTicket, Failure> {
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;
     anchor_lock_file(&lt);
+    // A keyed table named by its own path (`status`, `list`, `clean --all`), or whose lock
+    // file was deleted: find the lock file among the processes' descriptors, so that holders
+    // in the descriptor form are judged — dead once no process has the file open — instead
+    // of alive forever. A table that does not exist yet is reported by the caller.
+    let _ = lt.find_lock_file();
     Ok(lt)
 }
 

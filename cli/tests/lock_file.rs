@@ -202,6 +202,18 @@ fn descriptor_form_holds_the_flock_on_the_description() {
     std::fs::write(&go, b"").unwrap();
     assert!(kids.wait(i).success());
     assert!(flock_free(&file));
+    // The closed holder's table is reclaimed and removed by a cleaner naming the file.
+    let table = lockticket::table_for_lock_file(&file, None)
+        .unwrap()
+        .unwrap();
+    let out = Command::new(bin())
+        .arg("clean")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!table.exists(), "{out:?}");
 }
 
 /// Root only: a process with a private tmpfs on /dev/shm (a container, PrivateTmp /
@@ -260,5 +272,93 @@ fn private_dev_shm_still_excludes() {
     std::fs::write(&go, b"").unwrap();
     assert!(kids.wait(i).success());
     let out = inside("-n");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A descriptor-form holder whose lock file was deleted, then whose descriptor was closed, is
+/// dead: `status` (naming the table, as nobody can name the file any more) says so and `clean`
+/// removes the table. While the shell still has the descriptor open it stays alive and kept.
+/// Before: judged alive forever (no anchor could be opened), and `clean`/`clean --all` kept it.
+#[test]
+fn a_deleted_lock_files_closed_descriptor_holder_is_dead() {
+    let s = Scratch::new("deleted");
+    let file = s.join("job.lock");
+    std::fs::write(&file, b"").unwrap();
+    let table = lockticket::table_for_lock_file(&file, None)
+        .unwrap()
+        .unwrap();
+    let (held, go) = (s.join("held"), s.join("go"));
+    let mut kids = Kids::default();
+    let script = format!(
+        "exec 9>>'{f}'; '{b}' exec 9 || exit 7; rm '{f}'; {hold}; exec 9>&-",
+        f = file.display(),
+        b = bin(),
+        hold = hold_until(&held, &go)
+    );
+    let i = kids.spawn({
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    });
+    wait_for(&held);
+    assert!(!file.exists());
+    let lt = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(args)
+            .arg(&table)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Alive while the shell has it open (found through the shell's descriptor).
+    let st = lt(&["status"]);
+    assert!(st.contains("state    in use"), "{st}");
+    assert!(!st.contains("(dead)"), "{st}");
+    assert!(lt(&["clean"]).starts_with("kept"));
+
+    std::fs::write(&go, b"").unwrap();
+    assert!(kids.wait(i).success());
+    let st = lt(&["status"]);
+    assert!(
+        st.contains("state    unused"),
+        "a closed descriptor of a deleted lock file still holds: {st}"
+    );
+    assert!(st.contains("(dead)"), "{st}");
+    let cleaned = lt(&["clean"]);
+    assert!(cleaned.starts_with("removed"), "{cleaned}");
+    assert!(!table.exists());
+}
+
+/// Root only, in a private /dev/shm (so that `clean --all` touches no other table): the same
+/// with `clean --all`, which names no lock file at all.
+#[test]
+fn clean_all_removes_a_deleted_lock_files_dead_descriptor_table() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (unshare -m, mount tmpfs on /dev/shm)");
+        return;
+    }
+    let s = Scratch::new("cleanall");
+    let file = s.join("job.lock");
+    let script = format!(
+        "mount -t tmpfs none /dev/shm || exit 10; \
+         sh -c \"exec 9>'{f}'; '{b}' exec 9 || exit 7; rm '{f}'; exec 9>&-\" || exit 11; \
+         [ -n \"$(ls -A /dev/shm)\" ] || exit 12; \
+         '{b}' clean --all || exit 13; \
+         [ -z \"$(ls -A /dev/shm)\" ] || {{ ls -A /dev/shm; exit 14; }}",
+        f = file.display(),
+        b = bin()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if out.status.code() == Some(10) {
+        eprintln!("skipped: the kernel refused a tmpfs mount on /dev/shm");
+        return;
+    }
     assert!(out.status.success(), "{out:?}");
 }
