@@ -33,6 +33,16 @@ use crate::token::Patience;
 #[derive(Debug)]
 pub(crate) struct KernelLock {
     file: File,
+    /// Its slot in the descriptors a forked child lets go of (`sys::remember_held`).
+    held: Option<usize>,
+}
+
+impl Drop for KernelLock {
+    fn drop(&mut self) {
+        if let Some(slot) = self.held {
+            sys::forget_held(slot, self.file.as_fd());
+        }
+    }
 }
 
 impl KernelLock {
@@ -69,12 +79,17 @@ pub(crate) fn take(
         op: "open the lock file again",
         cause,
     })?;
-    let got = flock_within(file.as_fd(), share, patience).map_err(|cause| Error::Io {
+    // A child forked while we hold the lock must not keep the description (and the lock)
+    // after we are gone: it is pointed at /dev/null in the child. Registered before the lock
+    // is taken, so that no fork in between is missed.
+    let held = sys::remember_held(file.as_fd());
+    let k = KernelLock { file, held };
+    let got = flock_within(k.file.as_fd(), share, patience).map_err(|cause| Error::Io {
         path: shown(),
         op: "flock",
         cause,
     })?;
-    Ok(got.then_some(KernelLock { file }))
+    Ok(got.then_some(k))
 }
 
 /// The descriptor form: takes the `flock` on the caller's own description `fd` (shown as

@@ -62,6 +62,32 @@ fn dispatch(role: &str, args: &[String]) {
             say(format!("held {}", counter.get()));
             drop(t);
         }
+        // Holds the exclusive token, forks: the child must not keep the kernel lock's
+        // description (so that it cannot keep the lock after we die); we still hold it.
+        "fork" => {
+            use std::os::fd::AsRawFd;
+            let t = lt.token_lock().unwrap();
+            let fd = t.lock_file_descriptor().unwrap().as_raw_fd();
+            let child = common::fork_child(|| {
+                // SAFETY: fstat into a local, zeroed stat.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+                assert_eq!(
+                    st.st_mode & libc::S_IFMT,
+                    libc::S_IFCHR,
+                    "the child kept the lock file's description"
+                );
+            });
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+            say(format!("child {status}"));
+            let probe = std::fs::File::open(&file).unwrap();
+            // SAFETY: flock on a descriptor we own.
+            let rc = unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            say(format!("parent holds {}", rc == -1));
+            drop(t);
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -103,6 +129,30 @@ fn different_table_directories_still_exclude() {
     );
     assert!(holder.finish().success());
     assert!(other.finish().success());
+}
+
+/// A holder that forks: the child lets go of the kernel lock's description (pointed at
+/// /dev/null), so a holder that forks a worker and dies does not leave the lock file locked by
+/// the worker; the holder itself still holds it.
+#[test]
+fn a_forked_child_does_not_keep_the_kernel_lock() {
+    let s = Scratch::new("lf-fork");
+    let file = s.join("job.lock");
+    std::fs::write(&file, b"").unwrap();
+    let counter = s.join("counter");
+    let args = [
+        file.display().to_string(),
+        s.0.display().to_string(),
+        counter.display().to_string(),
+    ];
+    let mut h = Helper::spawn("fork", &args.each_ref().map(String::as_str));
+    assert_eq!(
+        h.next(),
+        "child 0",
+        "the forked child kept the lock file's description"
+    );
+    assert_eq!(h.next(), "parent holds true");
+    assert!(h.finish().success());
 }
 
 /// Within one table the kernel lock never blocks: shared holders of one process each hold

@@ -344,6 +344,75 @@ pub(crate) fn flock_fd(fd: BorrowedFd<'_>, exclusive: bool, nonblock: bool) -> i
     }
 }
 
+/// Descriptors whose description holds a kernel lock on a lock file for a token of this
+/// process (`crate::lock_file`): a child made by `fork` gets them pointed at /dev/null (see
+/// [`release_held_in_child`]), so that a holder that forks and dies does not leave the lock to
+/// its child. -1: a free slot. More holders than slots are not covered (documented).
+static HELD: [std::sync::atomic::AtomicI32; 64] =
+    [const { std::sync::atomic::AtomicI32::new(-1) }; 64];
+static HELD_SETUP: Once = Once::new();
+
+extern "C" fn release_held_in_child() {
+    // Runs in the child right after fork: async-signal-safe calls only (open, dup3, close).
+    if HELD.iter().all(|h| h.load(Ordering::Relaxed) < 0) {
+        return;
+    }
+    // SAFETY: open of a constant NUL-terminated path; the result is checked.
+    let null = unsafe {
+        libc::open(
+            c"/dev/null".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if null < 0 {
+        return;
+    }
+    for h in &HELD {
+        let fd = h.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: `fd` is open in this child (inherited: it was open in the parent when it
+            // forked) and owned by a guard that only ever closes it; dup3 atomically makes it
+            // refer to /dev/null (close-on-exec), so the number stays valid for that guard
+            // and the child no longer keeps the lock file's description.
+            unsafe {
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                libc::dup3(null, fd, libc::O_CLOEXEC);
+                #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                libc::dup2(null, fd);
+            }
+        }
+    }
+    // SAFETY: closes the descriptor opened above.
+    unsafe {
+        libc::close(null);
+    }
+}
+
+/// Registers `fd` (a kernel lock's description) to be let go of in forked children; the slot
+/// to give to [`forget_held`], `None` when all slots are taken.
+pub(crate) fn remember_held(fd: BorrowedFd<'_>) -> Option<usize> {
+    HELD_SETUP.call_once(|| {
+        // SAFETY: registers a handler that makes only async-signal-safe calls; the function
+        // pointer is 'static.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(release_held_in_child));
+        }
+    });
+    let fd = fd.as_raw_fd();
+    HELD.iter().position(|h| {
+        h.compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    })
+}
+
+/// Ends [`remember_held`]'s registration of `fd` in `slot` (only if it is still `fd`'s: a
+/// forked child has cleared it).
+pub(crate) fn forget_held(slot: usize, fd: BorrowedFd<'_>) {
+    if let Some(h) = HELD.get(slot) {
+        let _ = h.compare_exchange(fd.as_raw_fd(), -1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
 /// Drops the `flock` of the description behind `fd` (for every descriptor of it).
 pub(crate) fn flock_unlock_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: flock on a descriptor the caller keeps open.
