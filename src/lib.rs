@@ -104,7 +104,7 @@ pub use fairness::{Fairness, ParseFairnessError};
 pub use fd::{FdLock, table_for_lock_fd};
 pub use handle::{Builder, LockTicket};
 pub use layout::HeaderError;
-pub use lock_file::LockFileSearch;
+pub use lock_file::FdHolders;
 pub use main_lock::MainGuard;
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
 pub use path::{DEFAULT_DIRECTORIES, default_directory, table_for_lock_file, table_name};

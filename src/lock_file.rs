@@ -196,23 +196,26 @@ impl crate::LockTicket {
     }
 }
 
-/// What [`LockTicket::find_lock_file`](crate::LockTicket::find_lock_file) found.
+/// What [`LockTicket::judge_fd_holders`](crate::LockTicket::judge_fd_holders) found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum LockFileSearch {
-    /// Nothing to find: the handle knows its lock file already, the table is not keyed by a
-    /// lock file, or it has no holder in the descriptor form.
+pub enum FdHolders {
+    /// Nothing to judge: the handle knows its lock file already (it judges exactly), the
+    /// table is not keyed by a lock file, or it has no holder in the descriptor form.
     NotNeeded,
-    /// A process has the lock file open: the handle now judges descriptor-form holders
-    /// through a description of it (opened through `/proc/PID/fd`), exactly.
-    Found,
-    /// No process has the lock file open (it may have been deleted): every descriptor-form
-    /// holder registered so far closed its descriptor, and is judged dead from now on.
-    NoneOpen,
-    /// This process cannot see every process that might have it open (`/proc` missing or
-    /// mounted with `hidepid`, descriptors of other users, a holder of another PID
-    /// namespace): descriptor-form holders stay judged alive.
-    Inconclusive(&'static str),
+    /// The descriptor-form entries were judged from the kernel's list of file locks: `dead`
+    /// of them closed their descriptor (they are judged dead from now on), `alive` still
+    /// hold it.
+    Judged {
+        /// Entries whose description still holds its lock-file byte.
+        alive: usize,
+        /// Entries whose description is closed: dead for good.
+        dead: usize,
+    },
+    /// The kernel's list cannot be trusted here (no `/proc/locks`, or a holder registered
+    /// from another PID namespace, whose locks older kernels leave out): descriptor-form
+    /// holders stay judged alive, never wrongly dead.
+    Unknown(&'static str),
 }
 
 /// The device and inode a keyed table's file name stands for (`lockticket-file-DEV-INO.lt`).
@@ -226,125 +229,70 @@ fn keyed_dev_ino(table: &Path) -> Option<(u64, u64)> {
     ))
 }
 
-/// What one pass over `/proc/*/fd` found for the file `(dev, ino)`.
-enum Scan {
-    Found(File),
-    None,
-    Incomplete(&'static str),
-}
-
-/// Looks through every process's descriptors for one of the file `(dev, ino)`; opens it again
-/// (read-only, close-on-exec) when found.
-fn scan_proc(want: (u64, u64)) -> Scan {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Scan::Incomplete("no /proc");
-    };
-    let mut incomplete = None;
-    for p in procs.flatten() {
-        if !p
-            .file_name()
-            .to_str()
-            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        {
-            continue;
-        }
-        let fds = match std::fs::read_dir(p.path().join("fd")) {
-            Ok(fds) => fds,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // exited
-            Err(_) => {
-                incomplete = Some("the descriptors of some processes cannot be read");
-                continue;
+/// The byte ranges of OFD locks held (not waited for) on the file `(major, minor, ino)`,
+/// from the text of `/proc/locks` (lines as `1: OFDLCK ADVISORY WRITE -1 fe:00:1234 5 5`).
+fn ofd_ranges(locks: &str, major: u64, minor: u64, ino: u64) -> Vec<(u64, Option<u64>)> {
+    locks
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // A waiter's line has "->" after the id; it holds nothing.
+            if f.len() < 8 || f[1] != "OFDLCK" {
+                return None;
             }
-        };
-        for fd in fds.flatten() {
-            let path = fd.path();
-            let Ok(m) = std::fs::metadata(&path) else {
-                continue; // closed meanwhile, or not a file we may stat
-            };
-            if (m.dev(), m.ino()) != want {
-                continue;
+            let mut file = f[5].split(':');
+            let (maj, min, i) = (file.next()?, file.next()?, file.next()?);
+            if u64::from_str_radix(maj, 16).ok()? != major
+                || u64::from_str_radix(min, 16).ok()? != minor
+                || i.parse::<u64>().ok()? != ino
+            {
+                return None;
             }
-            let opened = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-                .open(&path);
-            return match opened {
-                Ok(f) if f.metadata().is_ok_and(|m| (m.dev(), m.ino()) == want) => Scan::Found(f),
-                // It is open somewhere, but not for us to judge through.
-                _ => Scan::Incomplete("the lock file is open in a process we cannot open it from"),
+            let start = f[6].parse::<u64>().ok()?;
+            let end = match f[7] {
+                "EOF" => None,
+                e => Some(e.parse::<u64>().ok()?),
             };
-        }
-    }
-    match incomplete {
-        Some(why) => Scan::Incomplete(why),
-        None => Scan::None,
-    }
-}
-
-/// True when `/proc` hides other users' processes from us (`hidepid`, unless we are root).
-fn proc_hides_processes() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return true;
-    };
-    info.lines().any(|l| {
-        let mut halves = l.split(" - ");
-        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
-            return false;
-        };
-        left.split(' ').nth(4) == Some("/proc")
-            && right.split(' ').nth(2).is_some_and(|opts| {
-                opts.split(',').any(|o| {
-                    o.strip_prefix("hidepid=")
-                        .is_some_and(|v| v != "0" && v != "off")
-                        || o == "subset=pid"
-                })
-            })
-    })
+            Some((start, end))
+        })
+        .collect()
 }
 
 impl crate::LockTicket {
-    /// For a table keyed by a lock file whose handle was not given that file (an inspecting
-    /// tool names the table itself, or the file was deleted): looks for the lock file among
-    /// the descriptors every process has open (`/proc/*/fd`), so that holders in the
-    /// descriptor form ([`lock_fd`](Self::lock_fd)) are judged rather than always taken for
-    /// alive. Found open: the handle judges through it ([`LockFileSearch::Found`]). Open
-    /// nowhere — the holders' descriptors are all closed, typically because the lock file was
-    /// deleted and its shell closed it — the descriptor-form holders registered so far are
-    /// dead for good ([`LockFileSearch::NoneOpen`]): `status` shows them dead and a
-    /// cleaner removes the table. Where this process cannot see every process
-    /// ([`LockFileSearch::Inconclusive`]) nothing changes: they stay judged alive, never
-    /// wrongly dead.
-    ///
-    /// It reads every process's descriptor directory (twice, so that a descriptor handed on
-    /// meanwhile is not missed): a call for tools, not for a lock path.
+    /// For a table keyed by a lock file whose handle was not given that file (a tool names
+    /// the table itself, or the lock file was deleted and can no longer be named): judges the
+    /// holders in the descriptor form ([`lock_fd`](Self::lock_fd)) from the kernel's list of
+    /// file locks (`/proc/locks`, readable by every user, which lists OFD locks whatever
+    /// process holds them): an entry whose lock-file byte is locked by nobody has closed its
+    /// descriptor, for good, and is judged dead from then on — `status` shows it dead and a
+    /// cleaner removes the table. Without this such holders are always judged alive (never
+    /// wrong, but a deleted lock file's table then stays "in use" forever).
     ///
     /// ```
     /// # fn main() -> lockticket::Result<()> {
-    /// # let name = format!("doc-find-lock-file-{}", std::process::id());
+    /// # let name = format!("doc-judge-fd-{}", std::process::id());
     /// let lt = lockticket::LockTicket::open(&name)?;
     /// let _owner = lt.main_lock(lockticket::Share::Shared)?;
-    /// // A named table is not keyed by a lock file: nothing to find.
-    /// assert_eq!(lt.find_lock_file()?, lockticket::LockFileSearch::NotNeeded);
+    /// // A named table is not keyed by a lock file: nothing to judge.
+    /// assert_eq!(lt.judge_fd_holders()?, lockticket::FdHolders::NotNeeded);
     /// # Ok(()) }
     /// ```
-    pub fn find_lock_file(&self) -> Result<LockFileSearch> {
+    pub fn judge_fd_holders(&self) -> Result<FdHolders> {
         if self.anchor.get().is_some() {
-            return Ok(LockFileSearch::NotNeeded);
+            return Ok(FdHolders::NotNeeded);
         }
         let region = self.table()?;
-        let Some(want) = keyed_dev_ino(region.path()) else {
-            return Ok(LockFileSearch::NotNeeded);
+        let Some((dev, ino)) = keyed_dev_ino(region.path()) else {
+            return Ok(FdHolders::NotNeeded);
         };
-        // The entries first, the search second: an entry whose description is open nowhere
-        // *after* it was recorded is closed for good (a closed description never reopens); a
-        // later registrant of the same entry bumps its generation, which the verdict names.
+        // The entries first, the kernel's list second: an entry whose byte is locked by
+        // nobody *after* it was recorded has closed its description for good (a closed
+        // description never comes back; a retired entry is unlocked by its owner); a later
+        // registrant of the same entry locks the byte first, then bumps the generation, which
+        // the verdict names.
         let entries = crate::procs::fd_entries(region.procs());
         if entries.is_empty() {
-            return Ok(LockFileSearch::NotNeeded);
+            return Ok(FdHolders::NotNeeded);
         }
         let ours = sys::pid_namespace();
         if ours == 0
@@ -352,26 +300,56 @@ impl crate::LockTicket {
                 .iter()
                 .any(|&ns| ns != ours)
         {
-            return Ok(LockFileSearch::Inconclusive(
+            return Ok(FdHolders::Unknown(
                 "a holder registered from another PID namespace",
             ));
         }
-        if proc_hides_processes() {
-            return Ok(LockFileSearch::Inconclusive(
-                "/proc hides other processes (hidepid)",
-            ));
-        }
-        for _ in 0..2 {
-            match scan_proc(want) {
-                Scan::Found(f) => {
-                    self.install_anchor(f)?;
-                    return Ok(LockFileSearch::Found);
-                }
-                Scan::Incomplete(why) => return Ok(LockFileSearch::Inconclusive(why)),
-                Scan::None => {}
-            }
-        }
-        region.set_fd_closed(entries);
-        Ok(LockFileSearch::NoneOpen)
+        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+            return Ok(FdHolders::Unknown("no /proc/locks"));
+        };
+        let dev = nix::libc::dev_t::from(dev);
+        let ranges = ofd_ranges(
+            &locks,
+            u64::from(nix::sys::stat::major(dev)),
+            u64::from(nix::sys::stat::minor(dev)),
+            ino,
+        );
+        let (dead, alive): (Vec<(u32, u32)>, Vec<(u32, u32)>) =
+            entries.into_iter().partition(|&(i, _)| {
+                let byte = crate::procs::fd_lock_offset(i);
+                !ranges
+                    .iter()
+                    .any(|&(start, end)| start <= byte && end.is_none_or(|e| byte <= e))
+            });
+        let judged = FdHolders::Judged {
+            alive: alive.len(),
+            dead: dead.len(),
+        };
+        region.set_fd_closed(dead);
+        Ok(judged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_names_and_proc_locks_lines_parse() {
+        assert_eq!(
+            keyed_dev_ino(Path::new("/dev/shm/lockticket-file-fe00-98c037.lt")),
+            Some((0xfe00, 0x98c037))
+        );
+        assert_eq!(keyed_dev_ino(Path::new("/dev/shm/lockticket-job.lt")), None);
+        let locks = "1: OFDLCK ADVISORY  WRITE -1 fe:00:10011160 5500021044926218241 5500021044926218241\n\
+                     2: FLOCK  ADVISORY  WRITE 16225 fe:00:10011160 0 EOF\n\
+                     3: -> OFDLCK ADVISORY  WRITE -1 fe:00:10011160 7 7\n\
+                     4: OFDLCK ADVISORY  READ -1 fe:00:99 9 EOF\n";
+        assert_eq!(
+            ofd_ranges(locks, 0xfe, 0, 10011160),
+            vec![(5500021044926218241, Some(5500021044926218241))]
+        );
+        assert_eq!(ofd_ranges(locks, 0xfe, 0, 99), vec![(9, None)]);
+        assert!(ofd_ranges(locks, 0xfe, 1, 99).is_empty());
     }
 }

@@ -132,10 +132,10 @@ fn open_inspect(path: &Path, mode: Option<u32>) -> Result<LockTicket, Failure> {
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;
     anchor_lock_file(&lt);
     // A keyed table named by its own path (`status`, `list`, `clean --all`), or whose lock
-    // file was deleted: find the lock file among the processes' descriptors, so that holders
-    // in the descriptor form are judged — dead once no process has the file open — instead
-    // of alive forever. A table that does not exist yet is reported by the caller.
-    let _ = lt.find_lock_file();
+    // file was deleted: judge holders in the descriptor form from the kernel's list of file
+    // locks — dead once their descriptor is closed — instead of alive forever. A table that
+    // does not exist yet is reported by the caller.
+    let _ = lt.judge_fd_holders();
     Ok(lt)
 }
 
