@@ -308,19 +308,15 @@ impl crate::LockTicket {
             return Ok(FdHolders::Unknown("no /proc/locks"));
         };
         let dev = nix::libc::dev_t::from(dev);
-        let ranges = ofd_ranges(
-            &locks,
-            u64::from(nix::sys::stat::major(dev)),
-            u64::from(nix::sys::stat::minor(dev)),
-            ino,
-        );
-        let (dead, alive): (Vec<(u32, u32)>, Vec<(u32, u32)>) =
-            entries.into_iter().partition(|&(i, _)| {
-                let byte = crate::procs::fd_lock_offset(i);
-                !ranges
-                    .iter()
-                    .any(|&(start, end)| start <= byte && end.is_none_or(|e| byte <= e))
-            });
+        let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        let ranges = ofd_ranges(&locks, major, minor, ino);
+        type Entries = Vec<(u32, u32)>;
+        let (dead, alive): (Entries, Entries) = entries.into_iter().partition(|&(i, _)| {
+            let byte = crate::procs::fd_lock_offset(i);
+            !ranges
+                .iter()
+                .any(|&(start, end)| start <= byte && end.is_none_or(|e| byte <= e))
+        });
         let judged = FdHolders::Judged {
             alive: alive.len(),
             dead: dead.len(),

@@ -69,8 +69,9 @@ fn dispatch(role: &str, args: &[String]) {
             let t = lt.token_lock().unwrap();
             let fd = t.lock_file_descriptor().unwrap().as_raw_fd();
             let child = common::fork_child(|| {
-                // SAFETY: fstat into a local, zeroed stat.
+                // SAFETY: `stat` is a plain C struct; all-zero is a valid value.
                 let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: fstat writes into the local `st`; `fd` is a number, maybe closed.
                 assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
                 assert_eq!(
                     st.st_mode & libc::S_IFMT,
