@@ -144,7 +144,7 @@ impl LockTicket {
         self.install_anchor(f)
     }
 
-    pub(crate) fn install_anchor(&self, f: File) -> Result<()> {
+    fn install_anchor(&self, f: File) -> Result<()> {
         let _ = self.anchor.set(f);
         let anchor = self.anchor.get().expect("just set");
         for r in self
