@@ -362,3 +362,43 @@ fn clean_all_removes_a_deleted_lock_files_dead_descriptor_table() {
     }
     assert!(out.status.success(), "{out:?}");
 }
+
+/// Root only (to become another user): the same judgement works for an unprivileged user, who
+/// cannot see other users' descriptors — the kernel's list of file locks is readable by all.
+#[test]
+fn an_unprivileged_user_sees_a_closed_descriptor_holder_dead() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (to run the scenario as user nobody)");
+        return;
+    }
+    let s = Scratch::new("nobody");
+    let mut perms = std::fs::metadata(&s.0).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(&s.0, perms).unwrap();
+    let file = s.join("job.lock");
+    let script = format!(
+        "exec 9>'{f}'; T=$(printf '%s/lockticket-file-%x-%x.lt' /dev/shm $((0x$(stat -c %D '{f}'))) \
+         $(stat -c %i '{f}')); '{b}' exec 9 || exit 7; rm '{f}'; exec 9>&-; \
+         '{b}' status \"$T\" | grep -q '^state    unused' || {{ '{b}' status \"$T\"; exit 8; }}; \
+         '{b}' clean \"$T\" | grep -q '^removed' || exit 9; [ ! -e \"$T\" ] || exit 10",
+        f = file.display(),
+        b = bin()
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .output();
+    let Ok(out) = out else {
+        eprintln!("skipped: no setpriv");
+        return;
+    };
+    assert!(out.status.success(), "{out:?}");
+}
