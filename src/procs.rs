@@ -87,9 +87,9 @@ pub(crate) struct TableLiveness<'a> {
     /// A description of the table's lock file that holds no locks, when the table is keyed by
     /// one: [`KIND_FD`] entries are asked through it; without it they are judged alive.
     pub anchor: Option<&'a File>,
-    /// [`KIND_FD`] entries (index, full generation) whose lock file was found open by no
-    /// process at all after they registered (`crate::lock_file::search`): their description is
-    /// closed for good, so they are dead. Asked only without an anchor.
+    /// [`KIND_FD`] entries (index, full generation) whose lock-file byte the kernel's list of
+    /// file locks showed unlocked after they were recorded (`LockTicket::judge_fd_holders`):
+    /// their description is closed for good, so they are dead. Asked only without an anchor.
     pub closed: &'a [(u32, u32)],
 }
 

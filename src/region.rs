@@ -104,8 +104,9 @@ pub(crate) struct Region {
     /// when the handle knows it (see `LockTicket::set_lock_file`): `KIND_FD` entries are
     /// judged through it.
     anchor: std::sync::OnceLock<File>,
-    /// `KIND_FD` entries found dead without an anchor: no process had the lock file open
-    /// after they registered (see `crate::lock_file::search`).
+    /// `KIND_FD` entries found dead without an anchor: their lock-file byte was unlocked in
+    /// the kernel's list of file locks after they were recorded (see
+    /// `LockTicket::judge_fd_holders`).
     fd_closed: std::sync::OnceLock<Vec<(u32, u32)>>,
 }
 
@@ -387,8 +388,8 @@ impl Region {
         }
     }
 
-    /// Records `KIND_FD` entries (index, full generation) found closed for good: no process
-    /// had the lock file open after they registered. The first record stays.
+    /// Records `KIND_FD` entries (index, full generation) found closed for good (their
+    /// lock-file byte unlocked after they were recorded). The first record stays.
     pub(crate) fn set_fd_closed(&self, entries: Vec<(u32, u32)>) {
         let _ = self.fd_closed.set(entries);
     }

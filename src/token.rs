@@ -530,13 +530,17 @@ impl TokenGuard<'_> {
     ///
     /// ```
     /// # fn main() -> lockticket::Result<()> {
-    /// let lock_file = std::env::temp_dir();
+    /// # let lock_file = std::env::temp_dir().join(format!("doc-lock-file-fd-{}", std::process::id()));
+    /// std::fs::write(&lock_file, b"").unwrap(); // a flock(1) user's lock file
     /// let table = lockticket::table_for_lock_file(&lock_file, None)?.unwrap();
     /// let lt = lockticket::LockTicket::open(&table)?;
     /// lt.set_lock_file(&lock_file)?;
-    /// let _owner = lt.main_lock(lockticket::Share::Shared)?;
+    /// let owner = lt.main_lock(lockticket::Share::Shared)?;
     /// let token = lt.token_lock()?;
-    /// assert!(token.lock_file_descriptor().is_some());
+    /// assert!(token.lock_file_descriptor().is_some()); // flock(1) on the file waits now
+    /// token.unlock()?;
+    /// owner.unlock()?;
+    /// # std::fs::remove_file(&lock_file).unwrap();
     /// # Ok(()) }
     /// ```
     pub fn lock_file_descriptor(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
