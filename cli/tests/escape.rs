@@ -116,6 +116,11 @@ fn a_holders_command_line_cannot_write_control_bytes_or_forge_lines() {
     assert!(cmd.contains(&evil), "{cmd:?}");
 
     std::fs::write(&go, b"").unwrap();
-    drop(holder);
+    let mut holder = holder;
+    let deadline = Instant::now() + BOUND;
+    while holder.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the holder did not finish");
+        std::thread::sleep(Duration::from_millis(2)); // polling an exit
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
