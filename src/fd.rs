@@ -111,12 +111,12 @@ impl LockTicket {
     ///
     /// It also makes every token of this handle take the kernel's `flock` on the lock file
     /// (`LOCK_EX`, or `LOCK_SH` for a shared token) once the queue granted it, dropped just
-    /// before the token is released (see [`TokenGuard::lock_file_descriptor`]): processes that
+    /// before the token is released (see [`TokenGuard::lock_file_description`]): processes that
     /// meet in *another* table for the same file (another directory, a private `/dev/shm`)
     /// and plain flock(1) users of the file stay excluded. Within one table that `flock` is
     /// always free at once; across tables only exclusion holds, not arrival order.
     ///
-    /// [`TokenGuard::lock_file_descriptor`]: crate::TokenGuard::lock_file_descriptor
+    /// [`TokenGuard::lock_file_description`]: crate::TokenGuard::lock_file_description
     ///
     /// ```
     /// # fn main() -> lockticket::Result<()> {

@@ -24,52 +24,82 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::region::Region;
+use crate::ring::Ticket;
 use crate::share::Share;
 use crate::sys;
 use crate::token::Patience;
 
 /// The `flock` a guard of a keyed table holds on the table's lock file, on a description of
-/// its own (close-on-exec).
+/// its own (close-on-exec). Kept by the table (`Region::kernel_locks`), not in the guard: the
+/// guards of ordinary tables stay as small as before, and their release only tests whether
+/// the table has a lock file. Found again by the guard's ticket, claim word and process.
 #[derive(Debug)]
 pub(crate) struct KernelLock {
+    /// The guard's ticket, claim word (or bypass owner field) and process.
+    key: (u64, u64, u32),
     file: File,
-    /// Its slot in the descriptors a forked child lets go of (`sys::remember_held`).
-    held: Option<usize>,
 }
 
 impl Drop for KernelLock {
     fn drop(&mut self) {
-        if let Some(slot) = self.held {
-            sys::forget_held(slot, self.file.as_fd());
-        }
+        sys::forget_held(self.file.as_fd()); // then the close of `file`
     }
 }
 
-impl KernelLock {
-    /// The description holding the lock.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
-    }
+/// The key of a guard's kernel lock.
+fn key_of(tk: Ticket, pid: u32) -> (u64, u64, u32) {
+    (tk.t, tk.word, pid)
+}
 
-    /// Drops the lock (for every copy of the description: a forked child's too), before the
-    /// ring token is released. A failure leaves the lock to be dropped when the description
-    /// is closed, right after.
-    #[inline]
-    pub(crate) fn unlock(&self) {
-        let _ = sys::flock_unlock_fd(self.file.as_fd());
-    }
+/// Drops the kernel lock of the guard holding `tk` in process `pid`, if it has one (for every
+/// copy of the description: a forked child's too), before the guard releases the ring token,
+/// and closes its description. A failed `LOCK_UN` leaves the lock to the close.
+#[cold]
+#[inline(never)]
+pub(crate) fn release(region: &Region, tk: Ticket, pid: u32) {
+    let key = key_of(tk, pid);
+    let k = {
+        let mut held = region
+            .kernel_locks()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match held.iter().position(|k| k.key == key) {
+            Some(i) => held.swap_remove(i),
+            None => return, // a guard taken without one (the descriptor form's)
+        }
+    };
+    let _ = sys::flock_unlock_fd(k.file.as_fd());
+}
+
+/// A new descriptor of the description holding the kernel lock of the guard of `tk` in
+/// process `pid` (see `TokenGuard::lock_file_description`).
+pub(crate) fn description(region: &Region, tk: Ticket, pid: u32) -> Result<Option<File>> {
+    let key = key_of(tk, pid);
+    let held = region
+        .kernel_locks()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let Some(k) = held.iter().find(|k| k.key == key) else {
+        return Ok(None);
+    };
+    k.file.try_clone().map(Some).map_err(|cause| Error::Io {
+        path: region.path().to_path_buf(),
+        op: "dup the lock file's description",
+        cause,
+    })
 }
 
 /// Takes the `flock` on the lock file behind `anchor` for a token granted in `share` mode,
 /// waiting as `patience` allows. `Ok(None)`: not obtained in time (the caller gives the ring
 /// token back). `path` names the lock file for messages, and is where it is opened again when
 /// `/proc/self/fd` cannot be (checked to be the same file).
-pub(crate) fn take(
+fn take(
     anchor: &File,
     path: Option<&Path>,
     share: Share,
     patience: Patience,
-) -> Result<Option<KernelLock>> {
+) -> Result<Option<File>> {
     let shown = || {
         path.map(Path::to_path_buf)
             .unwrap_or_else(|| "the lock file".into())
@@ -82,14 +112,22 @@ pub(crate) fn take(
     // A child forked while we hold the lock must not keep the description (and the lock)
     // after we are gone: it is pointed at /dev/null in the child. Registered before the lock
     // is taken, so that no fork in between is missed.
-    let held = sys::remember_held(file.as_fd());
-    let k = KernelLock { file, held };
-    let got = flock_within(k.file.as_fd(), share, patience).map_err(|cause| Error::Io {
-        path: shown(),
-        op: "flock",
-        cause,
-    })?;
-    Ok(got.then_some(k))
+    sys::remember_held(file.as_fd());
+    match flock_within(file.as_fd(), share, patience) {
+        Ok(true) => Ok(Some(file)),
+        Ok(false) => {
+            sys::forget_held(file.as_fd());
+            Ok(None)
+        }
+        Err(cause) => {
+            sys::forget_held(file.as_fd());
+            Err(Error::Io {
+                path: shown(),
+                op: "flock",
+                cause,
+            })
+        }
+    }
 }
 
 /// The descriptor form: takes the `flock` on the caller's own description `fd` (shown as
@@ -161,14 +199,21 @@ impl crate::LockTicket {
     #[cold]
     pub(crate) fn lock_file_within<'a>(
         &'a self,
-        mut guard: crate::TokenGuard<'a>,
-        lock_file: &File,
+        guard: crate::TokenGuard<'a>,
         patience: Patience,
     ) -> Result<Option<crate::TokenGuard<'a>>> {
         let path = self.lock_file_path.get().map(|p| p.as_path());
+        let (region, key) = guard.kernel_key();
+        let Some(lock_file) = region.anchor() else {
+            return Ok(Some(guard)); // not keyed (the caller checked)
+        };
         match take(lock_file, path, guard.share(), patience) {
-            Ok(Some(k)) => {
-                guard.kernel = Some(k);
+            Ok(Some(file)) => {
+                region
+                    .kernel_locks()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(KernelLock { key, file });
                 Ok(Some(guard))
             }
             Ok(None) => {
@@ -179,19 +224,6 @@ impl crate::LockTicket {
                 drop(guard);
                 Err(e)
             }
-        }
-    }
-
-    /// [`Self::lock_file_within`] without a deadline.
-    #[cold]
-    pub(crate) fn lock_file_forever<'a>(
-        &'a self,
-        guard: crate::TokenGuard<'a>,
-        lock_file: &File,
-    ) -> Result<crate::TokenGuard<'a>> {
-        match self.lock_file_within(guard, lock_file, Patience::Forever)? {
-            Some(g) => Ok(g),
-            None => Err(self.corrupted("a kernel lock without deadline returned without the lock")),
         }
     }
 }

@@ -108,6 +108,9 @@ pub(crate) struct Region {
     /// the kernel's list of file locks after they were recorded (see
     /// `LockTicket::judge_fd_holders`).
     fd_closed: std::sync::OnceLock<Vec<(u32, u32)>>,
+    /// Keyed tables: the kernel locks on the lock file that this process's guards hold
+    /// (`crate::lock_file`).
+    kernel_locks: Mutex<Vec<crate::lock_file::KernelLock>>,
 }
 
 impl std::fmt::Debug for Region {
@@ -297,6 +300,7 @@ impl Region {
             reg_lock: Mutex::new(None),
             anchor: std::sync::OnceLock::new(),
             fd_closed: std::sync::OnceLock::new(),
+            kernel_locks: Mutex::new(Vec::new()),
             file: Mutex::new(Some(file)),
             map,
             payload_map,
@@ -392,6 +396,11 @@ impl Region {
     /// lock-file byte unlocked after they were recorded). The first record stays.
     pub(crate) fn set_fd_closed(&self, entries: Vec<(u32, u32)>) {
         let _ = self.fd_closed.set(entries);
+    }
+
+    /// The kernel locks on the lock file that this process's guards hold (keyed tables).
+    pub(crate) fn kernel_locks(&self) -> &Mutex<Vec<crate::lock_file::KernelLock>> {
+        &self.kernel_locks
     }
 
     /// The anchor on the table's lock file, if one was given.

@@ -38,13 +38,9 @@ impl LockTicket {
     /// Takes the exclusive token, waiting in FIFO order (the original's `TokenLock()`).
     #[inline]
     pub fn token_lock(&self) -> Result<TokenGuard<'_>> {
-        let g = match self.fast(Share::Exclusive) {
-            Fast::Granted(g) => g,
-            other => self.acquire_blocking(Share::Exclusive, other)?,
-        };
-        match self.anchor.get() {
-            None => Ok(g),
-            Some(lock_file) => self.lock_file_forever(g, lock_file),
+        match self.fast(Share::Exclusive) {
+            Fast::Granted(g) => Ok(g),
+            other => self.acquire_blocking(Share::Exclusive, other),
         }
     }
 
@@ -52,13 +48,9 @@ impl LockTicket {
     /// together; a shared request behind a queued exclusive one waits for it.
     #[inline]
     pub fn token_lock_shared(&self) -> Result<TokenGuard<'_>> {
-        let g = match self.fast(Share::Shared) {
-            Fast::Granted(g) => g,
-            other => self.acquire_blocking(Share::Shared, other)?,
-        };
-        match self.anchor.get() {
-            None => Ok(g),
-            Some(lock_file) => self.lock_file_forever(g, lock_file),
+        match self.fast(Share::Shared) {
+            Fast::Granted(g) => Ok(g),
+            other => self.acquire_blocking(Share::Shared, other),
         }
     }
 
@@ -86,7 +78,7 @@ impl LockTicket {
 
     #[cold]
     fn acquire_blocking<'a>(&'a self, share: Share, fast: Fast<'a>) -> Result<TokenGuard<'a>> {
-        match self.slow(share, Patience::Forever, fast)? {
+        match self.slow_keyed(share, Patience::Forever, fast)? {
             Some(g) => Ok(g),
             None => Err(self.corrupted("a request without deadline returned without a grant")),
         }
@@ -114,17 +106,31 @@ impl LockTicket {
     }
 
     /// Takes a token within `patience`: the ring's, and for a keyed table the kernel lock on
-    /// its lock file (`crate::lock_file`).
+    /// its lock file (`crate::lock_file`; the fast path leaves keyed tables to the slow one).
     #[inline]
     pub(crate) fn acquire(
         &self,
         share: Share,
         patience: Patience,
     ) -> Result<Option<TokenGuard<'_>>> {
-        let g = self.acquire_ring(share, patience)?;
-        match (g, self.anchor.get()) {
-            (Some(g), Some(lock_file)) => self.lock_file_within(g, lock_file, patience),
-            (g, _) => Ok(g),
+        match self.fast(share) {
+            Fast::Granted(g) => Ok(Some(g)),
+            other => self.slow_keyed(share, patience, other),
+        }
+    }
+
+    /// [`Self::slow`], then, for a keyed table, the kernel lock on its lock file.
+    #[cold]
+    fn slow_keyed<'a>(
+        &'a self,
+        share: Share,
+        patience: Patience,
+        fast: Fast<'a>,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        match self.slow(share, patience, fast)? {
+            // The table's own anchor, as the fast path and the release ask it.
+            Some(g) if g.region.anchor().is_some() => self.lock_file_within(g, patience),
+            g => Ok(g),
         }
     }
 
@@ -151,6 +157,9 @@ impl LockTicket {
         let Some(me) = region.registration(pid) else {
             return Fast::Missed; // not registered yet: the slow path registers
         };
+        if region.anchor().is_some() {
+            return Fast::Missed; // a keyed table: the slow path adds the lock file's flock
+        }
         let ring = region.ring();
         if ring.is_bounded() && share == Share::Exclusive {
             match self.bypass(region, me, pid) {
@@ -189,7 +198,6 @@ impl LockTicket {
             pid,
             died,
             bypass: false,
-            kernel: None,
             _not_send: std::marker::PhantomData,
         }
     }
@@ -221,7 +229,6 @@ impl LockTicket {
             pid,
             died: ring.bypass_died_before(b.head),
             bypass: true,
-            kernel: None,
             _not_send: std::marker::PhantomData,
         })
     }
@@ -472,9 +479,6 @@ pub struct TokenGuard<'a> {
     /// Held ahead of the queue (bounded tables): `tk` is then the head it went ahead of and
     /// our bypass owner field.
     bypass: bool,
-    /// Keyed tables: the `flock` on the lock file, taken after the ring's grant and dropped
-    /// before the ring token is released (`crate::lock_file`).
-    pub(crate) kernel: Option<crate::lock_file::KernelLock>,
     /// Not `Send`, like std's `MutexGuard`: a token is released by the thread that took it,
     /// which is what lets a thread that asks again for it get an error instead of waiting
     /// for itself.
@@ -512,21 +516,19 @@ impl TokenGuard<'_> {
     /// found removed or replaced while the token was held: processes that opened the path
     /// afterwards were not excluded.
     pub fn unlock(self) -> Result<()> {
-        let mut this = std::mem::ManuallyDrop::new(self);
-        let released = this.release();
-        drop(this.kernel.take()); // closes the lock file's description
-        released
+        let this = std::mem::ManuallyDrop::new(self);
+        this.release()
     }
 
     /// For a token in a keyed table (a handle given its lock file, see
-    /// [`LockTicket::set_lock_file`]): the open file description that holds the kernel
-    /// `flock` on the lock file (`LOCK_EX` for an exclusive token, `LOCK_SH` for a shared
-    /// one), which keeps processes that use another table for the same file (another
-    /// directory, another `/dev/shm`) and plain flock(1) users excluded. It is close-on-exec;
-    /// the lock stays as long as some copy of the description is open, until this guard is
-    /// released (which unlocks it for every copy). A process that hands its token on to
-    /// another (`lockticket exec -F`) hands a copy of this description with it. `None` for an
-    /// ordinary table.
+    /// [`LockTicket::set_lock_file`]): a new descriptor (`dup`, close-on-exec) of the open
+    /// file description that holds the kernel `flock` on the lock file (`LOCK_EX` for an
+    /// exclusive token, `LOCK_SH` for a shared one), which keeps processes that use another
+    /// table for the same file (another directory, another `/dev/shm`) and plain flock(1)
+    /// users excluded. The lock stays as long as some copy of the description is open, until
+    /// this guard is released (which unlocks it for every copy). A process that hands its
+    /// token on to another (`lockticket exec -F`) hands this description with it.
+    /// `Ok(None)` for an ordinary table.
     ///
     /// ```
     /// # fn main() -> lockticket::Result<()> {
@@ -537,14 +539,14 @@ impl TokenGuard<'_> {
     /// lt.set_lock_file(&lock_file)?;
     /// let owner = lt.main_lock(lockticket::Share::Shared)?;
     /// let token = lt.token_lock()?;
-    /// assert!(token.lock_file_descriptor().is_some()); // flock(1) on the file waits now
+    /// assert!(token.lock_file_description()?.is_some()); // flock(1) on the file waits now
     /// token.unlock()?;
     /// owner.unlock()?;
     /// # std::fs::remove_file(&lock_file).unwrap();
     /// # Ok(()) }
     /// ```
-    pub fn lock_file_descriptor(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.kernel.as_ref().map(|k| k.fd())
+    pub fn lock_file_description(&self) -> Result<Option<std::fs::File>> {
+        crate::lock_file::description(self.region, self.tk, self.pid)
     }
 
     #[inline]
@@ -559,8 +561,9 @@ impl TokenGuard<'_> {
                 pid,
             });
         }
-        if let Some(k) = &self.kernel {
-            k.unlock(); // before the ring token: never two holders of the file meanwhile
+        if self.region.anchor().is_some() {
+            // A keyed table: its lock file's flock first, never two holders of the file.
+            crate::lock_file::release(self.region, self.tk, self.pid);
         }
         let ring = self.region.ring();
         let released = match self.tk.share() {
@@ -594,6 +597,12 @@ impl Drop for TokenGuard<'_> {
 }
 
 impl<'a> TokenGuard<'a> {
+    /// The table, and the key its kernel lock on the lock file is kept under there
+    /// (`crate::lock_file`).
+    pub(crate) fn kernel_key(&self) -> (&'a Region, (u64, u64, u32)) {
+        (self.region, (self.tk.t, self.tk.word, self.pid))
+    }
+
     /// The table and the ticket, without releasing it: for a token handed over to another
     /// owner (the descriptor form, `crate::fd`).
     pub(crate) fn into_parts(self) -> (&'a Region, Ticket) {

@@ -8,6 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -139,19 +140,28 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
         // On success `exec` does not return: the command is this process now, and holds the
         // token and the main-lock registration until it exits: the descriptor whose OFD lock
         // vouches for our registration is kept open across the exec.
-        // A keyed table's kernel flock on the lock file (`TokenGuard::lock_file_descriptor`)
-        // goes with the token: its description is kept open across the exec, so the command
-        // holds it until it exits. (A guardian process that keeps the registration instead
-        // must be handed this description too.)
-        if let Some(fd) = token.lock_file_descriptor()
-            && let Err(e) = keep_across_exec(fd)
-        {
-            release(token, main);
-            return Err(Failure::new(
-                code::OS,
-                format!("cannot keep the lock file's lock across exec: {e}"),
-            ));
-        }
+        // A keyed table's kernel flock on the lock file (`TokenGuard::lock_file_description`)
+        // goes with the token: a copy of its description is kept open across the exec, so
+        // the command holds it until it exits. (A guardian process that keeps the
+        // registration instead must be handed this description too.)
+        let _kept_flock = match token
+            .lock_file_description()
+            .map_err(|e| Failure::table("cannot keep the lock file's lock across exec", &e))
+            .and_then(|f| match f {
+                Some(f) => keep_across_exec(f.as_fd()).map(|()| Some(f)).map_err(|e| {
+                    Failure::new(
+                        code::OS,
+                        format!("cannot keep the lock file's lock across exec: {e}"),
+                    )
+                }),
+                None => Ok(None),
+            }) {
+            Ok(kept) => kept,
+            Err(f) => {
+                release(token, main);
+                return Err(f);
+            }
+        };
         if let Err(e) = lt.keep_registration_across_exec() {
             release(token, main);
             return Err(Failure::table(
@@ -173,7 +183,7 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
 /// Clears close-on-exec on `fd`, so that an `exec` keeps it open.
 fn keep_across_exec(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // SAFETY: F_GETFD/F_SETFD on a descriptor the guard keeps open; no memory is passed.
+    // SAFETY: F_GETFD/F_SETFD on a descriptor the caller keeps open; no memory is passed.
     unsafe {
         let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFD);
         if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {

@@ -388,9 +388,9 @@ extern "C" fn release_held_in_child() {
     }
 }
 
-/// Registers `fd` (a kernel lock's description) to be let go of in forked children; the slot
-/// to give to [`forget_held`], `None` when all slots are taken.
-pub(crate) fn remember_held(fd: BorrowedFd<'_>) -> Option<usize> {
+/// Registers `fd` (a kernel lock's description) to be let go of in forked children; false
+/// when all slots are taken.
+pub(crate) fn remember_held(fd: BorrowedFd<'_>) -> bool {
     HELD_SETUP.call_once(|| {
         // SAFETY: registers a handler that makes only async-signal-safe calls; the function
         // pointer is 'static.
@@ -399,17 +399,22 @@ pub(crate) fn remember_held(fd: BorrowedFd<'_>) -> Option<usize> {
         }
     });
     let fd = fd.as_raw_fd();
-    HELD.iter().position(|h| {
+    HELD.iter().any(|h| {
         h.compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     })
 }
 
-/// Ends [`remember_held`]'s registration of `fd` in `slot` (only if it is still `fd`'s: a
-/// forked child has cleared it).
-pub(crate) fn forget_held(slot: usize, fd: BorrowedFd<'_>) {
-    if let Some(h) = HELD.get(slot) {
-        let _ = h.compare_exchange(fd.as_raw_fd(), -1, Ordering::Relaxed, Ordering::Relaxed);
+/// Ends [`remember_held`]'s registration of `fd` (if a forked child has not cleared it). A
+/// descriptor number is registered once at most: it is open, so no other can have it.
+pub(crate) fn forget_held(fd: BorrowedFd<'_>) {
+    let fd = fd.as_raw_fd();
+    for h in &HELD {
+        if h.compare_exchange(fd, -1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
     }
 }
 
