@@ -55,6 +55,9 @@ pub struct LockTicket {
     /// A read-only description of the lock file the table is keyed by (see
     /// [`LockTicket::set_lock_file`]), handed to every table this handle maps.
     pub(crate) anchor: std::sync::OnceLock<std::fs::File>,
+    /// The lock file's path as given to [`LockTicket::set_lock_file`] (made absolute), for
+    /// messages and to open it again where `/proc` is missing.
+    pub(crate) lock_file_path: std::sync::OnceLock<PathBuf>,
 }
 
 impl LockTicket {
@@ -334,6 +337,7 @@ impl Builder {
             retire_pending: std::sync::atomic::AtomicBool::new(false),
             keep: self.keep,
             anchor: std::sync::OnceLock::new(),
+            lock_file_path: std::sync::OnceLock::new(),
         })
     }
 }

@@ -75,6 +75,7 @@ mod guard;
 mod handle;
 pub mod layout;
 mod liveness;
+mod lock_file;
 mod main_lock;
 mod members;
 mod owned;
@@ -108,6 +109,7 @@ pub use fd::{FdLock, table_for_lock_fd};
 pub use guard::Guard;
 pub use handle::{Builder, ExecGuardian, LockTicket};
 pub use layout::HeaderError;
+pub use lock_file::FdHolders;
 pub use main_lock::MainGuard;
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
 pub use path::{

@@ -123,6 +123,13 @@ pub(crate) struct Region {
     /// when the handle knows it (see `LockTicket::set_lock_file`): `KIND_FD` entries are
     /// judged through it.
     anchor: std::sync::OnceLock<File>,
+    /// `KIND_FD` entries found dead without an anchor: their lock-file byte was unlocked in
+    /// the kernel's list of file locks after they were recorded (see
+    /// `LockTicket::judge_fd_holders`).
+    fd_closed: std::sync::OnceLock<Vec<(u32, u32)>>,
+    /// Keyed tables: the kernel locks on the lock file that this process's guards hold
+    /// (`crate::lock_file`).
+    kernel_locks: Mutex<Vec<crate::lock_file::KernelLock>>,
 }
 
 /// The cold-path lock's description and the process that opened it.
@@ -394,6 +401,8 @@ impl Region {
             reg_id: AtomicU64::new(0),
             reg_lock: Mutex::new(None),
             anchor: std::sync::OnceLock::new(),
+            fd_closed: std::sync::OnceLock::new(),
+            kernel_locks: Mutex::new(Vec::new()),
             file: Mutex::new(Some(cold)),
             map,
             payload_map,
@@ -481,7 +490,19 @@ impl Region {
             procs: self.procs(),
             procs_offset: self.geometry.procs_offset(),
             anchor: self.anchor.get(),
+            closed: self.fd_closed.get().map_or(&[], Vec::as_slice),
         }
+    }
+
+    /// Records `KIND_FD` entries (index, full generation) found closed for good (their
+    /// lock-file byte unlocked after they were recorded). The first record stays.
+    pub(crate) fn set_fd_closed(&self, entries: Vec<(u32, u32)>) {
+        let _ = self.fd_closed.set(entries);
+    }
+
+    /// The kernel locks on the lock file that this process's guards hold (keyed tables).
+    pub(crate) fn kernel_locks(&self) -> &Mutex<Vec<crate::lock_file::KernelLock>> {
+        &self.kernel_locks
     }
 
     /// The anchor on the table's lock file, if one was given.
@@ -559,12 +580,19 @@ impl Region {
     pub(crate) fn fork_exec_guardian(&self) -> Result<Option<u32>> {
         self.register()?;
         let lock = self.reg_lock.lock().unwrap_or_else(|p| p.into_inner());
-        match lock.as_ref() {
-            Some(f) => sys::fork_guardian(f)
-                .map(Some)
-                .map_err(io_err(&self.path, "fork the exec guardian")),
-            None => Ok(None),
-        }
+        let Some(reg) = lock.as_ref() else {
+            return Ok(None);
+        };
+        // A keyed table's kernel locks on the lock file held by this process's guards go with
+        // the registration (`crate::lock_file`): the guardian keeps them too, so that neither
+        // the program nor its children hold them, and they end with the program.
+        let pid = sys::current_identity().0;
+        let kernel = self.kernel_locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keep = vec![reg.as_fd()];
+        keep.extend(crate::lock_file::descriptions_of(&kernel, pid));
+        sys::fork_guardian(&keep)
+            .map(Some)
+            .map_err(io_err(&self.path, "fork the exec guardian"))
     }
 
     /// The ring over this table.

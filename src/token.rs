@@ -78,7 +78,7 @@ impl LockTicket {
 
     #[cold]
     fn acquire_blocking<'a>(&'a self, share: Share, fast: Fast<'a>) -> Result<TokenGuard<'a>> {
-        match self.slow(share, Patience::Forever, fast)? {
+        match self.slow_keyed(share, Patience::Forever, fast)? {
             Some(g) => Ok(g),
             None => Err(self.corrupted("a request without deadline returned without a grant")),
         }
@@ -100,16 +100,43 @@ impl LockTicket {
         }
         QUEUE_ONLY.set(true);
         let _reset = Reset;
-        self.acquire(share, patience)
+        // No kernel lock on the lock file here: the descriptor form takes it on the caller's
+        // descriptor itself (`crate::fd`).
+        self.acquire_ring(share, patience)
     }
 
-    /// Takes a token within `patience`.
+    /// Takes a token within `patience`: the ring's, and for a keyed table the kernel lock on
+    /// its lock file (`crate::lock_file`; the fast path leaves keyed tables to the slow one).
     #[inline]
     pub(crate) fn acquire(
         &self,
         share: Share,
         patience: Patience,
     ) -> Result<Option<TokenGuard<'_>>> {
+        match self.fast(share) {
+            Fast::Granted(g) => Ok(Some(g)),
+            other => self.slow_keyed(share, patience, other),
+        }
+    }
+
+    /// [`Self::slow`], then, for a keyed table, the kernel lock on its lock file.
+    #[cold]
+    fn slow_keyed<'a>(
+        &'a self,
+        share: Share,
+        patience: Patience,
+        fast: Fast<'a>,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        match self.slow(share, patience, fast)? {
+            // The table's own anchor, as the fast path and the release ask it.
+            Some(g) if g.region.anchor().is_some() => self.lock_file_within(g, patience),
+            g => Ok(g),
+        }
+    }
+
+    /// Takes the ring's token within `patience`.
+    #[inline]
+    fn acquire_ring(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
         match self.fast(share) {
             Fast::Granted(g) => Ok(Some(g)),
             other => self.slow(share, patience, other),
@@ -130,6 +157,9 @@ impl LockTicket {
         let Some(me) = region.registration(pid) else {
             return Fast::Missed; // not registered yet: the slow path registers
         };
+        if region.anchor().is_some() {
+            return Fast::Missed; // a keyed table: the slow path adds the lock file's flock
+        }
         let ring = region.ring();
         if ring.is_bounded() && share == Share::Exclusive {
             match self.bypass(region, me, pid) {
@@ -521,6 +551,35 @@ impl TokenGuard<'_> {
         this.release()
     }
 
+    /// For a token in a keyed table (a handle given its lock file, see
+    /// [`LockTicket::set_lock_file`]): a new descriptor (`dup`, close-on-exec) of the open
+    /// file description that holds the kernel `flock` on the lock file (`LOCK_EX` for an
+    /// exclusive token, `LOCK_SH` for a shared one), which keeps processes that use another
+    /// table for the same file (another directory, another `/dev/shm`) and plain flock(1)
+    /// users excluded. The lock stays as long as some copy of the description is open, until
+    /// this guard is released (which unlocks it for every copy).
+    /// [`LockTicket::hold_across_exec`] hands it to the exec guardian by itself. `Ok(None)`
+    /// for an ordinary table.
+    ///
+    /// ```
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lock_file = std::env::temp_dir().join(format!("doc-lock-file-fd-{}", std::process::id()));
+    /// std::fs::write(&lock_file, b"").unwrap(); // a flock(1) user's lock file
+    /// let table = lockticket::table_for_lock_file(&lock_file, None)?.unwrap();
+    /// let lt = lockticket::LockTicket::open(&table)?;
+    /// lt.set_lock_file(&lock_file)?;
+    /// let owner = lt.main_lock(lockticket::Share::Shared)?;
+    /// let token = lt.token_lock()?;
+    /// assert!(token.lock_file_description()?.is_some()); // flock(1) on the file waits now
+    /// token.unlock()?;
+    /// owner.unlock()?;
+    /// # std::fs::remove_file(&lock_file).unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn lock_file_description(&self) -> Result<Option<std::fs::File>> {
+        crate::lock_file::description(self.region, self.tk, self.pid)
+    }
+
     #[inline]
     fn release(&self) -> Result<()> {
         let pid = sys::current_identity().0;
@@ -532,6 +591,10 @@ impl TokenGuard<'_> {
                 owner: self.pid,
                 pid,
             });
+        }
+        if self.region.anchor().is_some() {
+            // A keyed table: its lock file's flock first, never two holders of the file.
+            crate::lock_file::release(self.region, self.tk, self.pid);
         }
         let ring = self.region.ring();
         let released = match self.tk.share() {
@@ -565,6 +628,12 @@ impl Drop for TokenGuard<'_> {
 }
 
 impl<'a> TokenGuard<'a> {
+    /// The table, and the key its kernel lock on the lock file is kept under there
+    /// (`crate::lock_file`).
+    pub(crate) fn kernel_key(&self) -> (&'a Region, (u64, u64, u32)) {
+        (self.region, (self.tk.t, self.tk.word, self.pid))
+    }
+
     /// The table and the ticket, without releasing it: for a token handed over to another
     /// owner (the descriptor form, `crate::fd`).
     pub(crate) fn into_parts(self) -> (&'a Region, Ticket) {

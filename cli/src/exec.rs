@@ -131,10 +131,16 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     }
 
     let mut cmd = Command::new(&program);
-    cmd.args(&args).env("LOCKTICKET_PATH", lt.path()).env(
-        "LOCKTICKET_PREVIOUS_HOLDER_DIED",
-        if died { "1" } else { "0" },
-    );
+    cmd.args(&args)
+        .env("LOCKTICKET_PATH", lt.path())
+        .env(
+            "LOCKTICKET_PREVIOUS_HOLDER_DIED",
+            if died { "1" } else { "0" },
+        )
+        .env(
+            "LOCKTICKET_FENCING_TOKEN",
+            token.fencing_token().to_string(),
+        );
     if a.verbose {
         verbose_line(&format!("executing {}", program.to_string_lossy()));
     }
@@ -143,8 +149,9 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
         // On success `exec` does not return: the command is this process now, and holds the
         // token and the main-lock registration until it exits. The descriptor whose OFD lock
         // vouches for our registration stays close-on-exec (the command's children must not
-        // keep the lock after it): a guardian child keeps it, and the kernel kills the
-        // guardian when the command ends (see `LockTicket::hold_across_exec`).
+        // keep the lock after it): a guardian child keeps it — and a keyed table's kernel lock
+        // on the lock file — and the kernel kills the guardian when the command ends (see
+        // `LockTicket::hold_across_exec`).
         let guardian = match lt.hold_across_exec() {
             Ok(g) => g,
             Err(e) => {
@@ -254,7 +261,7 @@ fn describe_contention(lt: &LockTicket, share: Share) {
         .holders
         .iter()
         .map(|h| {
-            let cmd = inspect::command_line(h.pid, h.alive)
+            let cmd = inspect::command_text(h.pid, h.alive)
                 .map(|c| format!(" ({})", inspect::truncated(&c, 60)))
                 .unwrap_or_default();
             format!("pid {} {}{}", h.pid, h.share, cmd)
@@ -475,6 +482,7 @@ pub(crate) fn not_obtained(patience: Patience, t0: Instant) -> (&'static str, St
 
 pub(crate) fn verbose_line(line: &str) {
     use std::io::Write;
+    let line = crate::escape::text(line); // it may quote a command or path: foreign bytes
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "lockticket: {line}").and_then(|()| out.flush());
 }

@@ -16,6 +16,7 @@
 //! `lockticket man` prints the manual page (generated from the definitions below); see
 //! `docs/cli.md` for the exit codes and the JSON schema of `status --json`.
 
+mod escape;
 mod exec;
 mod fd;
 mod inspect;
@@ -478,7 +479,9 @@ fn main() {
 
 /// Prints `lockticket: MESSAGE` on one line of stderr.
 pub(crate) fn report(message: &str) {
-    let line = message.replace('\n', " ");
+    // Messages quote paths, commands and holders' command lines: foreign bytes, which must
+    // neither move the cursor nor start a line of their own (see `escape`).
+    let line = escape::text(message);
     let _ = writeln!(std::io::stderr().lock(), "lockticket: {line}");
 }
 
@@ -562,12 +565,15 @@ fn repair(t: &PayloadTable) -> Result<i32, Failure> {
         Ok(None) => {
             println!(
                 "{}: the token queue is consistent; nothing to repair",
-                t.table.to_string_lossy()
+                escape::path(std::path::Path::new(&t.table))
             );
             Ok(0)
         }
         Ok(Some(r)) => {
-            println!("{}: repaired: {r}", t.table.to_string_lossy());
+            println!(
+                "{}: repaired: {r}",
+                escape::path(std::path::Path::new(&t.table))
+            );
             Ok(0)
         }
         Err(e) => Err(Failure::table("cannot repair the lock table", &e)),

@@ -318,6 +318,42 @@ pub(crate) fn flock_exclusive(file: &File) -> io::Result<()> {
     }
 }
 
+/// Takes a `flock` on the description behind `fd`: `LOCK_EX` when `exclusive`, else
+/// `LOCK_SH`; with `nonblock` only if that is possible at once. `Ok(false)`: busy (only with
+/// `nonblock`). Interrupted calls are retried.
+pub(crate) fn flock_fd(fd: BorrowedFd<'_>, exclusive: bool, nonblock: bool) -> io::Result<bool> {
+    let mut op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    if nonblock {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: flock on a descriptor the caller keeps open; it reads no memory of ours.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if nonblock => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Drops the `flock` of the description behind `fd` (for every descriptor of it).
+pub(crate) fn flock_unlock_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: flock on a descriptor the caller keeps open.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// What `F_OFD_SETLK` gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OfdLock {
@@ -851,8 +887,11 @@ static FORK_LOCAL: [AtomicI32; FORK_LOCAL_SLOTS] = [const { AtomicI32::new(-1) }
 /// A descriptor of /dev/null (close-on-exec), opened once, that the child handler puts in
 /// place of each tracked descriptor; `-1` if it could not be opened (nothing is replaced).
 static PLACEHOLDER: AtomicI32 = AtomicI32::new(-1);
-/// A tracked descriptor the next child keeps (the exec guardian's registration), `-1`: none.
-static KEEP_IN_CHILD: AtomicI32 = AtomicI32::new(-1);
+/// Most descriptions an exec guardian keeps (the registration and a keyed table's kernel
+/// locks on its lock file).
+pub(crate) const GUARDIAN_KEEPS: usize = 4;
+/// Tracked descriptors the next child keeps (the exec guardian's), `-1`: none.
+static KEEP_IN_CHILD: [AtomicI32; GUARDIAN_KEEPS] = [const { AtomicI32::new(-1) }; GUARDIAN_KEEPS];
 static FORK_LOCAL_SETUP: Once = Once::new();
 
 extern "C" fn drop_fork_locals_in_child() {
@@ -862,10 +901,13 @@ extern "C" fn drop_fork_locals_in_child() {
     if null < 0 {
         return;
     }
-    let keep = KEEP_IN_CHILD.load(Ordering::Relaxed);
+    let mut keep = [-1; GUARDIAN_KEEPS];
+    for (k, slot) in keep.iter_mut().zip(&KEEP_IN_CHILD) {
+        *k = slot.load(Ordering::Relaxed);
+    }
     for slot in &FORK_LOCAL {
         let fd = slot.load(Ordering::Relaxed);
-        if fd >= 0 && fd != keep {
+        if fd >= 0 && !keep.contains(&fd) {
             // SAFETY: `fd` was open in the parent when the child's copy of the descriptor
             // table was made (a tracked descriptor leaves the table before it is closed, and
             // the kernel copies descriptors before memory), so it names our copy of a
@@ -977,7 +1019,8 @@ pub(crate) fn thread_count() -> Option<u64> {
 }
 
 /// Forks the *exec guardian* of `keep` and returns its PID: a child that keeps `keep`'s open
-/// file description (and nothing else open: its standard streams are /dev/null) until the
+/// file descriptions (at most [`GUARDIAN_KEEPS`]; nothing else open: its standard streams are
+/// /dev/null) until the
 /// calling thread exits — `PR_SET_PDEATHSIG` = `SIGKILL` — so until the program this process
 /// is about to `exec` exits, however it ends. It ignores the signals a terminal or a service
 /// manager sends to a whole group, and does nothing else.
@@ -985,10 +1028,21 @@ pub(crate) fn thread_count() -> Option<u64> {
 /// The calling process must have one thread (the death signal follows the thread that
 /// forked; the caller checks). Where `PR_SET_PDEATHSIG` does not exist, the guardian instead
 /// polls its parent (`getppid`) every 10 ms.
-pub(crate) fn fork_guardian(keep: &File) -> io::Result<u32> {
+pub(crate) fn fork_guardian(keep: &[BorrowedFd<'_>]) -> io::Result<u32> {
+    if keep.len() > GUARDIAN_KEEPS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "more than {GUARDIAN_KEEPS} descriptions to keep across exec (one per token held)"
+            ),
+        ));
+    }
     fork_local_setup();
     let parent = std::process::id() as libc::pid_t;
-    let keep_fd = keep.as_raw_fd();
+    let mut keep_fds = [-1; GUARDIAN_KEEPS];
+    for (k, fd) in keep_fds.iter_mut().zip(keep) {
+        *k = fd.as_raw_fd();
+    }
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -1015,16 +1069,20 @@ pub(crate) fn fork_guardian(keep: &File) -> io::Result<u32> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         old
     };
-    KEEP_IN_CHILD.store(keep_fd, Ordering::SeqCst);
+    for (slot, fd) in KEEP_IN_CHILD.iter().zip(keep_fds) {
+        slot.store(fd, Ordering::SeqCst);
+    }
     // SAFETY: the caller has one thread; the child makes only async-signal-safe system calls
     // (see `guardian_main`) and never returns.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: in the freshly forked child, on its only thread.
-        unsafe { guardian_main(parent, keep_fd, null_fd, max_fd) }
+        unsafe { guardian_main(parent, keep_fds, null_fd, max_fd) }
     }
     let err = io::Error::last_os_error();
-    KEEP_IN_CHILD.store(-1, Ordering::SeqCst);
+    for slot in &KEEP_IN_CHILD {
+        slot.store(-1, Ordering::SeqCst);
+    }
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
     drop(null);
@@ -1054,7 +1112,7 @@ pub(crate) fn end_child(pid: u32) {
 /// Only in a child just made by `fork`, on its only thread; never returns.
 unsafe fn guardian_main(
     parent: libc::pid_t,
-    keep_fd: RawFd,
+    keep_fds: [RawFd; GUARDIAN_KEEPS],
     null_fd: RawFd,
     max_fd: libc::c_int,
 ) -> ! {
@@ -1087,10 +1145,16 @@ unsafe fn guardian_main(
         ] {
             libc::signal(s, libc::SIG_IGN);
         }
-        // Our own copy of the guarded description, above the standard streams.
-        let kept = libc::fcntl(keep_fd, libc::F_DUPFD_CLOEXEC, 3);
-        if kept < 0 {
-            libc::_exit(0);
+        // Our own copies of the guarded descriptions, above the standard streams (a copy
+        // never replaces a descriptor: the originals stay until the sweep below).
+        let mut kept = [-1; GUARDIAN_KEEPS];
+        for (k, fd) in kept.iter_mut().zip(keep_fds) {
+            if fd >= 0 {
+                *k = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
+                if *k < 0 {
+                    libc::_exit(0);
+                }
+            }
         }
         // Hold no pipe or terminal of the caller's (`$(lockticket exec -F …)` must end).
         for std_fd in 0..3 {
@@ -1117,13 +1181,15 @@ unsafe fn guardian_main(
     }
 }
 
-/// Closes every descriptor from `low` up, except `except` (`close_range` where the kernel has
-/// it, else one by one below `max_fd`). Async-signal-safe.
+/// Closes every descriptor from `low` up, except those in `except` (-1: no entry;
+/// `close_range` between them where the kernel has it, else one by one below `max_fd`).
+/// Async-signal-safe: no allocation.
 ///
 /// # Safety
 ///
 /// Only where nothing else uses those descriptors (a freshly forked, single-threaded child).
-unsafe fn close_all_from(low: RawFd, except: RawFd, max_fd: libc::c_int) {
+unsafe fn close_all_from(low: RawFd, mut except: [RawFd; GUARDIAN_KEEPS], max_fd: libc::c_int) {
+    except.sort_unstable();
     #[cfg(target_os = "linux")]
     // SAFETY: see above; close_range takes (first, last, flags).
     unsafe {
@@ -1131,12 +1197,19 @@ unsafe fn close_all_from(low: RawFd, except: RawFd, max_fd: libc::c_int) {
             first as libc::c_uint > last
                 || libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, 0) == 0
         };
-        if ok(low, (except - 1) as libc::c_uint) && ok(except + 1, libc::c_uint::MAX) {
+        let mut from = low;
+        let mut all = true;
+        for e in except.into_iter().filter(|e| *e >= low) {
+            all &= ok(from, (e - 1) as libc::c_uint);
+            from = e + 1;
+        }
+        if all && ok(from, libc::c_uint::MAX) {
             return;
         }
     }
-    for fd in low..max_fd.max(except + 1) {
-        if fd != except {
+    let top = except.iter().copied().max().unwrap_or(-1) + 1;
+    for fd in low..max_fd.max(top) {
+        if !except.contains(&fd) {
             // SAFETY: see above.
             unsafe { libc::close(fd) };
         }
