@@ -225,6 +225,23 @@ impl LockTicket {
         share: Share,
         wait: Option<Duration>,
     ) -> Result<Option<FdLock>> {
+        let patience = match wait {
+            None => Patience::Forever,
+            Some(d) if d.is_zero() => Patience::NoWait,
+            Some(d) => patience_for(d),
+        };
+        self.request().mode(share).patience(patience).lock_fd(fd)
+    }
+
+    /// [`lock_fd`](Self::lock_fd) as a request asks it ([`TokenRequest::lock_fd`]).
+    ///
+    /// [`TokenRequest::lock_fd`]: crate::TokenRequest::lock_fd
+    pub(crate) fn lock_fd_as(
+        &self,
+        fd: BorrowedFd<'_>,
+        share: Share,
+        patience: Patience,
+    ) -> Result<Option<FdLock>> {
         use std::os::fd::AsRawFd;
         let path = describe_fd(fd);
         let mode = sys::fd_access_mode(fd.as_raw_fd()).map_err(|cause| Error::Io {
@@ -260,12 +277,12 @@ impl LockTicket {
                 release_fd(self, region, fd, reg, &held)?;
             }
         }
-        let patience = match wait {
-            None => Patience::Forever,
-            Some(d) if d.is_zero() => Patience::Try,
-            Some(d) => patience_for(d),
+        let ask = crate::token::Ask {
+            share,
+            patience,
+            route: crate::token::Route::Descriptor,
         };
-        let Some(guard) = self.acquire_queued(share, patience)? else {
+        let Some(guard) = self.acquire(ask)? else {
             return Ok(None);
         };
         // The kernel's flock on the caller's description, as flock(1) takes it: keeps holders

@@ -119,7 +119,7 @@ pub use repair::Repaired;
 pub use request::TokenRequest;
 pub use share::Share;
 pub use status::{MemberInfo, Status, TokenInfo};
-pub use token::TokenGuard;
+pub use token::{Patience, TokenGuard};
 
 /// The README's examples, compiled and run as doc-tests.
 #[cfg(doctest)]

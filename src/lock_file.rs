@@ -153,7 +153,7 @@ fn flock_within(fd: BorrowedFd<'_>, share: Share, patience: Patience) -> std::io
     let exclusive = share == Share::Exclusive;
     match patience {
         Patience::Forever => sys::flock_fd(fd, exclusive, false),
-        Patience::Try => sys::flock_fd(fd, exclusive, true),
+        Patience::NoWait => sys::flock_fd(fd, exclusive, true),
         Patience::Until(deadline) => {
             // Polled: flock(2) has no timeout. Within one table the first try always succeeds
             // (the ring serialised the holders), so this loop is only ever reached when two

@@ -38,21 +38,38 @@ const REJOIN_ATTEMPTS: u32 = 16;
 /// The PID of the running command, for the signal handler (0: none).
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
-#[derive(Clone, Copy)]
-pub(crate) enum Patience {
-    Try,
-    Until(Instant),
-    Forever,
+pub(crate) use lockticket::Patience;
+
+/// The table's builder with every option of `a` that shapes a table: one place for both the
+/// command form and the descriptor form (two copies once let `--fairness` be lost).
+pub(crate) fn builder_of(a: &ExecArgs, table: &std::path::Path) -> lockticket::Builder {
+    let mut builder = LockTicket::builder(table)
+        .permissions(a.mode.unwrap_or(0o600))
+        .member_capacity(MEMBERS)
+        .keep(a.keep);
+    if let Some(slots) = a.ring_capacity {
+        builder = builder.ring_capacity(slots);
+    }
+    if let Some(bytes) = a.payload_capacity {
+        builder = builder.payload_capacity(bytes);
+    }
+    if let Some(entries) = a.process_capacity {
+        builder = builder.process_capacity(entries);
+    }
+    if let Some(fairness) = a.fairness {
+        builder = builder.fairness(fairness);
+    }
+    builder
 }
 
 /// How long `-n` / `-w` let us wait.
 pub(crate) fn patience_of(a: &ExecArgs) -> Patience {
     if a.nonblock {
-        Patience::Try
+        Patience::NoWait
     } else {
         match a.timeout {
             None => Patience::Forever,
-            Some(s) if s <= 0.0 => Patience::Try,
+            Some(s) if s <= 0.0 => Patience::NoWait,
             Some(s) => Duration::try_from_secs_f64(s)
                 .ok()
                 .and_then(|d| Instant::now().checked_add(d))
@@ -80,22 +97,7 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     };
     let patience = patience_of(&a);
     let table = inspect::lock_target(&a.table)?;
-    let mut builder = LockTicket::builder(&table)
-        .permissions(a.mode.unwrap_or(0o600))
-        .member_capacity(MEMBERS)
-        .keep(a.keep);
-    if let Some(slots) = a.ring_capacity {
-        builder = builder.ring_capacity(slots);
-    }
-    if let Some(bytes) = a.payload_capacity {
-        builder = builder.payload_capacity(bytes);
-    }
-    if let Some(entries) = a.process_capacity {
-        builder = builder.process_capacity(entries);
-    }
-    if let Some(fairness) = a.fairness {
-        builder = builder.fairness(fairness);
-    }
+    let builder = builder_of(&a, std::path::Path::new(&table));
     let lt = builder
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;
@@ -224,19 +226,7 @@ fn acquire<'a>(
         if verbose && attempt == 1 {
             describe_contention(lt, share);
         }
-        let got = match (patience, share) {
-            (Patience::Try, Share::Exclusive) => lt.try_token_lock(),
-            (Patience::Try, Share::Shared) => lt.try_token_lock_shared(),
-            (Patience::Until(deadline), s) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match s {
-                    Share::Exclusive => lt.token_lock_timeout(left),
-                    Share::Shared => lt.token_lock_shared_timeout(left),
-                }
-            }
-            (Patience::Forever, Share::Exclusive) => lt.token_lock().map(Some),
-            (Patience::Forever, Share::Shared) => lt.token_lock_shared().map(Some),
-        };
+        let got = lt.request().mode(share).patience(patience).lock();
         match got {
             Ok(Some(token)) => return Ok(Some((main, token))),
             Ok(None) => return Ok(None),
@@ -472,7 +462,7 @@ fn status_code(s: ExitStatus) -> i32 {
 /// words first, then lockticket's.
 pub(crate) fn not_obtained(patience: Patience, t0: Instant) -> (&'static str, String) {
     match patience {
-        Patience::Try => ("failed to get lock", "it is not free".to_string()),
+        Patience::NoWait => ("failed to get lock", "it is not free".to_string()),
         _ => (
             "timeout while waiting to get lock",
             format!("not free after {:.6} seconds", t0.elapsed().as_secs_f64()),

@@ -485,17 +485,6 @@ pub(crate) fn report(message: &str) {
     let _ = writeln!(std::io::stderr().lock(), "lockticket: {line}");
 }
 
-/// The subcommands, for pointing a usage error to the right `--help`.
-const SUBCOMMANDS: [&str; 7] = [
-    "exec",
-    "status",
-    "payload",
-    "list",
-    "clean",
-    "man",
-    "completions",
-];
-
 fn usage_error(e: clap::Error) -> i32 {
     use clap::error::ErrorKind;
     match e.kind() {
@@ -520,9 +509,11 @@ fn usage_error(e: clap::Error) -> i32 {
                 .collect();
             let first = first.join(" ");
             let first = first.strip_prefix("error: ").unwrap_or(&first);
+            // The subcommands as clap knows them (one source: a new one is never missed).
+            let cli = <Cli as clap::CommandFactory>::command();
             let sub = std::env::args()
                 .skip(1)
-                .find(|a| SUBCOMMANDS.contains(&a.as_str()));
+                .find(|a| cli.get_subcommands().any(|c| c.get_name() == a));
             let help = match sub {
                 Some(s) => format!("lockticket {s} --help"),
                 None => "lockticket --help".to_string(),

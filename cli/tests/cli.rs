@@ -1453,3 +1453,18 @@ fn exec_process_capacity_sizes_the_process_table_and_a_full_one_says_how_to_grow
     assert_eq!(o.status.code(), Some(USAGE), "{o:?}");
     assert_no_table(n);
 }
+
+/// Issue 18: a usage error names the right `--help` for every subcommand (the list of
+/// subcommands was a copy, and lacked `repair`).
+#[test]
+fn usage_errors_point_to_the_subcommands_help() {
+    for sub in ["exec", "status", "repair", "clean", "list"] {
+        let o = run([sub, "--no-such-option"]);
+        assert_eq!(o.status.code(), Some(64), "{sub}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            err.contains(&format!("see 'lockticket {sub} --help'")),
+            "{sub}: {err}"
+        );
+    }
+}
