@@ -304,7 +304,13 @@ impl LockTicket {
             let _ = sys::flock_unlock_fd(fd);
         };
         let died = guard.previous_holder_died();
-        let (region, tk) = guard.into_parts();
+        let (region, raw) = guard.into_raw();
+        let crate::raw::Place::Queued(tk) = raw.place() else {
+            // Route::Descriptor never goes ahead of the queue.
+            unflock();
+            let _ = raw.release(region);
+            return Err(self.corrupted("the descriptor form was granted ahead of the queue"));
+        };
         let ring = region.ring();
         let release_ours = |tk: Ticket| match tk.share() {
             Share::Exclusive => ring.release_exclusive(tk),

@@ -15,11 +15,8 @@ use std::sync::{Arc, Mutex};
 use crate::Fairness;
 use crate::error::{Error, Result};
 use crate::layout::{self, Geometry};
-use crate::main_lock::MainGuard;
 use crate::region::{Create, Region};
 use crate::ring::Broken;
-use crate::share::Share;
-use crate::token::TokenGuard;
 use crate::{payload, sys};
 
 /// How many times a cold path opens the table again when it was removed, replaced or retired
@@ -40,10 +37,11 @@ pub struct LockTicket {
     pub(crate) creator_pidfd: Option<OwnedFd>,
     /// The table in use: points into one of `regions`, or null before the first use.
     pub(crate) current: AtomicPtr<Region>,
-    /// Every table this handle mapped. Boxes are never freed before the handle, so references
-    /// handed out (guards, `current`) stay valid; replaced tables are neutered instead.
-    #[allow(clippy::vec_box)] // the boxes give each region an address that never moves
-    pub(crate) regions: Mutex<Vec<Box<Region>>>,
+    /// Every table this handle mapped. They are never freed before the handle, so references
+    /// handed out (guards, `current`) stay valid; replaced tables are neutered instead. An
+    /// `Arc` gives each an address that never moves, and lets an owned guard keep the table
+    /// it holds a token of alive by itself (see `region_arc`).
+    pub(crate) regions: Mutex<Vec<Arc<Region>>>,
     /// The last main-lock owner left while this process still had token requests in the
     /// table: retire it when the handle goes (see `MainGuard::unlock`), so that no drop order
     /// leaves the file behind.
@@ -61,48 +59,16 @@ pub struct LockTicket {
 }
 
 impl LockTicket {
-    /// Takes the exclusive token (like [`token_lock`](Self::token_lock)) with a guard that
-    /// owns a reference to the handle: it can be returned from a function or kept in a struct
-    /// without a lifetime.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// # fn main() -> lockticket::Result<()> {
-    /// # let dir = std::env::temp_dir();
-    /// # let name = format!("doc-owned-{}", std::process::id());
-    /// let lt = Arc::new(lockticket::LockTicket::builder(&name).directory(&dir).open()?);
-    /// struct Job {
-    ///     _owner: lockticket::OwnedMainGuard,
-    ///     token: lockticket::OwnedTokenGuard,
-    /// }
-    /// let job = Job { _owner: lt.main_lock_owned(lockticket::Share::Shared)?, token: lt.token_lock_owned()? };
-    /// assert!(!job.token.previous_holder_died());
-    /// # Ok(()) }
-    /// ```
-    pub fn token_lock_owned(self: &Arc<Self>) -> Result<crate::OwnedTokenGuard> {
-        let guard = self.token_lock()?;
-        // SAFETY: the guard borrows `self` and a region in a Box that `self.regions` owns and
-        // frees only when the handle is dropped. The owned guard keeps an `Arc` of the handle
-        // in a field declared after the guard, so the guard is dropped (released) before that
-        // `Arc`, hence before the handle: the borrow never outlives what it points to.
-        let guard = unsafe { std::mem::transmute::<TokenGuard<'_>, TokenGuard<'static>>(guard) };
-        Ok(crate::OwnedTokenGuard {
-            guard: Some(guard),
-            lt: Arc::clone(self),
-        })
-    }
-
-    /// Joins the table (like [`main_lock`](Self::main_lock)) with a guard that owns a
-    /// reference to the handle (see [`token_lock_owned`](Self::token_lock_owned)).
-    pub fn main_lock_owned(self: &Arc<Self>, share: Share) -> Result<crate::OwnedMainGuard> {
-        let guard = self.main_lock(share)?;
-        // SAFETY: as in `token_lock_owned`: the owned guard drops this guard before the `Arc`
-        // that keeps the handle (and the region the guard borrows) alive.
-        let guard = unsafe { std::mem::transmute::<MainGuard<'_>, MainGuard<'static>>(guard) };
-        Ok(crate::OwnedMainGuard {
-            guard: Some(guard),
-            lt: Arc::clone(self),
-        })
+    /// The `Arc` of a table this handle mapped (for an owned guard, which keeps the table it
+    /// holds something in alive by itself). `None` never happens for a region the handle
+    /// handed out.
+    pub(crate) fn region_arc(&self, region: &Region) -> Option<Arc<Region>> {
+        self.regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|r| std::ptr::eq(&***r, region))
+            .cloned()
     }
 }
 
@@ -522,8 +488,8 @@ impl LockTicket {
         if p.is_null() {
             return None;
         }
-        // SAFETY: `current` only ever points into a Box held by `regions`, and those are freed
-        // only when `self` is dropped, which the borrow of `self` rules out.
+        // SAFETY: `current` only ever points into an `Arc` held by `regions`, which are dropped
+        // only when `self` is, which the borrow of `self` rules out.
         Some(unsafe { &*p })
     }
 
@@ -598,10 +564,9 @@ impl LockTicket {
 
     /// Makes `region` the table in use (or keeps the current mapping when it is the same
     /// file), and frees the resources of tables that were removed.
-    #[allow(clippy::vec_box)] // see `regions`
     pub(crate) fn install<'a>(
         &'a self,
-        regions: &mut Vec<Box<Region>>,
+        regions: &mut Vec<Arc<Region>>,
         region: Region,
     ) -> &'a Region {
         let same = regions
@@ -613,7 +578,7 @@ impl LockTicket {
                 &**r
             }
             None => {
-                regions.push(Box::new(region));
+                regions.push(Arc::new(region));
                 &**regions.last().expect("just pushed")
             }
         };
@@ -623,7 +588,7 @@ impl LockTicket {
             }
         }
         self.current.store(ptr as *mut Region, Release);
-        // SAFETY: points into a Box owned by `regions`, which lives as long as `self`.
+        // SAFETY: points into an `Arc` held by `regions`, which lives as long as `self`.
         unsafe { &*ptr }
     }
 }

@@ -83,6 +83,7 @@ mod park;
 mod path;
 mod payload;
 mod procs;
+mod raw;
 mod region;
 mod repair;
 mod request;

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::region::Region;
-use crate::ring::Ticket;
 use crate::share::Share;
 use crate::sys;
 use crate::token::Patience;
@@ -56,18 +55,12 @@ pub(crate) fn descriptions_of(
         .map(|k| k.file.as_fd())
 }
 
-/// The key of a guard's kernel lock.
-fn key_of(tk: Ticket, pid: u32) -> (u64, u64, u32) {
-    (tk.t, tk.word, pid)
-}
-
-/// Drops the kernel lock of the guard holding `tk` in process `pid`, if it has one (for every
+/// Drops the kernel lock kept under `key` (see `RawToken::key`), if there is one (for every
 /// copy of the description: a forked child's too), before the guard releases the ring token,
 /// and closes its description. A failed `LOCK_UN` leaves the lock to the close.
 #[cold]
 #[inline(never)]
-pub(crate) fn release(region: &Region, tk: Ticket, pid: u32) {
-    let key = key_of(tk, pid);
+pub(crate) fn release(region: &Region, key: (u64, u64, u32)) {
     let k = {
         let mut held = region
             .kernel_locks()
@@ -81,10 +74,9 @@ pub(crate) fn release(region: &Region, tk: Ticket, pid: u32) {
     let _ = sys::flock_unlock_fd(k.file.as_fd());
 }
 
-/// A new descriptor of the description holding the kernel lock of the guard of `tk` in
-/// process `pid` (see `TokenGuard::lock_file_description`).
-pub(crate) fn description(region: &Region, tk: Ticket, pid: u32) -> Result<Option<File>> {
-    let key = key_of(tk, pid);
+/// A new descriptor of the description holding the kernel lock kept under `key` (see
+/// `RawToken::key` and `TokenGuard::lock_file_description`).
+pub(crate) fn description(region: &Region, key: (u64, u64, u32)) -> Result<Option<File>> {
     let held = region
         .kernel_locks()
         .lock()

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::handle::REOPEN_ATTEMPTS;
 use crate::layout::{self, Geometry};
 use crate::members::{self, JoinRefused};
+use crate::raw::RawMember;
 use crate::region::{Create, Region};
 use crate::share::Share;
 use crate::sys;
@@ -93,11 +94,13 @@ impl LockTicket {
         Ok(MainGuard {
             lt: self,
             region,
-            index,
-            pid,
-            start,
-            created,
-            reclaimed,
+            raw: RawMember {
+                index,
+                pid,
+                start,
+                created,
+                reclaimed,
+            },
         })
     }
 
@@ -134,20 +137,17 @@ fn drain_dead(region: &Region) -> std::result::Result<(), crate::ring::Broken> {
 pub struct MainGuard<'a> {
     lt: &'a LockTicket,
     region: &'a Region,
-    index: usize,
-    pid: u32,
-    start: u64,
-    created: bool,
-    reclaimed: bool,
+    /// The membership (see `crate::raw`).
+    raw: RawMember,
 }
 
 impl std::fmt::Debug for MainGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MainGuard")
             .field("path", &self.lt.path)
-            .field("pid", &self.pid)
-            .field("created", &self.created)
-            .field("reclaimed", &self.reclaimed)
+            .field("pid", &self.raw.pid)
+            .field("created", &self.raw.created)
+            .field("reclaimed", &self.raw.reclaimed)
             .finish_non_exhaustive()
     }
 }
@@ -155,13 +155,13 @@ impl std::fmt::Debug for MainGuard<'_> {
 impl MainGuard<'_> {
     /// True when this call created the table.
     pub fn created(&self) -> bool {
-        self.created
+        self.raw.created
     }
 
     /// True when the table existed but all its registered owners were dead, and was taken
     /// over (the original refused such "orphan" tables).
     pub fn reclaimed(&self) -> bool {
-        self.reclaimed
+        self.raw.reclaimed
     }
 
     /// Leaves (the original's `MainUnlock()`); the last owner removes the table. If this
@@ -173,52 +173,63 @@ impl MainGuard<'_> {
     /// registered. [`Error::TableRemoved`] (after leaving) when the file was removed or
     /// replaced under its users.
     pub fn unlock(self) -> Result<()> {
-        let mut this = std::mem::ManuallyDrop::new(self);
-        this.leave()
+        let this = std::mem::ManuallyDrop::new(self);
+        leave(this.lt, this.region, &this.raw)
+    }
+}
+
+impl<'a> MainGuard<'a> {
+    /// The table it is a membership of.
+    pub(crate) fn region(&self) -> &'a Region {
+        self.region
     }
 
-    fn leave(&mut self) -> Result<()> {
-        let pid = sys::current_identity().0;
-        if pid != self.pid {
-            // A forked child (any kind of fork): the registration is the parent's.
-            return Err(Error::NotOwner {
-                path: self.lt.path.clone(),
-                what: "main lock",
-                owner: self.pid,
-                pid,
-            });
-        }
-        let region = self.region;
-        // Before leaving (the last one out retires the table, which a removal check would
-        // then take for the ordinary way out): was the file removed under us?
-        let at_path = region.check_at_path();
-        let cold = region.cold()?;
-        if !members::leave(region.members(), self.index, self.pid, self.start) {
-            return Err(self
-                .lt
-                .corrupted("our main-lock registration was removed from the table"));
-        }
-        if !self.lt.keep
-            && members::census(region.members(), &region.liveness())
-                .live
-                .is_empty()
-        {
-            // Last one out. If this process still holds or waits for a token (a guard kept
-            // past the main guard, a struct whose fields drop in that order), the table stays
-            // until the handle goes, which no guard can outlive.
-            if !cold.retire_unless_in_use(&region.liveness())? {
-                self.lt
-                    .retire_pending
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        drop(cold);
-        at_path
+    /// The handle, the table and the membership, without leaving: for an owned guard.
+    pub(crate) fn into_raw(self) -> (&'a LockTicket, &'a Region, RawMember) {
+        let this = std::mem::ManuallyDrop::new(self);
+        (this.lt, this.region, this.raw)
     }
+}
+
+/// Leaves the main lock held as `raw` in `region` of handle `lt` (every main guard's way
+/// out, whatever its shape).
+pub(crate) fn leave(lt: &LockTicket, region: &Region, raw: &RawMember) -> Result<()> {
+    let pid = sys::current_identity().0;
+    if pid != raw.pid {
+        // A forked child (any kind of fork): the registration is the parent's.
+        return Err(Error::NotOwner {
+            path: lt.path.clone(),
+            what: "main lock",
+            owner: raw.pid,
+            pid,
+        });
+    }
+    // Before leaving (the last one out retires the table, which a removal check would
+    // then take for the ordinary way out): was the file removed under us?
+    let at_path = region.check_at_path();
+    let cold = region.cold()?;
+    if !members::leave(region.members(), raw.index, raw.pid, raw.start) {
+        return Err(lt.corrupted("our main-lock registration was removed from the table"));
+    }
+    if !lt.keep
+        && members::census(region.members(), &region.liveness())
+            .live
+            .is_empty()
+    {
+        // Last one out. If this process still holds or waits for a token (a guard kept
+        // past the main guard, a struct whose fields drop in that order), the table stays
+        // until the handle goes, which no guard can outlive.
+        if !cold.retire_unless_in_use(&region.liveness())? {
+            lt.retire_pending
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    drop(cold);
+    at_path
 }
 
 impl Drop for MainGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.leave();
+        let _ = leave(self.lt, self.region, &self.raw);
     }
 }

@@ -1,75 +1,84 @@
 //! Guards that own their handle: returned from helpers, kept in structs without a lifetime,
 //! like lock_api's `arc_lock` guards. [`hold`] is the one-call form of the common case.
 
-use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Result;
 use crate::handle::LockTicket;
-use crate::main_lock::MainGuard;
+use crate::raw::{RawMember, RawToken};
+use crate::region::Region;
 use crate::share::Share;
 use crate::token::TokenGuard;
 
-/// A token guard that keeps its [`LockTicket`] alive (see
-/// [`LockTicket::token_lock_owned`]). Releases on [`unlock`](Self::unlock) or drop; derefs to
-/// [`TokenGuard`] for [`previous_holder_died`](TokenGuard::previous_holder_died) and
-/// [`share`](TokenGuard::share).
+/// A token guard that keeps its table alive by itself (see
+/// [`LockTicket::token_lock_owned`]): an `Arc` of the handle and of the mapped table, and the
+/// raw token — no borrow, so it can be returned from a function or kept in a struct without
+/// a lifetime (lock_api's `ArcMutexGuard` shape). Releases on [`unlock`](Self::unlock) or
+/// drop.
 #[must_use = "the token is released when the guard is dropped"]
 pub struct OwnedTokenGuard {
-    // Declared before `lt`: dropped (released) first, while the handle still lives.
-    pub(crate) guard: Option<TokenGuard<'static>>,
-    pub(crate) lt: Arc<LockTicket>,
+    raw: RawToken,
+    region: Arc<Region>,
+    lt: Arc<LockTicket>,
+    /// Released by `unlock` (the drop then has nothing to do).
+    released: bool,
+    /// Not `Send`, like [`TokenGuard`].
+    _not_send: std::marker::PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
-/// A main-lock guard that keeps its [`LockTicket`] alive (see
-/// [`LockTicket::main_lock_owned`]). Derefs to [`MainGuard`].
+/// A main-lock guard that keeps its table alive by itself (see
+/// [`LockTicket::main_lock_owned`]). Leaves on [`unlock`](Self::unlock) or drop.
 #[must_use = "the main lock is left when the guard is dropped"]
 pub struct OwnedMainGuard {
-    // Declared before `lt`: dropped (left) first, while the handle still lives.
-    pub(crate) guard: Option<MainGuard<'static>>,
-    pub(crate) lt: Arc<LockTicket>,
+    raw: RawMember,
+    region: Arc<Region>,
+    lt: Arc<LockTicket>,
+    /// Left by `unlock` (the drop then has nothing to do).
+    left: bool,
 }
 
 impl std::fmt::Debug for OwnedTokenGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("OwnedTokenGuard").field(&self.guard).finish()
+        f.debug_struct("OwnedTokenGuard")
+            .field("path", &self.region.path())
+            .field("share", &self.raw.share())
+            .field("ticket", &self.raw.ticket_number())
+            .field("previous_holder_died", &self.raw.died())
+            .finish()
     }
 }
 
 impl std::fmt::Debug for OwnedMainGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("OwnedMainGuard").field(&self.guard).finish()
-    }
-}
-
-impl Deref for OwnedTokenGuard {
-    type Target = TokenGuard<'static>;
-    fn deref(&self) -> &Self::Target {
-        match &self.guard {
-            Some(g) => g,
-            None => unreachable!("the guard is only taken by unlock, which consumes self"),
-        }
-    }
-}
-
-impl Deref for OwnedMainGuard {
-    type Target = MainGuard<'static>;
-    fn deref(&self) -> &Self::Target {
-        match &self.guard {
-            Some(g) => g,
-            None => unreachable!("the guard is only taken by unlock, which consumes self"),
-        }
+        f.debug_struct("OwnedMainGuard")
+            .field("path", &self.region.path())
+            .field("created", &self.raw.created)
+            .field("reclaimed", &self.raw.reclaimed)
+            .finish()
     }
 }
 
 impl OwnedTokenGuard {
+    /// See [`TokenGuard::previous_holder_died`].
+    pub fn previous_holder_died(&self) -> bool {
+        self.raw.died()
+    }
+
+    /// See [`TokenGuard::share`].
+    pub fn share(&self) -> Share {
+        self.raw.share()
+    }
+
+    /// See [`TokenGuard::fencing_token`].
+    pub fn fencing_token(&self) -> u64 {
+        self.raw.fencing_token(&self.region)
+    }
+
     /// Releases the token (see [`TokenGuard::unlock`]).
     pub fn unlock(mut self) -> Result<()> {
-        match self.guard.take() {
-            Some(g) => g.unlock(),
-            None => Ok(()),
-        }
+        self.released = true;
+        self.raw.release(&self.region)
     }
 
     /// The handle this guard keeps alive.
@@ -78,18 +87,106 @@ impl OwnedTokenGuard {
     }
 }
 
+impl Drop for OwnedTokenGuard {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.raw.release(&self.region);
+        }
+    }
+}
+
 impl OwnedMainGuard {
+    /// See [`MainGuard::created`].
+    pub fn created(&self) -> bool {
+        self.raw.created
+    }
+
+    /// See [`MainGuard::reclaimed`].
+    pub fn reclaimed(&self) -> bool {
+        self.raw.reclaimed
+    }
+
     /// Leaves the main lock (see [`MainGuard::unlock`]).
     pub fn unlock(mut self) -> Result<()> {
-        match self.guard.take() {
-            Some(g) => g.unlock(),
-            None => Ok(()),
-        }
+        self.left = true;
+        crate::main_lock::leave(&self.lt, &self.region, &self.raw)
     }
 
     /// The handle this guard keeps alive.
     pub fn handle(&self) -> &Arc<LockTicket> {
         &self.lt
+    }
+}
+
+impl Drop for OwnedMainGuard {
+    fn drop(&mut self) {
+        if !self.left {
+            let _ = crate::main_lock::leave(&self.lt, &self.region, &self.raw);
+        }
+    }
+}
+
+impl LockTicket {
+    /// Takes the exclusive token (like [`token_lock`](Self::token_lock)) with a guard that
+    /// owns a reference to the handle and to the table: it can be returned from a function or
+    /// kept in a struct without a lifetime.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let dir = std::env::temp_dir();
+    /// # let name = format!("doc-owned-{}", std::process::id());
+    /// let lt = Arc::new(lockticket::LockTicket::builder(&name).directory(&dir).open()?);
+    /// struct Job {
+    ///     _owner: lockticket::OwnedMainGuard,
+    ///     token: lockticket::OwnedTokenGuard,
+    /// }
+    /// let job = Job { _owner: lt.main_lock_owned(lockticket::Share::Shared)?, token: lt.token_lock_owned()? };
+    /// assert!(!job.token.previous_holder_died());
+    /// # Ok(()) }
+    /// ```
+    pub fn token_lock_owned(self: &Arc<Self>) -> Result<OwnedTokenGuard> {
+        self.own_token(self.token_lock()?)
+    }
+
+    /// Takes a shared token (like [`token_lock_shared`](Self::token_lock_shared)) with an
+    /// owned guard (see [`token_lock_owned`](Self::token_lock_owned)).
+    pub fn token_lock_shared_owned(self: &Arc<Self>) -> Result<OwnedTokenGuard> {
+        self.own_token(self.token_lock_shared()?)
+    }
+
+    /// The owned shape of `guard`: its raw token, with `Arc`s of the handle and the table.
+    fn own_token(self: &Arc<Self>, guard: TokenGuard<'_>) -> Result<OwnedTokenGuard> {
+        let Some(region) = self.region_arc(guard.region()) else {
+            drop(guard);
+            return Err(self.corrupted("a token of a table this handle did not map"));
+        };
+        let (_, raw) = guard.into_raw();
+        Ok(OwnedTokenGuard {
+            raw,
+            region,
+            lt: Arc::clone(self),
+            released: false,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    /// Joins the table (like [`main_lock`](Self::main_lock)) with a guard that owns a
+    /// reference to the handle and to the table (see
+    /// [`token_lock_owned`](Self::token_lock_owned)).
+    pub fn main_lock_owned(self: &Arc<Self>, share: Share) -> Result<OwnedMainGuard> {
+        let guard = self.main_lock(share)?;
+        let Some(region) = self.region_arc(guard.region()) else {
+            drop(guard);
+            return Err(self.corrupted("a membership of a table this handle did not map"));
+        };
+        let (_, _, raw) = guard.into_raw();
+        Ok(OwnedMainGuard {
+            raw,
+            region,
+            lt: Arc::clone(self),
+            left: false,
+        })
     }
 }
 
@@ -117,7 +214,7 @@ pub fn hold(name_or_path: impl AsRef<Path>) -> Result<Held> {
 }
 
 /// What [`hold`] returns: the exclusive token and a shared main-lock registration of one
-/// table. Derefs to the token guard.
+/// table.
 #[derive(Debug)]
 #[must_use = "the token is released when this is dropped"]
 pub struct Held {
@@ -126,33 +223,50 @@ pub struct Held {
     _main: OwnedMainGuard,
 }
 
-impl Deref for Held {
-    type Target = TokenGuard<'static>;
-    fn deref(&self) -> &Self::Target {
-        &self.token
+impl Held {
+    /// See [`TokenGuard::previous_holder_died`].
+    pub fn previous_holder_died(&self) -> bool {
+        self.token.previous_holder_died()
+    }
+
+    /// See [`TokenGuard::share`].
+    pub fn share(&self) -> Share {
+        self.token.share()
+    }
+
+    /// See [`TokenGuard::fencing_token`].
+    pub fn fencing_token(&self) -> u64 {
+        self.token.fencing_token()
+    }
+
+    /// Releases the token, then leaves the table (the last one out removes it).
+    pub fn unlock(self) -> Result<()> {
+        let Held { token, _main } = self;
+        let released = token.unlock();
+        _main.unlock().and(released)
     }
 }
 
 impl crate::Guard for OwnedTokenGuard {
     fn share(&self) -> Share {
-        TokenGuard::share(self)
+        Self::share(self)
     }
     fn previous_holder_died(&self) -> bool {
-        TokenGuard::previous_holder_died(self)
+        Self::previous_holder_died(self)
     }
     fn fencing_token(&self) -> u64 {
-        TokenGuard::fencing_token(self)
+        Self::fencing_token(self)
     }
 }
 
 impl crate::Guard for Held {
     fn share(&self) -> Share {
-        TokenGuard::share(self)
+        Self::share(self)
     }
     fn previous_holder_died(&self) -> bool {
-        TokenGuard::previous_holder_died(self)
+        Self::previous_holder_died(self)
     }
     fn fencing_token(&self) -> u64 {
-        TokenGuard::fencing_token(self)
+        Self::fencing_token(self)
     }
 }

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use crate::LockTicket;
 use crate::error::{Error, Result};
 use crate::liveness::Registration;
+use crate::raw::{Place, RawToken};
 use crate::region::Region;
-use crate::ring::{Bypass, Claim, Entry, Grant, Ticket};
+use crate::ring::{Claim, Entry, Grant, Ticket};
 use crate::share::Share;
 use crate::sys;
 use crate::wait::{self, Entered, Outcome, WaitError, Waiter};
@@ -209,11 +210,7 @@ impl LockTicket {
         let died = region.ring().mark_holding(tk) | died;
         TokenGuard {
             region,
-            tk,
-            pid,
-            died,
-            bypass: false,
-            fence: std::sync::OnceLock::new(),
+            raw: RawToken::new(Place::Queued(tk), pid, died),
             _not_send: std::marker::PhantomData,
         }
     }
@@ -235,14 +232,7 @@ impl LockTicket {
         }
         Some(TokenGuard {
             region,
-            tk: Ticket {
-                t: b.head,
-                word: u64::from(b.owner),
-            },
-            pid,
-            died: ring.bypass_died_before(b.head),
-            bypass: true,
-            fence: std::sync::OnceLock::new(),
+            raw: RawToken::new(Place::Ahead(b), pid, ring.bypass_died_before(b.head)),
             _not_send: std::marker::PhantomData,
         })
     }
@@ -485,17 +475,10 @@ pub(crate) fn patience_for(timeout: Duration) -> Patience {
 /// ```
 #[must_use = "the token is released when the guard is dropped"]
 pub struct TokenGuard<'a> {
+    /// The table it was taken in (borrowed from the handle, which keeps it mapped).
     region: &'a Region,
-    /// Ticket and claim word; the word names the owner's registration and the mode.
-    tk: Ticket,
-    /// The process that took it.
-    pid: u32,
-    died: bool,
-    /// Held ahead of the queue (bounded tables): `tk` is then the head it went ahead of and
-    /// our bypass owner field.
-    bypass: bool,
-    /// The fencing token, taken from the table the first time it is asked for.
-    fence: std::sync::OnceLock<u64>,
+    /// What is held (see `crate::raw`).
+    raw: RawToken,
     /// Not `Send`, like std's `MutexGuard`: a token is released by the thread that took it,
     /// which is what lets a thread that asks again for it get an error instead of waiting
     /// for itself.
@@ -508,10 +491,9 @@ impl std::fmt::Debug for TokenGuard<'_> {
         f.debug_struct("TokenGuard")
             .field("path", &self.region.path())
             .field("share", &self.share())
-            .field("ticket", &self.tk.t)
-            .field("pid", &self.pid)
-            .field("previous_holder_died", &self.died)
-            .field("fencing_token", &self.fence.get())
+            .field("ticket", &self.raw.ticket_number())
+            .field("pid", &self.raw.pid())
+            .field("previous_holder_died", &self.raw.died())
             .finish()
     }
 }
@@ -520,12 +502,12 @@ impl TokenGuard<'_> {
     /// True when the previous holder died while holding the token (like `EOWNERDEAD`): the
     /// state it protected may be half-updated; repair it before relying on it.
     pub fn previous_holder_died(&self) -> bool {
-        self.died
+        self.raw.died()
     }
 
     /// Exclusive or shared.
     pub fn share(&self) -> Share {
-        self.tk.share()
+        self.raw.share()
     }
 
     /// The fencing token of this grant: larger than that of every grant of this table before
@@ -545,7 +527,7 @@ impl TokenGuard<'_> {
     /// # Ok(()) }
     /// ```
     pub fn fencing_token(&self) -> u64 {
-        *self.fence.get_or_init(|| self.region.next_fence())
+        self.raw.fencing_token(self.region)
     }
 
     /// Releases the token. Fails if the table was corrupted meanwhile; with
@@ -584,46 +566,12 @@ impl TokenGuard<'_> {
     /// # Ok(()) }
     /// ```
     pub fn lock_file_description(&self) -> Result<Option<std::fs::File>> {
-        crate::lock_file::description(self.region, self.tk, self.pid)
+        crate::lock_file::description(self.region, self.raw.key())
     }
 
     #[inline]
     fn release(&self) -> Result<()> {
-        let pid = sys::current_identity().0;
-        if pid != self.pid {
-            // A forked child (any kind of fork): the token is the parent's.
-            return Err(Error::NotOwner {
-                path: self.region.path().to_path_buf(),
-                what: "token",
-                owner: self.pid,
-                pid,
-            });
-        }
-        if self.region.anchor().is_some() {
-            // A keyed table: its lock file's flock first, never two holders of the file.
-            crate::lock_file::release(self.region, self.tk, self.pid);
-        }
-        let ring = self.region.ring();
-        let released = match self.tk.share() {
-            _ if self.bypass => {
-                ring.release_bypass(Bypass {
-                    owner: self.tk.word as u32,
-                    head: self.tk.t,
-                });
-                Ok(())
-            }
-            Share::Exclusive => ring.release_exclusive(self.tk),
-            Share::Shared => ring.release(self.tk),
-        };
-        released.map_err(|b| Error::Corrupted {
-            path: self.region.path().to_path_buf(),
-            detail: b.0,
-        })?;
-        // One load, no system call: a user that found the table removed marked it.
-        match self.region.removal() {
-            Some(what) => Err(self.region.removed_error(what, true)),
-            None => Ok(()),
-        }
+        self.raw.release(self.region)
     }
 }
 
@@ -635,17 +583,23 @@ impl Drop for TokenGuard<'_> {
 }
 
 impl<'a> TokenGuard<'a> {
+    /// The table it was taken in.
+    pub(crate) fn region(&self) -> &'a Region {
+        self.region
+    }
+
     /// The table, and the key its kernel lock on the lock file is kept under there
     /// (`crate::lock_file`).
     pub(crate) fn kernel_key(&self) -> (&'a Region, (u64, u64, u32)) {
-        (self.region, (self.tk.t, self.tk.word, self.pid))
+        (self.region, self.raw.key())
     }
 
-    /// The table and the ticket, without releasing it: for a token handed over to another
-    /// owner (the descriptor form, `crate::fd`).
-    pub(crate) fn into_parts(self) -> (&'a Region, Ticket) {
+    /// The table and the raw token, without releasing it: for a token handed over to another
+    /// shape (an owned guard) or owner (the descriptor form, `crate::fd`).
+    pub(crate) fn into_raw(self) -> (&'a Region, RawToken) {
+        // The guard is never dropped (no release): its raw token lives on in the copy.
         let this = std::mem::ManuallyDrop::new(self);
-        (this.region, this.tk)
+        (this.region, this.raw.clone())
     }
 }
 

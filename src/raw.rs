@@ -1,0 +1,154 @@
+//! What a guard holds, without a borrow: the raw token and the raw main-lock membership that
+//! every guard shape — borrowed ([`TokenGuard`](crate::TokenGuard),
+//! [`MainGuard`](crate::MainGuard)), owned ([`OwnedTokenGuard`](crate::OwnedTokenGuard),
+//! [`OwnedMainGuard`](crate::OwnedMainGuard)), and the async ones to come — is a thin shell
+//! over, as lock_api's raw locks are under its guards. Each knows how to let go, given the
+//! table it was taken in; a shell only decides how that table is kept alive (a borrow of the
+//! handle, or an `Arc` of the mapped table and of the handle).
+
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+use crate::region::Region;
+use crate::ring::{Bypass, Ticket};
+use crate::share::Share;
+use crate::sys;
+
+/// Where a token is held.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Place {
+    /// A granted ticket of the queue (its claim word names the owner and the mode).
+    Queued(Ticket),
+    /// Ahead of the queue (bounded tables): the head it went ahead of, and our bypass word.
+    Ahead(Bypass),
+}
+
+/// A held token: where, by which process, and what it was told. No `Drop`: a shell releases
+/// it (a clone is how a shell hands it to another, never dropping the first).
+#[derive(Clone, Debug)]
+pub(crate) struct RawToken {
+    place: Place,
+    /// The process that took it (a forked child's copy cannot release it).
+    pid: u32,
+    /// The previous holder died holding it.
+    died: bool,
+    /// The fencing token, taken from the table the first time it is asked for.
+    fence: OnceLock<u64>,
+}
+
+impl RawToken {
+    /// A token held at `place` by process `pid`.
+    #[inline(always)]
+    pub(crate) fn new(place: Place, pid: u32, died: bool) -> RawToken {
+        RawToken {
+            place,
+            pid,
+            died,
+            fence: OnceLock::new(),
+        }
+    }
+
+    /// Where it is held.
+    pub(crate) fn place(&self) -> Place {
+        self.place
+    }
+
+    /// The process that holds it.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The previous holder died holding it.
+    pub(crate) fn died(&self) -> bool {
+        self.died
+    }
+
+    /// Exclusive or shared (a place ahead of the queue is always exclusive).
+    #[inline]
+    pub(crate) fn share(&self) -> Share {
+        match self.place {
+            Place::Queued(tk) => tk.share(),
+            Place::Ahead(_) => Share::Exclusive,
+        }
+    }
+
+    /// The key a keyed table keeps this token's kernel lock on its lock file under
+    /// (`crate::lock_file`): ticket (or head), claim word (or bypass owner field), process.
+    pub(crate) fn key(&self) -> (u64, u64, u32) {
+        match self.place {
+            Place::Queued(tk) => (tk.t, tk.word, self.pid),
+            Place::Ahead(b) => (b.head, u64::from(b.owner), self.pid),
+        }
+    }
+
+    /// The ticket, or the head a token ahead of the queue went ahead of (for `Debug`).
+    pub(crate) fn ticket_number(&self) -> u64 {
+        match self.place {
+            Place::Queued(tk) => tk.t,
+            Place::Ahead(b) => b.head,
+        }
+    }
+
+    /// The fencing token of this grant in `region` (see `Region::next_fence`).
+    pub(crate) fn fencing_token(&self, region: &Region) -> u64 {
+        *self.fence.get_or_init(|| region.next_fence())
+    }
+
+    /// Releases the token in `region`, the table it was taken in. Fails with
+    /// [`Error::NotOwner`] in a forked child (the token stays the parent's), with
+    /// [`Error::Corrupted`] when the table was overwritten meanwhile, and with
+    /// [`Error::TableRemoved`] (after releasing) when the file was found removed or replaced
+    /// while the token was held.
+    #[inline]
+    pub(crate) fn release(&self, region: &Region) -> Result<()> {
+        let pid = sys::current_identity().0;
+        if pid != self.pid {
+            // A forked child (any kind of fork): the token is the parent's.
+            return Err(Error::NotOwner {
+                path: region.path().to_path_buf(),
+                what: "token",
+                owner: self.pid,
+                pid,
+            });
+        }
+        if region.anchor().is_some() {
+            // A keyed table: its lock file's flock first, never two holders of the file.
+            crate::lock_file::release(region, self.key());
+        }
+        let ring = region.ring();
+        let released = match self.place {
+            Place::Ahead(b) => {
+                ring.release_bypass(b);
+                Ok(())
+            }
+            Place::Queued(tk) => match tk.share() {
+                Share::Exclusive => ring.release_exclusive(tk),
+                Share::Shared => ring.release(tk),
+            },
+        };
+        released.map_err(|b| Error::Corrupted {
+            path: region.path().to_path_buf(),
+            detail: b.0,
+        })?;
+        // One load, no system call: a user that found the table removed marked it.
+        match region.removal() {
+            Some(what) => Err(region.removed_error(what, true)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A main-lock membership: the registry entry, and what joining found.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawMember {
+    /// The registry entry.
+    pub index: usize,
+    /// The process that joined (a forked child's copy cannot leave for it).
+    pub pid: u32,
+    /// Its start time, as the entry records it.
+    pub start: u64,
+    /// Joining created the table.
+    pub created: bool,
+    /// Joining took over a table whose owners had all died.
+    pub reclaimed: bool,
+}
