@@ -217,6 +217,24 @@ pub(crate) fn parse_stat(bytes: &[u8]) -> Option<Stat> {
     })
 }
 
+/// The calling thread's kernel id (`gettid`); 0 off Linux.
+pub(crate) fn gettid() -> u32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() } as u32;
+    #[cfg(not(target_os = "linux"))]
+    let tid = 0;
+    tid
+}
+
+/// The scheduler state (`R`, `S`, ...) of thread `tid` of this process, from
+/// `/proc/self/task/TID/stat`; `None` if it cannot be read.
+#[cfg(test)]
+pub(crate) fn thread_state(tid: u32) -> Option<u8> {
+    let bytes = std::fs::read(format!("/proc/self/task/{tid}/stat")).ok()?;
+    Some(parse_stat(&bytes)?.state)
+}
+
 /// `kill(pid, 0)`: true unless the process certainly does not exist.
 pub(crate) fn kill_zero(pid: u32) -> bool {
     if pid == 0 || pid > PID_MAX {

@@ -1,0 +1,1 @@
+//! The async waiter thread (issue 19): to come.
