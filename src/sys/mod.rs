@@ -1601,9 +1601,7 @@ mod tests {
             return;
         }
         let words = [AtomicU32::new(0), AtomicU32::new(5), AtomicU32::new(7)];
-        let set = |v: [u32; 3]| -> Vec<(&AtomicU32, u32)> {
-            words.iter().zip(v).map(|(w, v)| (w, v)).collect()
-        };
+        let set = |v: [u32; 3]| -> Vec<(&AtomicU32, u32)> { words.iter().zip(v).collect() };
         assert_eq!(
             futex_waitv(&set([0, 5, 8]), None).unwrap(),
             WaitvOutcome::Mismatch
