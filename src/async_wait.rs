@@ -449,7 +449,9 @@ fn run(shard: Arc<Shard>) {
             control
         };
         for w in fire.drain(..) {
-            w.wake();
+            // A panicking waker must not take the thread (and every registration it serves)
+            // down with it.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
         }
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let mut slept = false;

@@ -35,6 +35,13 @@ pub(crate) const FALLBACK_NAP: Duration = Duration::from_millis(1);
 /// Every clone shares one state: once [`cancel`](Self::cancel) is called, every wait that
 /// carries this handle (or a clone) ends at once, and so does every later one — a `Cancel` is
 /// not re-armed; make a new one for the next wait.
+///
+/// ```
+/// let cancel = lockticket::Cancel::new();
+/// let other = cancel.clone();
+/// std::thread::spawn(move || other.cancel()).join().unwrap();
+/// assert!(cancel.is_cancelled());
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct Cancel {
     /// 0 while live, 1 once cancelled; waited on and woken as a shared futex.
@@ -73,7 +80,8 @@ impl Cancel {
 /// A [`Parker`] that sleeps on the slot word *and* a [`Cancel`]'s word: it returns at once
 /// once the handle is cancelled. The wait loop that uses it must look at
 /// [`Cancel::is_cancelled`] after every `park` (and before its first), and leave the queue
-/// with a distinct outcome when it is set — the parker only ends the sleep.
+/// with a distinct outcome when it is set — the parker only ends the sleep. A loop that does
+/// not look would spin: once cancelled, every `park` returns at once.
 #[derive(Clone, Copy, Debug)]
 #[cfg_attr(not(test), allow(dead_code))] // wired in by the request path (issue 19)
 pub(crate) struct CancelParker<'c> {

@@ -23,6 +23,7 @@ struct Flag {
 }
 
 impl Flag {
+    /// A fresh flag for registration `id`, reporting on `tx`.
     fn new(id: usize, tx: &Sender<usize>) -> Arc<Flag> {
         Arc::new(Flag {
             id,
@@ -45,12 +46,14 @@ impl Wake for Flag {
 /// A small deterministic PRNG (xorshift64*), for random orders without a dependency.
 struct Rng(u64);
 impl Rng {
+    /// The next number.
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+    /// Fisher-Yates.
     fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             v.swap(i, (self.next() % (i as u64 + 1)) as usize);
@@ -63,6 +66,7 @@ fn words(n: usize) -> Arc<Vec<AtomicU32>> {
     Arc::new((0..n).map(|_| AtomicU32::new(0)).collect())
 }
 
+/// Word `i` of `owner`, keeping `owner` alive.
 fn word_ref(owner: &Arc<Vec<AtomicU32>>, i: usize) -> WordRef {
     WordRef::new(Arc::clone(owner), move |v: &Vec<AtomicU32>| &v[i])
 }
@@ -306,6 +310,14 @@ fn the_waiter_thread_sleeps_while_nothing_changes() {
 }
 
 #[test]
+fn registrations_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Pending>();
+    send_sync::<WordRef>();
+    send_sync::<Registry>();
+}
+
+#[test]
 fn a_dropped_registry_stops_its_threads() {
     let reg = Registry::new();
     let w = words(1);
@@ -355,9 +367,13 @@ fn block_on<F: Future>(f: F) -> F::Output {
 /// request path follows: look; if not ready, register once, then re-arm on every poll with
 /// the value just seen and the current waker; the registration goes with the future.
 struct Changed<'r> {
+    /// Where to register.
     reg: &'r Registry,
+    /// The word.
     word: WordRef,
+    /// Ready once the word differs from this.
     expected: u32,
+    /// The registration while pending.
     pending: Option<Pending>,
 }
 
@@ -430,4 +446,76 @@ fn a_future_dropped_while_pending_leaves_nothing() {
     drop(f);
     assert_eq!(reg.len(), 0);
     wait_for_owners(&w, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ring's own wake protocol (PARKED swapped to WOKEN, then FUTEX_WAKE) reaches a
+// registration, as it will for a pending `lock_async`.
+
+#[test]
+fn a_release_in_the_ring_wakes_the_registered_next_request() {
+    use crate::liveness::Registration;
+    use crate::ring::model::MemRing;
+    use crate::ring::{Claim, Grant, Ring, Ticket};
+    use crate::share::Share;
+
+    /// The production wake: a shared FUTEX_WAKE.
+    fn wake(w: &AtomicU32) {
+        sys::futex_wake(w, i32::MAX);
+    }
+    /// Claims and publishes an exclusive ticket for process-table entry `index`.
+    fn queue(ring: &Ring<'_>, index: u32) -> Ticket {
+        let me = Registration {
+            index,
+            generation: index,
+        };
+        match ring.try_claim(Share::Exclusive, me) {
+            Claim::Claimed(tk) => {
+                ring.publish(tk, index, 0, 0);
+                tk
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    let mem = Arc::new(MemRing::new(4));
+    let ring = mem.ring(wake);
+    let holder = queue(&ring, 0);
+    ring.mark_holding(holder);
+    let me = queue(&ring, 1);
+    // What a future's poll does: store PARKED, re-check the grant, then register the word
+    // with the PARKED value (the ring's lost-wake-up order, then the registry's).
+    let (word, parked) = ring.park_word(me);
+    assert!(matches!(
+        ring.grant(me, Share::Exclusive).unwrap(),
+        Grant::Waiting { .. }
+    ));
+    let t = me.t;
+    let word_ref = WordRef::new(Arc::clone(&mem), move |m: &MemRing| {
+        &m.ring(wake).slot(t).futex
+    });
+    assert!(std::ptr::eq(word_ref.word(), word));
+    let reg = Registry::new();
+    let (tx, rx) = channel();
+    let f = Flag::new(1, &tx);
+    let p = reg
+        .register(Some(word_ref), parked, None, &Waker::from(f.clone()))
+        .unwrap();
+    assert!(p.is_armed());
+    // The holder releases from another thread.
+    let releaser = {
+        let mem = Arc::clone(&mem);
+        std::thread::spawn(move || mem.ring(wake).release_exclusive(holder).unwrap())
+    };
+    assert_eq!(
+        rx.recv_timeout(HANG),
+        Ok(1),
+        "the release never woke the waker"
+    );
+    releaser.join().unwrap();
+    assert_eq!(f.fired.load(SeqCst), 1);
+    assert_eq!(ring.grant(me, Share::Exclusive).unwrap(), Grant::Granted);
+    drop(p);
+    assert_eq!(reg.len(), 0);
+    wait_for_owners(&mem, 1);
 }
