@@ -378,15 +378,23 @@ pub(crate) fn futex_waitv(
     }
     #[cfg(target_os = "linux")]
     {
-        let waiters: Vec<FutexWaitv> = words
-            .iter()
-            .map(|&(w, v)| FutexWaitv {
+        // On the stack (3 KiB): a parker's sleep allocates nothing.
+        let mut waiters = [const {
+            FutexWaitv {
+                val: 0,
+                uaddr: 0,
+                flags: 0,
+                reserved: 0,
+            }
+        }; FUTEX_WAITV_MAX];
+        for (slot, &(w, v)) in waiters.iter_mut().zip(words) {
+            *slot = FutexWaitv {
                 val: u64::from(v),
                 uaddr: w.as_ptr() as usize as u64,
                 flags: FUTEX2_SIZE_U32,
                 reserved: 0,
-            })
-            .collect();
+            };
+        }
         let deadline = match timeout {
             None => None,
             Some(t) => {
@@ -412,14 +420,14 @@ pub(crate) fn futex_waitv(
         let ts = deadline
             .as_ref()
             .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `waiters` holds `words.len()` (1..=128) initialised entries whose addresses
-        // are valid, aligned u32 words borrowed for the whole call; `ts` is null or points to
-        // a timespec that outlives the call; flags 0 as the kernel requires.
+        // SAFETY: the first `words.len()` (1..=128) entries of `waiters` are filled in with
+        // the addresses of valid, aligned u32 words borrowed for the whole call; `ts` is null
+        // or points to a timespec that outlives the call; flags 0 as the kernel requires.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_futex_waitv,
                 waiters.as_ptr(),
-                waiters.len() as libc::c_uint,
+                words.len() as libc::c_uint,
                 0 as libc::c_uint,
                 ts,
                 libc::CLOCK_MONOTONIC,
