@@ -1622,6 +1622,18 @@ mod tests {
             futex_waitv(&[], None).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
+        // 128 words are taken (the last one differs: back at once), 129 are refused.
+        let many: Vec<AtomicU32> = (0..=FUTEX_WAITV_MAX).map(|_| AtomicU32::new(0)).collect();
+        let mut set_many: Vec<(&AtomicU32, u32)> = many.iter().map(|w| (w, 0)).collect();
+        set_many[FUTEX_WAITV_MAX - 1].1 = 1;
+        assert_eq!(
+            futex_waitv(&set_many[..FUTEX_WAITV_MAX], None).unwrap(),
+            WaitvOutcome::Mismatch
+        );
+        assert_eq!(
+            futex_waitv(&set_many, None).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
         // A thread changes word 1 and wakes it while we sleep on all three: we learn which.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|s| {
