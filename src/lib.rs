@@ -68,6 +68,8 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod async_wait;
+mod cancel;
 mod error;
 mod fairness;
 mod fd;
@@ -104,6 +106,7 @@ pub mod fuzzing {
     pub use crate::ring::model::{Op, run, run_bytes};
 }
 
+pub use cancel::Cancel;
 pub use error::{Error, Result};
 pub use fairness::{Fairness, ParseFairnessError};
 pub use fd::{FdLock, table_for_lock_fd};
