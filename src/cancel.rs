@@ -83,7 +83,6 @@ impl Cancel {
 /// with a distinct outcome when it is set — the parker only ends the sleep. A loop that does
 /// not look would spin: once cancelled, every `park` returns at once.
 #[derive(Clone, Copy, Debug)]
-#[cfg_attr(not(test), allow(dead_code))] // wired in by the request path (issue 19)
 pub(crate) struct CancelParker<'c> {
     /// The handle whose word we also sleep on.
     cancel: &'c Cancel,
@@ -114,6 +113,10 @@ impl Parker for CancelParker<'_> {
         // Nothing of ours to wait on but the cancel word itself: an exact sleep, no fallback
         // needed (plain FUTEX_WAIT exists everywhere this crate parks).
         sys::futex_wait(&self.cancel.word, 0, d);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 }
 

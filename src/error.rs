@@ -310,6 +310,13 @@ pub enum Error {
         /// The table path.
         path: PathBuf,
     },
+    /// The request was cancelled through its [`Cancel`](crate::Cancel) handle before it was
+    /// granted; it left the queue without a trace.
+    #[error("{path}: the token request was cancelled before it was granted (nothing is held)", path = path.display())]
+    Cancelled {
+        /// The table path.
+        path: PathBuf,
+    },
     /// A payload larger than the table's payload capacity.
     #[error(
         "{path}: a payload of {len} bytes does not fit the table's capacity of {capacity} \

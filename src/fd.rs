@@ -281,6 +281,7 @@ impl LockTicket {
             share,
             patience,
             route: crate::token::Route::Descriptor,
+            cancel: None,
         };
         let Some(guard) = self.acquire(ask)? else {
             return Ok(None);

@@ -23,6 +23,13 @@ pub(crate) trait Parker {
     fn park(&self, word: &AtomicU32, expected: u32, timeout: Duration);
     /// Sleeps for `d` with nothing to wait on (a full ring: no slot word is ours yet).
     fn sleep(&self, d: Duration);
+
+    /// True once the wait must end at once, granted or not (a cancelled request: see
+    /// `crate::cancel`). The wait loop asks after every sleep.
+    #[inline]
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// The production parker: a futex wait on the shared word (process-shared: a release in

@@ -30,6 +30,7 @@ pub struct TokenRequest<'a> {
     lt: &'a LockTicket,
     share: Share,
     patience: Patience,
+    cancel: Option<&'a crate::Cancel>,
 }
 
 impl<'a> TokenRequest<'a> {
@@ -83,6 +84,39 @@ impl<'a> TokenRequest<'a> {
         self
     }
 
+    /// Lets another thread end the wait at once through `cancel` ([`Cancel::cancel`]): the
+    /// request then leaves the queue without a trace, and `lock` fails with
+    /// [`Error::Cancelled`](crate::Error::Cancelled) — also when the handle was cancelled
+    /// before `lock` was called. A grant that came first wins: the token is then held.
+    /// Not for the wait on a lock file's kernel lock (two tables of one lock file), which
+    /// only the deadline ends.
+    ///
+    /// [`Cancel::cancel`]: crate::Cancel::cancel
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let dir = std::env::temp_dir();
+    /// # let name = format!("doc-cancel-on-{}", std::process::id());
+    /// let lt = lockticket::LockTicket::builder(&name).directory(&dir).open()?;
+    /// let _owner = lt.main_lock(lockticket::Share::Shared)?;
+    /// let held = lt.token_lock()?;
+    /// let cancel = lockticket::Cancel::new();
+    /// std::thread::scope(|s| {
+    ///     let waiter = s.spawn(|| lt.request().cancel_on(&cancel).lock().map(|g| g.is_some()));
+    ///     cancel.cancel(); // from any thread, at any time
+    ///     let outcome = waiter.join().unwrap();
+    ///     assert!(matches!(outcome, Err(lockticket::Error::Cancelled { .. })));
+    /// });
+    /// drop(held);
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn cancel_on(mut self, cancel: &'a crate::Cancel) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
     /// Wait as long as it takes (the default).
     #[inline]
     pub fn forever(mut self) -> Self {
@@ -94,6 +128,11 @@ impl<'a> TokenRequest<'a> {
     /// token (never with the default, unbounded wait).
     #[inline]
     pub fn lock(self) -> Result<Option<TokenGuard<'a>>> {
+        if self.cancel.is_some_and(crate::Cancel::is_cancelled) {
+            return Err(crate::Error::Cancelled {
+                path: self.lt.path().to_path_buf(),
+            });
+        }
         self.lt.acquire(self.ask())
     }
 
@@ -105,11 +144,12 @@ impl<'a> TokenRequest<'a> {
 
     /// What this request asks for, on the ordinary route.
     #[inline]
-    pub(crate) fn ask(self) -> Ask {
+    pub(crate) fn ask(self) -> Ask<'a> {
         Ask {
             share: self.share,
             patience: self.patience,
             route: Route::Any,
+            cancel: self.cancel,
         }
     }
 }
@@ -123,6 +163,7 @@ impl LockTicket {
             lt: self,
             share: Share::Exclusive,
             patience: Patience::Forever,
+            cancel: None,
         }
     }
 

@@ -64,13 +64,17 @@ pub(crate) enum Route {
 /// [`TokenRequest`](crate::TokenRequest), the owned forms, the descriptor form), and the one
 /// entry point, [`LockTicket::acquire`], takes.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Ask {
+pub(crate) struct Ask<'c> {
     /// Exclusive or shared.
     pub share: Share,
     /// How long it may wait.
     pub patience: Patience,
     /// Which way it may be granted.
     pub route: Route,
+    /// Ends the wait from another thread ([`TokenRequest::cancel_on`]).
+    ///
+    /// [`TokenRequest::cancel_on`]: crate::TokenRequest::cancel_on
+    pub cancel: Option<&'c crate::Cancel>,
 }
 
 impl LockTicket {
@@ -127,7 +131,7 @@ impl LockTicket {
 
     #[cold]
     #[inline(never)]
-    fn acquire_blocking<'a>(&'a self, ask: Ask, fast: Fast<'a>) -> Result<TokenGuard<'a>> {
+    fn acquire_blocking<'a>(&'a self, ask: Ask<'_>, fast: Fast<'a>) -> Result<TokenGuard<'a>> {
         match self.slow_keyed(ask, fast)? {
             Some(g) => Ok(g),
             None => Err(self.corrupted("a request without deadline returned without a grant")),
@@ -139,7 +143,7 @@ impl LockTicket {
     /// also the kernel lock on its lock file (`crate::lock_file`; the fast path leaves keyed
     /// tables to the slow one).
     #[inline(always)]
-    pub(crate) fn acquire(&self, ask: Ask) -> Result<Option<TokenGuard<'_>>> {
+    pub(crate) fn acquire(&self, ask: Ask<'_>) -> Result<Option<TokenGuard<'_>>> {
         match self.fast(ask) {
             Fast::Granted(g) => Ok(Some(g)),
             other => self.slow_keyed(ask, other),
@@ -148,7 +152,7 @@ impl LockTicket {
 
     /// [`Self::slow`], then, for a keyed table, the kernel lock on its lock file.
     #[cold]
-    fn slow_keyed<'a>(&'a self, ask: Ask, fast: Fast<'a>) -> Result<Option<TokenGuard<'a>>> {
+    fn slow_keyed<'a>(&'a self, ask: Ask<'_>, fast: Fast<'a>) -> Result<Option<TokenGuard<'a>>> {
         match self.slow(ask, fast)? {
             // The table's own anchor, as the fast path and the release ask it.
             Some(g) if ask.route == Route::Any && g.region.anchor().is_some() => {
@@ -161,7 +165,7 @@ impl LockTicket {
     /// The fast path: one claim attempt on the mapped table, granted at once. Everything else
     /// (waiting, a full ring, a retired table, a forked child) goes to [`Self::slow`].
     #[inline(always)]
-    fn fast(&self, ask: Ask) -> Fast<'_> {
+    fn fast(&self, ask: Ask<'_>) -> Fast<'_> {
         let share = ask.share;
         let (pid, _) = sys::current_identity();
         if pid != self.creator.0 {
@@ -239,7 +243,7 @@ impl LockTicket {
 
     /// Everything the fast path did not finish, from where it stopped.
     #[cold]
-    fn slow<'a>(&'a self, ask: Ask, fast: Fast<'a>) -> Result<Option<TokenGuard<'a>>> {
+    fn slow<'a>(&'a self, ask: Ask<'_>, fast: Fast<'a>) -> Result<Option<TokenGuard<'a>>> {
         let first = match fast {
             Fast::Granted(g) => return Ok(Some(g)),
             Fast::Claimed(region, tk) => self.wait_for_grant(region, tk, ask),
@@ -255,7 +259,7 @@ impl LockTicket {
         }
     }
 
-    fn claim_and_wait(&self, ask: Ask) -> Result<Option<TokenGuard<'_>>> {
+    fn claim_and_wait(&self, ask: Ask<'_>) -> Result<Option<TokenGuard<'_>>> {
         match self.claim(ask)? {
             Some(Claimed::Queued(region, tk)) => self.wait_for_grant(region, tk, ask),
             Some(Claimed::Holding(g)) => Ok(Some(g)),
@@ -266,7 +270,7 @@ impl LockTicket {
     /// Enters the queue of the current table (waiting for a slot if the ring is full) and
     /// publishes the request — or, in a bounded table, takes the token ahead of the queue.
     /// `None`: no slot within `patience`.
-    fn claim(&self, ask: Ask) -> Result<Option<Claimed<'_>>> {
+    fn claim(&self, ask: Ask<'_>) -> Result<Option<Claimed<'_>>> {
         let Ask {
             share, patience, ..
         } = ask;
@@ -311,7 +315,11 @@ impl LockTicket {
                         region.check_at_path()
                     },
                 };
-                match wait::claim(ring, share, me, &mut waiter) {
+                let claimed = match ask.cancel {
+                    None => wait::claim(ring, share, me, &mut waiter),
+                    Some(c) => wait::claim_on(&c.parker(), ring, share, me, &mut waiter),
+                };
+                match claimed {
                     Ok(Some(tk)) => tk,
                     Ok(None) => return Ok(None),
                     Err(w) => return Err(self.wait_error(w)),
@@ -328,7 +336,7 @@ impl LockTicket {
         &'a self,
         region: &'a Region,
         tk: Ticket,
-        ask: Ask,
+        ask: Ask<'_>,
     ) -> Result<Option<TokenGuard<'a>>> {
         let patience = ask.patience;
         let ring = region.ring();
@@ -372,7 +380,10 @@ impl LockTicket {
                     liveness: &region.liveness(),
                     check,
                 };
-                wait::until_granted(ring, tk, &mut waiter)
+                match ask.cancel {
+                    None => wait::until_granted(ring, tk, &mut waiter),
+                    Some(c) => wait::until_granted_on(&c.parker(), ring, tk, &mut waiter),
+                }
             }
         };
         // Bounded tables: a granted request waits for a bypasser inside to leave.
@@ -392,7 +403,11 @@ impl LockTicket {
                         liveness: &region.liveness(),
                         check,
                     };
-                    match wait::until_entered(ring, tk, &mut waiter) {
+                    let entered = match ask.cancel {
+                        None => wait::until_entered(ring, tk, &mut waiter),
+                        Some(c) => wait::until_entered_on(&c.parker(), ring, tk, &mut waiter),
+                    };
+                    match entered {
                         Ok(Entered::Clear { died }) => {
                             bypass_died = died;
                             Ok(Outcome::Granted)
@@ -432,6 +447,9 @@ impl LockTicket {
         match e {
             WaitError::Broken(b) => self.broken(b),
             WaitError::Check(e) => e,
+            WaitError::Cancelled => Error::Cancelled {
+                path: self.path.clone(),
+            },
         }
     }
 }

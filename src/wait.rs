@@ -86,6 +86,8 @@ pub(crate) enum WaitError<E> {
     Broken(Broken),
     /// The caller's periodic check failed (e.g. the parent died).
     Check(E),
+    /// The parker says the wait must end (a cancelled request).
+    Cancelled,
 }
 
 impl<E> From<Broken> for WaitError<E> {
@@ -173,6 +175,9 @@ fn wait_turn<E, T: Turn<E>>(
     loop {
         if let Some(done) = turn.poll()? {
             return Ok(Some(done));
+        }
+        if parker.cancelled() {
+            return Err(WaitError::Cancelled);
         }
         if spin_from.is_some() && turn.next_in_line() {
             spins = spins.wrapping_add(1);
@@ -299,7 +304,7 @@ pub(crate) fn until_granted<L: Liveness, E>(
 }
 
 /// [`until_granted`] on any parker.
-fn until_granted_on<L: Liveness, E>(
+pub(crate) fn until_granted_on<L: Liveness, E>(
     parker: &impl Parker,
     ring: &Ring<'_>,
     tk: Ticket,
@@ -430,7 +435,7 @@ pub(crate) fn until_entered<L: Liveness, E>(
 }
 
 /// [`until_entered`] on any parker.
-fn until_entered_on<L: Liveness, E>(
+pub(crate) fn until_entered_on<L: Liveness, E>(
     parker: &impl Parker,
     ring: &Ring<'_>,
     tk: Ticket,
@@ -461,7 +466,7 @@ pub(crate) fn claim<L: Liveness, E>(
 }
 
 /// [`claim`] on any parker.
-fn claim_on<L: Liveness, E>(
+pub(crate) fn claim_on<L: Liveness, E>(
     parker: &impl Parker,
     ring: &Ring<'_>,
     share: Share,
@@ -491,6 +496,9 @@ fn claim_on<L: Liveness, E>(
                         Duration::from_millis(1)
                     };
                     parker.sleep(waiter.nap(nap, now));
+                    if parker.cancelled() {
+                        return Err(WaitError::Cancelled);
+                    }
                 } else {
                     backoff.snooze();
                 }

@@ -609,3 +609,44 @@ fn fencing_tokens_strictly_increase_across_grants_reclaims_and_repairs() {
     assert!(g.fencing_token() > after_reclaim);
     assert_eq!(lt.status().unwrap().last_fencing_token, g.fencing_token());
 }
+
+/// Issue 19: a blocked `lock()` cancelled from another thread ends at once with its own
+/// outcome and leaves no trace: the queue is empty again, and the next holder is served
+/// without any reclaim.
+#[test]
+fn a_cancelled_blocking_wait_ends_at_once_and_leaves_no_trace() {
+    let (lt, name) = table("cancel");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut holder = Helper::spawn("hold", &[&name, "exclusive"]);
+    holder.expect("held died=false");
+    let cancel = lockticket::Cancel::new();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| lt.request().cancel_on(&cancel).lock().map(|g| g.is_some()));
+        wait_queued(&lt, 1); // it waits in the queue
+        cancel.cancel();
+        let outcome = waiter.join().unwrap();
+        assert!(
+            matches!(outcome, Err(lockticket::Error::Cancelled { .. })),
+            "{outcome:?}"
+        );
+    });
+    let st = lt.status().unwrap();
+    assert!(
+        st.queue.is_empty(),
+        "the cancelled request left the queue: {st}"
+    );
+    // Cancelled before asking: refused at once, nothing queued.
+    assert!(matches!(
+        lt.request().cancel_on(&cancel).lock(),
+        Err(lockticket::Error::Cancelled { .. })
+    ));
+    holder.send("x");
+    holder.expect("released");
+    let g = lt.try_token_lock().unwrap().expect("free at once");
+    assert!(!g.previous_holder_died());
+    assert_eq!(
+        lt.status().unwrap().reclaimed_slots,
+        0,
+        "nothing to reclaim"
+    );
+}
