@@ -487,7 +487,7 @@ fn a_release_in_the_ring_wakes_the_registered_next_request() {
     // with the PARKED value (the ring's lost-wake-up order, then the registry's).
     let (word, parked) = ring.park_word(me);
     assert!(matches!(
-        ring.grant(me, Share::Exclusive).unwrap(),
+        ring.grant(me).unwrap(),
         Grant::Waiting { .. }
     ));
     let t = me.t;
@@ -514,7 +514,7 @@ fn a_release_in_the_ring_wakes_the_registered_next_request() {
     );
     releaser.join().unwrap();
     assert_eq!(f.fired.load(SeqCst), 1);
-    assert_eq!(ring.grant(me, Share::Exclusive).unwrap(), Grant::Granted);
+    assert_eq!(ring.grant(me).unwrap(), Grant::Granted);
     drop(p);
     assert_eq!(reg.len(), 0);
     wait_for_owners(&mem, 1);
