@@ -68,6 +68,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod async_lock;
 mod async_wait;
 mod cancel;
 mod error;
@@ -106,6 +107,7 @@ pub mod fuzzing {
     pub use crate::ring::model::{Op, run, run_bytes};
 }
 
+pub use async_lock::{AsyncTokenGuard, LockFuture, OwnedLockFuture};
 pub use cancel::Cancel;
 pub use error::{Error, Result};
 pub use fairness::{Fairness, ParseFairnessError};

@@ -142,6 +142,39 @@ impl<'a> TokenRequest<'a> {
         self.lt.lock_fd_as(fd, self.share, self.patience)
     }
 
+    /// Enters the queue and waits as asked without blocking a thread: a future, for async
+    /// code on any executor (see [`crate::AsyncTokenGuard`]). Dropping it while it waits
+    /// leaves no trace in the queue — the cancel of async code; [`cancel_on`](Self::cancel_on)
+    /// is for blocking waits and is not looked at here.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark {
+    /// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) { return out; }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let dir = std::env::temp_dir();
+    /// # let name = format!("doc-request-async-{}", std::process::id());
+    /// let lt = lockticket::LockTicket::builder(&name).directory(&dir).open()?;
+    /// let _owner = lt.main_lock(lockticket::Share::Shared)?;
+    /// let reader = block_on(lt.request().shared().timeout(Duration::from_millis(50)).lock_async())?;
+    /// assert!(reader.is_some()); // `.await` in async code
+    /// # Ok(()) }
+    /// ```
+    pub fn lock_async(self) -> crate::async_lock::LockFuture<'a> {
+        self.lt.lock_async_as(self.share, self.patience)
+    }
+
     /// What this request asks for, on the ordinary route.
     #[inline]
     pub(crate) fn ask(self) -> Ask<'a> {

@@ -546,6 +546,17 @@ impl<'a> Ring<'a> {
         dead != 0 && tk.t.wrapping_sub(dead) < self.capacity()
     }
 
+    /// The futex word of ticket `t`'s slot (what a waiter sleeps on), without changing it.
+    pub(crate) fn slot_word(&self, t: u64) -> &'a AtomicU32 {
+        &self.slot(t).futex
+    }
+
+    /// Forgets which thread asked for `tk` (an async request: its task may move between
+    /// threads, and another task on this thread asking again waits; it is no deadlock).
+    pub(crate) fn untag_thread(&self, tk: Ticket) {
+        self.slot(tk.t).thread.store(0, Relaxed);
+    }
+
     /// Prepares to sleep: the futex word and the value to sleep on. The caller must re-check
     /// [`Ring::grant`] after this and before sleeping (no lost wake-up: see `wake_slot`).
     pub(crate) fn park_word(&self, tk: Ticket) -> (&'a AtomicU32, u32) {

@@ -486,10 +486,7 @@ fn a_release_in_the_ring_wakes_the_registered_next_request() {
     // What a future's poll does: store PARKED, re-check the grant, then register the word
     // with the PARKED value (the ring's lost-wake-up order, then the registry's).
     let (word, parked) = ring.park_word(me);
-    assert!(matches!(
-        ring.grant(me).unwrap(),
-        Grant::Waiting { .. }
-    ));
+    assert!(matches!(ring.grant(me).unwrap(), Grant::Waiting { .. }));
     let t = me.t;
     let word_ref = WordRef::new(Arc::clone(&mem), move |m: &MemRing| {
         &m.ring(wake).slot(t).futex
