@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Writes a few seed inputs for the `ring_ops` fuzz target into fuzz/corpus/ring_ops (generated,
 # never committed: fuzz/corpus is ignored). Bytes, as `run_bytes` decodes them: one byte for
-# the ring size and start mode, 8 for the first ticket, then (op, arg) pairs: op % 8 is
-# Enqueue, Poll, Release, CheckHead, Step(1-4), Kill, Reuse, Step(255); arg % 5 the process.
-# A first byte with bit 5 set makes a bounded ring, whose ops are op % 10: the same, then
-# Bypass (8) and Park (9).
+# the ring size and start mode, 8 for the first ticket, then (op, arg) pairs: op % 9 is
+# Enqueue, Poll, Release, CheckHead, Step(1-4), Kill, Reuse, Step(255), Repair; arg % 5 the
+# process. A first byte with bit 5 set makes a bounded ring, whose ops are op % 11: the same
+# first eight, then Bypass (8), Park (9) and Repair (10).
 set -euo pipefail
 dir="$(dirname "$0")/corpus/ring_ops"
 mkdir -p "$dir"
