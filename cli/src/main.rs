@@ -98,9 +98,10 @@ lockticket (same PID) and holds the lock itself until it exits (not as long as
 background children it leaves: a small guardian child of lockticket's keeps
 the lock for the command and dies with it).
 
-The command gets LOCKTICKET_PATH (the table file) and
+The command gets LOCKTICKET_PATH (the table file),
 LOCKTICKET_PREVIOUS_HOLDER_DIED (1 when the previous holder died holding the
-lock: repair what it protected) in its environment.
+lock: repair what it protected) and LOCKTICKET_FENCING_TOKEN (larger than every
+earlier holder's: for fencing writes outside the lock) in its environment.
 
 As flock(1): -E sets the status of a conflict or timeout (default 1); -F and
 -o cannot be combined (64); --verbose prints \"lockticket: getting lock took N

@@ -1468,3 +1468,30 @@ fn usage_errors_point_to_the_subcommands_help() {
         );
     }
 }
+
+/// Issue 19: the command gets a fencing token, larger for every later holder of the table.
+#[test]
+fn exec_gives_the_command_a_growing_fencing_token() {
+    let n = name("fence");
+    let n = n.as_str();
+    let token = || {
+        let o = run([
+            "exec",
+            "--keep",
+            n,
+            "-c",
+            "echo \"$LOCKTICKET_FENCING_TOKEN\"",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        stdout(&o).trim().parse::<u64>().expect("a number")
+    };
+    let (a, b) = (token(), token());
+    assert!(a >= 1 && b > a, "{a} then {b}");
+    let o = run(["status", "--json", n]);
+    assert!(
+        stdout(&o).contains(&format!("\"last_fencing_token\": {b}")),
+        "{o:?}"
+    );
+    let o = run(["clean", n]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+}
