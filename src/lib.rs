@@ -67,6 +67,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod fairness;
 mod fd;
 mod guard;
