@@ -94,7 +94,10 @@ fn queue_len(lt: &EtcdLockTicket) -> usize {
 /// No key of lock `name` is left on the cluster.
 fn assert_no_keys(c: &Cluster, name: &str) {
     if let Some(keys) = c.keys(&format!("lockticket/{name}/")) {
-        let keys: Vec<String> = keys.into_iter().filter(|k| !k.ends_with("/payload")).collect();
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !k.ends_with("/payload"))
+            .collect();
         assert!(keys.is_empty(), "keys left behind: {keys:?}");
     }
 }
@@ -150,7 +153,10 @@ fn etcd_shared_and_exclusive() {
     let name = unique("eshare");
     let handles: Vec<EtcdLockTicket> = (0..4).map(|_| open(&ep, &name, 5)).collect();
     let r1 = handles[0].token_lock_shared().unwrap();
-    let r2 = handles[1].try_token_lock_shared().unwrap().expect("readers share");
+    let r2 = handles[1]
+        .try_token_lock_shared()
+        .unwrap()
+        .expect("readers share");
     assert_eq!(r2.share(), lockticket::Share::Shared);
     assert!(handles[2].try_token_lock().unwrap().is_none());
     let t0 = Instant::now();
@@ -161,7 +167,11 @@ fn etcd_shared_and_exclusive() {
             .is_none()
     );
     assert!(t0.elapsed() >= Duration::from_millis(100));
-    assert_eq!(queue_len(&handles[3]), 2, "a timed-out request leaves the queue");
+    assert_eq!(
+        queue_len(&handles[3]),
+        2,
+        "a timed-out request leaves the queue"
+    );
     std::thread::scope(|s| {
         let (tx, rx) = channel();
         let w = &handles[2];
@@ -314,7 +324,11 @@ fn etcd_paused_holder_is_overtaken_and_its_fenced_write_fails() {
     h.send("payload third");
     let answer = h.expect("payload");
     assert!(answer.starts_with("err"), "{answer}");
-    assert_eq!(lt.payload().unwrap(), b"second", "the fenced write was refused");
+    assert_eq!(
+        lt.payload().unwrap(),
+        b"second",
+        "the fenced write was refused"
+    );
     h.send("release");
     assert_eq!(h.expect("released"), "false", "unlock reports the loss");
     assert!(!g.lost());
@@ -408,7 +422,10 @@ fn etcd_three_members_stopped_member_and_leader_kill() {
         });
         poll("the waiter queued", || queue_len(&holder) == 2);
         g.unlock().unwrap();
-        let got = rx.recv_timeout(BOUND).unwrap().expect("the waiter is served");
+        let got = rx
+            .recv_timeout(BOUND)
+            .unwrap()
+            .expect("the waiter is served");
         assert!(got > token);
     });
 }

@@ -557,6 +557,73 @@ impl EtcdLockTicket {
         Ok(kvs(&r).pop().map(|kv| kv.value).unwrap_or_default())
     }
 
+    /// Replaces the payload on behalf of the holder whose queue key is `holder_key` and whose
+    /// fencing token is `token` (what `lockticket exec --etcd` gives its command as
+    /// `LOCKTICKET_ETCD_KEY` and `LOCKTICKET_FENCING_TOKEN`): written only if that holder
+    /// still holds the lock, in one transaction; [`Error::EtcdLost`] otherwise. For a
+    /// process that does not own the guard itself; a guard's owner uses
+    /// [`EtcdGuard::set_payload`].
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// let key = std::env::var("LOCKTICKET_ETCD_KEY").unwrap();
+    /// let token: u64 = std::env::var("LOCKTICKET_FENCING_TOKEN").unwrap().parse().unwrap();
+    /// lt.set_payload_fenced(&key, token, b"step 3 done")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_payload_fenced(&self, holder_key: &str, token: u64, value: &[u8]) -> Result<()> {
+        let key = self.inner.payload_key();
+        let op = if value.is_empty() {
+            json!({"request_delete_range": {"key": b64(key.as_bytes())}})
+        } else {
+            json!({"request_put": {"key": b64(key.as_bytes()), "value": b64(value)}})
+        };
+        let (ok, _, _) = self.inner.client.txn(
+            "fenced payload write",
+            vec![own_compare(holder_key, token as i64)],
+            vec![op],
+            vec![],
+        )?;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::EtcdLost {
+                name: self.inner.name.clone(),
+                token,
+                why: "the holder's key is gone from etcd",
+            })
+        }
+    }
+
+    /// The names of the locks under this handle's prefix that have keys on the cluster
+    /// (requests, holder records or a payload).
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// let lt = lockticket::etcd::EtcdLockTicket::from_env("any")?;
+    /// for name in lt.list()? { println!("{name}"); }
+    /// # Ok(()) }
+    /// ```
+    pub fn list(&self) -> Result<Vec<String>> {
+        let prefix = &self.inner.keys[..self.inner.keys.len() - self.inner.name.len() - 1];
+        let mut req = range_prefix(prefix);
+        req.insert("keys_only".into(), true.into());
+        let r = self
+            .inner
+            .client
+            .call("list the locks", "/v3/kv/range", &req.into())?;
+        let mut names: Vec<String> = kvs(&r)
+            .into_iter()
+            .filter_map(|kv| {
+                let rest = kv.key.strip_prefix(prefix)?;
+                Some(rest.split('/').next()?.to_string())
+            })
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+
     /// The queue: holders first, then waiters in order, with their hosts, PIDs, lease TTLs
     /// and fencing tokens.
     ///
@@ -1110,6 +1177,25 @@ impl EtcdGuard {
         self.session.wait_lost(&self.held, until)
     }
 
+    /// A handle on this guard's loss that another thread can keep (`'static`, cheap to
+    /// clone) without borrowing the guard: to stop work from a watcher thread when the lock
+    /// is lost.
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// let token = lt.token_lock()?;
+    /// let loss = token.loss();
+    /// std::thread::spawn(move || { loss.wait(); eprintln!("lost the lock"); std::process::exit(75) });
+    /// # Ok(()) }
+    /// ```
+    pub fn loss(&self) -> EtcdLoss {
+        EtcdLoss {
+            session: self.session.clone(),
+            held: self.held.clone(),
+        }
+    }
+
     /// The guard's queue key on etcd.
     ///
     /// ```no_run
@@ -1261,6 +1347,66 @@ impl Guard for EtcdGuard {
     }
     fn lost(&self) -> bool {
         EtcdGuard::lost(self)
+    }
+}
+
+/// The loss of one [`EtcdGuard`], watched from anywhere: [`EtcdGuard::loss`].
+///
+/// ```no_run
+/// # fn main() -> lockticket::Result<()> {
+/// # let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+/// let token = lt.token_lock()?;
+/// let loss = token.loss();
+/// assert!(!loss.lost());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct EtcdLoss {
+    session: Arc<Session>,
+    held: Arc<Held>,
+}
+
+impl EtcdLoss {
+    /// As [`EtcdGuard::lost`].
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// let loss = lt.token_lock()?.loss();
+    /// // the guard was dropped (released): its loss is no longer watched, but the lease's is
+    /// let _ = loss.lost();
+    /// # Ok(()) }
+    /// ```
+    pub fn lost(&self) -> bool {
+        self.held.lost.load(Ordering::Acquire) || self.session.lost()
+    }
+
+    /// As [`EtcdGuard::wait_lost`].
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// let token = lt.token_lock()?;
+    /// let loss = token.loss();
+    /// std::thread::spawn(move || loss.wait());
+    /// # Ok(()) }
+    /// ```
+    pub fn wait(&self) {
+        self.session.wait_lost(&self.held, None);
+    }
+
+    /// As [`EtcdGuard::wait_lost_timeout`].
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// let token = lt.token_lock()?;
+    /// assert!(!token.loss().wait_timeout(std::time::Duration::from_millis(10)));
+    /// # Ok(()) }
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let until = Instant::now().checked_add(timeout);
+        self.session.wait_lost(&self.held, until)
     }
 }
 

@@ -225,7 +225,9 @@ impl Cluster {
             })
             .collect();
         let (_, _, leader) = *ids.first()?;
-        ids.iter().find(|(_, id, _)| *id == leader).map(|(i, _, _)| *i)
+        ids.iter()
+            .find(|(_, id, _)| *id == leader)
+            .map(|(i, _, _)| *i)
     }
 
     /// SIGKILLs member `i` and reaps it.
