@@ -14,7 +14,7 @@ use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use lockticket::etcd::{EtcdLockTicket, EtcdStatus};
-use lockticket::{Error, Guard, Share};
+use lockticket::{Error, Share};
 use serde_json::json;
 
 use crate::exec::{self, Patience};

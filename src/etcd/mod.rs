@@ -1177,6 +1177,45 @@ impl EtcdGuard {
         self.session.wait_lost(&self.held, until)
     }
 
+    /// The fencing token: this key's create revision, larger for every later grant on the
+    /// cluster (also [`Guard::fencing_token`]).
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// let token = lt.token_lock()?;
+    /// println!("LOCKTICKET_FENCING_TOKEN={}", token.fencing_token());
+    /// # Ok(()) }
+    /// ```
+    pub fn fencing_token(&self) -> u64 {
+        self.token
+    }
+
+    /// True when a previous holder's lease ended while it held the lock, instead of a
+    /// release (also [`Guard::previous_holder_died`]).
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// if lt.token_lock()?.previous_holder_died() { /* check what it left */ }
+    /// # Ok(()) }
+    /// ```
+    pub fn previous_holder_died(&self) -> bool {
+        self.died
+    }
+
+    /// Exclusive or shared (also [`Guard::share`]).
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// assert_eq!(lt.token_lock_shared()?.share(), lockticket::Share::Shared);
+    /// # Ok(()) }
+    /// ```
+    pub fn share(&self) -> Share {
+        self.share
+    }
+
     /// A handle on this guard's loss that another thread can keep (`'static`, cheap to
     /// clone) without borrowing the guard: to stop work from a watcher thread when the lock
     /// is lost.
