@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{BOUND, Helper, Scratch, hear, say, unique};
 use etcd_support::{Cluster, SIGCONT, SIGSTOP, signal};
+use lockticket::Error;
 use lockticket::etcd::{EtcdGuard, EtcdLockTicket};
-use lockticket::{Error, Guard};
 
 fn open(endpoints: &str, name: &str, ttl: u64) -> EtcdLockTicket {
     EtcdLockTicket::builder(name)
