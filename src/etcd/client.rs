@@ -72,12 +72,25 @@ impl Client {
         body: &Value,
         deadline: Instant,
     ) -> Result<Value> {
+        self.call_counted(op, path, body, deadline).map(|(v, _)| v)
+    }
+
+    /// As [`call_until`](Client::call_until), also saying how many attempts were made (more
+    /// than one: an earlier attempt may have been applied too).
+    pub fn call_counted(
+        &self,
+        op: &'static str,
+        path: &str,
+        body: &Value,
+        deadline: Instant,
+    ) -> Result<(Value, u32)> {
         let bytes = serde_json::to_vec(body).expect("JSON of a Value");
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut last = String::from("no attempt made");
         let mut backoff = Duration::from_millis(5);
         let mut round = 0u32;
+        let mut attempts = 0u32;
         loop {
             for k in 0..n {
                 let i = (first + k) % n;
@@ -90,10 +103,11 @@ impl Client {
                 }
                 let until = deadline.min(now + self.attempt_timeout);
                 let ep = &self.endpoints[i];
+                attempts += 1;
                 match attempt(ep, path, &bytes, until) {
                     Ok(v) => {
                         self.preferred.store(i, Ordering::Relaxed);
-                        return Ok(v);
+                        return Ok((v, attempts));
                     }
                     Err(Attempt::Retry(e)) => last = format!("{ep}: {e}"),
                     Err(Attempt::Final(e)) => {
@@ -158,17 +172,30 @@ impl Client {
         success: Vec<Value>,
         failure: Vec<Value>,
     ) -> Result<(bool, Vec<Value>, i64)> {
-        let r = self.call(
+        self.txn_counted(op, compare, success, failure)
+            .map(|(ok, r, rev, _)| (ok, r, rev))
+    }
+
+    /// As [`txn`](Client::txn), with the number of attempts.
+    pub fn txn_counted(
+        &self,
+        op: &'static str,
+        compare: Vec<Value>,
+        success: Vec<Value>,
+        failure: Vec<Value>,
+    ) -> Result<(bool, Vec<Value>, i64, u32)> {
+        let (r, attempts) = self.call_counted(
             op,
             "/v3/kv/txn",
             &json!({"compare": compare, "success": success, "failure": failure}),
+            Instant::now() + self.call_timeout,
         )?;
         let ok = r.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
         let responses = match r.get("responses") {
             Some(Value::Array(a)) => a.clone(),
             _ => Vec::new(),
         };
-        Ok((ok, responses, revision(&r)))
+        Ok((ok, responses, revision(&r), attempts))
     }
 }
 

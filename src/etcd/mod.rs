@@ -735,7 +735,8 @@ impl EtcdLockTicket {
         success.extend(grant_ops(inner, &hkey, &qkey));
         success.push(get_q.clone());
         let failure = match patience {
-            Patience::Try => vec![],
+            // Only a look: is our key there (an earlier attempt of this call was applied)?
+            Patience::Try => vec![get_q],
             _ => vec![put_q, get_q],
         };
         let (ok, resp, _) =
@@ -748,7 +749,9 @@ impl EtcdLockTicket {
             return Ok(Some(self.granted(&session, share, qkey, hkey, rev, &resp)));
         }
         if matches!(patience, Patience::Try) {
-            pending.armed = false; // nothing was written
+            // Nothing was written, unless an earlier attempt whose answer was lost granted
+            // us the lock: then `pending` releases it.
+            pending.armed = own_revision(resp.last()) != 0;
             return Ok(None);
         }
         let rev = own_revision(resp.last());
@@ -1351,15 +1354,17 @@ impl EtcdGuard {
         let was_lost = self.lost();
         let (q, h) = (self.held.qkey.clone(), self.hkey.clone());
         let del = |k: &str| json!({"request_delete_range": {"key": b64(k.as_bytes())}});
-        match self.inner.client.txn(
+        match self.inner.client.txn_counted(
             "release",
             vec![own_compare(&q, self.token as i64)],
             vec![del(&q), del(&h)],
             vec![del(&h)],
         ) {
-            Ok((true, _, _)) if !was_lost => Ok(()),
-            Ok((true, _, _)) => Err(self.lost_error("its lease could have expired")),
-            Ok((false, _, _)) => Err(self.lost_error("its key was gone at release")),
+            Ok((true, _, _, _)) if !was_lost => Ok(()),
+            Ok((true, _, _, _)) => Err(self.lost_error("its lease could have expired")),
+            // Retried: the first attempt may have released it (its answer was lost).
+            Ok((false, _, _, attempts)) if attempts > 1 && !was_lost => Ok(()),
+            Ok((false, _, _, _)) => Err(self.lost_error("its key was gone at release")),
             Err(e) => {
                 self.inner.orphans.lock().unwrap().extend([q, h]);
                 Err(e)
