@@ -14,7 +14,7 @@
 //! * **Loss is reported**: [`EtcdGuard::lost`] turns true as soon as the lease *could* have
 //!   expired (measured from when the last successful keep-alive was sent), or once the key is
 //!   found deleted; [`EtcdGuard::wait_lost`] waits for it; fenced writes through the guard then
-//!   fail with [`Error::EtcdLost`](crate::Error::EtcdLost).
+//!   fail with [`Error::EtcdLost`].
 //! * **Fencing token** = the key's create revision: larger for every later grant in the
 //!   whole cluster. [`EtcdGuard::put_fenced`] writes a key only if the guard's key still
 //!   exists, in one transaction; the payload is written that way.
