@@ -69,6 +69,23 @@ fn dispatch(role: &str, args: &[String]) {
             g.unlock().unwrap();
             say("appended");
         }
+        // Bumps a file counter `args[4]` times under the exclusive token, and writes its
+        // fencing token to the fence key (fenced), checking tokens only grow.
+        "count" => {
+            let counter = common::Counter::open(std::path::Path::new(&args[3]));
+            let n: u64 = args[4].parse().unwrap();
+            say("ready");
+            assert_eq!(hear(), "go");
+            let fence = format!("lockticket-test/{name}/fence");
+            for _ in 0..n {
+                let g = lt.token_lock().unwrap();
+                counter.bump();
+                g.put_fenced(&fence, g.fencing_token().to_string().as_bytes())
+                    .unwrap();
+                drop(g);
+            }
+            say("done");
+        }
         _ => panic!("unknown role {role}"),
     }
 }
@@ -141,6 +158,44 @@ fn etcd_fifo_across_processes() {
     }
     let order = std::fs::read_to_string(&file).unwrap();
     assert_eq!(order, "0\n1\n2\n3\n4\n");
+    assert_no_keys(&c, &name);
+}
+
+#[test]
+fn etcd_exclusion_across_processes() {
+    let Some(c) = Cluster::start("excl", 1) else {
+        return;
+    };
+    let ep = c.endpoints();
+    let name = unique("eexcl");
+    let scratch = Scratch::new("eexcl");
+    let counter = scratch.join("counter");
+    let (procs, per) = (4, 25u64);
+    let mut helpers: Vec<Helper> = (0..procs)
+        .map(|_| {
+            Helper::spawn(
+                "count",
+                &[&ep, &name, "5", counter.to_str().unwrap(), &per.to_string()],
+            )
+        })
+        .collect();
+    for h in &mut helpers {
+        h.expect("ready");
+    }
+    for h in &mut helpers {
+        h.send("go");
+    }
+    for h in &mut helpers {
+        h.expect("done");
+    }
+    assert_eq!(
+        common::Counter::open(&counter).get(),
+        procs as u64 * per,
+        "an increment was lost: two holders at once"
+    );
+    for h in helpers {
+        assert!(h.finish().success());
+    }
     assert_no_keys(&c, &name);
 }
 
