@@ -460,9 +460,12 @@ fn etcd_three_members_stopped_member_and_leader_kill() {
     c.kill(leader);
     let waiter = opener();
     let t0 = Instant::now();
-    // A request during the election returns within its bounds.
-    let busy = waiter.try_token_lock().unwrap();
-    assert!(busy.is_none());
+    // A request during the election returns within its bounds: not granted, or (if the
+    // election outlasted the call deadline) etcd unavailable, never a hang.
+    match waiter.try_token_lock() {
+        Ok(busy) => assert!(busy.is_none()),
+        Err(e) => assert!(matches!(e, Error::EtcdUnavailable { .. }), "{e}"),
+    }
     assert!(t0.elapsed() < call * 2, "try took {:?}", t0.elapsed());
     assert!(
         !g.wait_lost_timeout(Duration::from_secs(4)),
