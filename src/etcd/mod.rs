@@ -771,7 +771,7 @@ impl EtcdLockTicket {
             pred.insert("sort_order".into(), "DESCEND".into());
             pred.insert("limit".into(), "1".into());
             pred.insert("keys_only".into(), true.into());
-            let (mine, resp, at) = inner.client.txn(
+            let (mine, resp, _) = inner.client.txn(
                 "wait in the queue",
                 vec![own_compare(&qkey, rev)],
                 vec![json!({"request_range": pred})],
@@ -810,7 +810,17 @@ impl EtcdLockTicket {
                 return Ok(None); // `pending` deletes our keys
             }
             let until = deadline.map_or(now + recheck, |d| d.min(now + recheck));
-            if let Ok(mut w) = inner.client.watch(&before.key, at + 1, until) {
+            if let Ok(mut w) = inner.client.watch(&before.key, until) {
+                // Made after our read: is the key still there (a deletion from now on is
+                // reported by the watch)?
+                let still = inner.client.call(
+                    "wait in the queue",
+                    "/v3/kv/range",
+                    &json!({"key": b64(before.key.as_bytes()), "count_only": true}),
+                )?;
+                if int(still.get("count")) == 0 {
+                    continue;
+                }
                 while let Ok(Some(msg)) = w.next(until) {
                     let v: Value = serde_json::from_slice(&msg).unwrap_or(Value::Null);
                     let res = v.get("result").unwrap_or(&Value::Null);

@@ -83,13 +83,17 @@ fn main() {
     // Uncontended acquire+release.
     let lt = open(&ep, "uncontended", 10);
     drop(lt.token_lock().unwrap()); // the session lease
+    let mut acq = Vec::new();
     let mut ours: Vec<Duration> = (0..n)
         .map(|_| {
             let t0 = Instant::now();
-            drop(lt.token_lock().unwrap());
+            let g = lt.token_lock().unwrap();
+            acq.push(t0.elapsed());
+            drop(g);
             t0.elapsed()
         })
         .collect();
+    println!("  (acquire alone: median {})", ms(pct(&mut acq, 0.5)));
     let lease = field(&post(&ep, "/v3/lease/grant", r#"{"TTL":10}"#), "ID").to_string();
     let mut theirs: Vec<Duration> = (0..n)
         .map(|_| {
