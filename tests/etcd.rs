@@ -213,6 +213,10 @@ fn etcd_shared_and_exclusive() {
         .unwrap()
         .expect("readers share");
     assert_eq!(r2.share(), lockticket::Share::Shared);
+    assert!(
+        !r2.previous_holder_died(),
+        "a live reader beside it is not a death"
+    );
     assert!(handles[2].try_token_lock().unwrap().is_none());
     let t0 = Instant::now();
     assert!(
@@ -347,6 +351,27 @@ fn etcd_killed_holder_next_is_granted_within_ttl_and_told_it_died() {
     drop(g);
     // Told once: the next holder after a release is not.
     assert!(!lt.token_lock().unwrap().previous_holder_died());
+
+    // Shared holders: one of two readers killed; a later reader is told, and the live one
+    // is not taken for dead.
+    let mut h = Helper::spawn("hold", &[&ep, &name, "2", "shared"]);
+    h.expect("held");
+    let r1 = lt.token_lock_shared().unwrap();
+    assert!(!r1.previous_holder_died());
+    h.kill();
+    poll("the killed reader's lease to expire", || {
+        queue_len(&lt) == 1
+    });
+    let other = open(&ep, &name, ttl);
+    let r2 = other
+        .try_token_lock_shared()
+        .unwrap()
+        .expect("readers share");
+    assert!(r2.previous_holder_died());
+    drop((r1, r2));
+    let r3 = other.try_token_lock_shared().unwrap().expect("free");
+    assert!(!r3.previous_holder_died(), "told once");
+    drop(r3);
     assert_no_keys(&c, &name);
 }
 

@@ -27,6 +27,8 @@ pub(crate) struct Client {
     pub attempt_timeout: Duration,
     /// For messages.
     pub name: String,
+    /// Kept-alive connections.
+    pool: http::Pool,
 }
 
 impl Client {
@@ -38,6 +40,7 @@ impl Client {
             call_timeout,
             attempt_timeout,
             name,
+            pool: http::Pool::default(),
         }
     }
 
@@ -104,7 +107,7 @@ impl Client {
                 let until = deadline.min(now + self.attempt_timeout);
                 let ep = &self.endpoints[i];
                 attempts += 1;
-                match attempt(ep, path, &bytes, until) {
+                match attempt(&self.pool, i, ep, path, &bytes, until) {
                     Ok(v) => {
                         self.preferred.store(i, Ordering::Relaxed);
                         return Ok((v, attempts));
@@ -198,9 +201,16 @@ impl Client {
     }
 }
 
-fn attempt(ep: &Endpoint, path: &str, body: &[u8], until: Instant) -> Result<Value, Attempt> {
+fn attempt(
+    pool: &http::Pool,
+    i: usize,
+    ep: &Endpoint,
+    path: &str,
+    body: &[u8],
+    until: Instant,
+) -> Result<Value, Attempt> {
     let (status, bytes) =
-        http::post(ep, path, body, until).map_err(|e| Attempt::Retry(e.to_string()))?;
+        http::post(pool, i, ep, path, body, until).map_err(|e| Attempt::Retry(e.to_string()))?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
         if status == 200 {
             Attempt::Final(format!("not JSON ({e})"))

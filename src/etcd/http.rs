@@ -168,26 +168,87 @@ fn dechunk(raw: &[u8], out: &mut Vec<u8>) -> io::Result<(usize, bool)> {
     }
 }
 
+/// Idle kept-alive connections, by endpoint index.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    idle: std::sync::Mutex<Vec<(usize, TcpStream)>>,
+}
+
+/// At most this many idle connections are kept.
+const POOL_MAX: usize = 8;
+
+impl Pool {
+    fn take(&self, i: usize) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap();
+        let at = idle.iter().rposition(|(k, _)| *k == i)?;
+        Some(idle.swap_remove(at).1)
+    }
+
+    fn give(&self, i: usize, s: TcpStream) {
+        let mut idle = self.idle.lock().unwrap();
+        if idle.len() < POOL_MAX {
+            idle.push((i, s));
+        }
+    }
+}
+
 /// One unary call: `POST path` with a JSON body; the status and the body, all before
-/// `deadline`.
+/// `deadline`. Reuses an idle connection to the same member when there is one (every call is
+/// idempotent, so one that fails on a connection the server had closed is sent again on a
+/// new one).
 pub(crate) fn post(
+    pool: &Pool,
+    i: usize,
     ep: &Endpoint,
     path: &str,
     body: &[u8],
     deadline: Instant,
 ) -> io::Result<(u16, Vec<u8>)> {
+    if let Some(mut s) = pool.take(i) {
+        match exchange(&mut s, ep, path, body, deadline) {
+            Ok((status, out, reusable)) => {
+                if reusable {
+                    pool.give(i, s);
+                }
+                return Ok((status, out));
+            }
+            // A closed idle connection fails at once; a slow server is not asked twice.
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(e),
+            Err(_) => {}
+        }
+    }
     let mut s = ep.connect(deadline)?;
+    let (status, out, reusable) = exchange(&mut s, ep, path, body, deadline)?;
+    if reusable {
+        pool.give(i, s);
+    }
+    Ok((status, out))
+}
+
+/// Sends one request on `s` and reads its response; also says whether `s` can be reused.
+fn exchange(
+    s: &mut TcpStream,
+    ep: &Endpoint,
+    path: &str,
+    body: &[u8],
+    deadline: Instant,
+) -> io::Result<(u16, Vec<u8>, bool)> {
     s.set_write_timeout(Some(remaining(deadline)?))?;
-    s.write_all(&request_bytes(ep, path, body, true))?;
+    s.write_all(&request_bytes(ep, path, body, false))?;
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(p) = find(&buf, b"\r\n\r\n") {
             break p;
         }
-        if read_some(&mut s, &mut buf, deadline)? == 0 {
-            return Err(bad("connection closed before the response head"));
+        if read_some(s, &mut buf, deadline)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed before the response head",
+            ));
         }
     };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let reusable = head.starts_with("http/1.1") && !head.contains("connection: close");
     let (status, chunked, len) = parse_head(&buf[..head_end])?;
     let mut raw = buf.split_off(head_end + 4);
     if chunked {
@@ -196,9 +257,9 @@ pub(crate) fn post(
             let (used, done) = dechunk(&raw, &mut out)?;
             raw.drain(..used);
             if done {
-                return Ok((status, out));
+                return Ok((status, out, reusable));
             }
-            if read_some(&mut s, &mut raw, deadline)? == 0 {
+            if read_some(s, &mut raw, deadline)? == 0 {
                 return Err(bad("connection closed inside a chunked body"));
             }
         }
@@ -207,12 +268,13 @@ pub(crate) fn post(
         if let Some(n) = len
             && raw.len() >= n
         {
+            let extra = raw.len() > n;
             raw.truncate(n);
-            return Ok((status, raw));
+            return Ok((status, raw, reusable && !extra));
         }
-        if read_some(&mut s, &mut raw, deadline)? == 0 {
+        if read_some(s, &mut raw, deadline)? == 0 {
             if len.is_none() {
-                return Ok((status, raw));
+                return Ok((status, raw, false));
             }
             return Err(bad("connection closed inside the body"));
         }

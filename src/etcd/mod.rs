@@ -852,32 +852,55 @@ impl EtcdLockTicket {
         rev: i64,
         resp: &[Value],
     ) -> EtcdGuard {
-        // resp: [..., range h/, range q/ (keys only), ...]: a holder record whose queue key
-        // is gone is a holder that died holding.
-        let mut holders = Vec::new();
-        let mut queue = Vec::new();
-        for r in resp.iter().filter_map(|r| r.get("response_range")) {
-            for kv in kvs(r) {
-                if kv.key.starts_with(&format!("{}h/", self.inner.keys)) {
-                    holders.push(kv);
-                } else {
-                    queue.push(kv.key);
-                }
-            }
-        }
+        // resp: [..., range h/, ...]. Other holder records are rare (shared holders, or a
+        // holder that died); only then are the records and the queue read together: a record
+        // whose queue key is gone in the same snapshot is a holder that died holding (a
+        // release deletes both at once).
+        let hprefix = format!("{}h/", self.inner.keys);
+        let others = resp
+            .iter()
+            .filter_map(|r| r.get("response_range"))
+            .flat_map(kvs)
+            .any(|kv| kv.key.starts_with(&hprefix) && kv.key != hkey);
         let mut dead = Vec::new();
-        for h in holders {
-            if h.key == hkey {
-                continue;
-            }
-            let v: Value = serde_json::from_slice(&h.value).unwrap_or(Value::Null);
-            let q = v.get("q").and_then(Value::as_str).unwrap_or("");
-            if !queue.iter().any(|k| k == q) {
-                dead.push(h.key);
+        if others {
+            let mut q = range_prefix(&self.inner.queue_prefix());
+            q.insert("keys_only".into(), true.into());
+            match self.inner.client.txn(
+                "read the holder records",
+                vec![],
+                vec![
+                    json!({"request_range": range_prefix(&hprefix)}),
+                    json!({"request_range": q}),
+                ],
+                vec![],
+            ) {
+                Ok((_, r, _)) => {
+                    let part = |i: usize| {
+                        r.get(i)
+                            .and_then(|r| r.get("response_range"))
+                            .map(kvs)
+                            .unwrap_or_default()
+                    };
+                    let queue: Vec<String> = part(1).into_iter().map(|kv| kv.key).collect();
+                    for h in part(0) {
+                        if h.key == hkey {
+                            continue;
+                        }
+                        let v: Value = serde_json::from_slice(&h.value).unwrap_or(Value::Null);
+                        let q = v.get("q").and_then(Value::as_str).unwrap_or("");
+                        if !queue.iter().any(|k| k == q) {
+                            dead.push(h.key);
+                        }
+                    }
+                }
+                // Unknown: say it may have died (the state it protected needs a check).
+                Err(_) => dead.push(String::new()),
             }
         }
         let died = !dead.is_empty();
-        if died {
+        dead.retain(|k| !k.is_empty());
+        if !dead.is_empty() {
             let refs: Vec<&str> = dead.iter().map(String::as_str).collect();
             self.inner.delete_keys(&refs);
         }
@@ -915,17 +938,12 @@ impl Drop for Pending<'_> {
 }
 
 /// The operations that take a granted lock: the holder record (no lease: it outlives a
-/// holder that dies), then the holder records and the queue, to tell whether a previous
-/// holder died.
+/// holder that dies), then the holder records, to tell whether a previous holder died.
 fn grant_ops(inner: &Inner, hkey: &str, qkey: &str) -> Vec<Value> {
     let hv = json!({"q": qkey}).to_string();
-    let h = range_prefix(&format!("{}h/", inner.keys));
-    let mut q = range_prefix(&inner.queue_prefix());
-    q.insert("keys_only".into(), true.into());
     vec![
         json!({"request_put": {"key": b64(hkey.as_bytes()), "value": b64(hv.as_bytes())}}),
-        json!({"request_range": h}),
-        json!({"request_range": q}),
+        json!({"request_range": range_prefix(&format!("{}h/", inner.keys))}),
     ]
 }
 

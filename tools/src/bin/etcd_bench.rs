@@ -37,23 +37,43 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-/// A bare JSON POST to the gateway (one connection per call, as the library's client).
-fn post(ep: &str, path: &str, body: &str) -> String {
+/// A bare JSON POST to the gateway on a kept-alive connection (as the library's client,
+/// and as `etcd-client` keeps its gRPC connection).
+fn post(conn: &mut Option<TcpStream>, ep: &str, path: &str, body: &str) -> String {
     let hostport = ep.trim_start_matches("http://");
-    let mut s = TcpStream::connect(hostport).unwrap();
-    s.set_nodelay(true).unwrap();
+    let s = conn.get_or_insert_with(|| {
+        let s = TcpStream::connect(hostport).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    });
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return body[..len].to_string();
+            }
+        }
+    }
 }
 
 fn field<'a>(json: &'a str, name: &str) -> &'a str {
@@ -94,17 +114,49 @@ fn main() {
         })
         .collect();
     println!("  (acquire alone: median {})", ms(pct(&mut acq, 0.5)));
-    let lease = field(&post(&ep, "/v3/lease/grant", r#"{"TTL":10}"#), "ID").to_string();
+    let mut reads: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            lt.payload().unwrap();
+            t0.elapsed()
+        })
+        .collect();
+    let g = lt.token_lock().unwrap();
+    let mut writes: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            g.set_payload(b"x").unwrap();
+            t0.elapsed()
+        })
+        .collect();
+    drop(g);
+    println!(
+        "  (one read: median {}; one fenced write: median {})",
+        ms(pct(&mut reads, 0.5)),
+        ms(pct(&mut writes, 0.5))
+    );
+    let mut conn = None;
+    let lease = field(
+        &post(&mut conn, &ep, "/v3/lease/grant", r#"{"TTL":10}"#),
+        "ID",
+    )
+    .to_string();
     let mut theirs: Vec<Duration> = (0..n)
         .map(|_| {
             let t0 = Instant::now();
             let r = post(
+                &mut conn,
                 &ep,
                 "/v3/lock/lock",
                 &format!(r#"{{"name":"djN0ZXN0","lease":"{lease}"}}"#),
             );
             let key = field(&r, "key").to_string();
-            post(&ep, "/v3/lock/unlock", &format!(r#"{{"key":"{key}"}}"#));
+            post(
+                &mut conn,
+                &ep,
+                "/v3/lock/unlock",
+                &format!(r#"{{"key":"{key}"}}"#),
+            );
             t0.elapsed()
         })
         .collect();
