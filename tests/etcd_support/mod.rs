@@ -119,7 +119,24 @@ impl Cluster {
         let initial = initial.join(",");
         for m in &mut members {
             let log = std::fs::File::create(&m.log).unwrap();
-            let child = Command::new(bin)
+            let mut cmd = Command::new(bin);
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            // The member dies with the thread that started it, even if the test binary is
+            // SIGKILLed (its drop stops it otherwise).
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    );
+                    Ok(())
+                });
+            }
+            let child = cmd
                 .args([
                     "--name",
                     &m.name,
