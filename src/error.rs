@@ -407,6 +407,19 @@ pub enum Error {
         /// The lease TTL.
         ttl: std::time::Duration,
     },
+    /// [`LockTicket::hold_across_exec`](crate::LockTicket::hold_across_exec) was called in a
+    /// process with more than one thread: its guardian follows the thread that forks it, so
+    /// the registration could end while the process lives.
+    #[error(
+        "{path}: cannot hold the lock across exec: this process has {threads} threads; call          it from a single-threaded process, right before exec",
+        path = path.display()
+    )]
+    NotSingleThreaded {
+        /// The table path.
+        path: PathBuf,
+        /// The threads the process had.
+        threads: u64,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -110,6 +110,15 @@ impl LockTicket {
     /// reclaim a token whose descriptor was closed. Call it before the first lock call; the
     /// first lock file given stays.
     ///
+    /// It also makes every token of this handle take the kernel's `flock` on the lock file
+    /// (`LOCK_EX`, or `LOCK_SH` for a shared token) once the queue granted it, dropped just
+    /// before the token is released (see [`TokenGuard::lock_file_description`]): processes that
+    /// meet in *another* table for the same file (another directory, a private `/dev/shm`)
+    /// and plain flock(1) users of the file stay excluded. Within one table that `flock` is
+    /// always free at once; across tables only exclusion holds, not arrival order.
+    ///
+    /// [`TokenGuard::lock_file_description`]: crate::TokenGuard::lock_file_description
+    ///
     /// ```
     /// # fn main() -> lockticket::Result<()> {
     /// let lock_file = std::env::temp_dir();
@@ -128,6 +137,11 @@ impl LockTicket {
                 op: "open",
                 cause,
             })?;
+        if self.anchor.get().is_none() {
+            let _ = self
+                .lock_file_path
+                .set(std::path::absolute(lock_file).unwrap_or_else(|_| lock_file.to_path_buf()));
+        }
         self.install_anchor(f)
     }
 
@@ -182,6 +196,12 @@ impl LockTicket {
     /// The calling process waits in the queue as itself, so killing it while it waits leaves
     /// nothing held; it needs not stay alive once this returns.
     ///
+    /// Once granted, the kernel's `flock` is taken on `fd`'s own description too (`LOCK_EX`,
+    /// or `LOCK_SH` for [`Share::Shared`]), exactly as `flock 9` takes it, within the same
+    /// `wait`: it lives as long as the description, and [`unlock_fd`](Self::unlock_fd) drops it
+    /// before releasing the token. It keeps flock(1) users of the file and processes that use
+    /// another table for it (another directory) excluded.
+    ///
     /// ```
     /// use std::os::fd::AsFd;
     /// # fn main() -> lockticket::Result<()> {
@@ -204,6 +224,23 @@ impl LockTicket {
         fd: BorrowedFd<'_>,
         share: Share,
         wait: Option<Duration>,
+    ) -> Result<Option<FdLock>> {
+        let patience = match wait {
+            None => Patience::Forever,
+            Some(d) if d.is_zero() => Patience::NoWait,
+            Some(d) => patience_for(d),
+        };
+        self.request().mode(share).patience(patience).lock_fd(fd)
+    }
+
+    /// [`lock_fd`](Self::lock_fd) as a request asks it ([`TokenRequest::lock_fd`]).
+    ///
+    /// [`TokenRequest::lock_fd`]: crate::TokenRequest::lock_fd
+    pub(crate) fn lock_fd_as(
+        &self,
+        fd: BorrowedFd<'_>,
+        share: Share,
+        patience: Patience,
     ) -> Result<Option<FdLock>> {
         use std::os::fd::AsRawFd;
         let path = describe_fd(fd);
@@ -240,13 +277,31 @@ impl LockTicket {
                 release_fd(self, region, fd, reg, &held)?;
             }
         }
-        let patience = match wait {
-            None => Patience::Forever,
-            Some(d) if d.is_zero() => Patience::Try,
-            Some(d) => patience_for(d),
+        let ask = crate::token::Ask {
+            share,
+            patience,
+            route: crate::token::Route::Descriptor,
         };
-        let Some(guard) = self.acquire_queued(share, patience)? else {
+        let Some(guard) = self.acquire(ask)? else {
             return Ok(None);
+        };
+        // The kernel's flock on the caller's description, as flock(1) takes it: keeps holders
+        // that use another table for this file (another directory or /dev/shm) and plain
+        // flock(1) users out (`crate::lock_file`). Within one table it is free at once.
+        let flocked = crate::lock_file::take_on(fd, &path, share, patience);
+        match flocked {
+            Ok(true) => {}
+            Ok(false) => {
+                guard.unlock()?;
+                return Ok(None);
+            }
+            Err(e) => {
+                drop(guard);
+                return Err(e);
+            }
+        }
+        let unflock = || {
+            let _ = sys::flock_unlock_fd(fd);
         };
         let died = guard.previous_holder_died();
         let (region, tk) = guard.into_parts();
@@ -258,6 +313,7 @@ impl LockTicket {
         let cold = match region.cold() {
             Ok(c) => c,
             Err(e) => {
+                unflock();
                 let _ = release_ours(tk);
                 return Err(e);
             }
@@ -277,6 +333,7 @@ impl LockTicket {
         ) {
             Ok(reg) => reg,
             Err(e) => {
+                unflock();
                 let _ = release_ours(tk);
                 return Err(match e {
                     procs::RegisterError::Full => Error::ProcessTableFull {
@@ -293,6 +350,7 @@ impl LockTicket {
         };
         if let Err(b) = ring.transfer(tk, reg, display_pid) {
             let _ = procs::retire_fd(region.procs(), fd, reg);
+            unflock();
             return Err(self.broken(b));
         }
         drop(cold);
@@ -347,6 +405,10 @@ fn release_fd(
     reg: Registration,
     held: &[Ticket],
 ) -> Result<()> {
+    if !held.is_empty() {
+        // The description's flock first: never two holders of the file meanwhile.
+        let _ = sys::flock_unlock_fd(fd);
+    }
     for &tk in held {
         region.ring().release(tk).map_err(|b| lt.broken(b))?;
     }

@@ -61,7 +61,9 @@
 //! `bytemuck::Pod` types, and `set_data` / `data` for any serde type with the `serde` feature.
 //!
 //! Child processes take tokens on the handle their parent opened (after `fork`), or open the
-//! same name themselves. See `docs/design.md` for the algorithm and its crash analysis,
+//! same name themselves. A child made by `fork(3)` never keeps its parent's tokens alive: when
+//! the parent dies, its tokens are reclaimed even while the child runs on (a raw
+//! `clone`/`syscall(SYS_fork)` child until its first call on the handle: docs/design.md). See `docs/design.md` for the algorithm and its crash analysis,
 //! `docs/format.md` for the file layout, and `docs/migration.md` for the Perl original's calls.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -75,6 +77,7 @@ mod guard;
 mod handle;
 pub mod layout;
 mod liveness;
+mod lock_file;
 mod main_lock;
 mod members;
 mod owned;
@@ -106,8 +109,9 @@ pub use error::{Error, Result};
 pub use fairness::{Fairness, ParseFairnessError};
 pub use fd::{FdLock, table_for_lock_fd};
 pub use guard::Guard;
-pub use handle::{Builder, LockTicket};
+pub use handle::{Builder, ExecGuardian, LockTicket};
 pub use layout::HeaderError;
+pub use lock_file::FdHolders;
 pub use main_lock::MainGuard;
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
 pub use path::{
@@ -117,7 +121,7 @@ pub use repair::Repaired;
 pub use request::TokenRequest;
 pub use share::Share;
 pub use status::{MemberInfo, Status, TokenInfo};
-pub use token::TokenGuard;
+pub use token::{Patience, TokenGuard};
 
 /// The README's examples, compiled and run as doc-tests.
 #[cfg(doctest)]

@@ -212,6 +212,20 @@ pub(crate) fn lock_file_key(dev: u64, ino: u64, birth: sys::Birth) -> String {
     }
 }
 
+/// The device and inode a [`lock_file_key`] names (whatever its birth part), `None` for
+/// anything else. The one parser of the key: it lives beside its one encoder.
+pub(crate) fn lock_file_key_dev_ino(key: &str) -> Option<(u64, u64)> {
+    let mut parts = key.strip_prefix("file-")?.split('-');
+    let dev = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let ino = u64::from_str_radix(parts.next()?, 16).ok()?;
+    match parts.next() {
+        None => {}
+        Some(b) if u64::from_str_radix(b.strip_prefix('g').unwrap_or(b), 16).is_ok() => {}
+        Some(_) => return None,
+    }
+    parts.next().is_none().then_some((dev, ino))
+}
+
 /// The first of [`DEFAULT_DIRECTORIES`] that is writable and memory-backed, else the first
 /// writable one.
 pub fn default_directory() -> Result<PathBuf> {
@@ -302,6 +316,11 @@ mod tests {
         let old = lock_file_key(dev, ino, Birth::Unknown);
         assert_eq!(old, "file-803-1234");
         assert_eq!(g, "file-803-1234-g7");
+        for k in [&a, &b, &g, &h, &old] {
+            assert_eq!(lock_file_key_dev_ino(k), Some((dev, ino)), "{k}");
+        }
+        assert_eq!(lock_file_key_dev_ino("file-803-1234-zz"), None);
+        assert_eq!(lock_file_key_dev_ino("file-803"), None);
         let all = [&a, &b, &g, &h, &old];
         for (i, x) in all.iter().enumerate() {
             for y in &all[i + 1..] {

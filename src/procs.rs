@@ -87,6 +87,10 @@ pub(crate) struct TableLiveness<'a> {
     /// A description of the table's lock file that holds no locks, when the table is keyed by
     /// one: [`KIND_FD`] entries are asked through it; without it they are judged alive.
     pub anchor: Option<&'a File>,
+    /// [`KIND_FD`] entries (index, full generation) whose lock-file byte the kernel's list of
+    /// file locks showed unlocked after they were recorded (`LockTicket::judge_fd_holders`):
+    /// their description is closed for good, so they are dead. Asked only without an anchor.
+    pub closed: &'a [(u32, u32)],
 }
 
 impl TableLiveness<'_> {
@@ -116,7 +120,11 @@ impl Liveness for TableLiveness<'_> {
         let before = e.generation.load(SeqCst);
         let kind = e.kind.load(SeqCst);
         let kernel = if kind == KIND_FD {
-            self.fd_entry(owner.index)
+            if self.anchor.is_none() && self.closed.contains(&(owner.index, before)) {
+                KernelSays::Unlocked
+            } else {
+                self.fd_entry(owner.index)
+            }
         } else if kind == KIND_PID {
             let (pid, start) = (e.pid.load(Relaxed), e.start.load(Relaxed));
             if pid == 0 || pid > sys::PID_MAX {
@@ -207,6 +215,25 @@ pub(crate) fn register_fd(
     e.pidns.store(sys::pid_namespace(), Relaxed);
     e.kind.store(KIND_FD, SeqCst);
     Ok(Registration { index, generation })
+}
+
+/// The [`KIND_FD`] entries of `procs`: (index, full generation).
+pub(crate) fn fd_entries(procs: &[ProcEntry]) -> Vec<(u32, u32)> {
+    procs
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind.load(SeqCst) == KIND_FD)
+        .map(|(i, e)| (i as u32, e.generation.load(SeqCst)))
+        .collect()
+}
+
+/// The PID namespaces (0: unknown) the [`KIND_FD`] entries of `procs` registered from.
+pub(crate) fn fd_namespaces(procs: &[ProcEntry]) -> Vec<u64> {
+    procs
+        .iter()
+        .filter(|e| e.kind.load(SeqCst) == KIND_FD)
+        .map(|e| e.pidns.load(Relaxed))
+        .collect()
 }
 
 /// The [`KIND_FD`] registrations that the open file description of `holder` holds: entries
@@ -397,6 +424,7 @@ mod tests {
                 procs: &self.procs,
                 procs_offset: 0,
                 anchor: None,
+                closed: &[],
             }
         }
 
@@ -533,6 +561,7 @@ mod tests {
             procs: &procs,
             procs_offset: 0,
             anchor,
+            closed: &[],
         };
         for write in [true, false] {
             let holder = if write {
@@ -643,6 +672,7 @@ mod tests {
             procs: &procs,
             procs_offset: 0,
             anchor: Some(&anchor),
+            closed: &[],
         };
         assert!(l.is_alive(r.owner()));
         assert!(

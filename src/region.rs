@@ -92,10 +92,12 @@ pub(crate) struct Region {
     /// removed (issue 17).
     dir: OwnedFd,
     name: CString,
-    /// The open file, for flock and payload locks; `None` once neutered. The mutex also
-    /// serialises this process's threads on the cold paths (flock does not: it belongs to the
-    /// open file description, which they share).
-    file: Mutex<Option<File>>,
+    /// The cold-path lock's open file description (`flock`), `None` once neutered. The mutex
+    /// also serialises this process's threads on the cold paths (flock does not: it belongs to
+    /// the open file description, which they share). Never mapped (a mapping keeps its
+    /// description, and so a flock on it, alive in every forked child), and replaced in a
+    /// forked child before its first cold path (see [`Region::cold`]).
+    file: Mutex<Option<ColdFile>>,
     map: MmapRaw,
     payload_map: MmapRaw,
     geometry: Geometry,
@@ -104,21 +106,48 @@ pub(crate) struct Region {
     ino: u64,
     /// The ring view over `map`, built once (the lock path reuses it).
     ring: Ring<'static>,
-    /// A descriptor of the same open file description as `file`, which never holds an OFD
-    /// lock: liveness checks ask the kernel through it (a description's own locks never
-    /// conflict with it). Pointed at /dev/null when neutered.
+    /// The open file description the table is mapped from, which never holds a lock (OFD or
+    /// flock): liveness checks ask the kernel through it (a description's own locks never
+    /// conflict with it), and new descriptions are opened from it. Pointed at /dev/null when
+    /// neutered.
     probe: File,
     /// The PID of the process whose registration `reg_id` is (0: none). A forked child reads
     /// its parent's here and registers anew.
     reg_pid: AtomicU32,
     /// Our registration: index << 32 | generation.
     reg_id: AtomicU64,
-    /// The open file description that holds our registration's OFD lock.
-    reg_lock: Mutex<Option<File>>,
+    /// The open file description that holds our registration's OFD lock (a forked child lets
+    /// go of its copy at once: see `sys::ForkLocal`).
+    reg_lock: Mutex<Option<sys::ForkLocal>>,
     /// A read-only description of the lock file this table is keyed by, holding no locks,
     /// when the handle knows it (see `LockTicket::set_lock_file`): `KIND_FD` entries are
     /// judged through it.
     anchor: std::sync::OnceLock<File>,
+    /// `KIND_FD` entries found dead without an anchor: their lock-file byte was unlocked in
+    /// the kernel's list of file locks after they were recorded (see
+    /// `LockTicket::judge_fd_holders`).
+    fd_closed: std::sync::OnceLock<Vec<(u32, u32)>>,
+    /// Keyed tables: the kernel locks on the lock file that this process's guards hold
+    /// (`crate::lock_file`).
+    kernel_locks: Mutex<Vec<crate::lock_file::KernelLock>>,
+}
+
+/// The cold-path lock's description and the process that opened it.
+struct ColdFile {
+    file: sys::ForkLocal,
+    /// A forked child (another PID) opens its own before locking.
+    pid: u32,
+}
+
+impl ColdFile {
+    /// A new description of the file behind `of` (opened at `path`, if /proc is missing).
+    fn open(of: &File, path: &Path) -> Result<ColdFile> {
+        let file = sys::reopen(of, path).map_err(io_err(path, "reopen for the cold-path lock"))?;
+        Ok(ColdFile {
+            file: sys::ForkLocal::new(file),
+            pid: sys::current_identity().0,
+        })
+    }
 }
 
 impl std::fmt::Debug for Region {
@@ -184,7 +213,7 @@ impl Region {
             )?;
         audit(path, &meta, permissions)?;
         check_not_network(path, sys::fs_magic_of_file(&file).ok())?;
-        Self::map(path, file, &meta, fixed, geometry).map(Some)
+        Self::map(path, path, file, &meta, fixed, geometry).map(Some)
     }
 
     /// Creates a table at `path`: writes it whole in a file without a name (`O_TMPFILE` in the
@@ -207,13 +236,8 @@ impl Region {
                 // registered (it takes the same lock again with `cold`, then drops it): a
                 // joiner must not find a new table without owners and take it for an orphan.
                 region.lock_new().map_err(io_err(path, "flock"))?;
-                let linked = {
-                    let file = region.file.lock().unwrap_or_else(|p| p.into_inner());
-                    match file.as_ref() {
-                        Some(f) => sys::link_at(f, dirfd.as_fd(), &name),
-                        None => Err(io::Error::from(io::ErrorKind::NotFound)),
-                    }
-                };
+                // Linked through the mapped description (any description of the file would do).
+                let linked = sys::link_at(&region.probe, dirfd.as_fd(), &name);
                 match linked {
                     Ok(()) => {
                         region.map_by_name();
@@ -304,7 +328,7 @@ impl Region {
             sys::random_u64(),
         );
         let meta = file.metadata().map_err(io_err(tmp, "fstat"))?;
-        let region = Self::map(path, file, &meta, fixed, opts.geometry)?;
+        let region = Self::map(path, tmp, file, &meta, fixed, opts.geometry)?;
         let bytes = bytemuck::bytes_of(&fixed);
         for (word, chunk) in region.header().fixed.iter().zip(bytes.chunks_exact(8)) {
             let mut b = [0u8; 8];
@@ -316,8 +340,10 @@ impl Region {
         Ok(region)
     }
 
+    /// Maps `file` (opened at `opened_at`: `path`, or the temporary name of a new table).
     fn map(
         path: &Path,
+        opened_at: &Path,
         file: File,
         meta: &std::fs::Metadata,
         fixed: FixedHeader,
@@ -360,7 +386,7 @@ impl Region {
                 Fairness::decode(fixed.fairness, fixed.bound_us).bound_ns(),
             )
         };
-        let probe = file.try_clone().map_err(io_err(path, "dup"))?;
+        let cold = ColdFile::open(&file, opened_at)?;
         let dir = sys::open_dir_path(parent_dir(path))
             .map_err(io_err(path, "open the table's directory"))?;
         let name = CString::new(path.file_name().unwrap_or_default().as_bytes()).map_err(|_| {
@@ -370,12 +396,14 @@ impl Region {
             path: path.to_path_buf(),
             dir,
             name,
-            probe,
+            probe: file,
             reg_pid: AtomicU32::new(0),
             reg_id: AtomicU64::new(0),
             reg_lock: Mutex::new(None),
             anchor: std::sync::OnceLock::new(),
-            file: Mutex::new(Some(file)),
+            fd_closed: std::sync::OnceLock::new(),
+            kernel_locks: Mutex::new(Vec::new()),
+            file: Mutex::new(Some(cold)),
             map,
             payload_map,
             geometry,
@@ -462,7 +490,19 @@ impl Region {
             procs: self.procs(),
             procs_offset: self.geometry.procs_offset(),
             anchor: self.anchor.get(),
+            closed: self.fd_closed.get().map_or(&[], Vec::as_slice),
         }
+    }
+
+    /// Records `KIND_FD` entries (index, full generation) found closed for good (their
+    /// lock-file byte unlocked after they were recorded). The first record stays.
+    pub(crate) fn set_fd_closed(&self, entries: Vec<(u32, u32)>) {
+        let _ = self.fd_closed.set(entries);
+    }
+
+    /// The kernel locks on the lock file that this process's guards hold (keyed tables).
+    pub(crate) fn kernel_locks(&self) -> &Mutex<Vec<crate::lock_file::KernelLock>> {
+        &self.kernel_locks
     }
 
     /// The anchor on the table's lock file, if one was given.
@@ -533,15 +573,26 @@ impl Region {
         self.reg_pid.store(pid, Release);
     }
 
-    /// Keeps our registration's lock across `exec` (clears close-on-exec on its descriptor):
-    /// for a process that execs into the holder of its tokens (`lockticket exec -F`).
-    pub(crate) fn keep_registration_across_exec(&self) -> Result<()> {
+    /// Forks the exec guardian of our registration (see `sys::fork_guardian`), registering
+    /// first if needed: the registration then lives exactly as long as the calling thread, and
+    /// so as long as the program it is about to `exec`. The caller checked that the process
+    /// has one thread. `None` when no descriptor vouches for the registration.
+    pub(crate) fn fork_exec_guardian(&self) -> Result<Option<u32>> {
         self.register()?;
         let lock = self.reg_lock.lock().unwrap_or_else(|p| p.into_inner());
-        match lock.as_ref() {
-            Some(f) => sys::set_cloexec(f, false).map_err(io_err(&self.path, "fcntl F_SETFD")),
-            None => Ok(()),
-        }
+        let Some(reg) = lock.as_ref() else {
+            return Ok(None);
+        };
+        // A keyed table's kernel locks on the lock file held by this process's guards go with
+        // the registration (`crate::lock_file`): the guardian keeps them too, so that neither
+        // the program nor its children hold them, and they end with the program.
+        let pid = sys::current_identity().0;
+        let kernel = self.kernel_locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keep = vec![reg.as_fd()];
+        keep.extend(crate::lock_file::descriptions_of(&kernel, pid));
+        sys::fork_guardian(&keep)
+            .map(Some)
+            .map_err(io_err(&self.path, "fork the exec guardian"))
     }
 
     /// The ring over this table.
@@ -665,14 +716,21 @@ impl Region {
 
     /// Exclusive access to the table's cold paths: serialises this process's threads (mutex)
     /// and other processes (flock, released by the kernel if we die).
+    ///
+    /// A forked child first opens a description of its own: the one it inherited is its
+    /// parent's (or /dev/null, see `sys::ForkLocal`), and a flock on a shared description
+    /// would let both run a cold path at once.
     pub(crate) fn cold(&self) -> Result<Cold<'_>> {
-        let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(file) = guard.as_ref() else {
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cold) = guard.as_mut() else {
             return Err(Error::Removed {
                 path: self.path.clone(),
             });
         };
-        sys::flock_exclusive(file).map_err(io_err(&self.path, "flock"))?;
+        if cold.pid != sys::current_identity().0 {
+            *cold = ColdFile::open(&self.probe, &self.path)?;
+        }
+        sys::flock_exclusive(&cold.file).map_err(io_err(&self.path, "flock"))?;
         Ok(Cold {
             guard,
             region: self,
@@ -690,7 +748,7 @@ impl Region {
     fn lock_new(&self) -> io::Result<()> {
         let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
-            Some(file) => sys::flock_exclusive(file),
+            Some(cold) => sys::flock_exclusive(&cold.file),
             None => Ok(()),
         }
     }
@@ -771,7 +829,7 @@ pub(crate) enum Repair {
 
 /// The cold-path lock of a table (see [`Region::cold`]). Unlocks on drop.
 pub(crate) struct Cold<'a> {
-    guard: MutexGuard<'a, Option<File>>,
+    guard: MutexGuard<'a, Option<ColdFile>>,
     region: &'a Region,
 }
 
@@ -783,13 +841,15 @@ impl Cold<'_> {
         if let Some(reg) = r.registration(pid) {
             return Ok(reg);
         }
-        let Some(file) = self.guard.as_ref() else {
+        let Some(cold) = self.guard.as_ref() else {
             return Err(Error::Removed {
                 path: r.path.clone(),
             });
         };
-        let lock =
-            sys::reopen(file, &r.path).map_err(io_err(&r.path, "reopen for registration"))?;
+        // Tracked at once, so that a child forked from here on does not keep it.
+        let lock = sys::ForkLocal::new(
+            sys::reopen(&cold.file, &r.path).map_err(io_err(&r.path, "reopen for registration"))?,
+        );
         let reg = procs::register(
             r.procs(),
             r.geometry.procs_offset(),
@@ -906,8 +966,8 @@ impl Cold<'_> {
 
 impl Drop for Cold<'_> {
     fn drop(&mut self) {
-        if let Some(file) = self.guard.as_ref() {
-            sys::flock_unlock(file);
+        if let Some(cold) = self.guard.as_ref() {
+            sys::flock_unlock(&cold.file);
         }
     }
 }

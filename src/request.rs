@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::LockTicket;
 use crate::error::Result;
 use crate::share::Share;
-use crate::token::{Patience, TokenGuard, patience_for};
+use crate::token::{Ask, Patience, Route, TokenGuard, patience_for};
 
 /// A token request being put together: mode, then how long it may wait. Made by
 /// [`LockTicket::request`].
@@ -34,18 +34,21 @@ pub struct TokenRequest<'a> {
 
 impl<'a> TokenRequest<'a> {
     /// Ask for a shared (reader) token.
+    #[inline]
     pub fn shared(mut self) -> Self {
         self.share = Share::Shared;
         self
     }
 
     /// Ask for an exclusive token (the default).
+    #[inline]
     pub fn exclusive(mut self) -> Self {
         self.share = Share::Exclusive;
         self
     }
 
     /// Ask in this mode.
+    #[inline]
     pub fn mode(mut self, share: Share) -> Self {
         self.share = share;
         self
@@ -53,24 +56,35 @@ impl<'a> TokenRequest<'a> {
 
     /// Do not wait at all: `lock` returns `None` unless the token is free now, and leaves no
     /// trace in the queue.
+    #[inline]
     pub fn no_wait(mut self) -> Self {
-        self.patience = Patience::Try;
+        self.patience = Patience::NoWait;
         self
     }
 
     /// Wait at most `timeout`.
+    #[inline]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.patience = patience_for(timeout);
         self
     }
 
     /// Wait until `deadline` at the latest.
+    #[inline]
     pub fn deadline(mut self, deadline: Instant) -> Self {
         self.patience = Patience::Until(deadline);
         self
     }
 
+    /// Wait as `patience` says (the other patience methods in one value).
+    #[inline]
+    pub fn patience(mut self, patience: Patience) -> Self {
+        self.patience = patience;
+        self
+    }
+
     /// Wait as long as it takes (the default).
+    #[inline]
     pub fn forever(mut self) -> Self {
         self.patience = Patience::Forever;
         self
@@ -78,14 +92,32 @@ impl<'a> TokenRequest<'a> {
 
     /// Enters the queue and waits as asked. `Ok(None)` when the wait ended without the
     /// token (never with the default, unbounded wait).
+    #[inline]
     pub fn lock(self) -> Result<Option<TokenGuard<'a>>> {
-        self.lt.acquire(self.share, self.patience)
+        self.lt.acquire(self.ask())
+    }
+
+    /// Locks the open file description `fd` refers to, as flock(1)'s `flock FD` does (see
+    /// [`LockTicket::lock_fd`], the same with the mode and the wait as arguments).
+    pub fn lock_fd(self, fd: std::os::fd::BorrowedFd<'_>) -> Result<Option<crate::FdLock>> {
+        self.lt.lock_fd_as(fd, self.share, self.patience)
+    }
+
+    /// What this request asks for, on the ordinary route.
+    #[inline]
+    pub(crate) fn ask(self) -> Ask {
+        Ask {
+            share: self.share,
+            patience: self.patience,
+            route: Route::Any,
+        }
     }
 }
 
 impl LockTicket {
     /// A token request: exclusive and unbounded unless told otherwise (see
     /// [`TokenRequest`]).
+    #[inline]
     pub fn request(&self) -> TokenRequest<'_> {
         TokenRequest {
             lt: self,

@@ -469,9 +469,9 @@ impl<'a> Ring<'a> {
         self.slot(tk.t).since_ns.store(ns, Relaxed);
     }
 
-    /// Whether `tk` may hold the token now.
+    /// Whether `tk` may hold the token now (in the mode its claim word carries).
     #[inline]
-    pub(crate) fn grant(&self, tk: Ticket, share: Share) -> Result<Grant, Broken> {
+    pub(crate) fn grant(&self, tk: Ticket) -> Result<Grant, Broken> {
         let head = self.words.head.load(SeqCst);
         step!();
         let ahead = tk.t.wrapping_sub(head);
@@ -481,7 +481,7 @@ impl<'a> Ring<'a> {
         if ahead >= self.capacity() {
             return Err(self.explain_lost(tk, head));
         }
-        if share == Share::Shared && self.only_shared_before(head, ahead) {
+        if tk.share() == Share::Shared && self.only_shared_before(head, ahead) {
             return Ok(Grant::Granted);
         }
         Ok(Grant::Waiting { ahead })

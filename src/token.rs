@@ -11,14 +11,30 @@ use crate::share::Share;
 use crate::sys;
 use crate::wait::{self, Entered, Outcome, WaitError, Waiter};
 
-/// How long a token request may wait.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Patience {
-    /// Not at all.
-    Try,
-    /// Until this instant.
+/// How long a token request may wait (see [`TokenRequest::patience`]).
+///
+/// [`TokenRequest::patience`]: crate::TokenRequest::patience
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use lockticket::Patience;
+/// # fn main() -> lockticket::Result<()> {
+/// # let dir = std::env::temp_dir();
+/// # let name = format!("doc-patience-{}", std::process::id());
+/// let lt = lockticket::LockTicket::builder(&name).directory(&dir).open()?;
+/// let _owner = lt.main_lock(lockticket::Share::Shared)?;
+/// // A command-line tool's -n / -w SECONDS, decided once:
+/// let patience = Patience::Until(Instant::now() + Duration::from_secs(2));
+/// assert!(lt.request().patience(patience).lock()?.is_some());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patience {
+    /// Not at all: granted now or never, leaving no trace in the queue.
+    NoWait,
+    /// Until this instant at the latest.
     Until(Instant),
-    /// Forever.
+    /// As long as it takes.
     Forever,
 }
 
@@ -26,9 +42,34 @@ impl Patience {
     fn deadline(self) -> Option<Instant> {
         match self {
             Patience::Until(d) => Some(d),
-            Patience::Try | Patience::Forever => None,
+            Patience::NoWait | Patience::Forever => None,
         }
     }
+}
+
+/// Which way a request may be granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Any way the table allows: ahead of the queue in a bounded table, and with the kernel
+    /// lock on a keyed table's lock file (`crate::lock_file`).
+    Any,
+    /// For the descriptor form (`crate::fd`): through the queue only, so that the guard holds
+    /// a ring ticket it can hand over, and without the lock file's kernel lock, which the
+    /// descriptor form takes on the caller's own descriptor.
+    Descriptor,
+}
+
+/// A token request: the one value every way to ask for a token builds (the short forms,
+/// [`TokenRequest`](crate::TokenRequest), the owned forms, the descriptor form), and the one
+/// entry point, [`LockTicket::acquire`], takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ask {
+    /// Exclusive or shared.
+    pub share: Share,
+    /// How long it may wait.
+    pub patience: Patience,
+    /// Which way it may be granted.
+    pub route: Route,
 }
 
 impl LockTicket {
@@ -38,88 +79,77 @@ impl LockTicket {
     /// Takes the exclusive token, waiting in FIFO order (the original's `TokenLock()`).
     #[inline]
     pub fn token_lock(&self) -> Result<TokenGuard<'_>> {
-        match self.fast(Share::Exclusive) {
-            Fast::Granted(g) => Ok(g),
-            other => self.acquire_blocking(Share::Exclusive, other),
-        }
+        self.acquire_forever(Share::Exclusive)
     }
 
     /// Takes a shared (reader) token, waiting in FIFO order. Consecutive shared requests hold
     /// together; a shared request behind a queued exclusive one waits for it.
     #[inline]
     pub fn token_lock_shared(&self) -> Result<TokenGuard<'_>> {
-        match self.fast(Share::Shared) {
-            Fast::Granted(g) => Ok(g),
-            other => self.acquire_blocking(Share::Shared, other),
-        }
+        self.acquire_forever(Share::Shared)
     }
 
     /// Takes the exclusive token if that is possible without waiting; never blocks and leaves
     /// no trace in the queue when it fails.
     pub fn try_token_lock(&self) -> Result<Option<TokenGuard<'_>>> {
-        self.acquire(Share::Exclusive, Patience::Try)
+        self.request().no_wait().lock()
     }
 
     /// Takes a shared token if that is possible without waiting.
     pub fn try_token_lock_shared(&self) -> Result<Option<TokenGuard<'_>>> {
-        self.acquire(Share::Shared, Patience::Try)
+        self.request().shared().no_wait().lock()
     }
 
     /// Takes the exclusive token, waiting at most `timeout`. `Ok(None)` on timeout; the
     /// request then leaves the queue without a trace.
     pub fn token_lock_timeout(&self, timeout: Duration) -> Result<Option<TokenGuard<'_>>> {
-        self.acquire(Share::Exclusive, patience_for(timeout))
+        self.request().timeout(timeout).lock()
     }
 
     /// Takes a shared token, waiting at most `timeout`.
     pub fn token_lock_shared_timeout(&self, timeout: Duration) -> Result<Option<TokenGuard<'_>>> {
-        self.acquire(Share::Shared, patience_for(timeout))
+        self.request().shared().timeout(timeout).lock()
     }
 
-    #[cold]
-    fn acquire_blocking<'a>(&'a self, share: Share, fast: Fast<'a>) -> Result<TokenGuard<'a>> {
-        match self.slow(share, Patience::Forever, fast)? {
+    /// The blocking short forms: the request with no deadline, whose only outcome without an
+    /// error is the token.
+    #[inline(always)]
+    fn acquire_forever(&self, share: Share) -> Result<TokenGuard<'_>> {
+        match self.request().mode(share).forever().lock()? {
             Some(g) => Ok(g),
             None => Err(self.corrupted("a request without deadline returned without a grant")),
         }
     }
 
-    /// Takes a token within `patience` through the queue only, never ahead of it (bounded
-    /// tables): the guard then holds a ring ticket, which the descriptor form hands over to
-    /// another owner (`crate::fd`).
-    pub(crate) fn acquire_queued(
-        &self,
-        share: Share,
-        patience: Patience,
-    ) -> Result<Option<TokenGuard<'_>>> {
-        struct Reset;
-        impl Drop for Reset {
-            fn drop(&mut self) {
-                QUEUE_ONLY.set(false);
-            }
+    /// The one entry point of every token request: the fast path (one claim attempt), else
+    /// everything else from where it stopped; for a keyed table asked on the ordinary route,
+    /// also the kernel lock on its lock file (`crate::lock_file`; the fast path leaves keyed
+    /// tables to the slow one).
+    #[inline(always)]
+    pub(crate) fn acquire(&self, ask: Ask) -> Result<Option<TokenGuard<'_>>> {
+        match self.fast(ask) {
+            Fast::Granted(g) => Ok(Some(g)),
+            other => self.slow_keyed(ask, other),
         }
-        QUEUE_ONLY.set(true);
-        let _reset = Reset;
-        self.acquire(share, patience)
     }
 
-    /// Takes a token within `patience`.
-    #[inline]
-    pub(crate) fn acquire(
-        &self,
-        share: Share,
-        patience: Patience,
-    ) -> Result<Option<TokenGuard<'_>>> {
-        match self.fast(share) {
-            Fast::Granted(g) => Ok(Some(g)),
-            other => self.slow(share, patience, other),
+    /// [`Self::slow`], then, for a keyed table, the kernel lock on its lock file.
+    #[cold]
+    fn slow_keyed<'a>(&'a self, ask: Ask, fast: Fast<'a>) -> Result<Option<TokenGuard<'a>>> {
+        match self.slow(ask, fast)? {
+            // The table's own anchor, as the fast path and the release ask it.
+            Some(g) if ask.route == Route::Any && g.region.anchor().is_some() => {
+                self.lock_file_within(g, ask.patience)
+            }
+            g => Ok(g),
         }
     }
 
     /// The fast path: one claim attempt on the mapped table, granted at once. Everything else
     /// (waiting, a full ring, a retired table, a forked child) goes to [`Self::slow`].
     #[inline(always)]
-    fn fast(&self, share: Share) -> Fast<'_> {
+    fn fast(&self, ask: Ask) -> Fast<'_> {
+        let share = ask.share;
         let (pid, _) = sys::current_identity();
         if pid != self.creator.0 {
             return Fast::Missed; // a forked child: the slow path checks the parent
@@ -130,8 +160,11 @@ impl LockTicket {
         let Some(me) = region.registration(pid) else {
             return Fast::Missed; // not registered yet: the slow path registers
         };
+        if region.anchor().is_some() {
+            return Fast::Missed; // a keyed table: the slow path adds the lock file's flock
+        }
         let ring = region.ring();
-        if ring.is_bounded() && share == Share::Exclusive {
+        if ring.is_bounded() && share == Share::Exclusive && ask.route == Route::Any {
             match self.bypass(region, me, pid) {
                 Some(g) => return Fast::Granted(g),
                 None if region.retired() => return Fast::Missed,
@@ -182,9 +215,6 @@ impl LockTicket {
         me: Registration,
         pid: u32,
     ) -> Option<TokenGuard<'a>> {
-        if QUEUE_ONLY.get() {
-            return None;
-        }
         let ring = region.ring();
         let b = ring.try_bypass(me, sys::now_ns)?;
         if region.retired() {
@@ -207,30 +237,25 @@ impl LockTicket {
 
     /// Everything the fast path did not finish, from where it stopped.
     #[cold]
-    fn slow<'a>(
-        &'a self,
-        share: Share,
-        patience: Patience,
-        fast: Fast<'a>,
-    ) -> Result<Option<TokenGuard<'a>>> {
+    fn slow<'a>(&'a self, ask: Ask, fast: Fast<'a>) -> Result<Option<TokenGuard<'a>>> {
         let first = match fast {
             Fast::Granted(g) => return Ok(Some(g)),
-            Fast::Claimed(region, tk) => self.wait_for_grant(region, tk, patience),
-            Fast::Missed => self.claim_and_wait(share, patience),
+            Fast::Claimed(region, tk) => self.wait_for_grant(region, tk, ask),
+            Fast::Missed => self.claim_and_wait(ask),
         };
         match first {
             // The queue may be inconsistent (overwritten bytes): repair it when that is safe,
             // then try once more. Never a permanent outage (see `repair`).
             Err(Error::Corrupted { .. }) if self.recover(self.table()?)? => {
-                self.claim_and_wait(share, patience)
+                self.claim_and_wait(ask)
             }
             other => other,
         }
     }
 
-    fn claim_and_wait(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
-        match self.claim(share, patience)? {
-            Some(Claimed::Queued(region, tk)) => self.wait_for_grant(region, tk, patience),
+    fn claim_and_wait(&self, ask: Ask) -> Result<Option<TokenGuard<'_>>> {
+        match self.claim(ask)? {
+            Some(Claimed::Queued(region, tk)) => self.wait_for_grant(region, tk, ask),
             Some(Claimed::Holding(g)) => Ok(Some(g)),
             None => Ok(None),
         }
@@ -239,7 +264,10 @@ impl LockTicket {
     /// Enters the queue of the current table (waiting for a slot if the ring is full) and
     /// publishes the request — or, in a bounded table, takes the token ahead of the queue.
     /// `None`: no slot within `patience`.
-    fn claim(&self, share: Share, patience: Patience) -> Result<Option<Claimed<'_>>> {
+    fn claim(&self, ask: Ask) -> Result<Option<Claimed<'_>>> {
+        let Ask {
+            share, patience, ..
+        } = ask;
         let (pid, _) = sys::current_identity();
         self.check_parent(pid)?;
         let region = self.table()?;
@@ -248,12 +276,13 @@ impl LockTicket {
         let ring = region.ring();
         if ring.is_bounded()
             && share == Share::Exclusive
+            && ask.route == Route::Any
             && let Some(g) = self.bypass(region, me, pid)
         {
             return Ok(Some(Claimed::Holding(g)));
         }
         let tk = match patience {
-            Patience::Try => {
+            Patience::NoWait => {
                 // Busy, or held by a dead process: one head check (cold) tells which, so a
                 // dead holder never blocks callers that only ever try.
                 let busy =
@@ -297,10 +326,11 @@ impl LockTicket {
         &'a self,
         region: &'a Region,
         tk: Ticket,
-        patience: Patience,
+        ask: Ask,
     ) -> Result<Option<TokenGuard<'a>>> {
+        let patience = ask.patience;
         let ring = region.ring();
-        let (share, pid) = (tk.share(), sys::current_identity().0);
+        let pid = sys::current_identity().0;
         if ring.is_bounded() {
             // Bypassers compare this with their clock: the fast path's coarse one is too coarse.
             ring.set_since(tk, sys::now_ns());
@@ -308,17 +338,17 @@ impl LockTicket {
         if region.retired() {
             // The last owner retired this table after we looked: leave it, use the new one.
             let _ = ring.release(tk);
-            return self.slow(share, patience, Fast::Missed);
+            return self.slow(ask, Fast::Missed);
         }
         // Every sleep timeout (a few ms): the parent is alive, the table still at its path.
         let check = || {
             self.check_parent(pid)?;
             region.check_at_path()
         };
-        let outcome = match (patience, ring.grant(tk, share)) {
+        let outcome = match (patience, ring.grant(tk)) {
             (_, Ok(Grant::Granted)) => Ok(Outcome::Granted),
             (_, Err(b)) => Err(WaitError::Broken(b)),
-            (Patience::Try, Ok(Grant::Waiting { .. })) => {
+            (Patience::NoWait, Ok(Grant::Waiting { .. })) => {
                 match wait::last_look(ring, tk, &region.liveness()) {
                     Ok(Grant::Granted) => Ok(Outcome::Granted),
                     Ok(Grant::Waiting { .. }) => Ok(Outcome::TimedOut),
@@ -354,7 +384,7 @@ impl LockTicket {
                 } else {
                     let mut waiter = Waiter {
                         deadline: match patience {
-                            Patience::Try => Some(Instant::now()),
+                            Patience::NoWait => Some(Instant::now()),
                             other => other.deadline(),
                         },
                         liveness: &region.liveness(),
@@ -402,11 +432,6 @@ impl LockTicket {
             WaitError::Check(e) => e,
         }
     }
-}
-
-thread_local! {
-    /// Set while this thread asks through the queue only (see `acquire_queued`).
-    static QUEUE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// What a claim got.
@@ -521,6 +546,35 @@ impl TokenGuard<'_> {
         this.release()
     }
 
+    /// For a token in a keyed table (a handle given its lock file, see
+    /// [`LockTicket::set_lock_file`]): a new descriptor (`dup`, close-on-exec) of the open
+    /// file description that holds the kernel `flock` on the lock file (`LOCK_EX` for an
+    /// exclusive token, `LOCK_SH` for a shared one), which keeps processes that use another
+    /// table for the same file (another directory, another `/dev/shm`) and plain flock(1)
+    /// users excluded. The lock stays as long as some copy of the description is open, until
+    /// this guard is released (which unlocks it for every copy).
+    /// [`LockTicket::hold_across_exec`] hands it to the exec guardian by itself. `Ok(None)`
+    /// for an ordinary table.
+    ///
+    /// ```
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lock_file = std::env::temp_dir().join(format!("doc-lock-file-fd-{}", std::process::id()));
+    /// std::fs::write(&lock_file, b"").unwrap(); // a flock(1) user's lock file
+    /// let table = lockticket::table_for_lock_file(&lock_file, None)?.unwrap();
+    /// let lt = lockticket::LockTicket::open(&table)?;
+    /// lt.set_lock_file(&lock_file)?;
+    /// let owner = lt.main_lock(lockticket::Share::Shared)?;
+    /// let token = lt.token_lock()?;
+    /// assert!(token.lock_file_description()?.is_some()); // flock(1) on the file waits now
+    /// token.unlock()?;
+    /// owner.unlock()?;
+    /// # std::fs::remove_file(&lock_file).unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn lock_file_description(&self) -> Result<Option<std::fs::File>> {
+        crate::lock_file::description(self.region, self.tk, self.pid)
+    }
+
     #[inline]
     fn release(&self) -> Result<()> {
         let pid = sys::current_identity().0;
@@ -532,6 +586,10 @@ impl TokenGuard<'_> {
                 owner: self.pid,
                 pid,
             });
+        }
+        if self.region.anchor().is_some() {
+            // A keyed table: its lock file's flock first, never two holders of the file.
+            crate::lock_file::release(self.region, self.tk, self.pid);
         }
         let ring = self.region.ring();
         let released = match self.tk.share() {
@@ -565,6 +623,12 @@ impl Drop for TokenGuard<'_> {
 }
 
 impl<'a> TokenGuard<'a> {
+    /// The table, and the key its kernel lock on the lock file is kept under there
+    /// (`crate::lock_file`).
+    pub(crate) fn kernel_key(&self) -> (&'a Region, (u64, u64, u32)) {
+        (self.region, (self.tk.t, self.tk.word, self.pid))
+    }
+
     /// The table and the ticket, without releasing it: for a token handed over to another
     /// owner (the descriptor form, `crate::fd`).
     pub(crate) fn into_parts(self) -> (&'a Region, Ticket) {

@@ -229,7 +229,7 @@ impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Turn<E> for GrantTurn<'_, '_, 
     type Done = ();
 
     fn poll(&mut self) -> Result<Option<()>, WaitError<E>> {
-        match self.ring.grant(self.tk, self.tk.share())? {
+        match self.ring.grant(self.tk)? {
             Grant::Granted => Ok(Some(())),
             Grant::Waiting { ahead } => {
                 self.ahead = ahead;
@@ -281,7 +281,7 @@ impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Turn<E> for GrantTurn<'_, '_, 
         // Mark ourselves asleep, then look once more: a release between the two either sees
         // PARKED and wakes us, or we see its grant here.
         let (word, parked) = self.ring.park_word(self.tk);
-        Ok(match self.ring.grant(self.tk, self.tk.share())? {
+        Ok(match self.ring.grant(self.tk)? {
             Grant::Granted => None,
             Grant::Waiting { .. } => Some((word, parked)),
         })
@@ -334,12 +334,12 @@ pub(crate) fn last_look<L: Liveness>(
     // Every pass that does something moves `head` on or frees a slot ahead of us: at most a
     // ring's worth of them.
     for _ in 0..=ring.capacity() {
-        let grant = ring.grant(tk, tk.share())?;
+        let grant = ring.grant(tk)?;
         if grant == Grant::Granted || ring.check_head(liveness)? == HeadCheck::Fine {
             return Ok(grant);
         }
     }
-    ring.grant(tk, tk.share())
+    ring.grant(tk)
 }
 
 /// How a granted request of a bounded table got in.

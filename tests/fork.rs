@@ -208,8 +208,150 @@ fn dispatch(role: &str, args: &[String]) {
             main.unlock().unwrap();
             say("helper-unlocked");
         }
+        // Issue 17, item 6: the helper holds the token and forks a worker that never uses
+        // the handle and outlives it (the test kills the helper, then the worker).
+        "holder-forks-worker" => {
+            let g = lt.token_lock().unwrap();
+            let worker = fork_child(|| {
+                loop {
+                    // SAFETY: waits for a signal; the test SIGKILLs us.
+                    unsafe { libc::pause() };
+                }
+            });
+            say(format!("held pid={} worker={worker}", my_pid()));
+            let _ = hear(); // killed by the test meanwhile
+            drop(g);
+        }
+        // Issue 17, item 10b: the helper is in the table and holds the table's flock through
+        // a description of its own (as during a cold path); its forked child, which inherited
+        // every descriptor, must wait in its cold path (here: registering for a token).
+        "cold-under-parent" => {
+            let _main = lt.main_lock(Share::Shared).unwrap();
+            let fd = flock_a_table_description(lt.path());
+            let child = fork_child(|| {
+                say(format!("child-calling pid={}", my_pid()));
+                let r = lt.token_lock();
+                say(format!("child-done {}", describe(&r)));
+            });
+            if hear() != "unlock" {
+                return;
+            }
+            // SAFETY: drops our flock on a descriptor of ours.
+            unsafe { libc::flock(fd, libc::LOCK_UN) };
+            say(format!("child-exit {}", reap(child)));
+        }
+        // Issue 17, item 10b: the helper forks a worker (which never uses the handle), then
+        // runs cold paths (`repair` of a healthy table) until the test kills it.
+        "cold-loop-with-worker" => {
+            drop(lt.token_lock().unwrap()); // mapped and registered before the fork
+            let worker = fork_child(|| {
+                loop {
+                    // SAFETY: waits for a signal; the test SIGKILLs us.
+                    unsafe { libc::pause() };
+                }
+            });
+            say(format!("looping pid={} worker={worker}", my_pid()));
+            loop {
+                // A cold path on the handle's mapped table (`main_lock` would open the file
+                // again: a description the worker does not share).
+                assert_eq!(lt.repair().unwrap(), None);
+            }
+        }
+        // Issue 17, item 5, through the library: a forked child of the helper (one thread,
+        // as `hold_across_exec` requires) takes the token, forks its exec guardian and execs a
+        // shell (args[1] "exec") that reports and waits for a line, or a missing program
+        // (args[1] "fail"), then drops the guardian and goes on.
+        "hold-across-exec" => {
+            let child = fork_child(|| {
+                use std::os::unix::process::CommandExt;
+                let g = lt.token_lock().unwrap();
+                let guardian = lt.hold_across_exec().unwrap();
+                let gpid = guardian.pid().expect("a guardian");
+                say(format!("guardian pid={} guardian={gpid}", my_pid()));
+                let program = if args[1] == "exec" {
+                    "/bin/sh"
+                } else {
+                    "/nonexistent/lockticket-test"
+                };
+                let err = std::process::Command::new(program)
+                    .args(["-c", "echo '@@ execd'; read x"])
+                    .exec();
+                drop(guardian);
+                // SAFETY: signal 0 only asks whether the (reaped) guardian still exists.
+                let gone = unsafe { libc::kill(gpid as libc::pid_t, 0) } != 0;
+                say(format!("exec-failed gone={gone} {:?}", err.kind()));
+                let _ = hear();
+                g.unlock().unwrap();
+                say("released");
+            });
+            reap(child);
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Takes the table's flock (`LOCK_EX`, without waiting) through the first of our descriptors
+/// of `path` that can take it, and returns that descriptor.
+fn flock_a_table_description(path: &std::path::Path) -> i32 {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let want = id(std::fs::metadata(path).unwrap());
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    for fd in fds {
+        if std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .ok()
+            .map(id)
+            != Some(want)
+        {
+            continue;
+        }
+        // SAFETY: flock on a descriptor of ours, without waiting.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return fd;
+        }
+    }
+    panic!("no descriptor of {} could take its flock", path.display());
+}
+
+/// True when /proc/locks shows `pid` waiting for a flock.
+fn waits_for_flock(pid: u32) -> bool {
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.get(1) == Some(&"->")
+                && w.get(2) == Some(&"FLOCK")
+                && w.get(5) == Some(&&*pid.to_string())
+        })
+}
+
+/// True when /proc/locks shows `pid` holding (not waiting for) a flock on inode `ino`.
+fn holds_flock(pid: u32, ino: u64) -> bool {
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.get(1) == Some(&"FLOCK")
+                && w.get(4) == Some(&&*pid.to_string())
+                && w.get(5).and_then(|f| f.rsplit(':').next()) == Some(&*ino.to_string())
+        })
+}
+
+/// True when process `pid` is stopped (state `T`).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
 }
 
 #[test]
@@ -496,4 +638,199 @@ fn a_main_guard_dropped_in_a_forked_child_keeps_the_parent_registered() {
         h.expect("helper-unlocked");
         assert!(!lt.path().exists());
     }
+}
+
+/// Issue 17, item 6: a holder that forked a worker (which never touches the handle) and then
+/// died frees the token at once: the worker does not keep the holder's registration alive.
+#[test]
+fn a_holder_killed_after_forking_a_worker_is_reclaimed_while_the_worker_lives() {
+    let (lt, name) = table("forkworker");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("holder-forks-worker", &[&name]);
+    let line = h.expect("held");
+    let worker: libc::pid_t = field(&line, "worker").parse().unwrap();
+    assert!(worker > 0);
+    /// SIGKILLs the worker at the end, whatever happens.
+    struct KillOnDrop(libc::pid_t);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: signals one process by its PID (> 0).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _worker = KillOnDrop(worker);
+    h.kill();
+    let t0 = Instant::now();
+    let g = lt
+        .token_lock_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("granted while the dead holder's worker still lives");
+    assert!(g.previous_holder_died());
+    // SAFETY: signal 0 only asks whether the worker exists.
+    let alive = unsafe { libc::kill(worker, 0) };
+    assert_eq!(
+        alive,
+        0,
+        "the worker still lives ({:?} after the holder's death)",
+        t0.elapsed()
+    );
+    drop(g);
+}
+
+/// Issue 17, item 10b: a forked child never runs a cold path through a description it shares
+/// with its parent: while the parent holds the table's flock, the child's cold path waits.
+#[test]
+fn a_forked_childs_cold_path_waits_for_its_parents_flock() {
+    let name = unique("coldfork");
+    let mut h = Helper::spawn("cold-under-parent", &[&name]);
+    let child: u32 = h.expect("child-calling pid=").parse().unwrap();
+    let deadline = Instant::now() + common::BOUND;
+    loop {
+        if let Some(line) = h.try_next() {
+            panic!("the child ran its cold path under its parent's flock: {line}");
+        }
+        if waits_for_flock(child) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child neither waits nor ends"
+        );
+        std::thread::sleep(Duration::from_millis(1)); // polling a state, not synchronising
+    }
+    h.send("unlock");
+    assert_eq!(h.expect("child-done"), "Ok");
+    assert_eq!(h.expect("child-exit"), "0");
+}
+
+/// Issue 17, item 10b: a process killed inside a cold path (holding the table's flock) while a
+/// child it forked lives on does not leave the flock held: the child kept neither the cold
+/// path's description (its copy was let go at fork) nor a mapping of it (it is never mapped).
+#[test]
+fn a_process_killed_in_a_cold_path_leaves_no_flock_to_its_forked_child() {
+    use std::os::unix::fs::MetadataExt;
+    let (lt, name) = table("coldkill");
+    let _main = lt.main_lock(Share::Shared).unwrap(); // keeps the table in place
+    let ino = std::fs::metadata(lt.path()).unwrap().ino();
+    let mut h = Helper::spawn("cold-loop-with-worker", &[&name]);
+    let line = h.expect("looping");
+    let helper: u32 = field(&line, "pid").parse().unwrap();
+    let worker: libc::pid_t = field(&line, "worker").parse().unwrap();
+    assert!(worker > 0);
+    /// SIGKILLs the worker at the end, whatever happens.
+    struct KillOnDrop(libc::pid_t);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: signals one process by its PID (> 0).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _worker = KillOnDrop(worker);
+    let signal = |sig| {
+        // SAFETY: signals our helper, which is not reaped before `h.kill()`.
+        unsafe { libc::kill(helper as libc::pid_t, sig) };
+    };
+    // Catch the helper inside a cold path: stopped while /proc/locks shows it holding.
+    let deadline = Instant::now() + common::BOUND;
+    loop {
+        assert!(Instant::now() < deadline, "never caught inside a cold path");
+        if !holds_flock(helper, ino) {
+            std::thread::yield_now();
+            continue;
+        }
+        signal(libc::SIGSTOP);
+        wait_until("the helper stops", || stopped(helper));
+        if holds_flock(helper, ino) {
+            break;
+        }
+        signal(libc::SIGCONT);
+    }
+    h.kill();
+    // The worker lives; the flock must be free (checked without waiting, on a description of
+    // our own).
+    let f = std::fs::File::open(lt.path()).unwrap();
+    // SAFETY: flock on a descriptor we own, without waiting.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    // SAFETY: signal 0 only asks whether the worker exists.
+    let alive = unsafe { libc::kill(worker, 0) };
+    assert_eq!(alive, 0, "the worker still lives");
+    assert_eq!(
+        rc, 0,
+        "the dead helper's flock is still held (its forked worker keeps it)"
+    );
+    drop(f);
+    // And the table goes on.
+    drop(
+        lt.token_lock_timeout(common::BOUND)
+            .unwrap()
+            .expect("granted"),
+    );
+}
+
+/// `hold_across_exec` forks a guardian whose death signal follows the forking *thread*: it
+/// refuses a process with more than one thread (issue 17, item 5).
+#[test]
+fn hold_across_exec_refuses_a_multithreaded_process() {
+    let (lt, _name) = table("holdmt");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    // A second thread for the length of the call, whatever thread libtest runs us on.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || {
+        let _ = rx.recv();
+    });
+    let r = lt.hold_across_exec();
+    drop(tx);
+    other.join().unwrap();
+    match r {
+        Err(Error::NotSingleThreaded { threads, .. }) => assert!(threads >= 2),
+        other => panic!("expected NotSingleThreaded, got {other:?}"),
+    }
+}
+
+/// `hold_across_exec` keeps the token held by the exec'd program, exactly until it exits.
+#[test]
+fn hold_across_exec_keeps_the_token_for_the_execd_program() {
+    let (lt, name) = table("holdexec");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("hold-across-exec", &[&name, "exec"]);
+    let line = h.expect("guardian");
+    let pid: u32 = field(&line, "pid").parse().unwrap();
+    h.expect("execd");
+    // The shell is the helper's process: it holds the token, alive.
+    let st = lt.status().unwrap();
+    assert_eq!(
+        st.holders
+            .iter()
+            .map(|t| (t.pid, t.alive))
+            .collect::<Vec<_>>(),
+        [(pid, true)],
+        "{st}"
+    );
+    assert!(lt.try_token_lock().unwrap().is_none());
+    h.send("end"); // the shell's `read` returns: it exits
+    let g = lt
+        .token_lock_timeout(common::BOUND)
+        .unwrap()
+        .expect("granted once the program exited");
+    assert!(g.previous_holder_died());
+}
+
+/// When `exec` fails, dropping the guardian ends it, and the token is still the process's.
+#[test]
+fn a_dropped_exec_guardian_ends_and_the_process_keeps_its_token() {
+    let (lt, name) = table("holdfail");
+    let _main = lt.main_lock(Share::Shared).unwrap();
+    let mut h = Helper::spawn("hold-across-exec", &[&name, "fail"]);
+    h.expect("guardian");
+    assert_eq!(h.expect("exec-failed"), "gone=true NotFound");
+    assert!(lt.try_token_lock().unwrap().is_none(), "still held");
+    h.send("release");
+    h.expect("released");
+    let g = lt.try_token_lock().unwrap().expect("free");
+    assert!(!g.previous_holder_died());
 }

@@ -17,8 +17,8 @@ use lockticket::etcd::{EtcdLockTicket, EtcdStatus};
 use lockticket::{Error, Share};
 use serde_json::json;
 
-use crate::exec::{self, Patience};
 use crate::{ExecArgs, Failure, code, report};
+use crate::{escape, exec};
 
 /// How long a command gets between SIGTERM and SIGKILL once the lock is lost.
 pub(crate) const GRACE: Duration = Duration::from_secs(5);
@@ -105,12 +105,7 @@ pub(crate) fn exec(a: ExecArgs, urls: &str) -> Result<i32, Failure> {
     if a.verbose {
         describe_contention(&lt, share);
     }
-    let request = lt.request().mode(share);
-    let request = match patience {
-        Patience::Try => request.no_wait(),
-        Patience::Until(d) => request.deadline(d),
-        Patience::Forever => request.forever(),
-    };
+    let request = lt.request().mode(share).patience(patience);
     let token = match request.lock() {
         Ok(Some(t)) => t,
         Ok(None) => {
@@ -212,7 +207,7 @@ fn describe_contention(lt: &EtcdLockTicket, share: Share) {
         .queue
         .iter()
         .filter(|e| e.holding)
-        .map(|e| format!("{}:{} {}", e.host, e.pid, e.share))
+        .map(|e| format!("{}:{} {}", escape::text(&e.host), e.pid, e.share))
         .collect();
     report(&format!(
         "the {share} lock {} on etcd: held by {}; {} waiting",
@@ -233,7 +228,7 @@ pub(crate) fn status(urls: &str, name: &OsStr, as_json: bool) -> Result<i32, Fai
         .status()
         .map_err(|e| failure("cannot read the lock on etcd", &e))?;
     let out = if as_json {
-        let mut s = serde_json::to_string_pretty(&status_json(&st)).expect("JSON");
+        let mut s = escape::json(serde_json::to_string_pretty(&status_json(&st)).expect("JSON"));
         s.push('\n');
         s
     } else {
@@ -293,7 +288,7 @@ fn status_text(st: &EtcdStatus) -> String {
         s.push_str(&format!(
             "  {what:<9} {:<9} {}:{}  token {}  lease {:x} ({ttl} left)\n",
             e.share.to_string(),
-            e.host,
+            escape::text(&e.host),
             e.pid,
             e.fencing_token,
             e.lease
@@ -346,7 +341,7 @@ pub(crate) fn list(urls: &str) -> Result<i32, Failure> {
         .map_err(|e| failure("cannot list the locks on etcd", &e))?;
     let mut out = String::new();
     for n in names {
-        out.push_str(&n);
+        out.push_str(&escape::text(&n));
         out.push('\n');
     }
     crate::write_stdout(out.as_bytes())?;

@@ -4,7 +4,8 @@
 //! as its child, and the child is made to die with us (`PR_SET_PDEATHSIG` = `SIGKILL`): the
 //! lock can never be free while the command still runs, even if we are killed by `SIGKILL`.
 //! With `-F` the command replaces this process (same PID, same start time), so it is the
-//! token's owner itself until it exits.
+//! token's owner itself until it exits; a guardian child keeps the registration's descriptor
+//! for it (the command and its children never inherit it) and dies with it.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -37,21 +38,38 @@ const REJOIN_ATTEMPTS: u32 = 16;
 /// The PID of the running command, for the signal handler (0: none).
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
-#[derive(Clone, Copy)]
-pub(crate) enum Patience {
-    Try,
-    Until(Instant),
-    Forever,
+pub(crate) use lockticket::Patience;
+
+/// The table's builder with every option of `a` that shapes a table: one place for both the
+/// command form and the descriptor form (two copies once let `--fairness` be lost).
+pub(crate) fn builder_of(a: &ExecArgs, table: &std::path::Path) -> lockticket::Builder {
+    let mut builder = LockTicket::builder(table)
+        .permissions(a.mode.unwrap_or(0o600))
+        .member_capacity(MEMBERS)
+        .keep(a.keep);
+    if let Some(slots) = a.ring_capacity {
+        builder = builder.ring_capacity(slots);
+    }
+    if let Some(bytes) = a.payload_capacity {
+        builder = builder.payload_capacity(bytes);
+    }
+    if let Some(entries) = a.process_capacity {
+        builder = builder.process_capacity(entries);
+    }
+    if let Some(fairness) = a.fairness {
+        builder = builder.fairness(fairness);
+    }
+    builder
 }
 
 /// How long `-n` / `-w` let us wait.
 pub(crate) fn patience_of(a: &ExecArgs) -> Patience {
     if a.nonblock {
-        Patience::Try
+        Patience::NoWait
     } else {
         match a.timeout {
             None => Patience::Forever,
-            Some(s) if s <= 0.0 => Patience::Try,
+            Some(s) if s <= 0.0 => Patience::NoWait,
             Some(s) => Duration::try_from_secs_f64(s)
                 .ok()
                 .and_then(|d| Instant::now().checked_add(d))
@@ -82,22 +100,7 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     };
     let patience = patience_of(&a);
     let table = inspect::lock_target(&a.table)?;
-    let mut builder = LockTicket::builder(&table)
-        .permissions(a.mode.unwrap_or(0o600))
-        .member_capacity(MEMBERS)
-        .keep(a.keep);
-    if let Some(slots) = a.ring_capacity {
-        builder = builder.ring_capacity(slots);
-    }
-    if let Some(bytes) = a.payload_capacity {
-        builder = builder.payload_capacity(bytes);
-    }
-    if let Some(entries) = a.process_capacity {
-        builder = builder.process_capacity(entries);
-    }
-    if let Some(fairness) = a.fairness {
-        builder = builder.fairness(fairness);
-    }
+    let builder = builder_of(&a, std::path::Path::new(&table));
     let lt = builder
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;
@@ -133,26 +136,36 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     }
 
     let mut cmd = Command::new(&program);
-    cmd.args(&args).env("LOCKTICKET_PATH", lt.path()).env(
-        "LOCKTICKET_PREVIOUS_HOLDER_DIED",
-        if died { "1" } else { "0" },
-    );
+    cmd.args(&args)
+        .env("LOCKTICKET_PATH", lt.path())
+        .env(
+            "LOCKTICKET_PREVIOUS_HOLDER_DIED",
+            if died { "1" } else { "0" },
+        )
+        .env(
+            "LOCKTICKET_FENCING_TOKEN",
+            token.fencing_token().to_string(),
+        );
     if a.verbose {
         verbose_line(&format!("executing {}", program.to_string_lossy()));
     }
 
     if a.no_fork {
         // On success `exec` does not return: the command is this process now, and holds the
-        // token and the main-lock registration until it exits: the descriptor whose OFD lock
-        // vouches for our registration is kept open across the exec.
-        if let Err(e) = lt.keep_registration_across_exec() {
-            release(token, main);
-            return Err(Failure::table(
-                "cannot keep the registration across exec",
-                &e,
-            ));
-        }
+        // token and the main-lock registration until it exits. The descriptor whose OFD lock
+        // vouches for our registration stays close-on-exec (the command's children must not
+        // keep the lock after it): a guardian child keeps it — and a keyed table's kernel lock
+        // on the lock file — and the kernel kills the guardian when the command ends (see
+        // `LockTicket::hold_across_exec`).
+        let guardian = match lt.hold_across_exec() {
+            Ok(g) => g,
+            Err(e) => {
+                release(token, main);
+                return Err(Failure::table("cannot hold the lock across exec", &e));
+            }
+        };
         let err = cmd.exec();
+        drop(guardian);
         let failure = spawn_failure(&program, &err);
         release(token, main);
         return Err(failure);
@@ -216,19 +229,7 @@ fn acquire<'a>(
         if verbose && attempt == 1 {
             describe_contention(lt, share);
         }
-        let got = match (patience, share) {
-            (Patience::Try, Share::Exclusive) => lt.try_token_lock(),
-            (Patience::Try, Share::Shared) => lt.try_token_lock_shared(),
-            (Patience::Until(deadline), s) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match s {
-                    Share::Exclusive => lt.token_lock_timeout(left),
-                    Share::Shared => lt.token_lock_shared_timeout(left),
-                }
-            }
-            (Patience::Forever, Share::Exclusive) => lt.token_lock().map(Some),
-            (Patience::Forever, Share::Shared) => lt.token_lock_shared().map(Some),
-        };
+        let got = lt.request().mode(share).patience(patience).lock();
         match got {
             Ok(Some(token)) => return Ok(Some((main, token))),
             Ok(None) => return Ok(None),
@@ -253,7 +254,7 @@ fn describe_contention(lt: &LockTicket, share: Share) {
         .holders
         .iter()
         .map(|h| {
-            let cmd = inspect::command_line(h.pid, h.alive)
+            let cmd = inspect::command_text(h.pid, h.alive)
                 .map(|c| format!(" ({})", inspect::truncated(&c, 60)))
                 .unwrap_or_default();
             format!("pid {} {}{}", h.pid, h.share, cmd)
@@ -480,7 +481,7 @@ pub(crate) fn status_code(s: ExitStatus) -> i32 {
 /// words first, then lockticket's.
 pub(crate) fn not_obtained(patience: Patience, t0: Instant) -> (&'static str, String) {
     match patience {
-        Patience::Try => ("failed to get lock", "it is not free".to_string()),
+        Patience::NoWait => ("failed to get lock", "it is not free".to_string()),
         _ => (
             "timeout while waiting to get lock",
             format!("not free after {:.6} seconds", t0.elapsed().as_secs_f64()),
@@ -490,6 +491,7 @@ pub(crate) fn not_obtained(patience: Patience, t0: Instant) -> (&'static str, St
 
 pub(crate) fn verbose_line(line: &str) {
     use std::io::Write;
+    let line = crate::escape::text(line); // it may quote a command or path: foreign bytes
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "lockticket: {line}").and_then(|()| out.flush());
 }

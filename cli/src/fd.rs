@@ -10,11 +10,11 @@
 //! the description once granted (see the library's `LockTicket::lock_fd`).
 
 use std::os::fd::{BorrowedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lockticket::{Error, LockTicket, MainGuard, Share};
 
-use crate::exec::{MEMBERS, Patience, not_obtained, patience_of, verbose_line};
+use crate::exec::{not_obtained, patience_of, verbose_line};
 use crate::{ExecArgs, Failure, code, report};
 
 /// True for the descriptor form: a number and no command (as flock(1) reads `flock 9`).
@@ -53,19 +53,7 @@ pub(crate) fn run(a: &ExecArgs) -> Result<i32, Failure> {
         }
         f
     })?;
-    let mut builder = LockTicket::builder(&table)
-        .permissions(a.mode.unwrap_or(0o600))
-        .member_capacity(MEMBERS)
-        .keep(a.keep);
-    if let Some(slots) = a.ring_capacity {
-        builder = builder.ring_capacity(slots);
-    }
-    if let Some(bytes) = a.payload_capacity {
-        builder = builder.payload_capacity(bytes);
-    }
-    if let Some(entries) = a.process_capacity {
-        builder = builder.process_capacity(entries);
-    }
+    let builder = crate::exec::builder_of(a, &table);
     let lt = builder
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;
@@ -84,16 +72,11 @@ pub(crate) fn run(a: &ExecArgs) -> Result<i32, Failure> {
         Share::Exclusive
     };
     let patience = patience_of(a);
-    let wait = match patience {
-        Patience::Try => Some(Duration::ZERO),
-        Patience::Until(d) => Some(d.saturating_duration_since(Instant::now())),
-        Patience::Forever => None,
-    };
     let t0 = Instant::now();
     // Joined for the time of the call, so that the table exists and no last owner removes
     // it under us; the token then keeps it (a table with a live request is never removed).
     let main = join(&lt, a.verbose)?;
-    let got = lt.lock_fd(fd, share, wait);
+    let got = lt.request().mode(share).patience(patience).lock_fd(fd);
     leave(main);
     let got = got.map_err(|e| Failure::table(&format!("cannot lock descriptor {arg}"), &e))?;
     let Some(got) = got else {

@@ -8,23 +8,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lockticket::{Error, LockTicket, MemberInfo, Share, Status, TokenInfo};
 use serde_json::{Value, json};
 
-use crate::{Failure, code, report, write_stdout};
+use crate::{Failure, code, escape, report, write_stdout};
 
 /// Version of the `status --json` object (its `"format"` field).
 const JSON_FORMAT: u32 = 1;
 
-/// The command line of a live process, for showing who holds a lock.
-pub(crate) fn command_line(pid: u32, alive: bool) -> Option<String> {
+/// The command line of a live process, its words joined by spaces, as the process set it:
+/// foreign bytes (see [`command_text`] for text output).
+fn command_bytes(pid: u32, alive: bool) -> Option<Vec<u8>> {
     if !alive {
         return None;
     }
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let words: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|w| !w.is_empty())
-        .map(|w| String::from_utf8_lossy(w).into_owned())
-        .collect();
-    (!words.is_empty()).then(|| words.join(" "))
+    let words: Vec<&[u8]> = raw.split(|&b| b == 0).filter(|w| !w.is_empty()).collect();
+    (!words.is_empty()).then(|| words.join(&b' '))
+}
+
+/// The command line of a live process, for `--json` (which escapes it).
+pub(crate) fn command_line(pid: u32, alive: bool) -> Option<String> {
+    command_bytes(pid, alive).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The command line of a live process for text output: control characters, bidi controls
+/// and invalid UTF-8 escaped ([`escape`]), so that another user's argv cannot write terminal
+/// sequences or forged lines into what we print.
+pub(crate) fn command_text(pid: u32, alive: bool) -> Option<String> {
+    command_bytes(pid, alive).map(|b| escape::bytes(&b))
 }
 
 /// `s` cut to at most `max` characters, with an ellipsis when cut.
@@ -122,6 +131,11 @@ fn open_inspect(path: &Path, mode: Option<u32>) -> Result<LockTicket, Failure> {
         .open()
         .map_err(|e| Failure::table("cannot open the lock table", &e))?;
     anchor_lock_file(&lt);
+    // A keyed table named by its own path (`status`, `list`, `clean --all`), or whose lock
+    // file was deleted: judge holders in the descriptor form from the kernel's list of file
+    // locks — dead once their descriptor is closed — instead of alive forever. A table that
+    // does not exist yet is reported by the caller.
+    let _ = lt.judge_fd_holders();
     Ok(lt)
 }
 
@@ -179,6 +193,7 @@ pub(crate) fn status(table: &OsStr, mode: Option<u32>, json: bool) -> Result<i32
     let now = SystemTime::now();
     let out = if json {
         let mut s = serde_json::to_string_pretty(&status_json(&st, now))
+            .map(escape::json)
             .map_err(|e| Failure::new(code::TABLE, format!("cannot render JSON: {e}")))?;
         s.push('\n');
         s
@@ -252,7 +267,7 @@ fn status_json(st: &Status, now: SystemTime) -> Value {
 
 fn status_text(st: &Status, now: SystemTime) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "table    {}", st.path.display());
+    let _ = writeln!(o, "table    {}", escape::path(&st.path));
     let _ = writeln!(
         o,
         "state    {}",
@@ -359,7 +374,7 @@ fn cmd_or_ns(pid: u32, alive: bool, foreign: bool) -> String {
 }
 
 fn cmd(pid: u32, alive: bool) -> String {
-    command_line(pid, alive)
+    command_text(pid, alive)
         .map(|c| format!("  {}", truncated(&c, 72)))
         .unwrap_or_default()
 }
@@ -489,7 +504,7 @@ pub(crate) fn list(dir: Option<&Path>) -> Result<i32, Failure> {
     let tables = tables_in(&dir)?;
     let mut out = String::new();
     if tables.is_empty() {
-        let _ = writeln!(out, "no lock tables in {}", dir.display());
+        let _ = writeln!(out, "no lock tables in {}", escape::path(&dir));
     }
     for path in &tables {
         let state = match open_inspect(path, None)
@@ -497,16 +512,16 @@ pub(crate) fn list(dir: Option<&Path>) -> Result<i32, Failure> {
         {
             Ok(st) => summary(&st),
             Err(f) if f.code == code::NO_TABLE => continue, // removed meanwhile
-            Err(f) => format!("unusable: {}", f.message),
+            Err(f) => format!("unusable: {}", escape::text(&f.message)),
         };
-        let _ = writeln!(out, "{}  {state}", path.display());
+        let _ = writeln!(out, "{}  {state}", escape::path(path));
     }
     for (path, pids) in removed_in_use(&dir) {
         let _ = writeln!(
             out,
             "{}  removed, still in use by pid(s) {pids:?}: they no longer exclude processes \
              that opened the path since",
-            path.display()
+            escape::path(&path)
         );
     }
     write_stdout(out.as_bytes())?;
@@ -620,15 +635,15 @@ fn clean_path(path: &Path) -> Result<Cleaned, Failure> {
 fn report_clean(path: &Path, outcome: Result<Cleaned, Failure>, out: &mut String) -> i32 {
     match outcome {
         Ok(Cleaned::Removed(why)) => {
-            let _ = writeln!(out, "removed {} ({why})", path.display());
+            let _ = writeln!(out, "removed {} ({why})", escape::path(path));
             code::OK
         }
         Ok(Cleaned::Kept(why)) => {
-            let _ = writeln!(out, "kept {}: {why}", path.display());
+            let _ = writeln!(out, "kept {}: {}", escape::path(path), escape::text(&why));
             code::OK
         }
         Ok(Cleaned::Absent) => {
-            let _ = writeln!(out, "no lock table at {}", path.display());
+            let _ = writeln!(out, "no lock table at {}", escape::path(path));
             code::OK
         }
         Err(f) => {
@@ -671,7 +686,7 @@ pub(crate) fn clean_all(dir: Option<&Path>) -> Result<i32, Failure> {
         }
     }
     if out.is_empty() && rc == code::OK {
-        let _ = writeln!(out, "no lock tables in {}", dir.display());
+        let _ = writeln!(out, "no lock tables in {}", escape::path(&dir));
     }
     write_stdout(out.as_bytes())?;
     Ok(rc)

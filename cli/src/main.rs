@@ -16,6 +16,7 @@
 //! `lockticket man` prints the manual page (generated from the definitions below); see
 //! `docs/cli.md` for the exit codes and the JSON schema of `status --json`.
 
+mod escape;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod exec;
@@ -107,7 +108,9 @@ lockticket holds the lock itself while the command runs as its child, and
 forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it. If
 lockticket is killed (even by SIGKILL), the command is killed with it, so the
 lock is never free while the command still runs. With -F the command replaces
-lockticket (same PID) and holds the lock itself until it exits.
+lockticket (same PID) and holds the lock itself until it exits (not as long as
+background children it leaves: a small guardian child of lockticket's keeps
+the lock for the command and dies with it).
 
 The command gets LOCKTICKET_PATH (the table file) and
 LOCKTICKET_PREVIOUS_HOLDER_DIED (1 when the previous holder died holding the
@@ -225,7 +228,7 @@ pub(crate) struct ExecArgs {
     #[arg(short = 'u', long = "unlock")]
     pub unlock: bool,
     /// Do not fork: replace lockticket by the command, which then holds the lock under the same
-    /// PID until it exits
+    /// PID until it exits (a guardian child keeps it for the command, not its children)
     #[arg(short = 'F', long = "no-fork")]
     pub no_fork: bool,
     /// Do not let the command hold the lock (flock(1)'s -o); lockticket always works so: the
@@ -524,20 +527,11 @@ fn main() {
 
 /// Prints `lockticket: MESSAGE` on one line of stderr.
 pub(crate) fn report(message: &str) {
-    let line = message.replace('\n', " ");
+    // Messages quote paths, commands and holders' command lines: foreign bytes, which must
+    // neither move the cursor nor start a line of their own (see `escape`).
+    let line = escape::text(message);
     let _ = writeln!(std::io::stderr().lock(), "lockticket: {line}");
 }
-
-/// The subcommands, for pointing a usage error to the right `--help`.
-const SUBCOMMANDS: [&str; 7] = [
-    "exec",
-    "status",
-    "payload",
-    "list",
-    "clean",
-    "man",
-    "completions",
-];
 
 fn usage_error(e: clap::Error) -> i32 {
     use clap::error::ErrorKind;
@@ -563,9 +557,11 @@ fn usage_error(e: clap::Error) -> i32 {
                 .collect();
             let first = first.join(" ");
             let first = first.strip_prefix("error: ").unwrap_or(&first);
+            // The subcommands as clap knows them (one source: a new one is never missed).
+            let cli = <Cli as clap::CommandFactory>::command();
             let sub = std::env::args()
                 .skip(1)
-                .find(|a| SUBCOMMANDS.contains(&a.as_str()));
+                .find(|a| cli.get_subcommands().any(|c| c.get_name() == a));
             let help = match sub {
                 Some(s) => format!("lockticket {s} --help"),
                 None => "lockticket --help".to_string(),
@@ -614,12 +610,15 @@ fn repair(t: &PayloadTable) -> Result<i32, Failure> {
         Ok(None) => {
             println!(
                 "{}: the token queue is consistent; nothing to repair",
-                t.table.to_string_lossy()
+                escape::path(std::path::Path::new(&t.table))
             );
             Ok(0)
         }
         Ok(Some(r)) => {
-            println!("{}: repaired: {r}", t.table.to_string_lossy());
+            println!(
+                "{}: repaired: {r}",
+                escape::path(std::path::Path::new(&t.table))
+            );
             Ok(0)
         }
         Err(e) => Err(Failure::table("cannot repair the lock table", &e)),

@@ -534,6 +534,61 @@ fn no_fork_runs_the_command_under_the_lockticket_pid() {
     assert_no_table(n);
 }
 
+/// Issue 17, item 5: with `-F` the lock ends with the command, not with the background
+/// children it leaves running (they never inherit the registration's descriptor: a guardian
+/// child of lockticket keeps it, and dies with the command).
+#[test]
+fn no_fork_lock_ends_with_the_command_not_with_its_background_children() {
+    let n = name("nofork-bg");
+    let n = n.as_str();
+    /// SIGKILLs the background child at the end, whatever happens.
+    struct KillOnDrop(libc::pid_t);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: signals one process by its PID (known to be > 0).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    // The command leaves a child running 30 s (its streams closed, so that `run` sees the
+    // end of the output) and exits; the guardian holds no stream of ours either.
+    let o = run([
+        "exec",
+        "-F",
+        n,
+        "-c",
+        "sleep 30 </dev/null >/dev/null 2>&1 & echo $!",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let bg: libc::pid_t = stdout(&o).trim().parse().expect("the background PID");
+    assert!(bg > 0);
+    let _kill = KillOnDrop(bg);
+    let t0 = Instant::now();
+    let o = run([
+        "exec",
+        "-w",
+        "5",
+        n,
+        "-c",
+        "echo died=$LOCKTICKET_PREVIOUS_HOLDER_DIED",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the lock is free once the command exited, though its child still runs: {o:?}"
+    );
+    assert_eq!(
+        stdout(&o),
+        "died=1\n",
+        "the command never released it: {o:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(!exited(bg as u32), "the background child still runs");
+    drop(_kill);
+    let o = run(["clean", n]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_no_table(n);
+}
+
 /// True when `pid` has exited (gone, or a zombie nobody reaped yet).
 fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -1397,4 +1452,19 @@ fn exec_process_capacity_sizes_the_process_table_and_a_full_one_says_how_to_grow
     let o = run(["exec", "--process-capacity", "0", n, "true"]);
     assert_eq!(o.status.code(), Some(USAGE), "{o:?}");
     assert_no_table(n);
+}
+
+/// Issue 18: a usage error names the right `--help` for every subcommand (the list of
+/// subcommands was a copy, and lacked `repair`).
+#[test]
+fn usage_errors_point_to_the_subcommands_help() {
+    for sub in ["exec", "status", "repair", "clean", "list"] {
+        let o = run([sub, "--no-such-option"]);
+        assert_eq!(o.status.code(), Some(64), "{sub}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            err.contains(&format!("see 'lockticket {sub} --help'")),
+            "{sub}: {err}"
+        );
+    }
 }

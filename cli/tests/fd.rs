@@ -442,3 +442,21 @@ fn a_bad_descriptor_is_a_usage_error_with_a_message() {
     let o = lockticket(&["exec", "-u", "./x", "true"]);
     assert_eq!(o.status.code(), Some(USAGE), "{o:?}");
 }
+
+/// Issue 18: the descriptor form builds its table with every option of `exec`, `--fairness`
+/// included (a second copy of the builder once dropped it: `exec --fairness bounded 9` made a
+/// strict table).
+#[test]
+fn the_descriptor_form_honours_fairness() {
+    let s = Scratch::new("fdfair");
+    let lock = s.path("job");
+    let o = run_shell(&format!(
+        "l='{}'; exec 9>\"$l\"; $LT exec --fairness bounded:5 9 || exit 7; \
+         $LT status --json \"$l\"; $LT exec -u 9",
+        lock.display()
+    ));
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    assert!(out.contains("\"fairness\": \"bounded"), "{out}");
+    assert!(!keyed_table(&lock).exists());
+}

@@ -75,6 +75,7 @@ use self::session::{Held, Session};
 use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::share::Share;
+use crate::token::Patience;
 
 /// The environment variable [`EtcdBuilder::endpoints_from_env`] reads: client URLs separated
 /// by commas (`http://10.0.0.1:2379,http://10.0.0.2:2379`).
@@ -499,7 +500,7 @@ impl EtcdLockTicket {
     /// # Ok(()) }
     /// ```
     pub fn try_token_lock(&self) -> Result<Option<EtcdGuard>> {
-        self.acquire(Share::Exclusive, Patience::Try)
+        self.acquire(Share::Exclusive, Patience::NoWait)
     }
 
     /// A shared token if no writer holds or waits now (`None` otherwise).
@@ -511,7 +512,7 @@ impl EtcdLockTicket {
     /// # Ok(()) }
     /// ```
     pub fn try_token_lock_shared(&self) -> Result<Option<EtcdGuard>> {
-        self.acquire(Share::Shared, Patience::Try)
+        self.acquire(Share::Shared, Patience::NoWait)
     }
 
     /// The exclusive token, waiting at most `timeout` (`None` if it ran out; the request
@@ -736,7 +737,7 @@ impl EtcdLockTicket {
         success.push(get_q.clone());
         let failure = match patience {
             // Only a look: is our key there (an earlier attempt of this call was applied)?
-            Patience::Try => vec![get_q],
+            Patience::NoWait => vec![get_q],
             _ => vec![put_q, get_q],
         };
         let (ok, resp, _) =
@@ -748,7 +749,7 @@ impl EtcdLockTicket {
             pending.armed = false;
             return Ok(Some(self.granted(&session, share, qkey, hkey, rev, &resp)));
         }
-        if matches!(patience, Patience::Try) {
+        if matches!(patience, Patience::NoWait) {
             // Nothing was written, unless an earlier attempt whose answer was lost granted
             // us the lock: then `pending` releases it.
             pending.armed = own_revision(resp.last()) != 0;
@@ -993,13 +994,6 @@ fn random_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Patience {
-    Try,
-    Until(Instant),
-    Forever,
-}
-
 /// A token request on etcd: mode, then how long it may wait. Made by
 /// [`EtcdLockTicket::request`]; the same shape as [`TokenRequest`](crate::TokenRequest).
 ///
@@ -1067,7 +1061,7 @@ impl<'a> EtcdRequest<'a> {
     /// # Ok(()) }
     /// ```
     pub fn no_wait(mut self) -> Self {
-        self.patience = Patience::Try;
+        self.patience = Patience::NoWait;
         self
     }
 
@@ -1098,6 +1092,19 @@ impl<'a> EtcdRequest<'a> {
     /// ```
     pub fn deadline(mut self, deadline: Instant) -> Self {
         self.patience = Patience::Until(deadline);
+        self
+    }
+
+    /// Wait as decided by `patience` (as [`TokenRequest::patience`](crate::TokenRequest::patience)).
+    ///
+    /// ```no_run
+    /// # fn main() -> lockticket::Result<()> {
+    /// # let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// let t = lt.request().patience(lockticket::Patience::NoWait).lock()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn patience(mut self, patience: Patience) -> Self {
+        self.patience = patience;
         self
     }
 

@@ -320,7 +320,7 @@ impl Model {
             }),
             (Kind::Poll, Some(r)) if !r.holding => self.procs.start(p.thread, move || {
                 let ring = shared.ring();
-                Out::Polled(ring.grant(r.tk, r.tk.share()).map(|g| match g {
+                Out::Polled(ring.grant(r.tk).map(|g| match g {
                     Grant::Granted if ring.is_bounded() => {
                         // As `wait::until_entered`: enter, or look at the bypasser.
                         let mut died = false;

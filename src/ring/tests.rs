@@ -76,7 +76,7 @@ fn bounded_with_sleeping_head(mem: &MemRing) -> (Ring<'_>, Ticket, Ticket) {
     let head = published(&ring, 1);
     let _ = ring.park_word(head);
     ring.release_exclusive(holder).unwrap();
-    assert_eq!(ring.grant(head, Share::Exclusive), Ok(Grant::Granted));
+    assert_eq!(ring.grant(head), Ok(Grant::Granted));
     (ring, holder, head)
 }
 
@@ -229,10 +229,7 @@ fn wake_up_is_not_lost_when_parking_races_a_release() {
     };
     ring.publish(b, 2, 0, 0);
     let (word, parked) = ring.park_word(b);
-    assert_eq!(
-        ring.grant(b, Share::Exclusive).unwrap(),
-        Grant::Waiting { ahead: 1 }
-    );
+    assert_eq!(ring.grant(b).unwrap(), Grant::Waiting { ahead: 1 });
     ring.release(a).unwrap();
     assert_ne!(
         word.load(SeqCst),
@@ -240,7 +237,7 @@ fn wake_up_is_not_lost_when_parking_races_a_release() {
         "the releaser un-parked the waiter"
     );
     assert_eq!(WOKEN.load(SeqCst), 1);
-    assert_eq!(ring.grant(b, Share::Exclusive).unwrap(), Grant::Granted);
+    assert_eq!(ring.grant(b).unwrap(), Grant::Granted);
 }
 
 proptest! {
@@ -295,7 +292,7 @@ fn an_exclusive_releaser_stalled_anywhere_for_laps_does_no_harm() {
         let mem = Arc::new(MemRing::new(4));
         let ring = mem.ring(no_wake);
         let a = claim(&ring, 1);
-        assert_eq!(ring.grant(a, Share::Exclusive), Ok(Grant::Granted));
+        assert_eq!(ring.grant(a), Ok(Grant::Granted));
         ring.mark_holding(a);
         let mut procs = Procs::<Result<(), Broken>>::default();
         let pa = procs.spawn();
@@ -331,12 +328,12 @@ fn an_exclusive_releaser_stalled_anywhere_for_laps_does_no_harm() {
                 other => panic!("{other:?}"),
             };
             for _ in 0..8 {
-                if ring.grant(tk, Share::Exclusive) == Ok(Grant::Granted) {
+                if ring.grant(tk) == Ok(Grant::Granted) {
                     break;
                 }
                 ring.check_head(&AllAlive).unwrap();
             }
-            if ring.grant(tk, Share::Exclusive) != Ok(Grant::Granted) {
+            if ring.grant(tk) != Ok(Grant::Granted) {
                 waiting = Some(tk);
                 break;
             }
@@ -351,7 +348,7 @@ fn an_exclusive_releaser_stalled_anywhere_for_laps_does_no_harm() {
             procs.finish(pa).unwrap();
         }
         if let Some(tk) = waiting {
-            assert_eq!(ring.grant(tk, Share::Exclusive), Ok(Grant::Granted));
+            assert_eq!(ring.grant(tk), Ok(Grant::Granted));
             ring.release_exclusive(tk).unwrap();
         }
         let head = ring.words.head.load(SeqCst);
@@ -362,7 +359,7 @@ fn an_exclusive_releaser_stalled_anywhere_for_laps_does_no_harm() {
         // And the ring still works, for a whole lap and more.
         for pid in 100..110 {
             let tk = claim(&ring, pid);
-            assert_eq!(ring.grant(tk, Share::Exclusive), Ok(Grant::Granted));
+            assert_eq!(ring.grant(tk), Ok(Grant::Granted));
             ring.release_exclusive(tk).unwrap();
         }
     }
@@ -402,7 +399,7 @@ fn repair_is_a_no_op_on_a_consistent_ring_and_rebuilds_a_broken_one() {
         RingRepair::Rebuilt { kept, dropped, .. } => assert_eq!((kept, dropped), (1, 2)),
         other => panic!("not rebuilt: {other:?}"),
     }
-    assert_eq!(ring.grant(waiter, Share::Exclusive), Ok(Grant::Granted));
+    assert_eq!(ring.grant(waiter), Ok(Grant::Granted));
     assert_eq!(ring.repair(&Live(1), true), RingRepair::NotNeeded);
     // A live holder is never rebuilt around.
     ring.mark_holding(waiter);

@@ -144,6 +144,11 @@ impl Helper {
         }
     }
 
+    /// The next event if one has come already (never waits).
+    pub fn try_next(&mut self) -> Option<String> {
+        self.lines.try_recv().ok()
+    }
+
     /// Waits for an event starting with `prefix`, returns the rest of the line.
     pub fn expect(&mut self, prefix: &str) -> String {
         let line = self.next();

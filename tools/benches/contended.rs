@@ -1081,10 +1081,9 @@ fn syscall_costs() -> (f64, f64) {
             .collect();
         median(&runs)
     };
-    // SAFETY (both closures): getppid and flock take no memory; the descriptor is owned by
-    // `file` for the whole measurement.
-    let getppid = per(&|| unsafe {
-        std::hint::black_box(libc::syscall(libc::SYS_getppid));
+    let getppid = per(&|| {
+        // SAFETY: getppid takes no memory.
+        std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
     });
     let path = format!(
         "/dev/shm/lockticket-bench-flockpair-{}",
@@ -1092,9 +1091,13 @@ fn syscall_costs() -> (f64, f64) {
     );
     let file = std::fs::File::create(&path).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    let pair = per(&|| unsafe {
-        libc::flock(fd, libc::LOCK_EX);
-        libc::flock(fd, libc::LOCK_UN);
+    let pair = per(&|| {
+        // SAFETY: flock takes no memory; the descriptor is owned by `file` for the whole
+        // measurement.
+        unsafe {
+            libc::flock(fd, libc::LOCK_EX);
+            libc::flock(fd, libc::LOCK_UN);
+        }
     });
     let _ = std::fs::remove_file(&path);
     (getppid, pair)
