@@ -78,6 +78,7 @@ mod handle;
 pub mod layout;
 mod liveness;
 mod lock_file;
+mod locks;
 mod main_lock;
 mod members;
 mod owned;
@@ -112,6 +113,7 @@ pub use guard::Guard;
 pub use handle::{Builder, ExecGuardian, LockTicket};
 pub use layout::HeaderError;
 pub use lock_file::FdHolders;
+pub use locks::TokenLocks;
 pub use main_lock::MainGuard;
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
 pub use path::{

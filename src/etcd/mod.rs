@@ -43,6 +43,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Code written once for both backends takes a [`TokenLocks`](crate::TokenLocks) (the handles)
+//! and uses [`Guard`](crate::Guard) (the guards): the same requests, the same questions.
+//!
 //! # What has no etcd meaning
 //!
 //! The etcd handle has no main lock (a table on etcd needs no owner and is never removed:
