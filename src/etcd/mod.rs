@@ -44,7 +44,7 @@
 //! ```
 //!
 //! Code written once for both backends takes a [`TokenLocks`](crate::TokenLocks) (the handles)
-//! and uses [`Guard`](crate::Guard) (the guards): the same requests, the same questions.
+//! and uses [`Guard`] (the guards): the same requests, the same questions.
 //!
 //! # What has no etcd meaning
 //!
