@@ -260,5 +260,30 @@ fn etcd_exec_stops_the_command_when_the_lock_is_lost() {
     signal(child.id(), SIGCONT);
     assert_eq!(wait_exit(&mut child), LOST);
     assert!(dir.join("termed").exists(), "the command got SIGTERM");
+    drop(g);
+    let _ = std::fs::remove_dir_all(dir);
+
+    // lockticket SIGKILLed: its command dies with it, and the next exec is granted within the
+    // TTL (+1 s) and told the previous holder died.
+    let n = name("killed");
+    let dir = scratch("killed");
+    let mut child = start_guarded(&ep, &n, &dir);
+    child.kill().unwrap();
+    let _ = child.wait();
+    let t0 = Instant::now();
+    let o = run(&[
+        "exec",
+        "--etcd",
+        &ep,
+        "-w",
+        "10",
+        &n,
+        "sh",
+        "-c",
+        "echo died=$LOCKTICKET_PREVIOUS_HOLDER_DIED",
+    ]);
+    assert_eq!(code(&o), 0, "{o:?}");
+    assert!(t0.elapsed() <= Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(text(&o.stdout).trim(), "died=1");
     let _ = std::fs::remove_dir_all(dir);
 }
