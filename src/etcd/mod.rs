@@ -264,6 +264,7 @@ impl EtcdBuilder {
             session: Mutex::new(None),
             orphans: Mutex::new(Vec::new()),
             keeper: Mutex::new(None),
+            pid: std::process::id(),
         };
         Ok(EtcdLockTicket {
             inner: Arc::new(inner),
@@ -301,6 +302,8 @@ pub(crate) struct Inner {
     orphans: Mutex<Vec<String>>,
     /// Dropping it stops the keep-alive thread.
     keeper: Mutex<Option<Sender<()>>>,
+    /// The process that made the handle: a forked child's copy revokes nothing.
+    pid: u32,
 }
 
 impl Inner {
@@ -367,6 +370,9 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            return; // a forked child's copy: the lease and the keys are the parent's
+        }
         self.delete_orphans();
         if let Some(s) = self.session.lock().unwrap().take() {
             s.revoke(self);
@@ -922,6 +928,7 @@ impl EtcdLockTicket {
             token: rev as u64,
             died,
             released: false,
+            pid: std::process::id(),
         }
     }
 }
@@ -1139,7 +1146,9 @@ impl<'a> EtcdRequest<'a> {
 }
 
 /// A token held on etcd; released on drop (or by [`unlock`](EtcdGuard::unlock)). Owns what it
-/// needs (no lifetime), so it can move between threads.
+/// needs (no lifetime), so it can move between threads. A copy inherited by a forked child
+/// releases nothing (the token stays its parent's, as long as the parent keeps its lease
+/// alive: the keep-alive thread does not exist in the child).
 ///
 /// ```no_run
 /// use lockticket::Guard;
@@ -1162,6 +1171,8 @@ pub struct EtcdGuard {
     token: u64,
     died: bool,
     released: bool,
+    /// The process that took it: a copy in a forked child releases nothing.
+    pid: u32,
 }
 
 impl EtcdGuard {
@@ -1385,8 +1396,8 @@ impl EtcdGuard {
     }
 
     fn release(&mut self) -> Result<()> {
-        if self.released {
-            return Ok(());
+        if self.released || self.pid != std::process::id() {
+            return Ok(()); // released already, or a forked child's copy: not ours to release
         }
         self.released = true;
         let was_lost = self.lost();
