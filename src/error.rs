@@ -353,6 +353,67 @@ pub enum Error {
         /// What went wrong.
         detail: String,
     },
+    /// etcd did not answer within the call deadline (every endpoint tried).
+    #[cfg(feature = "etcd")]
+    #[error(
+        "etcd lock {name}: {op} failed: {detail}; check that the etcd members {endpoints} are \
+         up and reachable from this host (or allow more time: EtcdBuilder::call_timeout)"
+    )]
+    EtcdUnavailable {
+        /// The lock's name.
+        name: String,
+        /// What we were doing.
+        op: &'static str,
+        /// The endpoints tried.
+        endpoints: String,
+        /// The last failure.
+        detail: String,
+    },
+    /// etcd answered something this client does not understand, or refused the request.
+    #[cfg(feature = "etcd")]
+    #[error(
+        "etcd lock {name}: {op} on {endpoint} failed: {detail}; lockticket needs etcd 3.4 or \
+         later with its JSON gateway on the client URL (the default), without authentication"
+    )]
+    EtcdProtocol {
+        /// The lock's name.
+        name: String,
+        /// The member that answered.
+        endpoint: String,
+        /// What we were doing.
+        op: &'static str,
+        /// What it answered.
+        detail: String,
+    },
+    /// A guard on etcd can no longer prove it holds the token: its lease could have expired,
+    /// or its key is gone. Another process may hold the lock now.
+    #[cfg(feature = "etcd")]
+    #[error(
+        "etcd lock {name}: the token (fencing token {token}) is lost: {why}; another process \
+         may hold the lock now, so stop acting on it and take the lock again (this process was \
+         paused or cut off from etcd for longer than the lease TTL)"
+    )]
+    EtcdLost {
+        /// The lock's name.
+        name: String,
+        /// The guard's fencing token.
+        token: u64,
+        /// Why.
+        why: &'static str,
+    },
+    /// The session lease ended while a request waited in the queue: the request left it.
+    #[cfg(feature = "etcd")]
+    #[error(
+        "etcd lock {name}: the session lease ({ttl:?}) expired while the request waited (the \
+         process was paused, or etcd was unreachable, for longer than the TTL); the request \
+         lost its place in the queue: ask again"
+    )]
+    EtcdLeaseExpired {
+        /// The lock's name.
+        name: String,
+        /// The lease TTL.
+        ttl: std::time::Duration,
+    },
     /// [`LockTicket::hold_across_exec`](crate::LockTicket::hold_across_exec) was called in a
     /// process with more than one thread: its guardian follows the thread that forks it, so
     /// the registration could end while the process lives.

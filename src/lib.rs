@@ -72,6 +72,8 @@ mod async_lock;
 mod async_wait;
 mod cancel;
 mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod fairness;
 mod fd;
 mod guard;
@@ -79,6 +81,7 @@ mod handle;
 pub mod layout;
 mod liveness;
 mod lock_file;
+mod locks;
 mod main_lock;
 mod members;
 mod owned;
@@ -116,6 +119,7 @@ pub use guard::Guard;
 pub use handle::{Builder, ExecGuardian, LockTicket};
 pub use layout::HeaderError;
 pub use lock_file::FdHolders;
+pub use locks::TokenLocks;
 pub use main_lock::MainGuard;
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
 pub use path::{

@@ -79,6 +79,9 @@ pub(crate) fn patience_of(a: &ExecArgs) -> Patience {
 }
 
 pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
+    if let Some(urls) = a.etcd.clone() {
+        return crate::etcd_call(|| crate::etcd::exec(a, &urls));
+    }
     if crate::fd::is_fd_form(&a) {
         return crate::fd::run(&a);
     }
@@ -174,7 +177,7 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
 }
 
 /// The program and its arguments, from `COMMAND [ARGS...]` or `-c 'SHELL COMMAND'`.
-fn command_of(a: &ExecArgs) -> Result<(OsString, Vec<OsString>), Failure> {
+pub(crate) fn command_of(a: &ExecArgs) -> Result<(OsString, Vec<OsString>), Failure> {
     match (&a.shell, a.argv.split_first()) {
         (Some(c), None) => Ok(("/bin/sh".into(), vec!["-c".into(), c.clone()])),
         (None, Some((program, args))) => Ok((program.clone(), args.to_vec())),
@@ -283,7 +286,7 @@ fn release(token: TokenGuard<'_>, main: Option<MainGuard<'_>>) {
 }
 
 /// Runs the command as our child, forwarding signals to it, and waits for it.
-fn run_child(mut cmd: Command, program: &OsStr) -> Result<ExitStatus, Failure> {
+pub(crate) fn run_child(mut cmd: Command, program: &OsStr) -> Result<ExitStatus, Failure> {
     let parent = std::process::id() as libc::pid_t;
     let os = |what: &str| {
         let e = io::Error::last_os_error();
@@ -390,6 +393,22 @@ fn run_child(mut cmd: Command, program: &OsStr) -> Result<ExitStatus, Failure> {
         .map_err(|e| Failure::new(code::OS, format!("cannot wait for the command: {e}")))
 }
 
+/// The PID of the command [`run_child`] runs, 0 before it is started and once it has exited
+/// (it is not reaped before that, so its PID cannot be reused meanwhile).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) fn running_child() -> i32 {
+    CHILD.load(Ordering::SeqCst)
+}
+
+/// Sends `sig` to the command if it is still running.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) fn signal_child(pid: i32, sig: libc::c_int) {
+    if pid > 0 && CHILD.load(Ordering::SeqCst) == pid {
+        // SAFETY: kill(2) on our unreaped child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
 /// Signal handler: passes the signal on to the command. Signals the terminal sent to the
 /// whole foreground process group (Ctrl-C, Ctrl-\, hang-up) reached the command already and
 /// are not sent twice.
@@ -448,7 +467,7 @@ fn spawn_failure(program: &OsStr, e: &io::Error) -> Failure {
 }
 
 /// The command's exit status, or 128 + the signal that killed it, as shells report it.
-fn status_code(s: ExitStatus) -> i32 {
+pub(crate) fn status_code(s: ExitStatus) -> i32 {
     match (s.code(), s.signal()) {
         (Some(c), _) => c,
         (None, Some(sig)) => 128 + sig,

@@ -17,6 +17,8 @@
 //! `docs/cli.md` for the exit codes and the JSON schema of `status --json`.
 
 mod escape;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod exec;
 mod fd;
 mod inspect;
@@ -52,6 +54,13 @@ pub(crate) mod code {
     /// EX_IOERR: the table cannot be used (not a lock table, corrupted, doubtful permissions,
     /// symlink, I/O error, busy with an exclusive owner…).
     pub const TABLE: i32 = 74;
+    /// EX_TEMPFAIL: exec --etcd: the lock was lost while the command ran (the command was
+    /// stopped: SIGTERM, SIGKILL after 5 s); or the lease ended while waiting.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub const LOST: i32 = 75;
+    /// EX_PROTOCOL: --etcd: the etcd cluster did not answer in time, or refused the request.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub const ETCD: i32 = 76;
 }
 
 const EXIT_CODES: &str = "\
@@ -69,6 +78,11 @@ Exit status:
   74       the table cannot be used: not a lock table, corrupted, doubtful
            permissions, symbolic link, lock file on a network filesystem,
            I/O error
+  75       exec --etcd: the lock was lost while the command ran (its lease
+           could have expired); the command was stopped (SIGTERM, then
+           SIGKILL after 5 s)
+  76       --etcd: the etcd cluster did not answer within the call deadline,
+           or refused the request
   128+N    exec: the command was killed by signal N
 A status of lockticket's own (64-74) always comes with a one-line message on
 stderr, starting with \"lockticket:\"; they are flock(1)'s where it has one.
@@ -249,6 +263,15 @@ pub(crate) struct ExecArgs {
     /// [default: the table's; strict for a new one]
     #[arg(long, value_name = "strict|bounded[:MS]")]
     pub fairness: Option<lockticket::Fairness>,
+    /// Take the lock on an etcd cluster instead of this machine: its client URLs,
+    /// comma-separated (http://HOST:PORT,...), or `env` for those in LOCKTICKET_ETCD. NAME is
+    /// then a lock name on the cluster
+    #[arg(long, value_name = "URLS")]
+    pub etcd: Option<String>,
+    /// With --etcd: the lease TTL in seconds: how long a killed holder keeps the lock, and
+    /// how soon a holder cut off from etcd stops its command [default: 10]
+    #[arg(long, value_name = "SECONDS", requires = "etcd", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ttl: Option<u64>,
     /// The table: a NAME ([-_A-Za-z0-9]), or a PATH (anything else; relative to the current directory)
     #[arg(value_name = "NAME|PATH")]
     pub table: OsString,
@@ -278,6 +301,10 @@ struct StatusArgs {
     /// Print a JSON object (schema: docs/cli.md, "format": 1)
     #[arg(long)]
     json: bool,
+    /// The lock is on an etcd cluster: its client URLs, comma-separated, or `env` for those in
+    /// LOCKTICKET_ETCD
+    #[arg(long, value_name = "URLS", conflicts_with = "mode")]
+    etcd: Option<String>,
     /// Accept a table with these permissions (octal) [default: the file's own mode]
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     mode: Option<u32>,
@@ -287,13 +314,13 @@ struct StatusArgs {
 enum PayloadCommand {
     /// Write the payload to stdout, byte for byte (no newline is added)
     #[command(after_help = EXIT_CODES)]
-    Get(PayloadTable),
+    Get(PayloadOn),
     /// Store VALUE (or stdin, with -) as the payload; the table must exist
     #[command(after_help = EXIT_CODES)]
     Set(PayloadSet),
     /// Empty the payload; the table must exist
     #[command(after_help = EXIT_CODES)]
-    Clear(PayloadTable),
+    Clear(PayloadOn),
 }
 
 #[derive(Args, Debug)]
@@ -306,10 +333,23 @@ struct PayloadTable {
     mode: Option<u32>,
 }
 
+/// A payload's table, local or on etcd.
+#[derive(Args, Debug)]
+struct PayloadOn {
+    #[command(flatten)]
+    target: PayloadTable,
+    /// The lock is on an etcd cluster: its client URLs, comma-separated, or `env` for those in
+    /// LOCKTICKET_ETCD. `set` and `clear` are fenced: from the command of `exec --etcd` they
+    /// write only while its lock is held (LOCKTICKET_ETCD_KEY), elsewhere they take the
+    /// exclusive lock for the write
+    #[arg(long, value_name = "URLS", conflicts_with = "mode")]
+    etcd: Option<String>,
+}
+
 #[derive(Args, Debug)]
 struct PayloadSet {
     #[command(flatten)]
-    target: PayloadTable,
+    target: PayloadOn,
     /// The value, stored byte for byte; - reads it from stdin
     #[arg(value_name = "VALUE|-", allow_hyphen_values = true)]
     value: OsString,
@@ -318,8 +358,12 @@ struct PayloadSet {
 #[derive(Args, Debug)]
 struct ListArgs {
     /// Directory to list [default: the default directory of named tables]
-    #[arg(value_name = "DIR")]
+    #[arg(value_name = "DIR", conflicts_with = "etcd")]
     dir: Option<PathBuf>,
+    /// List the locks that have keys on an etcd cluster: its client URLs, comma-separated, or
+    /// `env` for those in LOCKTICKET_ETCD
+    #[arg(long, value_name = "URLS")]
+    etcd: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -455,6 +499,10 @@ pub(crate) fn exit_code_of(e: &Error) -> i32 {
         }
         Error::NotCreated { .. } | Error::Removed { .. } => code::NO_TABLE,
         Error::PayloadTooLarge { .. } => code::DATA,
+        #[cfg(feature = "etcd")]
+        Error::EtcdUnavailable { .. } | Error::EtcdProtocol { .. } => code::ETCD,
+        #[cfg(feature = "etcd")]
+        Error::EtcdLost { .. } | Error::EtcdLeaseExpired { .. } => code::LOST,
         _ => code::TABLE,
     }
 }
@@ -528,9 +576,15 @@ fn usage_error(e: clap::Error) -> i32 {
 fn run(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Command::Exec(a) => exec::run(a),
-        Command::Status(a) => inspect::status(&a.table, a.mode, a.json),
+        Command::Status(a) => match a.etcd {
+            Some(urls) => etcd_call(|| etcd::status(&urls, &a.table, a.json)),
+            None => inspect::status(&a.table, a.mode, a.json),
+        },
         Command::Payload(p) => payload(p),
-        Command::List(a) => inspect::list(a.dir.as_deref()),
+        Command::List(a) => match a.etcd {
+            Some(urls) => etcd_call(|| etcd::list(&urls)),
+            None => inspect::list(a.dir.as_deref()),
+        },
         Command::Clean(a) => match (a.table, a.all) {
             (Some(t), false) => inspect::clean_one(&t),
             (None, true) => inspect::clean_all(a.dir.as_deref()),
@@ -583,7 +637,47 @@ fn payload_table(t: &PayloadTable) -> Result<LockTicket, Failure> {
 
 fn payload(p: PayloadCommand) -> Result<i32, Failure> {
     match p {
-        PayloadCommand::Get(t) => {
+        PayloadCommand::Get(PayloadOn {
+            target,
+            etcd: Some(urls),
+        }) => etcd_call(|| etcd::payload_get(&urls, &target.table)),
+        PayloadCommand::Set(PayloadSet {
+            target:
+                PayloadOn {
+                    target,
+                    etcd: Some(urls),
+                },
+            value,
+        }) => {
+            let value = payload_value(value)?;
+            etcd_call(|| etcd::payload_set(&urls, &target.table, &value))
+        }
+        PayloadCommand::Clear(PayloadOn {
+            target,
+            etcd: Some(urls),
+        }) => etcd_call(|| etcd::payload_set(&urls, &target.table, b"")),
+        p => local_payload(p),
+    }
+}
+
+/// The value of `payload set`: VALUE, or stdin for `-`.
+fn payload_value(value: OsString) -> Result<Vec<u8>, Failure> {
+    Ok(if value == "-" {
+        let mut v = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut v)
+            .map_err(|e| Failure::new(code::TABLE, format!("cannot read stdin: {e}")))?;
+        v
+    } else {
+        use std::os::unix::ffi::OsStringExt;
+        value.into_vec()
+    })
+}
+
+fn local_payload(p: PayloadCommand) -> Result<i32, Failure> {
+    match p {
+        PayloadCommand::Get(PayloadOn { target: t, .. }) => {
             let lt = payload_table(&t)?;
             let bytes = lt
                 .payload()
@@ -591,28 +685,55 @@ fn payload(p: PayloadCommand) -> Result<i32, Failure> {
             write_stdout(&bytes)?;
         }
         PayloadCommand::Set(s) => {
-            let lt = payload_table(&s.target)?;
-            let value = if s.value == "-" {
-                let mut v = Vec::new();
-                std::io::stdin()
-                    .lock()
-                    .read_to_end(&mut v)
-                    .map_err(|e| Failure::new(code::TABLE, format!("cannot read stdin: {e}")))?;
-                v
-            } else {
-                use std::os::unix::ffi::OsStringExt;
-                s.value.into_vec()
-            };
+            let lt = payload_table(&s.target.target)?;
+            let value = payload_value(s.value)?;
             lt.set_payload(&value)
                 .map_err(|e| Failure::table("cannot set the payload", &e))?;
         }
-        PayloadCommand::Clear(t) => {
+        PayloadCommand::Clear(PayloadOn { target: t, .. }) => {
             let lt = payload_table(&t)?;
             lt.clear_payload()
                 .map_err(|e| Failure::table("cannot clear the payload", &e))?;
         }
     }
     Ok(code::OK)
+}
+
+/// Runs an `--etcd` form (a usage error in a build without the `etcd` feature).
+#[cfg(feature = "etcd")]
+fn etcd_call(f: impl FnOnce() -> Result<i32, Failure>) -> Result<i32, Failure> {
+    f()
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd_call<F>(_: F) -> Result<i32, Failure> {
+    Err(Failure::new(
+        code::USAGE,
+        "bad usage: this lockticket was built without etcd support (cargo install \
+         lockticket-cli --features etcd)",
+    ))
+}
+
+/// Stand-ins for the `--etcd` forms in a build without the `etcd` feature: never called.
+#[cfg(not(feature = "etcd"))]
+mod etcd {
+    use super::{ExecArgs, Failure};
+    use std::ffi::OsStr;
+    pub fn exec(_: ExecArgs, _: &str) -> Result<i32, Failure> {
+        unreachable!()
+    }
+    pub fn status(_: &str, _: &OsStr, _: bool) -> Result<i32, Failure> {
+        unreachable!()
+    }
+    pub fn list(_: &str) -> Result<i32, Failure> {
+        unreachable!()
+    }
+    pub fn payload_get(_: &str, _: &OsStr) -> Result<i32, Failure> {
+        unreachable!()
+    }
+    pub fn payload_set(_: &str, _: &OsStr, _: &[u8]) -> Result<i32, Failure> {
+        unreachable!()
+    }
 }
 
 /// Writes all of `bytes` to stdout.
