@@ -14,12 +14,15 @@ use crate::layout::{FAIRNESS_BOUNDED, FAIRNESS_STRICT};
 ///   first (a few microseconds of scheduler latency on every handover when more processes
 ///   wait than there are CPUs).
 /// * [`Bounded(d)`](Fairness::Bounded): a running process may take the free exclusive token
-///   *ahead* of the queue while the oldest request is asleep — no wake-up on the critical
-///   path, as flock(2), Go's `sync.Mutex` and parking_lot let it — but never once the oldest
-///   request has waited longer than `d`: from then on the token goes in arrival order until
-///   no waiter is over the bound. Shared requests always queue; a request whose turn has
-///   come waits at most for one bypassing holder's critical section. Crash safety,
-///   `previous_holder_died`, timeouts and status hold as in strict mode.
+///   *ahead* of the queue while the request whose turn it is cannot use it — asleep, or woken
+///   and not yet run by the scheduler — whatever its age: no wake-up on the critical path, as
+///   flock(2), Go's `sync.Mutex` and parking_lot let it. Once that request runs, nobody goes
+///   ahead of it: it waits at most for the one bypassing holder already inside, for one
+///   critical section. The queue behind it keeps arrival order. Shared requests always
+///   queue. Crash safety, `previous_holder_died`, timeouts and status hold as in strict mode.
+///   (`d` no longer limits anything — a bound that counted the head's wait for the scheduler
+///   turned the mode into strict FIFO exactly where bypassing pays, issue 21 — and is kept in
+///   the table format and shown by `status`.)
 ///
 /// ```
 /// use std::time::Duration;
@@ -38,8 +41,10 @@ pub enum Fairness {
     /// First come, first served, always.
     #[default]
     Strict,
-    /// A running process may go ahead of sleeping waiters, unless the oldest has waited
-    /// longer than this (1 µs to about 71 minutes, kept to the microsecond).
+    /// A running process may go ahead of a head that cannot use the token yet (asleep, or
+    /// woken and not run since); once the head runs, it waits for one critical section at
+    /// most. The duration (1 µs to about 71 minutes, kept to the microsecond) is recorded in
+    /// the table and shown, and no longer limits anything (see above).
     Bounded(Duration),
 }
 

@@ -275,7 +275,7 @@ impl LockTicket {
         pid: u32,
     ) -> Option<TokenGuard<'a>> {
         let ring = region.ring();
-        let b = ring.try_bypass(me, sys::now_ns)?;
+        let b = ring.try_bypass(me)?;
         if region.retired() {
             ring.release_bypass(b);
             return None;

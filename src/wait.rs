@@ -748,7 +748,7 @@ mod tests {
         let _ = ring.park_word(head);
         ring.release_exclusive(holder).unwrap();
         let b = ring
-            .try_bypass(reg(2), || 0)
+            .try_bypass(reg(2))
             .expect("a sleeping head is bypassed");
         let _ = b;
         let dead = Dead::default();

@@ -258,8 +258,9 @@ pub(crate) struct ExecArgs {
     #[arg(long, value_name = "PROCESSES")]
     pub process_capacity: Option<u32>,
     /// Order of a table this call creates: strict (first come, first served), or bounded[:MS]
-    /// (a running process may go ahead of sleeping waiters unless the oldest has waited MS
-    /// milliseconds; default 1). An existing table of another mode is refused (64)
+    /// (a running process may go ahead of a head that sleeps or was not run yet since its
+    /// wake-up; once the head runs it waits for one critical section at most; MS is recorded
+    /// and no longer limits anything). An existing table of another mode is refused (64)
     /// [default: the table's; strict for a new one]
     #[arg(long, value_name = "strict|bounded[:MS]")]
     pub fairness: Option<lockticket::Fairness>,

@@ -302,7 +302,7 @@ impl Model {
                     generation: p.generation,
                 };
                 Out::Bypassed(
-                    ring.try_bypass(me, || 0)
+                    ring.try_bypass(me)
                         .map(|b| (b, ring.bypass_died_before(b.head))),
                 )
             }),

@@ -957,9 +957,10 @@ impl Worker<'_> {
     /// Bounded tables: worker `rec`'s certified request has waited longer than the bound plus
     /// [`BOUNDED_SLACK`] by now, with no worker stopped, continued or killed since it was
     /// certified (a stopped process may have been the head, or the request itself between
-    /// its claim and its wait). Nobody may then go ahead of it: once the oldest waiter is
-    /// over the bound, grants go in arrival order (and a request certified before ours was
-    /// queued before we asked).
+    /// its claim and its wait). Nobody may then go ahead of it: the promise is that once the
+    /// head runs nobody goes ahead of it (issue 21), and a request that waited that long with
+    /// nothing stopped has been run by the scheduler long ago (and a request certified before
+    /// ours was queued before we asked).
     fn over_bound(&self, rec: &Record, bound: u64) -> bool {
         let h = self.w.header();
         let cert = rec.cert_ns.load(SeqCst);
