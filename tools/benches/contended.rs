@@ -47,13 +47,14 @@ use support::stats::{Histogram, median};
 use support::{Arena, Control, PHASE_GO, PHASE_STOP, monotonic_ns, process_cpu_ns, wait_until};
 
 /// Mechanisms of the throughput and handoff measurements.
-const CONTENDED: [Kind; 6] = [
+const CONTENDED: [Kind; 7] = [
     Kind::LockTicket,
     Kind::LockTicketBounded,
     Kind::Flock,
     Kind::RobustMutex,
     Kind::CasSpin,
     Kind::TicketSpin,
+    Kind::BatonRing,
 ];
 /// Mechanisms of the reclaim measurement (flock for reference: the kernel drops it at exit).
 const RECLAIM: [Kind; 4] = [
@@ -63,11 +64,12 @@ const RECLAIM: [Kind; 4] = [
     Kind::Flock,
 ];
 /// Mechanisms of the throughput measurement at every process count and workload.
-const CONTENDED_ALL_N: [Kind; 4] = [
+const CONTENDED_ALL_N: [Kind; 5] = [
     Kind::LockTicket,
     Kind::LockTicketBounded,
     Kind::Flock,
     Kind::RobustMutex,
+    Kind::BatonRing,
 ];
 /// Process counts of the throughput measurement (the spin-lock floors only up to 4: with more
 /// processes than CPUs they collapse, which is known and not what is measured here).

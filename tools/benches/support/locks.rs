@@ -46,13 +46,17 @@ pub enum Kind {
     /// A plain FIFO ticket lock whose waiters all spin (the FIFO floor; collapses when
     /// processes outnumber CPUs).
     TicketSpin,
+    /// The baton ring: processes pass a turn round a ring of futex words, one `FUTEX_WAKE`
+    /// per handover and no lock logic — the cost any strict FIFO pays when the next holder
+    /// is asleep (issue 21's strict-FIFO reference).
+    BatonRing,
     /// No lock at all (the ping-pong floor: a cache line going back and forth).
     NoLock,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::LockTicket,
         Kind::LockTicketBounded,
         Kind::LockTicketShared,
@@ -62,6 +66,7 @@ impl Kind {
         Kind::PosixSem,
         Kind::CasSpin,
         Kind::TicketSpin,
+        Kind::BatonRing,
         Kind::NoLock,
     ];
 
@@ -77,6 +82,7 @@ impl Kind {
             Kind::PosixSem => "posix_semaphore",
             Kind::CasSpin => "cas_spin",
             Kind::TicketSpin => "ticket_spin",
+            Kind::BatonRing => "baton_ring",
             Kind::NoLock => "no_lock",
         }
     }
@@ -125,6 +131,13 @@ pub fn with_mechanism<V: Visit>(kind: Kind, arena: &Arena, v: V) -> V::Out {
             v.visit(&TicketSpin {
                 next: &ctl.ticket_next.0,
                 serving: &ctl.ticket_serving.0,
+            })
+        }
+        Kind::BatonRing => {
+            let ctl = arena.ctl.get();
+            v.visit(&BatonRing {
+                next: &ctl.baton_next.0,
+                words: &ctl.baton,
             })
         }
         Kind::NoLock => v.visit(&NoLock),
@@ -434,6 +447,53 @@ impl Mechanism for TicketSpin<'_> {
         }
         let r = f();
         self.serving.store(t.wrapping_add(1), Ordering::Release);
+        r
+    }
+}
+
+/// The baton ring (see [`Kind::BatonRing`]): a ticket, then a futex sleep on that ticket's
+/// word until the previous holder hands the turn over with one store and one `FUTEX_WAKE`.
+/// Strict FIFO, sleeping, neither robust nor spinning.
+pub struct BatonRing<'a> {
+    pub next: &'a AtomicU64,
+    pub words: &'a [super::Line<AtomicU32>; super::MAX_WORKERS],
+}
+
+impl BatonRing<'_> {
+    fn word(&self, t: u64) -> &AtomicU32 {
+        &self.words[(t % super::MAX_WORKERS as u64) as usize].0
+    }
+}
+
+impl Mechanism for BatonRing<'_> {
+    #[inline]
+    fn with_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        let t = self.next.fetch_add(1, Ordering::Relaxed);
+        let mine = self.word(t);
+        loop {
+            let v = mine.load(Ordering::Acquire);
+            if v == t as u32 {
+                break;
+            }
+            // SAFETY: FUTEX_WAIT on a live, aligned word of the shared mapping; it only
+            // sleeps while the word still holds `v`.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    mine.as_ptr(),
+                    libc::FUTEX_WAIT,
+                    v,
+                    std::ptr::null::<libc::timespec>(),
+                );
+            }
+        }
+        let r = f();
+        let next = self.word(t.wrapping_add(1));
+        next.store(t.wrapping_add(1) as u32, Ordering::Release);
+        // SAFETY: FUTEX_WAKE only uses the address as a key.
+        unsafe {
+            libc::syscall(libc::SYS_futex, next.as_ptr(), libc::FUTEX_WAKE, 1);
+        }
         r
     }
 }

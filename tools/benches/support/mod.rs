@@ -195,6 +195,11 @@ pub struct Control {
     pub ticket_next: Line<AtomicU64>,
     /// The FIFO ticket spin lock: ticket now served.
     pub ticket_serving: Line<AtomicU64>,
+    /// The baton ring: next ticket to hand out.
+    pub baton_next: Line<AtomicU64>,
+    /// The baton ring: one futex word per ticket in flight (ticket `t` goes when word
+    /// `t % MAX_WORKERS` holds `t`, low 32 bits).
+    pub baton: [Line<AtomicU32>; MAX_WORKERS],
     /// The counter protected by the lock under test.
     pub counter: Line<Counter>,
     /// Workers that are ready to start.

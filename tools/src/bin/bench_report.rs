@@ -34,17 +34,24 @@ const PERL_PAYLOAD_NS: f64 = 22_000.0;
 const FAR: u32 = 100;
 
 /// Mechanisms of the multi-process measurements, in table order.
-const MULTI: [&str; 6] = [
+const MULTI: [&str; 7] = [
     "lockticket",
     "lockticket_bounded",
     "flock",
     "robust_mutex",
     "cas_spin",
     "ticket_spin",
+    "baton_ring",
 ];
 
 /// Mechanisms of the N-scan (every workload, every N), in table order.
-const SCAN: [&str; 4] = ["lockticket", "lockticket_bounded", "flock", "robust_mutex"];
+const SCAN: [&str; 5] = [
+    "lockticket",
+    "lockticket_bounded",
+    "flock",
+    "robust_mutex",
+    "baton_ring",
+];
 
 /// Process counts of the N-scan.
 const NS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
@@ -295,6 +302,7 @@ fn label(mech: &str) -> &'static str {
         "posix_semaphore" => "POSIX named semaphore",
         "cas_spin" => "bare CAS spin lock (the floor)",
         "ticket_spin" => "plain FIFO ticket lock, all spin (the FIFO floor)",
+        "baton_ring" => "baton ring: a turn passed by one futex wake (the sleeping-FIFO reference)",
         "no_lock" => "no lock (turn word only: the cache-line floor)",
         _ => "?",
     }
@@ -308,6 +316,7 @@ fn short(mech: &str) -> &'static str {
         "robust_mutex" => "robust mutex",
         "cas_spin" => "CAS spin",
         "ticket_spin" => "ticket spin",
+        "baton_ring" => "baton ring",
         _ => "?",
     }
 }
