@@ -1353,6 +1353,7 @@ fn plot_scan(d: &Data, path: &Path, metric: Metric) {
         RGBColor(230, 140, 0),
         BLUE,
         RGBColor(0, 140, 0),
+        RGBColor(120, 120, 120),
     ];
     for (panel, (wl, _)) in panels.iter().zip(WORKLOADS) {
         let series: Vec<(&str, Vec<(f64, f64)>)> = SCAN
