@@ -153,7 +153,11 @@ fn worker(mode: &str) {
     let elapsed = started.elapsed();
     sh.done.fetch_add(1, SeqCst);
     lat.sort_unstable();
-    let q = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "@@ {} {} {} {} {}",
         lat.len(),
@@ -267,7 +271,8 @@ fn measure(iters: usize, hold_us: u64) {
     show("async->blocking (park)", bp.to_a);
     let b2p = show("blocking->async (park)", bp.to_b);
     let tt = run_pair("tokio", "tokio", iters, hold_us);
-    let tokio = (show("async->async (tokio)", tt.to_a) + show("async->async (tokio)", tt.to_b)) / 2.0;
+    let tokio =
+        (show("async->async (tokio)", tt.to_a) + show("async->async (tokio)", tt.to_b)) / 2.0;
     let bt = run_pair("block", "tokio", iters, hold_us);
     show("async->blocking (tokio)", bt.to_a);
     let b2t = show("blocking->async (tokio)", bt.to_b);

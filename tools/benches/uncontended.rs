@@ -10,9 +10,9 @@ mod support;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
+use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
-use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use support::Arena;
@@ -103,7 +103,11 @@ fn poll_ready<F: Future<Output = lockticket::Result<lockticket::AsyncTokenGuard>
 /// here side by side, interleaved, outside criterion: the median of 9 runs of 20,000 pairs
 /// each, printed with the ratio.
 fn async_ratio(lt: &lockticket::LockTicket) {
-    let n = if support::quick_mode() { 20_000 } else { 100_000 };
+    let n = if support::quick_mode() {
+        20_000
+    } else {
+        100_000
+    };
     let time = |f: &dyn Fn()| {
         let t = Instant::now();
         for _ in 0..n {

@@ -1,9 +1,9 @@
 //! The README's "In async code" example, kept compiling here (the README's copy is
 //! `ignore`d: the root crate has no tokio). Keep the two identical.
 
+use lockticket::{LockTicket, Share};
 use std::sync::Arc;
 use std::time::Duration;
-use lockticket::{LockTicket, Share};
 
 #[tokio::main]
 async fn main() -> lockticket::Result<()> {
@@ -18,7 +18,12 @@ async fn main() -> lockticket::Result<()> {
         let _ = fence;
     } // released on drop, from whatever thread the task runs on
     // Give up after 50 ms: the request leaves the queue at once, without a trace.
-    match lt.request().timeout(Duration::from_millis(50)).lock_async().await? {
+    match lt
+        .request()
+        .timeout(Duration::from_millis(50))
+        .lock_async()
+        .await?
+    {
         Some(token) => drop(token),
         None => println!("busy"),
     }

@@ -324,6 +324,15 @@ fn a_current_thread_runtime_keeps_beating_while_1000_tasks_queue_behind_other_pr
         wait_queued_async(&lt, 501).await;
         tasks.extend((500..1000).map(spawn));
         wait_queued_async(&lt, 1001).await;
+        // What 1,000 pending futures cost while the queue stands still (a measurement window,
+        // not a synchronisation): printed, not asserted.
+        let (cpu0, t0) = (process_cpu(), Instant::now());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        println!(
+            "CPU of this process while 1,000 futures wait on a standing queue: {:.0} % of one \
+             CPU",
+            100.0 * (process_cpu() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64()
+        );
         let started = Instant::now();
         holder.send("go");
         for t in tasks {
@@ -341,13 +350,28 @@ fn a_current_thread_runtime_keeps_beating_while_1000_tasks_queue_behind_other_pr
          {max_gap:?}"
     );
     let order = order.lock().unwrap().clone();
-    assert_eq!(order, (0..1000).collect::<Vec<_>>(), "served in arrival order");
+    assert_eq!(
+        order,
+        (0..1000).collect::<Vec<_>>(),
+        "served in arrival order"
+    );
     assert!(
         max_gap < Duration::from_millis(500),
         "the executor froze for {max_gap:?}"
     );
     let st = lt.status().unwrap();
     assert!(st.queue.is_empty() && st.holders.is_empty(), "{st}");
+}
+
+/// CPU time used by this process so far (user + system).
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a valid local.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Polls `fut` once with the task's own context, expecting it to be pending.
@@ -497,7 +521,11 @@ fn fifo_holds_across_async_tasks_and_blocking_threads_of_three_processes() {
         })
         .collect();
     let arrivals: Vec<u64> = lines.iter().map(|l| l.0).collect();
-    assert_eq!(arrivals, (0..N).collect::<Vec<_>>(), "granted in arrival order");
+    assert_eq!(
+        arrivals,
+        (0..N).collect::<Vec<_>>(),
+        "granted in arrival order"
+    );
     let mut last = first_fence;
     for (a, f) in lines {
         assert!(f > last, "fencing token {f} of taker {a} after {last}");
@@ -510,10 +538,7 @@ fn smol_and_a_plain_block_on_drive_the_same_futures() {
     let (lt, name) = table("rt-smol");
     let _main = lt.main_lock_owned(Share::Shared).unwrap();
     let mut holder = Helper::spawn("hold", &[&name]);
-    let held_fence: u64 = holder
-        .expect("held died=false fence=")
-        .parse()
-        .unwrap();
+    let held_fence: u64 = holder.expect("held died=false fence=").parse().unwrap();
     // smol: a future that gives up (smol's timer wins the race) leaves nothing.
     let gave_up = smol::block_on(smol::future::or(
         async { Some(lt.token_lock_async().await) },
@@ -602,7 +627,11 @@ fn fencing_tokens_strictly_increase_across_async_and_blocking_grants() {
                 .unwrap()
                 .fencing_token(),
         );
-        fences.push(smol::block_on(lt.token_lock_shared_async()).unwrap().fencing_token());
+        fences.push(
+            smol::block_on(lt.token_lock_shared_async())
+                .unwrap()
+                .fencing_token(),
+        );
         fences.push(lt.token_lock_shared().unwrap().fencing_token());
         // Polled once with a no-op waker: a free token is granted at the first poll.
         let mut f = Box::pin(lt.request().no_wait().lock_async());
@@ -612,10 +641,7 @@ fn fencing_tokens_strictly_increase_across_async_and_blocking_grants() {
         }
         // A holder in another process SIGKILLed: the reclaim's grant goes on counting.
         let mut holder = Helper::spawn("hold", &[&name]);
-        let f: u64 = holder
-            .expect("held died=false fence=")
-            .parse()
-            .unwrap();
+        let f: u64 = holder.expect("held died=false fence=").parse().unwrap();
         fences.push(f);
         let lt2 = Arc::clone(&lt);
         let after = std::thread::spawn(move || {
