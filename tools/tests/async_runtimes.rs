@@ -319,8 +319,15 @@ fn a_current_thread_runtime_keeps_beating_while_1000_tasks_queue_behind_other_pr
         let mut tasks: Vec<_> = (0..500).map(spawn).collect();
         wait_queued_async(&lt, 500).await;
         // A blocking waiter of another process queues in the middle of the tasks.
-        let mut waiter = Helper::spawn("wait", &[&name]);
-        waiter.expect("waiting");
+        // (Started off the executor: starting a process and reading its pipe block.)
+        let name2 = name.clone();
+        let mut waiter = tokio::task::spawn_blocking(move || {
+            let mut w = Helper::spawn("wait", &[&name2]);
+            w.expect("waiting");
+            w
+        })
+        .await
+        .unwrap();
         wait_queued_async(&lt, 501).await;
         tasks.extend((500..1000).map(spawn));
         wait_queued_async(&lt, 1001).await;
@@ -339,9 +346,9 @@ fn a_current_thread_runtime_keeps_beating_while_1000_tasks_queue_behind_other_pr
             t.await.unwrap();
         }
         let waited = started.elapsed();
-        waiter.expect("got died=false");
         stop.store(true, Ordering::SeqCst);
         let (max, beats) = beat.await.unwrap();
+        waiter.expect("got died=false");
         (max, beats, waited)
     });
     holder.expect("released");
