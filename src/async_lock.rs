@@ -352,7 +352,14 @@ fn poll_queued(
             {
                 return Poll::Ready(Err(e));
             }
-            q.next_look = now + if ahead == 1 { LOOK_NEXT } else { LOOK_FAR };
+            q.next_look = now
+                + if ahead == 1 {
+                    LOOK_NEXT
+                } else if ahead <= 80 {
+                    LOOK_FAR
+                } else {
+                    LOOK_FAR * 32
+                }; // wait.rs: WATCHED, CHECK_FAR << MAX_BACKOFF
             continue;
         }
         // Mark ourselves asleep, then look once more: a release between the two either sees

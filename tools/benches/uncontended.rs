@@ -7,8 +7,12 @@
 
 mod support;
 
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::pin;
 use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use support::Arena;
@@ -42,6 +46,14 @@ fn uncontended(c: &mut Criterion) {
     group.bench_function("lockticket_shared", |b| {
         b.iter(|| drop(black_box(lt.token_lock_shared().unwrap())))
     });
+    // The async forms, polled once with a no-op waker (no runtime): a free token is granted
+    // at the first poll, so this is the async fast path alone.
+    group.bench_function("lockticket_exclusive_async", |b| {
+        b.iter(|| drop(black_box(poll_ready(lt.token_lock_async()))))
+    });
+    group.bench_function("lockticket_shared_async", |b| {
+        b.iter(|| drop(black_box(poll_ready(lt.token_lock_shared_async()))))
+    });
     // The same in a table created with bounded fairness (the fast path reads the bypass word).
     let bounded = lockticket::LockTicket::builder(format!("{}-bounded", arena.table_name()))
         .fairness(lockticket::Fairness::bounded())
@@ -69,9 +81,55 @@ fn uncontended(c: &mut Criterion) {
         );
     }
     group.finish();
+    async_ratio(&lt);
     PosixSem::unlink(&arena.sem_name());
     keep.unlock().unwrap();
     keep_bounded.unlock().unwrap();
+}
+
+/// Polls `f` once with a no-op waker; it must be ready (an uncontended grant).
+fn poll_ready<F: Future<Output = lockticket::Result<lockticket::AsyncTokenGuard>>>(
+    f: F,
+) -> lockticket::AsyncTokenGuard {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(g)) => g,
+        Poll::Ready(Err(e)) => panic!("{e}"),
+        Poll::Pending => panic!("an uncontended async request is pending"),
+    }
+}
+
+/// Issue 19's target (uncontended async lock + unlock ≤ 1.5× the blocking one), measured
+/// here side by side, interleaved, outside criterion: the median of 9 runs of 20,000 pairs
+/// each, printed with the ratio.
+fn async_ratio(lt: &lockticket::LockTicket) {
+    let n = if support::quick_mode() {
+        20_000
+    } else {
+        100_000
+    };
+    let time = |f: &dyn Fn()| {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t.elapsed().as_nanos() as f64 / n as f64
+    };
+    let (mut blocking, mut asynch) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        blocking.push(time(&|| drop(black_box(lt.token_lock().unwrap()))));
+        asynch.push(time(&|| drop(black_box(poll_ready(lt.token_lock_async())))));
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (b, a) = (med(&mut blocking), med(&mut asynch));
+    println!(
+        "uncontended exclusive lock + unlock: blocking {b:.1} ns, async (one poll, no-op waker) \
+         {a:.1} ns: ratio {:.2}x (target <= 1.5x)",
+        a / b
+    );
 }
 
 /// The building blocks' costs, to explain the figures above: one atomic read-modify-write on
