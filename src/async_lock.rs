@@ -116,8 +116,9 @@ struct Queued {
     region: Arc<Region>,
     tk: Ticket,
     pid: u32,
-    /// When to look at what blocks us next.
-    next_look: Instant,
+    /// When to look at what blocks us next (`None`: not waited yet — a request granted at
+    /// once reads no clock).
+    next_look: Option<Instant>,
     /// The waiter thread's registration of our slot word (or of the bypass word).
     pending: Option<Pending>,
     /// The registration is of the bypass word (bounded tables: granted, a bypasser inside).
@@ -202,7 +203,7 @@ impl Core {
                                 region,
                                 tk,
                                 pid,
-                                next_look: Instant::now() + LOOK_NEXT,
+                                next_look: None,
                                 pending: None,
                                 on_bypass: false,
                                 bypass_died: false,
@@ -281,20 +282,21 @@ fn poll_queued(
             Ok(g) => g,
             Err(b) => return Poll::Ready(Err(broken(b))),
         };
-        let now = Instant::now();
         if let Grant::Granted = granted {
             if ring.is_bounded()
                 && let Entry::Busy(b) = ring.enter(q.tk)
             {
                 // A bypasser is inside: wait for it on the bypass word.
-                if now >= q.next_look || matches!(patience, Patience::NoWait) {
+                let now = Instant::now();
+                let next = *q.next_look.get_or_insert(now + LOOK_NEXT);
+                if now >= next || matches!(patience, Patience::NoWait) {
                     if let BypassCheck::Reclaimed { was_holding } =
                         ring.check_bypass(&q.region.liveness())
                     {
                         q.bypass_died |= was_holding;
                         continue;
                     }
-                    q.next_look = now + LOOK_NEXT;
+                    q.next_look = Some(now + LOOK_NEXT);
                 }
                 if deadline_passed(patience, now) {
                     return Poll::Ready(Ok(None));
@@ -307,7 +309,7 @@ fn poll_queued(
                     q.pending = None;
                     q.on_bypass = true;
                 }
-                let look = wake_at(q.next_look, patience);
+                let look = wake_at(q.next_look.unwrap_or_else(Instant::now), patience);
                 let words = || {
                     WordRef::new(Arc::clone(&q.region), |r: &Region| {
                         r.ring().bypass_park_word()
@@ -319,7 +321,11 @@ fn poll_queued(
                 return Poll::Pending;
             }
             let died = ring.mark_holding(q.tk) | q.bypass_died;
-            ring.set_since(q.tk, sys::coarse_now_ns());
+            if q.next_look.is_some() {
+                // It waited: now "held since", for status (granted at once: the enqueue time
+                // already says so).
+                ring.set_since(q.tk, sys::coarse_now_ns());
+            }
             q.pending = None;
             let guard = AsyncTokenGuard {
                 raw: RawToken::new(Place::Queued(q.tk), q.pid, died),
@@ -332,6 +338,8 @@ fn poll_queued(
         let Grant::Waiting { ahead } = granted else {
             unreachable!("handled above")
         };
+        let now = Instant::now();
+        let next = *q.next_look.get_or_insert(now + LOOK_NEXT);
         if deadline_passed(patience, now) {
             // One last look: a dead holder never blocks a caller whose deadline is short.
             match crate::wait::last_look(ring, q.tk, &q.region.liveness()) {
@@ -340,7 +348,7 @@ fn poll_queued(
                 Err(b) => return Poll::Ready(Err(broken(b))),
             }
         }
-        if now >= q.next_look {
+        if now >= next {
             // The periodic look, as a blocked waiter's: every dead request ahead of us, then
             // the parent and the table's path.
             if let Err(b) = ring.sweep_dead(q.tk.t, &q.region.liveness()) {
@@ -352,14 +360,15 @@ fn poll_queued(
             {
                 return Poll::Ready(Err(e));
             }
-            q.next_look = now
-                + if ahead == 1 {
+            q.next_look = Some(
+                now + if ahead == 1 {
                     LOOK_NEXT
                 } else if ahead <= 80 {
                     LOOK_FAR
                 } else {
-                    LOOK_FAR * 32
-                }; // wait.rs: WATCHED, CHECK_FAR << MAX_BACKOFF
+                    LOOK_FAR * 32 // wait.rs: WATCHED, CHECK_FAR << MAX_BACKOFF
+                },
+            );
             continue;
         }
         // Mark ourselves asleep, then look once more: a release between the two either sees
@@ -375,7 +384,7 @@ fn poll_queued(
             q.on_bypass = false;
         }
         let t = q.tk.t;
-        let look = wake_at(q.next_look, patience);
+        let look = wake_at(q.next_look.unwrap_or_else(Instant::now), patience);
         let words = || {
             WordRef::new(Arc::clone(&q.region), move |r: &Region| {
                 r.ring().slot_word(t)

@@ -170,8 +170,18 @@ impl LockTicket {
         use crate::async_lock::Enqueued;
         let (pid, _) = sys::current_identity();
         self.check_parent(pid)?;
-        for _ in 0..64 {
-            let region = self.table()?;
+        for attempt in 0..64 {
+            // The mapped table as the blocking fast path finds it: no system call (the
+            // table's path is checked by the looks of a request that waits, as a blocked
+            // waiter's); anything else takes the checked way.
+            let region = match self.mapped() {
+                Some(r) if attempt == 0 && r.registration(pid).is_some() => r,
+                _ => {
+                    let r = self.table()?;
+                    r.check_at_path()?;
+                    r
+                }
+            };
             if region.anchor().is_some() {
                 return Err(Error::InvalidOption(format!(
                     "{}: a table keyed by a lock file takes the file's kernel lock, which \
@@ -179,7 +189,6 @@ impl LockTicket {
                     region.path().display()
                 )));
             }
-            region.check_at_path()?;
             let me = region.register()?;
             let ring = region.ring();
             match ring.try_claim(share, me) {
