@@ -121,7 +121,7 @@ pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
 pub use path::{
     DEFAULT_DIRECTORIES, default_directory, table_for_lock_file, table_name, temp_file_creator,
 };
-pub use repair::Repaired;
+pub use region::Repaired;
 pub use request::TokenRequest;
 pub use share::Share;
 pub use status::{MemberInfo, Status, TokenInfo};
