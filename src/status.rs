@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error::Result;
+use crate::handle::LockTicket;
 use crate::liveness::Liveness;
 use crate::members;
 use crate::procs;
@@ -270,5 +272,15 @@ impl fmt::Display for Status {
             writeln!(f, "tokens:  free")?;
         }
         Ok(())
+    }
+}
+
+impl LockTicket {
+    /// A snapshot of the table: owners, holders, the queue in FIFO order, counters. Never
+    /// blocks the lock. Fails with [`Error::NotCreated`](crate::Error::NotCreated) when there
+    /// is no table.
+    pub fn status(&self) -> Result<Status> {
+        self.check_current_at_path()?;
+        Ok(snapshot(self.table()?))
     }
 }
