@@ -90,7 +90,7 @@ impl Drop for AsyncTokenGuard {
     }
 }
 
-impl crate::Guard for AsyncTokenGuard {
+impl crate::guard::Guard for AsyncTokenGuard {
     fn share(&self) -> Share {
         Self::share(self)
     }

@@ -18,12 +18,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::handle::LockTicket;
 use crate::liveness::Registration;
 use crate::region::Region;
 use crate::ring::{self, Ticket};
 use crate::share::Share;
 use crate::token::{Patience, patience_for};
-use crate::{LockTicket, procs, sys};
+use crate::{procs, sys};
 
 /// What [`LockTicket::lock_fd`] got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,6 +15,7 @@
 //! * `src/owned.rs`: the owned guards (`token_lock_owned`, `main_lock_owned`, …);
 //! * `src/async_lock.rs`: the async forms (`token_lock_async`, …);
 //! * `src/fd.rs`: the descriptor form (`set_lock_file`, `lock_fd`, `unlock_fd`);
+//! * `src/lock_file.rs`: the kernel lock of keyed tables and judging descriptor-form holders;
 //! * `src/repair.rs`: `repair` and the automatic recovery.
 
 use std::os::fd::OwnedFd;
@@ -22,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, Ordering::*};
 use std::sync::{Arc, Mutex};
 
-use crate::Fairness;
 use crate::error::{Error, Result};
+use crate::fairness::Fairness;
 use crate::region::{Create, Region};
 use crate::ring::Broken;
 use crate::sys;

@@ -247,7 +247,7 @@ impl Held {
     }
 }
 
-impl crate::Guard for OwnedTokenGuard {
+impl crate::guard::Guard for OwnedTokenGuard {
     fn share(&self) -> Share {
         Self::share(self)
     }
@@ -259,7 +259,7 @@ impl crate::Guard for OwnedTokenGuard {
     }
 }
 
-impl crate::Guard for Held {
+impl crate::guard::Guard for Held {
     fn share(&self) -> Share {
         Self::share(self)
     }

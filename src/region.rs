@@ -23,8 +23,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use memmap2::MmapRaw;
 
-use crate::Fairness;
 use crate::error::{Error, Result};
+use crate::fairness::Fairness;
 use crate::layout::{FIXED_HEADER_SIZE, FixedHeader, Geometry, HEADER_SIZE, hot};
 use crate::members::Member;
 use crate::payload::{self, Payload};

@@ -11,8 +11,8 @@
 //! (`lockticket repair NAME`) then rebuilds the ring around the live requests, in their
 //! order, once none of them holds the token.
 
-use crate::LockTicket;
 use crate::error::{Error, Result};
+use crate::handle::LockTicket;
 use crate::region::{Region, Repair, Repaired};
 
 impl LockTicket {

@@ -65,7 +65,7 @@ pub struct Status {
     /// Token slots.
     pub ring_capacity: u32,
     /// How the table orders requests (chosen at creation).
-    pub fairness: crate::Fairness,
+    pub fairness: crate::fairness::Fairness,
     /// Grants ahead of the queue since the table was created (bounded tables; 0 in strict
     /// ones).
     pub bypasses: u64,
@@ -199,8 +199,8 @@ impl fmt::Display for Status {
             self.ring_capacity,
             self.fairness,
             match self.fairness {
-                crate::Fairness::Strict => String::new(),
-                crate::Fairness::Bounded(_) => format!(" with {} bypasses", self.bypasses),
+                crate::fairness::Fairness::Strict => String::new(),
+                crate::fairness::Fairness::Bounded(_) => format!(" with {} bypasses", self.bypasses),
             },
             self.payload_len,
             self.payload_capacity,

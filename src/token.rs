@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::LockTicket;
 use crate::error::{Error, Result};
+use crate::handle::LockTicket;
 use crate::liveness::Registration;
 use crate::raw::{Place, RawToken};
 use crate::region::Region;
@@ -74,7 +74,7 @@ pub(crate) struct Ask<'c> {
     /// Ends the wait from another thread ([`TokenRequest::cancel_on`]).
     ///
     /// [`TokenRequest::cancel_on`]: crate::TokenRequest::cancel_on
-    pub cancel: Option<&'c crate::Cancel>,
+    pub cancel: Option<&'c crate::cancel::Cancel>,
 }
 
 impl LockTicket {
@@ -667,7 +667,7 @@ impl<'a> TokenGuard<'a> {
     }
 }
 
-impl crate::Guard for TokenGuard<'_> {
+impl crate::guard::Guard for TokenGuard<'_> {
     fn share(&self) -> Share {
         TokenGuard::share(self)
     }

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicPtr;
 
-use crate::Fairness;
 use crate::error::{Error, Result};
+use crate::fairness::Fairness;
 use crate::layout::{self, Geometry};
 use crate::region::Create;
 use crate::{payload, sys};

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
 use memmap2::MmapOptions;
 
-use crate::Fairness;
 use crate::error::{Error, Result};
+use crate::fairness::Fairness;
 use crate::layout::{self, FIXED_HEADER_SIZE, FixedHeader, Geometry};
 use crate::payload;
 use crate::ring::{Ring, RingWords, Slot};
