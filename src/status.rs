@@ -200,7 +200,8 @@ impl fmt::Display for Status {
             self.fairness,
             match self.fairness {
                 crate::fairness::Fairness::Strict => String::new(),
-                crate::fairness::Fairness::Bounded(_) => format!(" with {} bypasses", self.bypasses),
+                crate::fairness::Fairness::Bounded(_) =>
+                    format!(" with {} bypasses", self.bypasses),
             },
             self.payload_len,
             self.payload_capacity,

@@ -79,9 +79,6 @@ pub(crate) fn patience_of(a: &ExecArgs) -> Patience {
 }
 
 pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
-    if crate::fd::is_fd_form(&a) {
-        return crate::fd::run(&a);
-    }
     if a.unlock {
         return Err(Failure::new(
             code::USAGE,

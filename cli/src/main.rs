@@ -526,6 +526,7 @@ fn usage_error(e: clap::Error) -> i32 {
 
 fn run(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
+        Command::Exec(a) if fd::is_fd_form(&a) => fd::run(&a),
         Command::Exec(a) => exec::run(a),
         Command::Status(a) => inspect::status(&a.table, a.mode, a.json),
         Command::Payload(p) => payload(p),
