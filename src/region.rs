@@ -126,7 +126,7 @@ pub(crate) struct Region {
     /// The PID of the process whose registration `reg_id` is (0: none). A forked child reads
     /// its parent's here and registers anew.
     reg_pid: AtomicU32,
-    /// Our registration: index << 32 | generation.
+    /// Our registration, as a [`Registration::word`](crate::liveness::Registration::word).
     reg_id: AtomicU64,
     /// The open file description that holds our registration's OFD lock (a forked child lets
     /// go of its copy at once: see `sys::ForkLocal`).

@@ -18,11 +18,7 @@ impl Region {
         if self.reg_pid.load(Acquire) != pid {
             return None;
         }
-        let id = self.reg_id.load(Relaxed);
-        Some(Registration {
-            index: (id >> 32) as u32,
-            generation: id as u32,
-        })
+        Some(Registration::of_word(self.reg_id.load(Relaxed)))
     }
 
     /// This process's registration, registering now if it has none (cold: takes the flock).
@@ -53,10 +49,7 @@ impl Region {
             .take();
         let mut mine = self.reg_lock.lock().unwrap_or_else(|p| p.into_inner());
         *mine = lock;
-        self.reg_id.store(
-            u64::from(reg.index) << 32 | u64::from(reg.generation),
-            Relaxed,
-        );
+        self.reg_id.store(reg.word(), Relaxed);
         self.reg_pid.store(pid, Release);
     }
 
@@ -120,10 +113,7 @@ impl Cold<'_> {
         // A forked child drops its copy of the parent's lock description here (the parent's
         // own descriptor keeps the parent's registration).
         *r.reg_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
-        r.reg_id.store(
-            u64::from(reg.index) << 32 | u64::from(reg.generation),
-            Relaxed,
-        );
+        r.reg_id.store(reg.word(), Relaxed);
         r.reg_pid.store(pid, Release);
         Ok(reg)
     }
