@@ -92,7 +92,7 @@ pub fn table_for_lock_fd(fd: BorrowedFd<'_>, directory: Option<&Path>) -> Result
         None => crate::path::default_directory()?,
     };
     let key = crate::path::lock_file_key(dev, ino, sys::birth(fd));
-    Ok(dir.join(crate::path::file_name(&key)))
+    Ok(dir.join(crate::path::table_file_name(&key)))
 }
 
 /// What descriptor `fd` names, for messages: the path the kernel shows, else `descriptor N`.
