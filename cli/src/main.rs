@@ -82,6 +82,11 @@ a directory or any other existing file is a lock file, never touched, whose
 table is kept in that memory filesystem, keyed by its device and inode.
 
 Manual: man lockticket (if installed), or lockticket man | man -l -";
+// The help above states the table-name rule; `lockticket::MAX_NAME_LEN` is its one source.
+const _: () = assert!(
+    lockticket::MAX_NAME_LEN == 218,
+    "update the NAME rule in EXIT_CODES"
+);
 
 const EXEC_AFTER: &str = "\
 Like flock(1), but fair: waiting commands get the lock in the order they asked
