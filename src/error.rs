@@ -295,9 +295,9 @@ pub enum Error {
         /// The table path.
         path: PathBuf,
         /// The mode recorded in the table.
-        table: crate::Fairness,
+        table: crate::fairness::Fairness,
         /// The mode asked for.
-        requested: crate::Fairness,
+        requested: crate::fairness::Fairness,
     },
     /// The calling thread asked for a token that would wait for a token the same thread
     /// holds (tokens are not re-entrant): it would wait forever.

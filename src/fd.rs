@@ -18,12 +18,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::handle::LockTicket;
 use crate::liveness::Registration;
 use crate::region::Region;
 use crate::ring::{self, Ticket};
 use crate::share::Share;
 use crate::token::{Patience, patience_for};
-use crate::{LockTicket, procs, sys};
+use crate::{procs, sys};
 
 /// What [`LockTicket::lock_fd`] got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +92,7 @@ pub fn table_for_lock_fd(fd: BorrowedFd<'_>, directory: Option<&Path>) -> Result
         None => crate::path::default_directory()?,
     };
     let key = crate::path::lock_file_key(dev, ino, sys::birth(fd));
-    Ok(dir.join(crate::path::file_name(&key)))
+    Ok(dir.join(crate::path::table_file_name(&key)))
 }
 
 /// What descriptor `fd` names, for messages: the path the kernel shows, else `descriptor N`.

@@ -40,7 +40,6 @@ pub const PAGE: u64 = 4096;
 /// Bits of a PID in the words that name a process: a slot's claim word (see `ring`) and the
 /// payload's writer lock. Linux PIDs are below `PID_MAX_LIMIT` = 2^22.
 pub const PID_BITS: u32 = 22;
-const _: () = assert!(crate::sys::PID_MAX < 1 << PID_BITS);
 /// Bits of a claim word's owner field that hold the registration's index + 1 (0 = unclaimed).
 pub const REG_INDEX_BITS: u32 = 16;
 /// Bits of a claim word's owner field that hold the low bits of the registration's

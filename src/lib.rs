@@ -123,9 +123,10 @@ pub use locks::TokenLocks;
 pub use main_lock::MainGuard;
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
 pub use path::{
-    DEFAULT_DIRECTORIES, default_directory, table_for_lock_file, table_name, temp_file_creator,
+    DEFAULT_DIRECTORIES, MAX_NAME_LEN, default_directory, is_table_name, is_table_path,
+    table_file_name, table_for_lock_file, table_name, temp_file_creator,
 };
-pub use repair::Repaired;
+pub use region::Repaired;
 pub use request::TokenRequest;
 pub use share::Share;
 pub use status::{MemberInfo, Status, TokenInfo};

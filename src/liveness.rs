@@ -59,6 +59,23 @@ impl Registration {
     pub(crate) fn owner(&self) -> Owner {
         Owner::full(self.index, self.generation)
     }
+
+    /// The registration in one word: its generation above its index + 1 (never 0). How the
+    /// main-lock registry and the payload's writer lock name a registration, and how a region
+    /// caches this process's own.
+    #[inline]
+    pub(crate) fn word(&self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index).wrapping_add(1)
+    }
+
+    /// The registration a [`word`](Self::word) names.
+    #[inline]
+    pub(crate) fn of_word(word: u64) -> Registration {
+        Registration {
+            index: (word as u32).wrapping_sub(1),
+            generation: (word >> 32) as u32,
+        }
+    }
 }
 
 /// The generation a new registrant of an entry whose generation is `old` takes: the next one

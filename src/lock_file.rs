@@ -188,15 +188,15 @@ fn open_description(anchor: &File, path: Option<&Path>) -> std::io::Result<File>
     }
 }
 
-impl crate::LockTicket {
+impl crate::handle::LockTicket {
     /// Adds the kernel lock on the lock file to `guard`, a token granted in the ring, waiting
     /// for it within `patience`; gives the ring token back when it is not obtained in time.
     #[cold]
     pub(crate) fn lock_file_within<'a>(
         &'a self,
-        guard: crate::TokenGuard<'a>,
+        guard: crate::token::TokenGuard<'a>,
         patience: Patience,
-    ) -> Result<Option<crate::TokenGuard<'a>>> {
+    ) -> Result<Option<crate::token::TokenGuard<'a>>> {
         let path = self.lock_file_path.get().map(|p| p.as_path());
         let (region, key) = guard.kernel_key();
         let Some(lock_file) = region.anchor() else {
@@ -281,7 +281,7 @@ fn ofd_ranges(locks: &str, major: u64, minor: u64, ino: u64) -> Vec<(u64, Option
         .collect()
 }
 
-impl crate::LockTicket {
+impl crate::handle::LockTicket {
     /// For a table keyed by a lock file whose handle was not given that file (a tool names
     /// the table itself, or the lock file was deleted and can no longer be named): judges the
     /// holders in the descriptor form ([`lock_fd`](Self::lock_fd)) from the kernel's list of

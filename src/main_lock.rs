@@ -1,7 +1,7 @@
 //! The main lock: registering the owners of a table, and the last one out.
 
-use crate::LockTicket;
 use crate::error::{Error, Result};
+use crate::handle::LockTicket;
 use crate::handle::REOPEN_ATTEMPTS;
 use crate::layout::{self, Geometry};
 use crate::members::{self, JoinRefused};

@@ -49,10 +49,6 @@ pub(crate) struct Registered {
     pub owner: Owner,
 }
 
-fn reg_word(me: Registration) -> u64 {
-    (u64::from(me.generation) << 32) | u64::from(me.index).wrapping_add(1)
-}
-
 /// Reads an entry; `None` for empty or nonsensical ones.
 fn read(index: usize, m: &Member) -> Option<Registered> {
     let pid = m.pid.load(Relaxed);
@@ -171,7 +167,7 @@ pub(crate) fn join(
         .ok_or(JoinRefused::Full)?;
     m.start.store(start, Relaxed);
     m.joined_ns.store(now_ns, Relaxed);
-    m.reg.store(reg_word(me), Relaxed);
+    m.reg.store(me.word(), Relaxed);
     m.mode.store(
         if share == Share::Shared {
             MODE_SHARED

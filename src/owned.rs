@@ -96,17 +96,17 @@ impl Drop for OwnedTokenGuard {
 }
 
 impl OwnedMainGuard {
-    /// See [`MainGuard::created`].
+    /// See [`MainGuard::created`](crate::MainGuard::created).
     pub fn created(&self) -> bool {
         self.raw.created
     }
 
-    /// See [`MainGuard::reclaimed`].
+    /// See [`MainGuard::reclaimed`](crate::MainGuard::reclaimed).
     pub fn reclaimed(&self) -> bool {
         self.raw.reclaimed
     }
 
-    /// Leaves the main lock (see [`MainGuard::unlock`]).
+    /// Leaves the main lock (see [`MainGuard::unlock`](crate::MainGuard::unlock)).
     pub fn unlock(mut self) -> Result<()> {
         self.left = true;
         crate::main_lock::leave(&self.lt, &self.region, &self.raw)
@@ -247,7 +247,7 @@ impl Held {
     }
 }
 
-impl crate::Guard for OwnedTokenGuard {
+impl crate::guard::Guard for OwnedTokenGuard {
     fn share(&self) -> Share {
         Self::share(self)
     }
@@ -259,7 +259,7 @@ impl crate::Guard for OwnedTokenGuard {
     }
 }
 
-impl crate::Guard for Held {
+impl crate::guard::Guard for Held {
     fn share(&self) -> Share {
         Self::share(self)
     }

@@ -10,14 +10,20 @@ use crate::sys;
 /// Directories tried, in order, for a table given by name.
 pub const DEFAULT_DIRECTORIES: [&str; 4] = ["/dev/shm", "/run/shm", "/run", "/tmp"];
 
-/// File name of a named table.
-pub(crate) fn file_name(name: &str) -> String {
+/// The file name of the table called `name` in its directory (`lockticket-NAME.lt`, as
+/// [`LockTicket::open`](crate::LockTicket::open) places a name): the one source of the pattern
+/// [`table_name`] reads back.
+///
+/// ```
+/// assert_eq!(lockticket::table_file_name("backup"), "lockticket-backup.lt");
+/// ```
+pub fn table_file_name(name: &str) -> String {
     format!("lockticket-{name}.lt")
 }
 
 /// Longest table name, as in the Perl original (`[-_A-Za-z0-9]{1,218}`). The one source of
 /// the rule: the error message and the checks use it.
-pub(crate) const MAX_NAME_LEN: usize = 218;
+pub const MAX_NAME_LEN: usize = 218;
 
 /// The table name that a file name stands for, when it is the file of a *named* table
 /// (`lockticket-NAME.lt`, as [`LockTicket::open`](crate::LockTicket::open) places a name in its
@@ -36,7 +42,7 @@ pub fn table_name(file_name: &OsStr) -> Option<&str> {
         .as_bytes()
         .strip_prefix(b"lockticket-")?
         .strip_suffix(b".lt")?;
-    if !is_name(OsStr::from_bytes(name)) {
+    if !is_table_name(OsStr::from_bytes(name)) {
         return None;
     }
     std::str::from_utf8(name).ok()
@@ -77,8 +83,16 @@ pub fn temp_file_creator(file_name: &OsStr) -> Option<u32> {
         .flatten()
 }
 
-/// True for a valid table name: `[-_A-Za-z0-9]{1,MAX_NAME_LEN}`.
-pub(crate) fn is_name(s: &OsStr) -> bool {
+/// True for a valid table name: `[-_A-Za-z0-9]{1,MAX_NAME_LEN}` (a bare word that
+/// [`LockTicket::open`](crate::LockTicket::open) places in the default directory).
+///
+/// ```
+/// use std::ffi::OsStr;
+///
+/// assert!(lockticket::is_table_name(OsStr::new("backup-2")));
+/// assert!(!lockticket::is_table_name(OsStr::new("./backup")));
+/// ```
+pub fn is_table_name(s: &OsStr) -> bool {
     let b = s.as_bytes();
     (1..=MAX_NAME_LEN).contains(&b.len())
         && b.iter()
@@ -86,7 +100,14 @@ pub(crate) fn is_name(s: &OsStr) -> bool {
 }
 
 /// True when `s` is given as a path: absolute, `./…` or `../…`.
-pub(crate) fn is_path(s: &OsStr) -> bool {
+///
+/// ```
+/// use std::ffi::OsStr;
+///
+/// assert!(lockticket::is_table_path(OsStr::new("./backup")));
+/// assert!(!lockticket::is_table_path(OsStr::new("backup")));
+/// ```
+pub fn is_table_path(s: &OsStr) -> bool {
     let b = s.as_bytes();
     b.starts_with(b"/") || b.starts_with(b"./") || b.starts_with(b"../")
 }
@@ -96,7 +117,7 @@ pub(crate) fn is_path(s: &OsStr) -> bool {
 /// `status` show). `directory` overrides the search for names.
 pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<PathBuf> {
     let s = name_or_path.as_os_str();
-    if is_path(s) {
+    if is_table_path(s) {
         if name_or_path.file_name().is_none() {
             return Err(Error::InvalidName {
                 name: s.to_string_lossy().into_owned(),
@@ -104,12 +125,12 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
         }
         return absolute(name_or_path);
     }
-    if !is_name(s) {
+    if !is_table_name(s) {
         return Err(Error::InvalidName {
             name: s.to_string_lossy().into_owned(),
         });
     }
-    let file = file_name(&s.to_string_lossy());
+    let file = table_file_name(&s.to_string_lossy());
     let dir = match directory {
         Some(d) => d.to_path_buf(),
         None => default_directory()?,
@@ -191,7 +212,7 @@ pub fn table_for_lock_file(file: &Path, directory: Option<&Path>) -> Result<Opti
         None => default_directory()?,
     };
     let birth = sys::birth(std::os::fd::AsFd::as_fd(&f));
-    Ok(Some(dir.join(file_name(&lock_file_key(
+    Ok(Some(dir.join(table_file_name(&lock_file_key(
         meta.dev(),
         meta.ino(),
         birth,
@@ -268,7 +289,7 @@ mod tests {
     #[test]
     fn table_names_of_file_names() {
         for name in ["app", "a-b_C9", &"x".repeat(218)] {
-            let file = file_name(name);
+            let file = table_file_name(name);
             assert_eq!(table_name(OsStr::new(&file)), Some(name));
         }
         for file in [
@@ -330,10 +351,10 @@ mod tests {
         let longest = lock_file_key(u64::MAX, u64::MAX, Birth::Time(u64::MAX));
         assert!(longest.len() <= 56, "{longest}");
         for k in [&a, &g, &old, &longest] {
-            assert!(is_name(OsStr::new(k)), "{k}");
+            assert!(is_table_name(OsStr::new(k)), "{k}");
         }
         let longest = lock_file_key(u64::MAX, u64::MAX, Birth::Generation(u32::MAX));
-        assert!(is_name(OsStr::new(&longest)), "{longest}");
+        assert!(is_table_name(OsStr::new(&longest)), "{longest}");
     }
 
     #[test]

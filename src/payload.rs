@@ -101,7 +101,7 @@ const HASH_K: u64 = 0x9E37_79B9_7F4A_7C15;
 /// The payload writer-lock value naming registration `me`: its generation above its index
 /// + 1 — a whole registration in one word (never 0), judged like a claim word's owner.
 pub(crate) fn writer_identity(me: Registration) -> u64 {
-    (u64::from(me.generation) << 32) | u64::from(me.index).wrapping_add(1)
+    me.word()
 }
 
 fn writer_owner(word: u64) -> Owner {

@@ -383,7 +383,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{LockTicket, Share};
+    use crate::handle::LockTicket;
+    use crate::share::Share;
 
     /// The process table's own model, against the real kernel: entries in memory, their lock
     /// bytes in a scratch file. Each "process" is an open file description; dropping it is

@@ -11,37 +11,9 @@
 //! (`lockticket repair NAME`) then rebuilds the ring around the live requests, in their
 //! order, once none of them holds the token.
 
-use std::fmt;
-
-use crate::LockTicket;
 use crate::error::{Error, Result};
-use crate::region::{Region, Repair};
-
-/// What a repair of the ring did (see [`LockTicket::repair`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Repaired {
-    /// What was inconsistent.
-    pub problem: String,
-    /// `head` before the repair.
-    pub old_head: u64,
-    /// `head` after it.
-    pub new_head: u64,
-    /// Claims of dead processes (or garbage) dropped.
-    pub dropped: usize,
-    /// Live requests kept, in their order.
-    pub kept: usize,
-}
-
-impl fmt::Display for Repaired {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}; head moved from {} to {}, {} live request(s) kept in order, {} dead claim(s) dropped",
-            self.problem, self.old_head, self.new_head, self.kept, self.dropped
-        )
-    }
-}
+use crate::handle::LockTicket;
+use crate::region::{Region, Repair, Repaired};
 
 impl LockTicket {
     /// Rebuilds the table's token queue if it is inconsistent, keeping the requests of live

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::LockTicket;
 use crate::error::Result;
+use crate::handle::LockTicket;
 use crate::share::Share;
 use crate::token::{Ask, Patience, Route, TokenGuard, patience_for};
 
@@ -30,7 +30,7 @@ pub struct TokenRequest<'a> {
     lt: &'a LockTicket,
     share: Share,
     patience: Patience,
-    cancel: Option<&'a crate::Cancel>,
+    cancel: Option<&'a crate::cancel::Cancel>,
 }
 
 impl<'a> TokenRequest<'a> {
@@ -112,7 +112,7 @@ impl<'a> TokenRequest<'a> {
     /// # Ok(()) }
     /// ```
     #[inline]
-    pub fn cancel_on(mut self, cancel: &'a crate::Cancel) -> Self {
+    pub fn cancel_on(mut self, cancel: &'a crate::cancel::Cancel) -> Self {
         self.cancel = Some(cancel);
         self
     }
@@ -128,8 +128,8 @@ impl<'a> TokenRequest<'a> {
     /// token (never with the default, unbounded wait).
     #[inline]
     pub fn lock(self) -> Result<Option<TokenGuard<'a>>> {
-        if self.cancel.is_some_and(crate::Cancel::is_cancelled) {
-            return Err(crate::Error::Cancelled {
+        if self.cancel.is_some_and(crate::cancel::Cancel::is_cancelled) {
+            return Err(crate::error::Error::Cancelled {
                 path: self.lt.path().to_path_buf(),
             });
         }
@@ -138,7 +138,7 @@ impl<'a> TokenRequest<'a> {
 
     /// Locks the open file description `fd` refers to, as flock(1)'s `flock FD` does (see
     /// [`LockTicket::lock_fd`], the same with the mode and the wait as arguments).
-    pub fn lock_fd(self, fd: std::os::fd::BorrowedFd<'_>) -> Result<Option<crate::FdLock>> {
+    pub fn lock_fd(self, fd: std::os::fd::BorrowedFd<'_>) -> Result<Option<crate::fd::FdLock>> {
         self.lt.lock_fd_as(fd, self.share, self.patience)
     }
 

@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error::Result;
+use crate::handle::LockTicket;
 use crate::liveness::Liveness;
 use crate::members;
 use crate::procs;
@@ -63,7 +65,7 @@ pub struct Status {
     /// Token slots.
     pub ring_capacity: u32,
     /// How the table orders requests (chosen at creation).
-    pub fairness: crate::Fairness,
+    pub fairness: crate::fairness::Fairness,
     /// Grants ahead of the queue since the table was created (bounded tables; 0 in strict
     /// ones).
     pub bypasses: u64,
@@ -197,8 +199,9 @@ impl fmt::Display for Status {
             self.ring_capacity,
             self.fairness,
             match self.fairness {
-                crate::Fairness::Strict => String::new(),
-                crate::Fairness::Bounded(_) => format!(" with {} bypasses", self.bypasses),
+                crate::fairness::Fairness::Strict => String::new(),
+                crate::fairness::Fairness::Bounded(_) =>
+                    format!(" with {} bypasses", self.bypasses),
             },
             self.payload_len,
             self.payload_capacity,
@@ -270,5 +273,15 @@ impl fmt::Display for Status {
             writeln!(f, "tokens:  free")?;
         }
         Ok(())
+    }
+}
+
+impl LockTicket {
+    /// A snapshot of the table: owners, holders, the queue in FIFO order, counters. Never
+    /// blocks the lock. Fails with [`Error::NotCreated`](crate::Error::NotCreated) when there
+    /// is no table.
+    pub fn status(&self) -> Result<Status> {
+        self.check_current_at_path()?;
+        Ok(snapshot(self.table()?))
     }
 }

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::LockTicket;
 use crate::error::{Error, Result};
+use crate::handle::LockTicket;
 use crate::liveness::Registration;
 use crate::raw::{Place, RawToken};
 use crate::region::Region;
@@ -74,7 +74,7 @@ pub(crate) struct Ask<'c> {
     /// Ends the wait from another thread ([`TokenRequest::cancel_on`]).
     ///
     /// [`TokenRequest::cancel_on`]: crate::TokenRequest::cancel_on
-    pub cancel: Option<&'c crate::Cancel>,
+    pub cancel: Option<&'c crate::cancel::Cancel>,
 }
 
 impl LockTicket {
@@ -160,61 +160,6 @@ impl LockTicket {
             }
             g => Ok(g),
         }
-    }
-
-    /// The first step of an async request (`crate::async_lock`): enters the queue of the
-    /// current table and publishes the request, not tied to this thread; never ahead of the
-    /// queue, never waiting. Keyed tables (a lock file's kernel lock is taken by a blocking
-    /// call) are refused.
-    pub(crate) fn enqueue_now(&self, share: Share) -> Result<crate::async_lock::Enqueued> {
-        use crate::async_lock::Enqueued;
-        let (pid, _) = sys::current_identity();
-        self.check_parent(pid)?;
-        for attempt in 0..64 {
-            // The mapped table as the blocking fast path finds it: no system call (the
-            // table's path is checked by the looks of a request that waits, as a blocked
-            // waiter's); anything else takes the checked way.
-            let region = match self.mapped() {
-                Some(r) if attempt == 0 && r.registration(pid).is_some() => r,
-                _ => {
-                    let r = self.table()?;
-                    r.check_at_path()?;
-                    r
-                }
-            };
-            if region.anchor().is_some() {
-                return Err(Error::InvalidOption(format!(
-                    "{}: a table keyed by a lock file takes the file's kernel lock, which \
-                     only the blocking calls wait for; use token_lock (in spawn_blocking) here",
-                    region.path().display()
-                )));
-            }
-            let me = region.register()?;
-            let ring = region.ring();
-            match ring.try_claim(share, me) {
-                Claim::Claimed(tk) => {
-                    ring.publish(tk, me.generation, self.creator.0, sys::coarse_now_ns());
-                    ring.untag_thread(tk);
-                    if ring.is_bounded() {
-                        ring.set_since(tk, sys::now_ns());
-                    }
-                    if region.retired() {
-                        // Retired after we looked: leave it, use the new one.
-                        let _ = ring.release(tk);
-                        continue;
-                    }
-                    let Some(arc) = self.region_arc(region) else {
-                        let _ = ring.release(tk);
-                        return Err(self.corrupted("a table this handle did not map"));
-                    };
-                    return Ok(Enqueued::Queued(arc, tk, pid));
-                }
-                Claim::Full => return Ok(Enqueued::Full),
-                Claim::Retry => std::hint::spin_loop(),
-                Claim::Broken(b) => return Err(self.broken(b)),
-            }
-        }
-        Ok(Enqueued::Full)
     }
 
     /// The fast path: one claim attempt on the mapped table, granted at once. Everything else
@@ -676,7 +621,7 @@ impl<'a> TokenGuard<'a> {
     }
 }
 
-impl crate::Guard for TokenGuard<'_> {
+impl crate::guard::Guard for TokenGuard<'_> {
     fn share(&self) -> Share {
         TokenGuard::share(self)
     }

@@ -82,9 +82,6 @@ pub(crate) fn run(a: ExecArgs) -> Result<i32, Failure> {
     if let Some(urls) = a.etcd.clone() {
         return crate::etcd_call(|| crate::etcd::exec(a, &urls));
     }
-    if crate::fd::is_fd_form(&a) {
-        return crate::fd::run(&a);
-    }
     if a.unlock {
         return Err(Failure::new(
             code::USAGE,

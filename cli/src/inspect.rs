@@ -71,13 +71,7 @@ pub(crate) fn lock_file() -> Option<&'static (PathBuf, PathBuf)> {
 /// file of a flock-based script) is never touched: its table lives in the tmpfs directory,
 /// keyed by the file's device and inode, so every process naming that file meets there.
 pub(crate) fn lock_target(arg: &OsStr) -> Result<std::ffi::OsString, Failure> {
-    use std::os::unix::ffi::OsStrExt;
-    let b = arg.as_bytes();
-    let is_name = !b.is_empty()
-        && b.len() <= 218
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_');
-    if is_name {
+    if lockticket::is_table_name(arg) {
         // flock(1) would lock ./WORD; a name is a table of its own in the tmpfs directory.
         // When both exist the argument is ambiguous, and guessing would put two scripts that
         // mean the same lock in different queues: refuse, and say how to write either.
@@ -86,11 +80,11 @@ pub(crate) fn lock_target(arg: &OsStr) -> Result<std::ffi::OsString, Failure> {
             let kind = if meta.is_dir() { "directory" } else { "file" };
             let named = lockticket::default_directory()
                 .map(|d| {
-                    d.join(format!("lockticket-{word}.lt"))
+                    d.join(lockticket::table_file_name(&word))
                         .display()
                         .to_string()
                 })
-                .unwrap_or_else(|_| format!("DIR/lockticket-{word}.lt"));
+                .unwrap_or_else(|_| format!("DIR/{}", lockticket::table_file_name(&word)));
             return Err(Failure::new(
                 code::USAGE,
                 format!(
@@ -102,8 +96,7 @@ pub(crate) fn lock_target(arg: &OsStr) -> Result<std::ffi::OsString, Failure> {
         }
         return Ok(arg.to_os_string());
     }
-    let explicit = b.starts_with(b"/") || b.starts_with(b"./") || b.starts_with(b"../");
-    let path = if explicit {
+    let path = if lockticket::is_table_path(arg) {
         PathBuf::from(arg)
     } else {
         Path::new(".").join(arg)

@@ -96,6 +96,11 @@ a directory or any other existing file is a lock file, never touched, whose
 table is kept in that memory filesystem, keyed by its device and inode.
 
 Manual: man lockticket (if installed), or lockticket man | man -l -";
+// The help above states the table-name rule; `lockticket::MAX_NAME_LEN` is its one source.
+const _: () = assert!(
+    lockticket::MAX_NAME_LEN == 218,
+    "update the NAME rule in EXIT_CODES"
+);
 
 const EXEC_AFTER: &str = "\
 Like flock(1), but fair: waiting commands get the lock in the order they asked
@@ -576,6 +581,8 @@ fn usage_error(e: clap::Error) -> i32 {
 
 fn run(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
+        // `--etcd` names a lock on the cluster, never a descriptor (exec::run takes it).
+        Command::Exec(a) if a.etcd.is_none() && fd::is_fd_form(&a) => fd::run(&a),
         Command::Exec(a) => exec::run(a),
         Command::Status(a) => match a.etcd {
             Some(urls) => etcd_call(|| etcd::status(&urls, &a.table, a.json)),

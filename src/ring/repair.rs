@@ -34,6 +34,19 @@ pub(crate) struct Snapshot {
     words: Vec<u64>,
 }
 
+/// One entry of [`Ring::claims`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlotClaim {
+    /// Slot index.
+    pub index: u64,
+    /// The claim word.
+    pub word: u64,
+    /// Who it names.
+    pub owner: Owner,
+    /// Marked holding (in its lap).
+    pub holding: bool,
+}
+
 /// What [`Ring::repair`] found and did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum RingRepair {
