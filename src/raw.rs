@@ -99,17 +99,10 @@ impl RawToken {
     /// [`Error::Corrupted`] when the table was overwritten meanwhile, and with
     /// [`Error::TableRemoved`] (after releasing) when the file was found removed or replaced
     /// while the token was held.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&self, region: &Region) -> Result<()> {
-        let pid = sys::current_identity().0;
-        if pid != self.pid {
-            // A forked child (any kind of fork): the token is the parent's.
-            return Err(Error::NotOwner {
-                path: region.path().to_path_buf(),
-                what: "token",
-                owner: self.pid,
-                pid,
-            });
+        if sys::current_identity().0 != self.pid {
+            return Err(self.not_owner(region)); // a forked child: the token is the parent's
         }
         if region.anchor().is_some() {
             // A keyed table: its lock file's flock first, never two holders of the file.
@@ -117,24 +110,41 @@ impl RawToken {
         }
         let ring = region.ring();
         let released = match self.place {
+            Place::Queued(tk) if tk.share() == Share::Exclusive => ring.release_exclusive(tk),
+            Place::Queued(tk) => ring.release(tk),
             Place::Ahead(b) => {
                 ring.release_bypass(b);
                 Ok(())
             }
-            Place::Queued(tk) => match tk.share() {
-                Share::Exclusive => ring.release_exclusive(tk),
-                Share::Shared => ring.release(tk),
-            },
         };
-        released.map_err(|b| Error::Corrupted {
-            path: region.path().to_path_buf(),
-            detail: b.0,
-        })?;
+        if let Err(b) = released {
+            return Err(corrupted(region, b));
+        }
         // One load, no system call: a user that found the table removed marked it.
         match region.removal() {
-            Some(what) => Err(region.removed_error(what, true)),
             None => Ok(()),
+            Some(what) => Err(region.removed_error(what, true)),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_owner(&self, region: &Region) -> Error {
+        Error::NotOwner {
+            path: region.path().to_path_buf(),
+            what: "token",
+            owner: self.pid,
+            pid: sys::current_identity().0,
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn corrupted(region: &Region, b: crate::ring::Broken) -> Error {
+    Error::Corrupted {
+        path: region.path().to_path_buf(),
+        detail: b.0,
     }
 }
 
