@@ -262,7 +262,7 @@ impl Drop for Core {
 fn io_error(lt: &LockTicket, cause: std::io::Error) -> Error {
     Error::Io {
         path: lt.path().to_path_buf(),
-        op: "start the async waiter thread",
+        op: crate::error::IoOp::StartAsyncWaiter,
         cause,
     }
 }

@@ -41,7 +41,7 @@ pub enum Error {
         /// The table path.
         path: PathBuf,
         /// What we were doing.
-        op: &'static str,
+        op: IoOp,
         /// The OS error.
         cause: io::Error,
     },
@@ -204,8 +204,8 @@ pub enum Error {
     TableRemoved {
         /// The table path.
         path: PathBuf,
-        /// "removed" or "replaced by another file".
-        what: &'static str,
+        /// Removed, or replaced by another file.
+        what: Removal,
         /// Reported by a holder's `unlock()`.
         holder: bool,
     },
@@ -443,5 +443,136 @@ fn invalid_advice(reason: &HeaderError) -> String {
             format!("{reason}: lockticket leaves it alone (use another path)")
         }
         _ => format!("not a valid lock table: {reason}; if no process uses it, remove it"),
+    }
+}
+
+/// What an I/O operation of [`Error::Io`] was doing: code that decides on it matches a
+/// variant, and the message shows the same words as ever.
+///
+/// ```
+/// use lockticket::{Error, IoOp};
+/// let e = Error::Io {
+///     path: "/dev/shm/lockticket-x.lt".into(),
+///     op: IoOp::Open,
+///     cause: std::io::Error::from_raw_os_error(libc_enoent()),
+/// };
+/// # fn libc_enoent() -> i32 { 2 }
+/// assert!(e.to_string().contains(": open failed: "));
+/// assert!(matches!(e, Error::Io { op: IoOp::Open, .. }));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoOp {
+    /// `open`.
+    Open,
+    /// `read`.
+    Read,
+    /// `stat`.
+    Stat,
+    /// `fstat`.
+    Fstat,
+    /// `flock`.
+    Flock,
+    /// `mmap`.
+    Map,
+    /// `mmap payload`.
+    MapPayload,
+    /// `chmod`.
+    Chmod,
+    /// `allocate`.
+    Allocate,
+    /// `dup`.
+    Dup,
+    /// `open the table's directory`.
+    OpenDirectory,
+    /// `name the table`.
+    NameTable,
+    /// `link new table into place`.
+    LinkIntoPlace,
+    /// `remove table`.
+    RemoveTable,
+    /// `reopen for registration`.
+    ReopenForRegistration,
+    /// `reopen for the cold-path lock`.
+    ReopenForColdPathLock,
+    /// `F_OFD_SETLK`.
+    RegistrationLock,
+    /// `F_OFD_SETLK F_UNLCK`.
+    RegistrationUnlock,
+    /// `fork the exec guardian`.
+    ForkExecGuardian,
+    /// `fcntl F_GETFL`.
+    DescriptorFlags,
+    /// `open /proc/self/fd read-only`.
+    OpenDescriptorReadOnly,
+    /// `dup the lock file's description`.
+    DupLockFileDescription,
+    /// `open the lock file again`.
+    OpenLockFileAgain,
+    /// `make the path absolute (the current directory is gone?)`.
+    MakeAbsolute,
+    /// `start the async waiter thread`.
+    StartAsyncWaiter,
+}
+
+impl IoOp {
+    /// The words of the message.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoOp::Open => "open",
+            IoOp::Read => "read",
+            IoOp::Stat => "stat",
+            IoOp::Fstat => "fstat",
+            IoOp::Flock => "flock",
+            IoOp::Map => "mmap",
+            IoOp::MapPayload => "mmap payload",
+            IoOp::Chmod => "chmod",
+            IoOp::Allocate => "allocate",
+            IoOp::Dup => "dup",
+            IoOp::OpenDirectory => "open the table's directory",
+            IoOp::NameTable => "name the table",
+            IoOp::LinkIntoPlace => "link new table into place",
+            IoOp::RemoveTable => "remove table",
+            IoOp::ReopenForRegistration => "reopen for registration",
+            IoOp::ReopenForColdPathLock => "reopen for the cold-path lock",
+            IoOp::RegistrationLock => "F_OFD_SETLK",
+            IoOp::RegistrationUnlock => "F_OFD_SETLK F_UNLCK",
+            IoOp::ForkExecGuardian => "fork the exec guardian",
+            IoOp::DescriptorFlags => "fcntl F_GETFL",
+            IoOp::OpenDescriptorReadOnly => "open /proc/self/fd read-only",
+            IoOp::DupLockFileDescription => "dup the lock file's description",
+            IoOp::OpenLockFileAgain => "open the lock file again",
+            IoOp::MakeAbsolute => "make the path absolute (the current directory is gone?)",
+            IoOp::StartAsyncWaiter => "start the async waiter thread",
+        }
+    }
+}
+
+impl std::fmt::Display for IoOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened to a table's file under its users (see [`Error::TableRemoved`]).
+///
+/// ```
+/// assert_eq!(lockticket::Removal::Replaced.to_string(), "replaced by another file");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Removal {
+    /// Its name no longer names any file.
+    Removed,
+    /// Its name names another file now.
+    Replaced,
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Removal::Removed => "removed",
+            Removal::Replaced => "replaced by another file",
+        })
     }
 }

@@ -64,12 +64,12 @@ pub struct FdLock {
 pub fn table_for_lock_fd(fd: BorrowedFd<'_>, directory: Option<&Path>) -> Result<PathBuf> {
     use std::os::fd::AsRawFd;
     let path = describe_fd(fd);
-    let io = |op: &'static str| {
+    let io = |op: crate::error::IoOp| {
         let path = path.clone();
         move |cause| Error::Io { path, op, cause }
     };
-    sys::fd_access_mode(fd.as_raw_fd()).map_err(io("fcntl F_GETFL"))?;
-    let (dev, ino, kind) = sys::fstat_fd(fd).map_err(io("fstat"))?;
+    sys::fd_access_mode(fd.as_raw_fd()).map_err(io(crate::error::IoOp::DescriptorFlags))?;
+    let (dev, ino, kind) = sys::fstat_fd(fd).map_err(io(crate::error::IoOp::Fstat))?;
     if kind != libc::S_IFREG && kind != libc::S_IFDIR {
         return Err(Error::NotARegularFile {
             path,
@@ -135,7 +135,7 @@ impl LockTicket {
             .open(lock_file)
             .map_err(|cause| Error::Io {
                 path: lock_file.to_path_buf(),
-                op: "open",
+                op: crate::error::IoOp::Open,
                 cause,
             })?;
         if self.anchor.get().is_none() {
@@ -164,17 +164,18 @@ impl LockTicket {
     /// file than `fd`.
     fn fd_anchor(&self, fd: BorrowedFd<'_>) -> Result<&File> {
         let path = describe_fd(fd);
-        let io = |op: &'static str| {
+        let io = |op: crate::error::IoOp| {
             let path = path.clone();
             move |cause| Error::Io { path, op, cause }
         };
-        let want = sys::fstat_dev_ino(fd).map_err(io("fstat"))?;
+        let want = sys::fstat_dev_ino(fd).map_err(io(crate::error::IoOp::Fstat))?;
         if self.anchor.get().is_none() {
-            let f = sys::reopen_read_only(fd).map_err(io("open /proc/self/fd read-only"))?;
+            let f = sys::reopen_read_only(fd)
+                .map_err(io(crate::error::IoOp::OpenDescriptorReadOnly))?;
             self.install_anchor(f)?;
         }
         let anchor = self.anchor.get().expect("set above");
-        let m = anchor.metadata().map_err(io("fstat"))?;
+        let m = anchor.metadata().map_err(io(crate::error::IoOp::Fstat))?;
         if (m.dev(), m.ino()) != want {
             return Err(Error::InvalidOption(format!(
                 "{}: the descriptor names another file than this handle's lock file",
@@ -247,7 +248,7 @@ impl LockTicket {
         let path = describe_fd(fd);
         let mode = sys::fd_access_mode(fd.as_raw_fd()).map_err(|cause| Error::Io {
             path: path.clone(),
-            op: "fcntl F_GETFL",
+            op: crate::error::IoOp::DescriptorFlags,
             cause,
         })?;
         let write = match mode {
@@ -350,7 +351,7 @@ impl LockTicket {
                     },
                     procs::RegisterError::Io(cause) => Error::Io {
                         path,
-                        op: "F_OFD_SETLK",
+                        op: crate::error::IoOp::RegistrationLock,
                         cause,
                     },
                 });
@@ -422,7 +423,7 @@ fn release_fd(
     }
     procs::retire_fd(region.procs(), fd.as_fd(), reg).map_err(|cause| Error::Io {
         path: describe_fd(fd),
-        op: "F_OFD_SETLK F_UNLCK",
+        op: crate::error::IoOp::RegistrationUnlock,
         cause,
     })
 }

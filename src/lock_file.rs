@@ -86,7 +86,7 @@ pub(crate) fn description(region: &Region, key: (u64, u64, u32)) -> Result<Optio
     };
     k.file.try_clone().map(Some).map_err(|cause| Error::Io {
         path: region.path().to_path_buf(),
-        op: "dup the lock file's description",
+        op: crate::error::IoOp::DupLockFileDescription,
         cause,
     })
 }
@@ -107,7 +107,7 @@ fn take(
     };
     let file = open_description(anchor, path).map_err(|cause| Error::Io {
         path: shown(),
-        op: "open the lock file again",
+        op: crate::error::IoOp::OpenLockFileAgain,
         cause,
     })?;
     // A child forked while we hold the lock must not keep the description (and the lock)
@@ -119,7 +119,7 @@ fn take(
         Ok(false) => Ok(None),
         Err(cause) => Err(Error::Io {
             path: shown(),
-            op: "flock",
+            op: crate::error::IoOp::Flock,
             cause,
         }),
     }
@@ -135,7 +135,7 @@ pub(crate) fn take_on(
 ) -> Result<bool> {
     flock_within(fd, share, patience).map_err(|cause| Error::Io {
         path: path.to_path_buf(),
-        op: "flock",
+        op: crate::error::IoOp::Flock,
         cause,
     })
 }

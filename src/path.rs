@@ -143,7 +143,7 @@ pub(crate) fn resolve(name_or_path: &Path, directory: Option<&Path>) -> Result<P
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|cause| Error::Io {
         path: path.to_path_buf(),
-        op: "make the path absolute (the current directory is gone?)",
+        op: crate::error::IoOp::MakeAbsolute,
         cause,
     })
 }
@@ -182,14 +182,14 @@ pub fn table_for_lock_file(file: &Path, directory: Option<&Path>) -> Result<Opti
         Err(cause) => {
             return Err(Error::Io {
                 path: file.to_path_buf(),
-                op: "open",
+                op: crate::error::IoOp::Open,
                 cause,
             });
         }
     };
     let meta = f.metadata().map_err(|cause| Error::Io {
         path: file.to_path_buf(),
-        op: "fstat",
+        op: crate::error::IoOp::Fstat,
         cause,
     })?;
     if meta.is_file() {

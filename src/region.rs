@@ -154,7 +154,8 @@ struct ColdFile {
 impl ColdFile {
     /// A new description of the file behind `of` (opened at `path`, if /proc is missing).
     fn open(of: &File, path: &Path) -> Result<ColdFile> {
-        let file = sys::reopen(of, path).map_err(io_err(path, "reopen for the cold-path lock"))?;
+        let file = sys::reopen(of, path)
+            .map_err(io_err(path, crate::error::IoOp::ReopenForColdPathLock))?;
         Ok(ColdFile {
             file: sys::ForkLocal::new(file),
             pid: sys::current_identity().0,
@@ -177,7 +178,7 @@ impl std::fmt::Debug for Region {
     }
 }
 
-fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+fn io_err<'a>(path: &'a Path, op: crate::error::IoOp) -> impl FnOnce(io::Error) -> Error + 'a {
     move |cause| Error::Io {
         path: path.to_path_buf(),
         op,
@@ -286,7 +287,9 @@ impl Region {
     /// first one given stays.
     pub(crate) fn set_anchor(&self, anchor: &File) -> Result<()> {
         if self.anchor.get().is_none() {
-            let dup = anchor.try_clone().map_err(io_err(&self.path, "dup"))?;
+            let dup = anchor
+                .try_clone()
+                .map_err(io_err(&self.path, crate::error::IoOp::Dup))?;
             let _ = self.anchor.set(dup);
         }
         Ok(())

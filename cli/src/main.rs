@@ -497,7 +497,7 @@ pub(crate) fn exit_code_of(e: &Error) -> i32 {
         Error::Io { op, cause, .. } => match cause.raw_os_error() {
             Some(libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::ENOLCK) => code::OS,
             Some(libc::EROFS | libc::ENOSPC | libc::EDQUOT) => code::CANT_CREATE,
-            _ if *op == "open" => code::NO_TABLE,
+            _ if *op == lockticket::IoOp::Open => code::NO_TABLE,
             _ => code::TABLE,
         },
         Error::InvalidName { .. } | Error::InvalidOption(_) | Error::FairnessMismatch { .. } => {
@@ -756,7 +756,7 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
 mod tests {
     use super::*;
 
-    fn io(op: &'static str, errno: i32) -> Error {
+    fn io(op: lockticket::IoOp, errno: i32) -> Error {
         Error::Io {
             path: PathBuf::from("/nonexistent-dir-of-lockticket-tests/x.lt"),
             op,
@@ -770,17 +770,21 @@ mod tests {
     #[test]
     fn open_and_create_failures_exit_as_flocks() {
         for (op, errno, want) in [
-            ("open", libc::ENOMEM, code::OS),
-            ("open", libc::EMFILE, code::OS),
-            ("open", libc::ENFILE, code::OS),
-            ("open", libc::EROFS, code::CANT_CREATE),
-            ("open", libc::ENOSPC, code::CANT_CREATE),
-            ("allocate", libc::ENOSPC, code::CANT_CREATE),
-            ("link new table into place", libc::EROFS, code::CANT_CREATE),
-            ("open", libc::EACCES, code::NO_TABLE),
-            ("open", libc::ELOOP, code::NO_TABLE),
-            ("read", libc::EIO, code::TABLE),
-            ("mmap", libc::EINVAL, code::TABLE),
+            (lockticket::IoOp::Open, libc::ENOMEM, code::OS),
+            (lockticket::IoOp::Open, libc::EMFILE, code::OS),
+            (lockticket::IoOp::Open, libc::ENFILE, code::OS),
+            (lockticket::IoOp::Open, libc::EROFS, code::CANT_CREATE),
+            (lockticket::IoOp::Open, libc::ENOSPC, code::CANT_CREATE),
+            (lockticket::IoOp::Allocate, libc::ENOSPC, code::CANT_CREATE),
+            (
+                lockticket::IoOp::LinkIntoPlace,
+                libc::EROFS,
+                code::CANT_CREATE,
+            ),
+            (lockticket::IoOp::Open, libc::EACCES, code::NO_TABLE),
+            (lockticket::IoOp::Open, libc::ELOOP, code::NO_TABLE),
+            (lockticket::IoOp::Read, libc::EIO, code::TABLE),
+            (lockticket::IoOp::Map, libc::EINVAL, code::TABLE),
         ] {
             assert_eq!(exit_code_of(&io(op, errno)), want, "{op} {errno}");
         }

@@ -23,7 +23,7 @@ impl Region {
         if cold.pid != sys::current_identity().0 {
             *cold = ColdFile::open(&self.probe, &self.path)?;
         }
-        sys::flock_exclusive(&cold.file).map_err(io_err(&self.path, "flock"))?;
+        sys::flock_exclusive(&cold.file).map_err(io_err(&self.path, crate::error::IoOp::Flock))?;
         Ok(Cold {
             guard,
             region: self,

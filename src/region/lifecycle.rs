@@ -21,16 +21,16 @@ impl Region {
     /// What a user found, if the table's path stopped naming this file under its users:
     /// "removed" or "replaced by another file". One load: the holder's unlock reads it.
     #[inline]
-    pub(crate) fn removal(&self) -> Option<&'static str> {
+    pub(crate) fn removal(&self) -> Option<crate::error::Removal> {
         match self.header().removed.load(SeqCst) {
             0 => None,
-            2 => Some("replaced by another file"),
-            _ => Some("removed"),
+            2 => Some(crate::error::Removal::Replaced),
+            _ => Some(crate::error::Removal::Removed),
         }
     }
 
     /// The error for a table found removed.
-    pub(crate) fn removed_error(&self, what: &'static str, holder: bool) -> Error {
+    pub(crate) fn removed_error(&self, what: crate::error::Removal, holder: bool) -> Error {
         Error::TableRemoved {
             path: self.path.clone(),
             what,
@@ -92,7 +92,7 @@ impl Region {
     pub(crate) fn still_at_path(&self) -> Result<bool> {
         match self.at_path() {
             Ok(at) => Ok(at == Some(true)),
-            Err(e) => Err(io_err(&self.path, "stat")(e)),
+            Err(e) => Err(io_err(&self.path, crate::error::IoOp::Stat)(e)),
         }
     }
 
@@ -178,7 +178,7 @@ impl Cold<'_> {
                 // harmless: the next user revives it (`revive_abandoned`), and `lockticket
                 // clean` run by its owner removes it.
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
-                Err(e) => return Err(io_err(&r.path, "remove table")(e)),
+                Err(e) => return Err(io_err(&r.path, crate::error::IoOp::RemoveTable)(e)),
             }
         }
         Ok(())

@@ -46,13 +46,15 @@ impl Region {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(classify_open_error(path, e)),
         };
-        let meta = file.metadata().map_err(io_err(path, "fstat"))?;
+        let meta = file
+            .metadata()
+            .map_err(io_err(path, crate::error::IoOp::Fstat))?;
         check_kind(path, &meta)?;
         // What the file is, before its permissions are judged: a user's script or a copied
         // /etc/passwd is "not a lock table", and a damaged table (truncated, bad geometry) is
         // said to be one, never "a table with doubtful permissions".
         let mut bytes = [0u8; FIXED_HEADER_SIZE];
-        let n = read_full_at(&file, &mut bytes).map_err(io_err(path, "read"))?;
+        let n = read_full_at(&file, &mut bytes).map_err(io_err(path, crate::error::IoOp::Read))?;
         let (fixed, geometry) =
             layout::validate_header(&bytes[..n], meta.len(), payload::region_len).map_err(
                 |reason| match reason {
@@ -81,9 +83,12 @@ impl Region {
     pub(crate) fn create(path: &Path, opts: Create) -> Result<Option<Region>> {
         let dir = parent_dir(path);
         check_not_network(path, sys::fs_magic_of_path(dir).ok())?;
-        let dirfd = sys::open_dir_path(dir).map_err(io_err(path, "open the table's directory"))?;
+        let dirfd =
+            sys::open_dir_path(dir).map_err(io_err(path, crate::error::IoOp::OpenDirectory))?;
         let name = CString::new(path.file_name().unwrap_or_default().as_bytes()).map_err(|_| {
-            io_err(path, "name the table")(io::Error::from(io::ErrorKind::InvalidInput))
+            io_err(path, crate::error::IoOp::NameTable)(io::Error::from(
+                io::ErrorKind::InvalidInput,
+            ))
         })?;
         match sys::open_tmpfile(dirfd.as_fd(), opts.permissions) {
             Ok(file) => {
@@ -91,7 +96,9 @@ impl Region {
                 // Hold the table's flock from before it is visible until the caller has
                 // registered (it takes the same lock again with `cold`, then drops it): a
                 // joiner must not find a new table without owners and take it for an orphan.
-                region.lock_new().map_err(io_err(path, "flock"))?;
+                region
+                    .lock_new()
+                    .map_err(io_err(path, crate::error::IoOp::Flock))?;
                 // Linked through the mapped description (any description of the file would do).
                 let linked = sys::link_at(&region.probe, dirfd.as_fd(), &name);
                 match linked {
@@ -138,7 +145,7 @@ impl Region {
                     Ok(Some(region))
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
-                Err(e) => Err(io_err(path, "link new table into place")(e)),
+                Err(e) => Err(io_err(path, crate::error::IoOp::LinkIntoPlace)(e)),
             },
             Err(e) => Err(e),
         };
@@ -172,9 +179,9 @@ impl Region {
     fn fill_new(path: &Path, tmp: &Path, file: File, opts: Create) -> Result<Region> {
         // The exact mode, whatever the umask.
         file.set_permissions(std::fs::Permissions::from_mode(opts.permissions))
-            .map_err(io_err(tmp, "chmod"))?;
+            .map_err(io_err(tmp, crate::error::IoOp::Chmod))?;
         let size = opts.geometry.file_size();
-        sys::allocate(&file, size).map_err(io_err(tmp, "allocate"))?;
+        sys::allocate(&file, size).map_err(io_err(tmp, crate::error::IoOp::Allocate))?;
         let fixed = layout::new_header(
             opts.geometry,
             opts.permissions,
@@ -183,7 +190,9 @@ impl Region {
             sys::now_ns(),
             sys::random_u64(),
         );
-        let meta = file.metadata().map_err(io_err(tmp, "fstat"))?;
+        let meta = file
+            .metadata()
+            .map_err(io_err(tmp, crate::error::IoOp::Fstat))?;
         let region = Self::map(path, tmp, file, &meta, fixed, opts.geometry)?;
         let bytes = bytemuck::bytes_of(&fixed);
         for (word, chunk) in region.header().fixed.iter().zip(bytes.chunks_exact(8)) {
@@ -208,12 +217,12 @@ impl Region {
         let map = MmapOptions::new()
             .len(geometry.lock_len() as usize)
             .map_raw(&file)
-            .map_err(io_err(path, "mmap"))?;
+            .map_err(io_err(path, crate::error::IoOp::Map))?;
         let payload_map = MmapOptions::new()
             .offset(geometry.payload_offset())
             .len(geometry.payload_region_len as usize)
             .map_raw(&file)
-            .map_err(io_err(path, "mmap payload"))?;
+            .map_err(io_err(path, crate::error::IoOp::MapPayload))?;
         // SAFETY: the header page and `ring_capacity` slots lie inside `map` (lock_len covers
         // them; RING_OFFSET is page aligned so the atomics are aligned), and all-bytes-valid
         // atomics may alias memory other processes write. The 'static lifetime is a lie kept
@@ -244,9 +253,11 @@ impl Region {
         };
         let cold = ColdFile::open(&file, opened_at)?;
         let dir = sys::open_dir_path(parent_dir(path))
-            .map_err(io_err(path, "open the table's directory"))?;
+            .map_err(io_err(path, crate::error::IoOp::OpenDirectory))?;
         let name = CString::new(path.file_name().unwrap_or_default().as_bytes()).map_err(|_| {
-            io_err(path, "name the table")(io::Error::from(io::ErrorKind::InvalidInput))
+            io_err(path, crate::error::IoOp::NameTable)(io::Error::from(
+                io::ErrorKind::InvalidInput,
+            ))
         })?;
         Ok(Region {
             path: path.to_path_buf(),
@@ -307,13 +318,13 @@ fn classify_open_error(path: &Path, e: io::Error) -> Error {
             Ok(meta) if !meta.file_type().is_file() && !meta.file_type().is_symlink() => {
                 check_kind(path, &meta).err().unwrap_or(Error::Io {
                     path: path.to_path_buf(),
-                    op: "open",
+                    op: crate::error::IoOp::Open,
                     cause: e,
                 })
             }
             _ => Error::Io {
                 path: path.to_path_buf(),
-                op: "open",
+                op: crate::error::IoOp::Open,
                 cause: e,
             },
         },

@@ -72,7 +72,7 @@ impl Region {
         keep.extend(crate::lock_file::descriptions_of(&kernel, pid));
         sys::fork_guardian(&keep)
             .map(Some)
-            .map_err(io_err(&self.path, "fork the exec guardian"))
+            .map_err(io_err(&self.path, crate::error::IoOp::ForkExecGuardian))
     }
 }
 
@@ -91,7 +91,8 @@ impl Cold<'_> {
         };
         // Tracked at once, so that a child forked from here on does not keep it.
         let lock = sys::ForkLocal::new(
-            sys::reopen(&cold.file, &r.path).map_err(io_err(&r.path, "reopen for registration"))?,
+            sys::reopen(&cold.file, &r.path)
+                .map_err(io_err(&r.path, crate::error::IoOp::ReopenForRegistration))?,
         );
         let reg = procs::register(
             r.procs(),
@@ -108,7 +109,7 @@ impl Cold<'_> {
                 path: r.path.clone(),
                 capacity: r.geometry.proc_capacity,
             },
-            procs::RegisterError::Io(e) => io_err(&r.path, "F_OFD_SETLK")(e),
+            procs::RegisterError::Io(e) => io_err(&r.path, crate::error::IoOp::RegistrationLock)(e),
         })?;
         // A forked child drops its copy of the parent's lock description here (the parent's
         // own descriptor keeps the parent's registration).
