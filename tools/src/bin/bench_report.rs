@@ -1002,7 +1002,9 @@ fn scan(w: &mut String, d: &Data) {
          (1 = even); *worst wait* = the longest lock call (from calling lock to holding it) in \
          a separate wait-time run; *CPU/op* = CPU time of all workers ÷ operations (2 busy \
          CPUs = 2 × wall time). Each cell lists lockticket strict / lockticket bounded / flock / \
-         robust mutex.\n"
+         robust mutex / baton ring. The baton ring (a turn passed by one futex wake, no lock \
+         logic) is the strict-FIFO reference: *strict ÷ baton* is what strict order costs on \
+         top of its wake-ups.\n"
     )
     .unwrap();
     for (wl, desc) in WORKLOADS {
@@ -1010,15 +1012,21 @@ fn scan(w: &mut String, d: &Data) {
         writeln!(
             w,
             "| N | lockticket | ÷ flock | lockticket bounded | ÷ flock | flock | robust mutex | \
-             ÷ flock |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+             ÷ flock | baton ring | strict ÷ baton |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         )
         .unwrap();
         for n in NS {
             let o = |m: &str| opt(d.wops(m, wl, n), |v| format!("{} ops/s", mops(v)));
             let r = |m: &str| opt(d.vs_flock(m, wl, n), ratio);
+            let vs_baton = opt(
+                d.wops("lockticket", wl, n)
+                    .zip(d.wops("baton_ring", wl, n))
+                    .map(|(a, b)| a / b),
+                ratio,
+            );
             writeln!(
                 w,
-                "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 o("lockticket"),
                 r("lockticket"),
                 o("lockticket_bounded"),
@@ -1026,12 +1034,14 @@ fn scan(w: &mut String, d: &Data) {
                 o("flock"),
                 o("robust_mutex"),
                 r("robust_mutex"),
+                o("baton_ring"),
+                vs_baton,
             )
             .unwrap();
         }
         writeln!(
             w,
-            "\n| N | share (strict / bounded / flock / robust) | worst wait, ms | CPU/op, µs |\n\
+            "\n| N | share (strict / bounded / flock / robust / baton) | worst wait, ms | CPU/op, µs |\n\
              |---:|---|---|---|"
         )
         .unwrap();
