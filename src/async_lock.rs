@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::async_wait::{Pending, Registry, WordRef};
 use crate::error::{Error, Result};
 use crate::handle::LockTicket;
-use crate::raw::{Place, RawToken};
+use crate::raw::{ArcToken, Place, RawToken};
 use crate::region::Region;
 use crate::ring::{BypassCheck, Claim, Entry, Grant, Ticket};
 use crate::share::Share;
@@ -43,18 +43,16 @@ const FULL_RETRY: Duration = Duration::from_millis(1);
 /// [`TokenRequest::lock_async`]: crate::TokenRequest::lock_async
 #[must_use = "the token is released when the guard is dropped"]
 pub struct AsyncTokenGuard {
-    raw: RawToken,
-    region: Arc<Region>,
-    released: bool,
+    token: ArcToken,
 }
 
 impl std::fmt::Debug for AsyncTokenGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncTokenGuard")
-            .field("path", &self.region.path())
-            .field("share", &self.raw.share())
-            .field("ticket", &self.raw.ticket_number())
-            .field("previous_holder_died", &self.raw.died())
+            .field("path", &self.token.region().path())
+            .field("share", &self.share())
+            .field("ticket", &self.token.raw().ticket_number())
+            .field("previous_holder_died", &self.previous_holder_died())
             .finish()
     }
 }
@@ -62,31 +60,22 @@ impl std::fmt::Debug for AsyncTokenGuard {
 impl AsyncTokenGuard {
     /// See [`TokenGuard::previous_holder_died`](crate::TokenGuard::previous_holder_died).
     pub fn previous_holder_died(&self) -> bool {
-        self.raw.died()
+        self.token.raw().died()
     }
 
     /// Exclusive or shared.
     pub fn share(&self) -> Share {
-        self.raw.share()
+        self.token.raw().share()
     }
 
     /// See [`TokenGuard::fencing_token`](crate::TokenGuard::fencing_token).
     pub fn fencing_token(&self) -> u64 {
-        self.raw.fencing_token(&self.region)
+        self.token.fencing_token()
     }
 
     /// Releases the token (see [`TokenGuard::unlock`](crate::TokenGuard::unlock)).
-    pub fn unlock(mut self) -> Result<()> {
-        self.released = true;
-        self.raw.release(&self.region)
-    }
-}
-
-impl Drop for AsyncTokenGuard {
-    fn drop(&mut self) {
-        if !self.released {
-            let _ = self.raw.release(&self.region);
-        }
+    pub fn unlock(self) -> Result<()> {
+        self.token.unlock()
     }
 }
 
@@ -328,9 +317,10 @@ fn poll_queued(
             }
             q.pending = None;
             let guard = AsyncTokenGuard {
-                raw: RawToken::new(Place::Queued(q.tk), q.pid, died),
-                region: Arc::clone(&q.region),
-                released: false,
+                token: ArcToken::new(
+                    RawToken::new(Place::Queued(q.tk), q.pid, died),
+                    Arc::clone(&q.region),
+                ),
             };
             // The ticket now belongs to the guard (the caller marks the request done).
             return Poll::Ready(Ok(Some(guard)));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::handle::LockTicket;
-use crate::raw::{RawMember, RawToken};
+use crate::raw::{ArcToken, RawMember};
 use crate::region::Region;
 use crate::share::Share;
 use crate::token::TokenGuard;
@@ -18,11 +18,8 @@ use crate::token::TokenGuard;
 /// drop.
 #[must_use = "the token is released when the guard is dropped"]
 pub struct OwnedTokenGuard {
-    raw: RawToken,
-    region: Arc<Region>,
+    token: ArcToken,
     lt: Arc<LockTicket>,
-    /// Released by `unlock` (the drop then has nothing to do).
-    released: bool,
     /// Not `Send`, like [`TokenGuard`].
     _not_send: std::marker::PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
@@ -41,10 +38,10 @@ pub struct OwnedMainGuard {
 impl std::fmt::Debug for OwnedTokenGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OwnedTokenGuard")
-            .field("path", &self.region.path())
-            .field("share", &self.raw.share())
-            .field("ticket", &self.raw.ticket_number())
-            .field("previous_holder_died", &self.raw.died())
+            .field("path", &self.token.region().path())
+            .field("share", &self.share())
+            .field("ticket", &self.token.raw().ticket_number())
+            .field("previous_holder_died", &self.previous_holder_died())
             .finish()
     }
 }
@@ -62,36 +59,27 @@ impl std::fmt::Debug for OwnedMainGuard {
 impl OwnedTokenGuard {
     /// See [`TokenGuard::previous_holder_died`].
     pub fn previous_holder_died(&self) -> bool {
-        self.raw.died()
+        self.token.raw().died()
     }
 
     /// See [`TokenGuard::share`].
     pub fn share(&self) -> Share {
-        self.raw.share()
+        self.token.raw().share()
     }
 
     /// See [`TokenGuard::fencing_token`].
     pub fn fencing_token(&self) -> u64 {
-        self.raw.fencing_token(&self.region)
+        self.token.fencing_token()
     }
 
     /// Releases the token (see [`TokenGuard::unlock`]).
-    pub fn unlock(mut self) -> Result<()> {
-        self.released = true;
-        self.raw.release(&self.region)
+    pub fn unlock(self) -> Result<()> {
+        self.token.unlock()
     }
 
     /// The handle this guard keeps alive.
     pub fn handle(&self) -> &Arc<LockTicket> {
         &self.lt
-    }
-}
-
-impl Drop for OwnedTokenGuard {
-    fn drop(&mut self) {
-        if !self.released {
-            let _ = self.raw.release(&self.region);
-        }
     }
 }
 
@@ -163,10 +151,8 @@ impl LockTicket {
         };
         let (_, raw) = guard.into_raw();
         Ok(OwnedTokenGuard {
-            raw,
-            region,
+            token: ArcToken::new(raw, region),
             lt: Arc::clone(self),
-            released: false,
             _not_send: std::marker::PhantomData,
         })
     }

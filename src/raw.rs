@@ -172,6 +172,57 @@ fn corrupted(region: &Region, b: crate::ring::Broken) -> Error {
     }
 }
 
+/// A raw token with the table it was taken in kept alive by an `Arc`: what the owned and the
+/// async guard shapes hold (they differ only in what else they keep and in `Send`). Releases
+/// on [`unlock`](Self::unlock) or drop, once.
+#[derive(Debug)]
+pub(crate) struct ArcToken {
+    raw: RawToken,
+    region: std::sync::Arc<Region>,
+    /// Released by `unlock` (the drop then has nothing to do).
+    released: bool,
+}
+
+impl ArcToken {
+    /// `raw`, held in `region`.
+    pub(crate) fn new(raw: RawToken, region: std::sync::Arc<Region>) -> ArcToken {
+        ArcToken {
+            raw,
+            region,
+            released: false,
+        }
+    }
+
+    /// What is held.
+    pub(crate) fn raw(&self) -> &RawToken {
+        &self.raw
+    }
+
+    /// The table it is held in.
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// The fencing token of this grant.
+    pub(crate) fn fencing_token(&self) -> u64 {
+        self.raw.fencing_token(&self.region)
+    }
+
+    /// Releases the token (see [`RawToken::release`]).
+    pub(crate) fn unlock(mut self) -> Result<()> {
+        self.released = true;
+        self.raw.release(&self.region)
+    }
+}
+
+impl Drop for ArcToken {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.raw.release(&self.region);
+        }
+    }
+}
+
 /// A main-lock membership: the registry entry, and what joining found.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RawMember {
