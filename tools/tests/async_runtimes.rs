@@ -6,6 +6,8 @@
 //! tokio, smol and futures-executor are dev-dependencies of `lockticket-tools` only: the
 //! library has no runtime dependency, and its demo stays small.
 
+// The root crate's test plumbing (helper processes, unique names, bounded waits), shared.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
