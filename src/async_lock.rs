@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 use crate::async_wait::{Pending, Registry, WordRef};
 use crate::error::{Error, Result};
 use crate::handle::LockTicket;
+use crate::patience::Patience;
 use crate::raw::{ArcToken, Place, RawToken};
 use crate::region::Region;
 use crate::ring::{BypassCheck, Claim, Entry, Grant, Ticket};
 use crate::share::Share;
 use crate::sys;
-use crate::token::Patience;
 
 /// How often a waiting future looks at what blocks it when it is next in line (as a blocked
 /// waiter does: `wait::CHECK_NEXT`), and when it is farther back (`wait::CHECK_FAR`).

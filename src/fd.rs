@@ -20,10 +20,10 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::handle::LockTicket;
 use crate::liveness::Registration;
+use crate::patience::{Patience, patience_for};
 use crate::region::Region;
 use crate::ring::{self, Ticket};
 use crate::share::Share;
-use crate::token::{Patience, patience_for};
 use crate::{procs, sys};
 
 /// What [`LockTicket::lock_fd`] got.

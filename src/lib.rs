@@ -87,6 +87,7 @@ mod members;
 mod owned;
 mod park;
 mod path;
+mod patience;
 mod payload;
 mod procs;
 mod raw;
@@ -126,11 +127,12 @@ pub use path::{
     DEFAULT_DIRECTORIES, MAX_NAME_LEN, default_directory, is_table_name, is_table_path,
     table_file_name, table_for_lock_file, table_name, temp_file_creator,
 };
+pub use patience::Patience;
 pub use region::Repaired;
 pub use request::TokenRequest;
 pub use share::Share;
 pub use status::{MemberInfo, Status, TokenInfo};
-pub use token::{Patience, TokenGuard};
+pub use token::TokenGuard;
 
 /// The README's examples, compiled and run as doc-tests.
 #[cfg(doctest)]

@@ -17,85 +17,29 @@
 //!
 //! The descriptor form (`crate::fd`) locks the caller's own descriptor instead: exactly
 //! flock(1)'s semantics, the lock lives as long as that open file description.
+//!
+//! Who does what: this module takes the `flock` (`take`, `take_on`) and judges
+//! descriptor-form holders; the token path (`LockTicket::lock_file_within`, in `crate::token`)
+//! adds the lock to a guard; the table keeps which guard holds which description
+//! (`region::kernel_locks`), and a guard's release drops it there. So imports run one way:
+//! `token` → `lock_file` → the lower floors, and neither `region` nor `token` is imported here.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
-use crate::region::Region;
+use crate::error::{Error, IoOp, Result};
+use crate::patience::Patience;
 use crate::share::Share;
 use crate::sys;
-use crate::token::Patience;
-
-/// The `flock` a guard of a keyed table holds on the table's lock file, on a description of
-/// its own (close-on-exec). Kept by the table (`Region::kernel_locks`), not in the guard: the
-/// guards of ordinary tables stay as small as before, and their release only tests whether
-/// the table has a lock file. Found again by the guard's ticket, claim word and process.
-///
-/// The description is a [`sys::ForkLocal`]: a child made by `fork` gets it pointed at
-/// /dev/null, so that a holder that forks a worker and dies does not leave the lock file
-/// locked by the worker.
-#[derive(Debug)]
-pub(crate) struct KernelLock {
-    /// The guard's ticket, claim word (or bypass owner field) and process.
-    key: (u64, u64, u32),
-    file: sys::ForkLocal,
-}
-
-/// The descriptions of the kernel locks that process `pid`'s guards hold (handed to the
-/// exec guardian: see `Region::fork_exec_guardian`).
-pub(crate) fn descriptions_of(
-    held: &[KernelLock],
-    pid: u32,
-) -> impl Iterator<Item = BorrowedFd<'_>> {
-    held.iter()
-        .filter(move |k| k.key.2 == pid)
-        .map(|k| k.file.as_fd())
-}
-
-/// Drops the kernel lock kept under `key` (see `RawToken::key`), if there is one (for every
-/// copy of the description: a forked child's too), before the guard releases the ring token,
-/// and closes its description. A failed `LOCK_UN` leaves the lock to the close.
-#[cold]
-#[inline(never)]
-pub(crate) fn release(region: &Region, key: (u64, u64, u32)) {
-    let k = {
-        let mut held = region
-            .kernel_locks()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match held.iter().position(|k| k.key == key) {
-            Some(i) => held.swap_remove(i),
-            None => return, // a guard taken without one (the descriptor form's)
-        }
-    };
-    let _ = sys::flock_unlock_fd(k.file.as_fd());
-}
-
-/// A new descriptor of the description holding the kernel lock kept under `key` (see
-/// `RawToken::key` and `TokenGuard::lock_file_description`).
-pub(crate) fn description(region: &Region, key: (u64, u64, u32)) -> Result<Option<File>> {
-    let held = region
-        .kernel_locks()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let Some(k) = held.iter().find(|k| k.key == key) else {
-        return Ok(None);
-    };
-    k.file.try_clone().map(Some).map_err(|cause| Error::Io {
-        path: region.path().to_path_buf(),
-        op: crate::error::IoOp::DupLockFileDescription,
-        cause,
-    })
-}
 
 /// Takes the `flock` on the lock file behind `anchor` for a token granted in `share` mode,
 /// waiting as `patience` allows. `Ok(None)`: not obtained in time (the caller gives the ring
 /// token back). `path` names the lock file for messages, and is where it is opened again when
-/// `/proc/self/fd` cannot be (checked to be the same file).
-fn take(
+/// `/proc/self/fd` cannot be (checked to be the same file). The caller keeps the description
+/// (`Region::keep_kernel_lock`) for the guard's release.
+pub(crate) fn take(
     anchor: &File,
     path: Option<&Path>,
     share: Share,
@@ -107,7 +51,7 @@ fn take(
     };
     let file = open_description(anchor, path).map_err(|cause| Error::Io {
         path: shown(),
-        op: crate::error::IoOp::OpenLockFileAgain,
+        op: IoOp::OpenLockFileAgain,
         cause,
     })?;
     // A child forked while we hold the lock must not keep the description (and the lock)
@@ -119,7 +63,7 @@ fn take(
         Ok(false) => Ok(None),
         Err(cause) => Err(Error::Io {
             path: shown(),
-            op: crate::error::IoOp::Flock,
+            op: IoOp::Flock,
             cause,
         }),
     }
@@ -135,7 +79,7 @@ pub(crate) fn take_on(
 ) -> Result<bool> {
     flock_within(fd, share, patience).map_err(|cause| Error::Io {
         path: path.to_path_buf(),
-        op: crate::error::IoOp::Flock,
+        op: IoOp::Flock,
         cause,
     })
 }
@@ -184,41 +128,6 @@ fn open_description(anchor: &File, path: Option<&Path>) -> std::io::Result<File>
                 return Err(e);
             }
             Ok(f)
-        }
-    }
-}
-
-impl crate::handle::LockTicket {
-    /// Adds the kernel lock on the lock file to `guard`, a token granted in the ring, waiting
-    /// for it within `patience`; gives the ring token back when it is not obtained in time.
-    #[cold]
-    pub(crate) fn lock_file_within<'a>(
-        &'a self,
-        guard: crate::token::TokenGuard<'a>,
-        patience: Patience,
-    ) -> Result<Option<crate::token::TokenGuard<'a>>> {
-        let path = self.lock_file_path.get().map(|p| p.as_path());
-        let (region, key) = guard.kernel_key();
-        let Some(lock_file) = region.anchor() else {
-            return Ok(Some(guard)); // not keyed (the caller checked)
-        };
-        match take(lock_file, path, guard.share(), patience) {
-            Ok(Some(file)) => {
-                region
-                    .kernel_locks()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(KernelLock { key, file });
-                Ok(Some(guard))
-            }
-            Ok(None) => {
-                guard.unlock()?;
-                Ok(None)
-            }
-            Err(e) => {
-                drop(guard);
-                Err(e)
-            }
         }
     }
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::guard::Guard;
+use crate::patience::{Patience, patience_for};
 use crate::share::Share;
-use crate::token::{Patience, TokenGuard};
+use crate::token::TokenGuard;
 
 /// A handle that hands out tokens: [`LockTicket`](crate::LockTicket), and
 /// `lockticket::etcd::EtcdLockTicket` with the `etcd` feature. One required method, the
@@ -67,13 +68,6 @@ pub trait TokenLocks {
     /// A shared token, waiting at most `timeout`.
     fn token_lock_shared_timeout(&self, timeout: Duration) -> Result<Option<Self::Guard<'_>>> {
         self.request_token(Share::Shared, patience_for(timeout))
-    }
-}
-
-fn patience_for(timeout: Duration) -> Patience {
-    match std::time::Instant::now().checked_add(timeout) {
-        Some(d) => Patience::Until(d),
-        None => Patience::Forever,
     }
 }
 

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::error::{Error, Result};
-use crate::region::Region;
+use crate::region::{KernelKey, Region};
 use crate::ring::{Bypass, Ticket};
 use crate::share::Share;
 use crate::sys;
@@ -86,8 +86,9 @@ impl RawToken {
     }
 
     /// The key a keyed table keeps this token's kernel lock on its lock file under
-    /// (`crate::lock_file`): ticket (or head), claim word (or bypass owner field), process.
-    pub(crate) fn key(&self) -> (u64, u64, u32) {
+    /// (`Region::keep_kernel_lock`): ticket (or head), claim word (or bypass owner field),
+    /// process.
+    pub(crate) fn key(&self) -> KernelKey {
         match self.place {
             Place::Queued(tk) => (tk.t, tk.word, self.pid),
             Place::Ahead(b) => (b.head, u64::from(b.owner), self.pid),
@@ -130,7 +131,7 @@ impl RawToken {
         }
         if region.anchor().is_some() {
             // A keyed table: its lock file's flock first, never two holders of the file.
-            crate::lock_file::release(region, self.key());
+            region.release_kernel_lock(self.key());
         }
         let ring = region.ring();
         let released = match self.place {

@@ -11,7 +11,8 @@
 //! This file holds [`Region`] and its views (header, ring, payload, members, processes); the
 //! concerns around it live in submodules: `open` (create, open, audit, map), `register` (this
 //! process's registration and the exec guardian), `cold` (the cold-path lock), `lifecycle`
-//! (retire, removal, revival, neutering) and `repair` (rebuilding an inconsistent ring).
+//! (retire, removal, revival, neutering), `repair` (rebuilding an inconsistent ring) and
+//! `kernel_locks` (which guard holds which kernel lock on a keyed table's lock file).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -33,11 +34,13 @@ use crate::ring::Ring;
 use crate::sys;
 
 mod cold;
+mod kernel_locks;
 mod lifecycle;
 mod open;
 mod register;
 mod repair;
 
+pub(crate) use kernel_locks::KernelKey;
 pub(crate) use open::Create;
 pub(crate) use repair::Repair;
 pub use repair::Repaired;
@@ -140,8 +143,8 @@ pub(crate) struct Region {
     /// `LockTicket::judge_fd_holders`).
     fd_closed: std::sync::OnceLock<Vec<(u32, u32)>>,
     /// Keyed tables: the kernel locks on the lock file that this process's guards hold
-    /// (`crate::lock_file`).
-    kernel_locks: Mutex<Vec<crate::lock_file::KernelLock>>,
+    /// (`kernel_locks`).
+    kernel_locks: Mutex<Vec<kernel_locks::KernelLock>>,
 }
 
 /// The cold-path lock's description and the process that opened it.
@@ -271,11 +274,6 @@ impl Region {
     /// lock-file byte unlocked after they were recorded). The first record stays.
     pub(crate) fn set_fd_closed(&self, entries: Vec<(u32, u32)>) {
         let _ = self.fd_closed.set(entries);
-    }
-
-    /// The kernel locks on the lock file that this process's guards hold (keyed tables).
-    pub(crate) fn kernel_locks(&self) -> &Mutex<Vec<crate::lock_file::KernelLock>> {
-        &self.kernel_locks
     }
 
     /// The anchor on the table's lock file, if one was given.

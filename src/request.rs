@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::handle::LockTicket;
+use crate::patience::{Patience, patience_for};
 use crate::share::Share;
-use crate::token::{Ask, Patience, Route, TokenGuard, patience_for};
+use crate::token::{Ask, Route, TokenGuard};
 
 /// A token request being put together: mode, then how long it may wait. Made by
 /// [`LockTicket::request`].

@@ -5,48 +5,13 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::handle::LockTicket;
 use crate::liveness::Registration;
+use crate::patience::Patience;
 use crate::raw::{Place, RawToken};
 use crate::region::Region;
 use crate::ring::{Claim, Entry, Grant, Ticket};
 use crate::share::Share;
 use crate::sys;
 use crate::wait::{self, Entered, Outcome, WaitError, Waiter};
-
-/// How long a token request may wait (see [`TokenRequest::patience`]).
-///
-/// [`TokenRequest::patience`]: crate::TokenRequest::patience
-///
-/// ```
-/// use std::time::{Duration, Instant};
-/// use lockticket::Patience;
-/// # fn main() -> lockticket::Result<()> {
-/// # let dir = std::env::temp_dir();
-/// # let name = format!("doc-patience-{}", std::process::id());
-/// let lt = lockticket::LockTicket::builder(&name).directory(&dir).open()?;
-/// let _owner = lt.main_lock(lockticket::Share::Shared)?;
-/// // A command-line tool's -n / -w SECONDS, decided once:
-/// let patience = Patience::Until(Instant::now() + Duration::from_secs(2));
-/// assert!(lt.request().patience(patience).lock()?.is_some());
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Patience {
-    /// Not at all: granted now or never, leaving no trace in the queue.
-    NoWait,
-    /// Until this instant at the latest.
-    Until(Instant),
-    /// As long as it takes.
-    Forever,
-}
-
-impl Patience {
-    fn deadline(self) -> Option<Instant> {
-        match self {
-            Patience::Until(d) => Some(d),
-            Patience::NoWait | Patience::Forever => None,
-        }
-    }
-}
 
 /// Which way a request may be granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +124,37 @@ impl LockTicket {
                 self.lock_file_within(g, ask.patience)
             }
             g => Ok(g),
+        }
+    }
+
+    /// Adds the kernel lock on the lock file (`crate::lock_file`) to `guard`, a token granted
+    /// in the ring, waiting for it within `patience`; gives the ring token back when it is not
+    /// obtained in time. The table keeps the lock's description for the guard's release
+    /// (`Region::keep_kernel_lock`).
+    #[cold]
+    fn lock_file_within<'a>(
+        &'a self,
+        guard: TokenGuard<'a>,
+        patience: Patience,
+    ) -> Result<Option<TokenGuard<'a>>> {
+        let path = self.lock_file_path.get().map(|p| p.as_path());
+        let region = guard.region;
+        let Some(lock_file) = region.anchor() else {
+            return Ok(Some(guard)); // not keyed (the caller checked)
+        };
+        match crate::lock_file::take(lock_file, path, guard.share(), patience) {
+            Ok(Some(file)) => {
+                region.keep_kernel_lock(guard.raw.key(), file);
+                Ok(Some(guard))
+            }
+            Ok(None) => {
+                guard.unlock()?;
+                Ok(None)
+            }
+            Err(e) => {
+                drop(guard);
+                Err(e)
+            }
         }
     }
 
@@ -472,13 +468,6 @@ enum Fast<'a> {
     Missed,
 }
 
-pub(crate) fn patience_for(timeout: Duration) -> Patience {
-    match Instant::now().checked_add(timeout) {
-        Some(d) => Patience::Until(d),
-        None => Patience::Forever,
-    }
-}
-
 /// A held token. Released on [`unlock`](Self::unlock) or drop (the original's
 /// `TokenUnlock()`); dropped in a forked child, it does nothing.
 ///
@@ -584,7 +573,7 @@ impl TokenGuard<'_> {
     /// # Ok(()) }
     /// ```
     pub fn lock_file_description(&self) -> Result<Option<std::fs::File>> {
-        crate::lock_file::description(self.region, self.raw.key())
+        self.region.kernel_lock_description(self.raw.key())
     }
 
     #[inline]
@@ -604,12 +593,6 @@ impl<'a> TokenGuard<'a> {
     /// The table it was taken in.
     pub(crate) fn region(&self) -> &'a Region {
         self.region
-    }
-
-    /// The table, and the key its kernel lock on the lock file is kept under there
-    /// (`crate::lock_file`).
-    pub(crate) fn kernel_key(&self) -> (&'a Region, (u64, u64, u32)) {
-        (self.region, self.raw.key())
     }
 
     /// The table and the raw token, without releasing it: for a token handed over to another

@@ -77,8 +77,8 @@ use self::http::Endpoint;
 use self::session::{Held, Session};
 use crate::error::{Error, Result};
 use crate::guard::Guard;
+use crate::patience::Patience;
 use crate::share::Share;
-use crate::token::Patience;
 
 /// The environment variable [`EtcdBuilder::endpoints_from_env`] reads: client URLs separated
 /// by commas (`http://10.0.0.1:2379,http://10.0.0.2:2379`).

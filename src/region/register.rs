@@ -64,12 +64,12 @@ impl Region {
             return Ok(None);
         };
         // A keyed table's kernel locks on the lock file held by this process's guards go with
-        // the registration (`crate::lock_file`): the guardian keeps them too, so that neither
+        // the registration (`super::kernel_locks`): the guardian keeps them too, so that neither
         // the program nor its children hold them, and they end with the program.
         let pid = sys::current_identity().0;
         let kernel = self.kernel_locks.lock().unwrap_or_else(|p| p.into_inner());
         let mut keep = vec![reg.as_fd()];
-        keep.extend(crate::lock_file::descriptions_of(&kernel, pid));
+        keep.extend(super::kernel_locks::descriptions_of(&kernel, pid));
         sys::fork_guardian(&keep)
             .map(Some)
             .map_err(io_err(&self.path, crate::error::IoOp::ForkExecGuardian))
