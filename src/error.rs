@@ -14,7 +14,7 @@ pub enum Error {
     #[error(
         "invalid table name {name:?}: a name is 1 to {max} characters from A-Z a-z 0-9 - _; \
          give a path as /absolute, ./relative or ../relative",
-        max = crate::path::MAX_NAME_LEN
+        max = crate::name::MAX_NAME_LEN
     )]
     InvalidName {
         /// What was given.

@@ -84,6 +84,7 @@ mod lock_file;
 mod locks;
 mod main_lock;
 mod members;
+mod name;
 mod owned;
 mod park;
 mod path;
@@ -122,10 +123,11 @@ pub use layout::HeaderError;
 pub use lock_file::FdHolders;
 pub use locks::TokenLocks;
 pub use main_lock::MainGuard;
+pub use name::{MAX_NAME_LEN, is_table_name};
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
 pub use path::{
-    DEFAULT_DIRECTORIES, MAX_NAME_LEN, default_directory, is_table_name, is_table_path,
-    table_file_name, table_for_lock_file, table_name, temp_file_creator,
+    DEFAULT_DIRECTORIES, default_directory, is_table_path, table_file_name, table_for_lock_file,
+    table_name, temp_file_creator,
 };
 pub use patience::Patience;
 pub use region::Repaired;

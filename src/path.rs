@@ -5,6 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::name::is_table_name;
 use crate::sys;
 
 /// Directories tried, in order, for a table given by name.
@@ -20,10 +21,6 @@ pub const DEFAULT_DIRECTORIES: [&str; 4] = ["/dev/shm", "/run/shm", "/run", "/tm
 pub fn table_file_name(name: &str) -> String {
     format!("lockticket-{name}.lt")
 }
-
-/// Longest table name, as in the Perl original (`[-_A-Za-z0-9]{1,218}`). The one source of
-/// the rule: the error message and the checks use it.
-pub const MAX_NAME_LEN: usize = 218;
 
 /// The table name that a file name stands for, when it is the file of a *named* table
 /// (`lockticket-NAME.lt`, as [`LockTicket::open`](crate::LockTicket::open) places a name in its
@@ -81,22 +78,6 @@ pub fn temp_file_creator(file_name: &OsStr) -> Option<u32> {
     (hex16(r) && table_name(OsStr::new(table)).is_some())
         .then(|| pid(p))
         .flatten()
-}
-
-/// True for a valid table name: `[-_A-Za-z0-9]{1,MAX_NAME_LEN}` (a bare word that
-/// [`LockTicket::open`](crate::LockTicket::open) places in the default directory).
-///
-/// ```
-/// use std::ffi::OsStr;
-///
-/// assert!(lockticket::is_table_name(OsStr::new("backup-2")));
-/// assert!(!lockticket::is_table_name(OsStr::new("./backup")));
-/// ```
-pub fn is_table_name(s: &OsStr) -> bool {
-    let b = s.as_bytes();
-    (1..=MAX_NAME_LEN).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
 }
 
 /// True when `s` is given as a path: absolute, `./…` or `../…`.
@@ -268,6 +249,7 @@ pub fn default_directory() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::name::MAX_NAME_LEN;
 
     #[test]
     fn names_and_paths() {
