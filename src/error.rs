@@ -103,6 +103,19 @@ pub enum Error {
         /// The filesystem.
         fs: &'static str,
     },
+    /// A descriptor given to the descriptor form ([`LockTicket::lock_fd`],
+    /// [`LockTicket::unlock_fd`], `lockticket exec FD`) cannot be used for it. (The previous
+    /// release reported these as [`Error::InvalidOption`].)
+    ///
+    /// [`LockTicket::lock_fd`]: crate::LockTicket::lock_fd
+    /// [`LockTicket::unlock_fd`]: crate::LockTicket::unlock_fd
+    #[error("{path}: {problem}", path = path.display())]
+    BadDescriptor {
+        /// What the descriptor names: the path the kernel shows, else `descriptor N`.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: DescriptorProblem,
+    },
     /// The bytes at the path are not a lock table this version can use.
     #[error("{path}: {}", invalid_advice(reason), path = path.display())]
     InvalidTable {
@@ -551,6 +564,39 @@ impl IoOp {
 impl std::fmt::Display for IoOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why a descriptor cannot be used by the descriptor form (see [`Error::BadDescriptor`]): code
+/// that decides on it matches a variant; the message says what to do.
+///
+/// ```
+/// use lockticket::DescriptorProblem;
+/// assert!(DescriptorProblem::PathOnly.to_string().contains("O_PATH"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DescriptorProblem {
+    /// It is an `O_PATH` descriptor, which cannot hold a file lock.
+    PathOnly,
+    /// It names another file than the lock file this handle was given (or first used): its
+    /// table is another one.
+    OtherFile,
+}
+
+impl std::fmt::Display for DescriptorProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DescriptorProblem::PathOnly => {
+                "an O_PATH descriptor cannot hold a lock; open the file for reading or writing \
+                 (as a shell's `exec 9<file` or `exec 9>file` does)"
+            }
+            DescriptorProblem::OtherFile => {
+                "the descriptor names another file than this handle's lock file; lock it \
+                 through the table kept for its own file (table_for_lock_fd), with a handle of \
+                 that table"
+            }
+        })
     }
 }
 

@@ -17,7 +17,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{DescriptorProblem, Error, Result};
 use crate::handle::LockTicket;
 use crate::liveness::Registration;
 use crate::patience::{Patience, patience_for};
@@ -177,10 +177,10 @@ impl LockTicket {
         let anchor = self.anchor.get().expect("set above");
         let m = anchor.metadata().map_err(io(crate::error::IoOp::Fstat))?;
         if (m.dev(), m.ino()) != want {
-            return Err(Error::InvalidOption(format!(
-                "{}: the descriptor names another file than this handle's lock file",
-                path.display()
-            )));
+            return Err(Error::BadDescriptor {
+                path,
+                problem: DescriptorProblem::OtherFile,
+            });
         }
         Ok(anchor)
     }
@@ -255,10 +255,10 @@ impl LockTicket {
             libc::O_WRONLY | libc::O_RDWR => true,
             libc::O_RDONLY => false,
             _ => {
-                return Err(Error::InvalidOption(format!(
-                    "{}: an O_PATH descriptor cannot hold a lock",
-                    path.display()
-                )));
+                return Err(Error::BadDescriptor {
+                    path,
+                    problem: DescriptorProblem::PathOnly,
+                });
             }
         };
         let anchor = self.fd_anchor(fd)?;

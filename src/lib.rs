@@ -114,7 +114,7 @@ pub mod fuzzing {
 
 pub use async_lock::{AsyncTokenGuard, LockFuture, OwnedLockFuture};
 pub use cancel::Cancel;
-pub use error::{Error, IoOp, Removal, Result};
+pub use error::{DescriptorProblem, Error, IoOp, Removal, Result};
 pub use fairness::{Fairness, ParseFairnessError};
 pub use fd::{FdLock, table_for_lock_fd};
 pub use guard::Guard;

@@ -190,3 +190,53 @@ fn shared_holders_of_one_process_keep_their_own_kernel_lock() {
     let rc = unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     assert_eq!(rc, 0, "released holders left the kernel lock behind");
 }
+
+/// The descriptor form refuses a descriptor it cannot use with its own error,
+/// `Error::BadDescriptor`, whose detail says why and whose message says what to do: an
+/// `O_PATH` descriptor, and a descriptor of another file than the handle's lock file.
+#[test]
+fn a_bad_descriptor_is_its_own_error() {
+    use lockticket::{DescriptorProblem, Error};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let s = Scratch::new("lf-bad-fd");
+    let (file, other) = (s.join("job.lock"), s.join("other.lock"));
+    std::fs::write(&file, b"").unwrap();
+    std::fs::write(&other, b"").unwrap();
+    let lt = open_keyed(&file, &s.0);
+    let _owner = lt.main_lock(Share::Shared).unwrap();
+    let path_only = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(&file)
+        .unwrap();
+    match lt.lock_fd(path_only.as_fd(), Share::Exclusive, Some(Duration::ZERO)) {
+        Err(
+            e @ Error::BadDescriptor {
+                problem: DescriptorProblem::PathOnly,
+                ..
+            },
+        ) => assert!(
+            e.to_string()
+                .contains("open the file for reading or writing"),
+            "{e}"
+        ),
+        other => panic!("an O_PATH descriptor: {other:?}"),
+    }
+    let elsewhere = std::fs::File::open(&other).unwrap();
+    let got = lt.lock_fd(elsewhere.as_fd(), Share::Exclusive, Some(Duration::ZERO));
+    match got {
+        Err(Error::BadDescriptor {
+            path,
+            problem: DescriptorProblem::OtherFile,
+        }) => assert!(path.ends_with("other.lock"), "{path:?}"),
+        other => panic!("a descriptor of another file: {other:?}"),
+    }
+    assert!(matches!(
+        lt.unlock_fd(elsewhere.as_fd()),
+        Err(Error::BadDescriptor {
+            problem: DescriptorProblem::OtherFile,
+            ..
+        })
+    ));
+}

@@ -449,7 +449,9 @@ impl Failure {
                  process to leave removes it)",
                 path.display()
             ),
-            Error::InvalidName { .. } | Error::InvalidOption(_) => format!("bad usage: {e}"),
+            Error::InvalidName { .. } | Error::InvalidOption(_) | Error::BadDescriptor { .. } => {
+                format!("bad usage: {e}")
+            }
             Error::Io { path, .. } if missing_directory(e).is_some() => format!(
                 "{what}: {}: the directory {} is missing (create it first)",
                 path.display(),
@@ -500,9 +502,10 @@ pub(crate) fn exit_code_of(e: &Error) -> i32 {
             _ if *op == lockticket::IoOp::Open => code::NO_TABLE,
             _ => code::TABLE,
         },
-        Error::InvalidName { .. } | Error::InvalidOption(_) | Error::FairnessMismatch { .. } => {
-            code::USAGE
-        }
+        Error::InvalidName { .. }
+        | Error::InvalidOption(_)
+        | Error::BadDescriptor { .. }
+        | Error::FairnessMismatch { .. } => code::USAGE,
         Error::NotCreated { .. } | Error::Removed { .. } => code::NO_TABLE,
         Error::PayloadTooLarge { .. } => code::DATA,
         #[cfg(feature = "etcd")]
@@ -787,6 +790,26 @@ mod tests {
             (lockticket::IoOp::Map, libc::EINVAL, code::TABLE),
         ] {
             assert_eq!(exit_code_of(&io(op, errno)), want, "{op} {errno}");
+        }
+    }
+
+    /// A descriptor the descriptor form cannot use is a usage error (64), as it was while the
+    /// library reported it as `InvalidOption`, with the library's advice after "bad usage".
+    #[test]
+    fn a_bad_descriptor_is_a_usage_error() {
+        for problem in [
+            lockticket::DescriptorProblem::PathOnly,
+            lockticket::DescriptorProblem::OtherFile,
+        ] {
+            let e = Error::BadDescriptor {
+                path: PathBuf::from("/var/lock/job"),
+                problem,
+            };
+            assert_eq!(exit_code_of(&e), code::USAGE);
+            assert_eq!(exit_code_of(&Error::InvalidOption("x".into())), code::USAGE);
+            let f = Failure::table("cannot lock descriptor 9", &e);
+            assert_eq!(f.code, code::USAGE);
+            assert_eq!(f.message, format!("bad usage: /var/lock/job: {problem}"));
         }
     }
 }
