@@ -8,7 +8,7 @@ use crate::liveness::Registration;
 use crate::patience::Patience;
 use crate::raw::{Place, RawToken};
 use crate::region::Region;
-use crate::ring::{Claim, Entry, Grant, Ticket};
+use crate::ring::{Broken, Claim, Entry, Grant, Ticket};
 use crate::share::Share;
 use crate::sys;
 use crate::wait::{self, Entered, Outcome, WaitError, Waiter};
@@ -237,9 +237,23 @@ impl LockTicket {
         })
     }
 
-    /// Everything the fast path did not finish, from where it stopped.
+    /// Everything the fast path did not finish, from where it stopped. The API edge of the
+    /// slow path: a broken ring that could not be repaired becomes the public
+    /// [`Error::Corrupted`] here, and only here.
     #[cold]
     fn slow<'a>(&'a self, ask: Ask<'_>, fast: Fast<'a>) -> Result<Option<TokenGuard<'a>>> {
+        self.slow_steps(ask, fast).map_err(|f| match f {
+            Failed::Broken(b) => self.broken(b),
+            Failed::Error(e) => e,
+        })
+    }
+
+    /// [`Self::slow`] before the edge: decides on a broken ring by its own type.
+    fn slow_steps<'a>(
+        &'a self,
+        ask: Ask<'_>,
+        fast: Fast<'a>,
+    ) -> Result<Option<TokenGuard<'a>>, Failed> {
         let first = match fast {
             Fast::Granted(g) => return Ok(Some(g)),
             Fast::Claimed(region, tk) => self.wait_for_grant(region, tk, ask),
@@ -248,14 +262,12 @@ impl LockTicket {
         match first {
             // The queue may be inconsistent (overwritten bytes): repair it when that is safe,
             // then try once more. Never a permanent outage (see `repair`).
-            Err(Error::Corrupted { .. }) if self.recover(self.table()?)? => {
-                self.claim_and_wait(ask)
-            }
+            Err(Failed::Broken(_)) if self.recover(self.table()?)? => self.claim_and_wait(ask),
             other => other,
         }
     }
 
-    fn claim_and_wait(&self, ask: Ask<'_>) -> Result<Option<TokenGuard<'_>>> {
+    fn claim_and_wait(&self, ask: Ask<'_>) -> Result<Option<TokenGuard<'_>>, Failed> {
         match self.claim(ask)? {
             Some(Claimed::Queued(region, tk)) => self.wait_for_grant(region, tk, ask),
             Some(Claimed::Holding(g)) => Ok(Some(g)),
@@ -266,7 +278,7 @@ impl LockTicket {
     /// Enters the queue of the current table (waiting for a slot if the ring is full) and
     /// publishes the request — or, in a bounded table, takes the token ahead of the queue.
     /// `None`: no slot within `patience`.
-    fn claim(&self, ask: Ask<'_>) -> Result<Option<Claimed<'_>>> {
+    fn claim(&self, ask: Ask<'_>) -> Result<Option<Claimed<'_>>, Failed> {
         let Ask {
             share, patience, ..
         } = ask;
@@ -291,14 +303,14 @@ impl LockTicket {
                     |ring: &crate::ring::Ring<'_>| share == Share::Exclusive && !ring.is_idle();
                 if busy(ring) {
                     ring.check_head(&region.liveness())
-                        .map_err(|b| self.broken(b))?;
+                        .map_err(Failed::Broken)?;
                     if busy(ring) {
                         return Ok(None);
                     }
                 }
                 match ring.try_claim(share, me) {
                     Claim::Claimed(tk) => tk,
-                    Claim::Broken(b) => return Err(self.broken(b)),
+                    Claim::Broken(b) => return Err(Failed::Broken(b)),
                     Claim::Full | Claim::Retry => return Ok(None),
                 }
             }
@@ -318,7 +330,7 @@ impl LockTicket {
                 match claimed {
                     Ok(Some(tk)) => tk,
                     Ok(None) => return Ok(None),
-                    Err(w) => return Err(self.wait_error(w)),
+                    Err(w) => return Err(Failed::of_wait(self, w)),
                 }
             }
         };
@@ -333,7 +345,7 @@ impl LockTicket {
         region: &'a Region,
         tk: Ticket,
         ask: Ask<'_>,
-    ) -> Result<Option<TokenGuard<'a>>> {
+    ) -> Result<Option<TokenGuard<'a>>, Failed> {
         let patience = ask.patience;
         let ring = region.ring();
         let pid = sys::current_identity().0;
@@ -344,7 +356,7 @@ impl LockTicket {
         if region.retired() {
             // The last owner retired this table after we looked: leave it, use the new one.
             let _ = ring.release(tk);
-            return self.slow(ask, Fast::Missed);
+            return self.slow_steps(ask, Fast::Missed);
         }
         // Every sleep timeout (a few ms): the parent is alive, the table still at its path.
         let check = || {
@@ -429,23 +441,44 @@ impl LockTicket {
                 Ok(Some(self.holding(region, tk, pid, bypass_died)))
             }
             Ok(Outcome::TimedOut) => {
-                ring.release(tk).map_err(|b| self.broken(b))?;
+                ring.release(tk).map_err(Failed::Broken)?;
                 Ok(None)
             }
             Err(e) => {
                 let _ = ring.release(tk);
-                Err(self.wait_error(e))
+                Err(Failed::of_wait(self, e))
             }
         }
     }
+}
 
-    fn wait_error(&self, e: WaitError<Error>) -> Error {
+/// Why a step of the slow path failed, before the API edge ([`LockTicket::slow`]): a broken
+/// ring, which the slow path may repair and then ask again, or an error to report as it is.
+/// The slow path decides on the ring's own [`Broken`], never on the public
+/// [`Error::Corrupted`] it becomes at the edge.
+#[derive(Debug)]
+enum Failed {
+    /// The ring makes no sense (see `Ring::inconsistency_of`).
+    Broken(Broken),
+    /// Anything else, reported as it is.
+    Error(Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Failed {
+        Failed::Error(e)
+    }
+}
+
+impl Failed {
+    /// What a failed wait in `lt`'s table means for the slow path.
+    fn of_wait(lt: &LockTicket, e: WaitError<Error>) -> Failed {
         match e {
-            WaitError::Broken(b) => self.broken(b),
-            WaitError::Check(e) => e,
-            WaitError::Cancelled => Error::Cancelled {
-                path: self.path.clone(),
-            },
+            WaitError::Broken(b) => Failed::Broken(b),
+            WaitError::Check(e) => Failed::Error(e),
+            WaitError::Cancelled => Failed::Error(Error::Cancelled {
+                path: lt.path.clone(),
+            }),
         }
     }
 }
@@ -613,5 +646,45 @@ impl crate::guard::Guard for TokenGuard<'_> {
     }
     fn fencing_token(&self) -> u64 {
         TokenGuard::fencing_token(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slow path decides on a broken ring by the ring's own type: a failed wait on a
+    /// broken ring is `Failed::Broken` (which the slow path may repair), everything else is
+    /// reported as it is; only the edge turns a broken ring into the public `Corrupted`, with
+    /// the ring's words.
+    #[test]
+    fn the_slow_path_decides_on_broken_not_on_corrupted() {
+        let dir = std::env::temp_dir();
+        let lt = LockTicket::builder("token-failed-unit")
+            .directory(&dir)
+            .open()
+            .unwrap();
+        let broken = || crate::ring::Broken("slot of ticket 7 expected lap 0".into());
+        assert!(matches!(
+            Failed::of_wait(&lt, WaitError::Broken(broken())),
+            Failed::Broken(_)
+        ));
+        assert!(matches!(
+            Failed::of_wait(&lt, WaitError::Cancelled),
+            Failed::Error(Error::Cancelled { path }) if path == lt.path()
+        ));
+        // A public Corrupted from a check (not the ring) is reported, never taken for a
+        // broken ring.
+        let check = lt.corrupted("a check");
+        assert!(matches!(
+            Failed::of_wait(&lt, WaitError::Check(check)),
+            Failed::Error(Error::Corrupted { .. })
+        ));
+        match lt.broken(broken()) {
+            Error::Corrupted { detail, .. } => {
+                assert_eq!(detail, "slot of ticket 7 expected lap 0")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
