@@ -1,4 +1,10 @@
 //! A snapshot of a table: owners, holders, the queue, counters. Taken without any lock.
+//!
+//! [`Status`] is the one model of a table's state; `text` renders it as text (`Display`,
+//! `lockticket status`), and the command's `--json` renders the same model (with its ages and
+//! [`Status::in_use`]) as JSON.
+
+mod text;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -181,98 +187,15 @@ pub(crate) fn snapshot(region: &Region) -> Status {
     }
 }
 
-fn ago(t: Option<SystemTime>) -> String {
-    match t.and_then(|t| SystemTime::now().duration_since(t).ok()) {
-        Some(d) if d.as_secs() >= 1 => format!("{:.1}s", d.as_secs_f64()),
-        Some(d) => format!("{:.1}ms", d.as_secs_f64() * 1e3),
-        None => "-".into(),
-    }
-}
-
+/// The text rendering ([`Status::to_text`]) with the path as it is, no command lines, and
+/// the current time.
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "table {} (format {}, {} slots, {}{}, payload {}/{} bytes, generation {}, {} reclaimed{}{}){}",
-            self.path.display(),
-            self.format_version,
-            self.ring_capacity,
-            self.fairness,
-            match self.fairness {
-                crate::fairness::Fairness::Strict => String::new(),
-                crate::fairness::Fairness::Bounded(_) =>
-                    format!(" with {} bypasses", self.bypasses),
-            },
-            self.payload_len,
-            self.payload_capacity,
-            self.payload_generation,
-            self.reclaimed_slots,
-            match self.repairs {
-                0 => String::new(),
-                n => format!(", {n} repaired"),
-            },
-            match self.last_fencing_token {
-                0 => String::new(),
-                n => format!(", fencing token {n}"),
-            },
-            if self.consistent {
-                ""
-            } else {
-                " [changed while read]"
-            }
-        )?;
-        let dead = |alive: bool| if alive { "" } else { " (dead)" };
-        let ns = |foreign: bool| {
-            if foreign {
-                " (pid in another pid namespace)"
-            } else {
-                ""
-            }
-        };
-        if self.members.is_empty() {
-            writeln!(f, "owners:  none")?;
-        }
-        for m in &self.members {
-            writeln!(
-                f,
-                "owner    pid {:>7} {:<9} for {}{}{}",
-                m.pid,
-                m.share,
-                ago(m.joined),
-                dead(m.alive),
-                ns(m.pid_foreign)
-            )?;
-        }
-        for (label, list) in [("holder", &self.holders), ("waiting", &self.queue)] {
-            for t in list {
-                if t.bypass {
-                    writeln!(
-                        f,
-                        "{label:<8} pid {:>7} {:<9} ahead of ticket {}{}{}",
-                        t.pid,
-                        t.share,
-                        t.ticket,
-                        dead(t.alive),
-                        ns(t.pid_foreign)
-                    )?;
-                    continue;
-                }
-                writeln!(
-                    f,
-                    "{label:<8} pid {:>7} {:<9} ticket {:<6} for {}{}{}",
-                    t.pid,
-                    t.share,
-                    t.ticket,
-                    ago(t.since),
-                    dead(t.alive),
-                    ns(t.pid_foreign)
-                )?;
-            }
-        }
-        if self.holders.is_empty() && self.queue.is_empty() {
-            writeln!(f, "tokens:  free")?;
-        }
-        Ok(())
+        f.write_str(
+            &self.to_text(SystemTime::now(), &self.path.display().to_string(), |_| {
+                None
+            }),
+        )
     }
 }
 

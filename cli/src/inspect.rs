@@ -144,32 +144,9 @@ pub(crate) fn anchor_lock_file(lt: &LockTicket) {
     }
 }
 
-/// True when a live process owns the table, holds its token or waits for it.
-fn in_use(st: &Status) -> bool {
-    st.members.iter().any(|m| m.alive) || st.holders.iter().chain(&st.queue).any(|t| t.alive)
-}
-
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn age(t: Option<SystemTime>, now: SystemTime) -> Option<Duration> {
-    t.map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
-}
-
-fn human_duration(d: Option<Duration>) -> String {
-    let Some(d) = d else { return "-".into() };
-    let s = d.as_secs_f64();
-    if s < 1.0 {
-        format!("{:.1}ms", s * 1e3)
-    } else if s < 60.0 {
-        format!("{s:.1}s")
-    } else if s < 3600.0 {
-        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
-    } else {
-        format!("{}h{:02}m", d.as_secs() / 3600, d.as_secs() / 60 % 60)
-    }
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -191,7 +168,9 @@ pub(crate) fn status(table: &OsStr, mode: Option<u32>, json: bool) -> Result<i32
         s.push('\n');
         s
     } else {
-        status_text(&st, now)
+        st.to_text(now, &escape::path(&st.path), |pid| {
+            command_text(pid, true).map(|c| truncated(&c, 72))
+        })
     };
     write_stdout(out.as_bytes())?;
     Ok(code::OK)
@@ -204,7 +183,7 @@ fn member_json(m: &MemberInfo, now: SystemTime) -> Value {
         "pid_foreign": m.pid_foreign,
         "alive": m.alive,
         "joined": m.joined.map(unix_seconds),
-        "age_seconds": age(m.joined, now).map(|d| d.as_secs_f64()),
+        "age_seconds": m.age(now).map(|d| d.as_secs_f64()),
         "command": command_line(m.pid, m.alive && !m.pid_foreign),
     })
 }
@@ -218,7 +197,7 @@ fn token_json(t: &TokenInfo, position: Option<usize>, now: SystemTime) -> Value 
         "pid_foreign": t.pid_foreign,
         "alive": t.alive,
         "since": t.since.map(unix_seconds),
-        "age_seconds": age(t.since, now).map(|d| d.as_secs_f64()),
+        "age_seconds": t.age(now).map(|d| d.as_secs_f64()),
         "bypass": t.bypass,
         "command": command_line(t.pid, t.alive && !t.pid_foreign),
     });
@@ -235,7 +214,7 @@ fn status_json(st: &Status, now: SystemTime) -> Value {
         "format": JSON_FORMAT,
         "path": st.path.to_string_lossy(),
         "now": unix_seconds(now),
-        "in_use": in_use(st),
+        "in_use": st.in_use(),
         "table_format": st.format_version,
         "ring_capacity": st.ring_capacity,
         "fairness": st.fairness.to_string(),
@@ -256,143 +235,6 @@ fn status_json(st: &Status, now: SystemTime) -> Value {
             .map(|(i, t)| token_json(t, Some(i + 1), now))
             .collect::<Vec<_>>(),
     })
-}
-
-fn status_text(st: &Status, now: SystemTime) -> String {
-    let mut o = String::new();
-    let _ = writeln!(o, "table    {}", escape::path(&st.path));
-    let _ = writeln!(
-        o,
-        "state    {}",
-        if in_use(st) {
-            "in use"
-        } else {
-            "unused: no live process owns or uses it"
-        }
-    );
-    let _ = writeln!(
-        o,
-        "payload  {} of {} bytes (generation {})",
-        st.payload_len, st.payload_capacity, st.payload_generation
-    );
-    let _ = writeln!(
-        o,
-        "slots    {} token slots; {} reclaimed from dead processes; table format {}{}",
-        st.ring_capacity,
-        st.reclaimed_slots,
-        st.format_version,
-        if st.consistent {
-            ""
-        } else {
-            "; changed while read"
-        }
-    );
-    let _ = writeln!(
-        o,
-        "order    {}",
-        match st.fairness {
-            lockticket::Fairness::Strict => "strict: first come, first served".to_string(),
-            f => format!(
-                "{f}: running processes may go ahead of sleeping waiters within the bound; \
-                 {} grants went ahead",
-                st.bypasses
-            ),
-        }
-    );
-    let _ = writeln!(
-        o,
-        "owners   {}",
-        if st.members.is_empty() {
-            "none"
-        } else {
-            "(main lock)"
-        }
-    );
-    for m in &st.members {
-        let _ = writeln!(
-            o,
-            "         pid {:<8} {:<9}  for {:<8}{}{}",
-            m.pid,
-            m.share.to_string(), // a String: `Display for Share` ignores the width
-            human_duration(age(m.joined, now)),
-            dead(m.alive),
-            cmd_or_ns(m.pid, m.alive, m.pid_foreign)
-        );
-    }
-    let _ = writeln!(
-        o,
-        "holders  {}",
-        if st.holders.is_empty() {
-            "none: the lock is free"
-        } else {
-            ""
-        }
-    );
-    for t in &st.holders {
-        let _ = writeln!(o, "{}", token_line("         ", "since", t, now));
-    }
-    let _ = writeln!(
-        o,
-        "queue    {}",
-        if st.queue.is_empty() {
-            "empty".to_string()
-        } else {
-            "first come, first served:".into()
-        }
-    );
-    for (i, t) in st.queue.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "{}",
-            token_line(&format!("  {:>4}.  ", i + 1), "waiting", t, now)
-        );
-    }
-    o.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
-}
-
-/// Marks a dead process.
-fn dead(alive: bool) -> &'static str {
-    if alive { "" } else { "  (dead)" }
-}
-
-/// A live process's command line, shortened, after two spaces (empty when unknown).
-/// The command line, or, for a PID of another PID namespace (which may name another process
-/// here), a note saying so.
-fn cmd_or_ns(pid: u32, alive: bool, foreign: bool) -> String {
-    if foreign {
-        "  (pid in another pid namespace)".to_string()
-    } else {
-        cmd(pid, alive)
-    }
-}
-
-fn cmd(pid: u32, alive: bool) -> String {
-    command_text(pid, alive)
-        .map(|c| format!("  {}", truncated(&c, 72)))
-        .unwrap_or_default()
-}
-
-/// One line of the holders or the queue: `prefix`, then the request, its age labelled `when`.
-fn token_line(prefix: &str, when: &str, t: &TokenInfo, now: SystemTime) -> String {
-    if t.bypass {
-        return format!(
-            "{prefix}pid {:<8} {:<9}  ahead of ticket {}{}{}",
-            t.pid,
-            t.share.to_string(),
-            t.ticket,
-            dead(t.alive),
-            cmd_or_ns(t.pid, t.alive, t.pid_foreign)
-        );
-    }
-    format!(
-        "{prefix}pid {:<8} {:<9}  ticket {:<6} {when} {:<8}{}{}",
-        t.pid,
-        t.share.to_string(),
-        t.ticket,
-        human_duration(age(t.since, now)),
-        dead(t.alive),
-        cmd_or_ns(t.pid, t.alive, t.pid_foreign)
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -417,7 +259,7 @@ fn summary(st: &Status) -> String {
             plural(dead_members + dead_tokens, "entry", "entries")
         ));
     }
-    let state = if in_use(st) {
+    let state = if st.in_use() {
         "in use"
     } else {
         "unused (lockticket clean removes it)"
@@ -453,7 +295,11 @@ fn stale_temp_files(dir: &Path) -> Vec<(PathBuf, String)> {
         .filter_map(|e| {
             let pid = lockticket::temp_file_creator(&e.file_name())?;
             let meta = e.metadata().ok().filter(|m| m.is_file())?;
-            let old = age(meta.modified().ok(), now).is_none_or(|a| a > Duration::from_secs(60));
+            let age = meta
+                .modified()
+                .ok()
+                .map(|m| now.duration_since(m).unwrap_or(Duration::ZERO));
+            let old = age.is_none_or(|a| a > Duration::from_secs(60));
             let why = if !pid_alive(pid) {
                 format!("temporary file of a table creator that died, pid {pid}")
             } else if old {
@@ -600,7 +446,7 @@ fn clean_path(path: &Path) -> Result<Cleaned, Failure> {
         Err(Error::NotCreated { .. } | Error::Removed { .. }) => return Ok(Cleaned::Absent),
         Err(e) => return Err(Failure::table("cannot read", &e)),
     };
-    if in_use(&st) {
+    if st.in_use() {
         return Ok(Cleaned::Kept(summary(&st)));
     }
     let dead: Vec<String> = st.members.iter().map(|m| m.pid.to_string()).collect();
