@@ -127,7 +127,7 @@ pub use name::{MAX_NAME_LEN, is_table_name};
 pub use owned::{Held, OwnedMainGuard, OwnedTokenGuard, hold};
 pub use path::{
     DEFAULT_DIRECTORIES, default_directory, is_table_path, table_file_name, table_for_lock_file,
-    table_name, temp_file_creator,
+    table_name, temp_file_creator, temp_file_table,
 };
 pub use patience::Patience;
 pub use region::Repaired;

@@ -57,26 +57,68 @@ pub(crate) fn temp_file_name(pid: u32, random: u64) -> String {
 /// earlier versions made them). `None` for any other name. A creator needs its temporary file
 /// for microseconds: one whose creator is dead, or that is older than a minute, was left by a
 /// creator killed half-way, and may be removed (`lockticket clean` does).
+///
+/// ```
+/// use std::ffi::OsStr;
+///
+/// let now = OsStr::new(".lockticket-4242-00000000deadbeef.tmp");
+/// assert_eq!(lockticket::temp_file_creator(now), Some(4242));
+/// let earlier = OsStr::new(".lockticket-job.lt.4242.00000000deadbeef.tmp");
+/// assert_eq!(lockticket::temp_file_creator(earlier), Some(4242));
+/// assert_eq!(lockticket::temp_file_creator(OsStr::new("lockticket-job.lt")), None);
+/// ```
 pub fn temp_file_creator(file_name: &OsStr) -> Option<u32> {
-    let s = file_name.to_str()?;
-    let body = s.strip_suffix(".tmp")?.strip_prefix('.')?;
-    let hex16 = |r: &str| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit());
-    let pid = |p: &str| {
-        (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| p.parse::<u32>().ok())
-            .flatten()
-    };
+    let body = temp_body(file_name)?;
     if let Some(rest) = body.strip_prefix("lockticket-")
         && let Some((p, r)) = rest.split_once('-')
-        && hex16(r)
+        && is_hex16(r)
     {
-        return pid(p);
+        return parse_pid(p);
     }
-    // Earlier versions: `.{table file name}.{pid}.{random:016x}.tmp`.
+    earlier_temp_file(body).map(|(_, pid)| pid)
+}
+
+/// The file name of the table an earlier version's temporary file was made for:
+/// `.lockticket-NAME.lt.PID.RANDOM.tmp` stands for `lockticket-NAME.lt` (earlier versions
+/// created a table under that name, and a process that mapped it then shows that name in
+/// `/proc/PID/maps`). `None` for any other name, this version's temporary files included
+/// (`.lockticket-PID-RANDOM.tmp`: a table is mapped again by its own name once linked).
+///
+/// ```
+/// use std::ffi::OsStr;
+///
+/// let earlier = OsStr::new(".lockticket-job.lt.4242.00000000deadbeef.tmp");
+/// assert_eq!(lockticket::temp_file_table(earlier), Some("lockticket-job.lt"));
+/// let now = OsStr::new(".lockticket-4242-00000000deadbeef.tmp");
+/// assert_eq!(lockticket::temp_file_table(now), None);
+/// ```
+pub fn temp_file_table(file_name: &OsStr) -> Option<&str> {
+    earlier_temp_file(temp_body(file_name)?).map(|(table, _)| table)
+}
+
+/// `NAME` of `.NAME.tmp`.
+fn temp_body(file_name: &OsStr) -> Option<&str> {
+    file_name.to_str()?.strip_suffix(".tmp")?.strip_prefix('.')
+}
+
+/// An earlier version's temporary name without its dots and suffix,
+/// `{table file name}.{pid}.{random:016x}`: the table's file name and the PID.
+fn earlier_temp_file(body: &str) -> Option<(&str, u32)> {
     let (rest, r) = body.rsplit_once('.')?;
     let (table, p) = rest.rsplit_once('.')?;
-    (hex16(r) && table_name(OsStr::new(table)).is_some())
-        .then(|| pid(p))
+    if !is_hex16(r) || table_name(OsStr::new(table)).is_none() {
+        return None;
+    }
+    Some((table, parse_pid(p)?))
+}
+
+fn is_hex16(r: &str) -> bool {
+    r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn parse_pid(p: &str) -> Option<u32> {
+    (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| p.parse::<u32>().ok())
         .flatten()
 }
 
@@ -305,7 +347,14 @@ mod tests {
             "x.tmp",
         ] {
             assert_eq!(temp_file_creator(OsStr::new(other)), None, "{other}");
+            assert_eq!(temp_file_table(OsStr::new(other)), None, "{other}");
         }
+        // The table an earlier version's temporary file was made for; none for this version's.
+        assert_eq!(
+            temp_file_table(OsStr::new(".lockticket-app.lt.17.0123456789abcdef.tmp")),
+            Some("lockticket-app.lt")
+        );
+        assert_eq!(temp_file_table(OsStr::new(&name)), None);
     }
 
     #[test]

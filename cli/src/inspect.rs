@@ -64,7 +64,7 @@ pub(crate) fn lock_file() -> Option<&'static (PathBuf, PathBuf)> {
 }
 
 /// What a NAME|PATH argument locks, flock(1)-style. A bare word of `[-_A-Za-z0-9]` (at most
-/// 218) is a table *name* (placed in the default tmpfs directory), refused as ambiguous when
+/// [`lockticket::MAX_NAME_LEN`]) is a table *name* (placed in the default tmpfs directory), refused as ambiguous when
 /// the current directory has a file or directory of that name. Anything else is a *path*,
 /// relative to the current directory like flock's (`job.lock`, `/var/lock/job`): a missing one
 /// or a lock table is the table itself; an existing directory or other file (`"$0"`, a lock
@@ -412,16 +412,14 @@ pub(crate) fn removed_in_use(dir: &Path) -> Vec<(PathBuf, Vec<u32>)> {
 }
 
 /// The table file name a mapped file name stands for: `lockticket-NAME.lt` itself, or the
-/// temporary name earlier versions created it under (`.lockticket-NAME.lt.PID.RANDOM.tmp`;
-/// this version maps a table it created again by its name once it is linked into place).
+/// temporary name an earlier version created it under ([`lockticket::temp_file_table`]; this
+/// version maps a table it created again by its name once it is linked into place).
 fn mapped_table_name(mapped: &Path) -> Option<String> {
-    let name = mapped.file_name()?.to_str()?;
-    if lockticket::table_name(std::ffi::OsStr::new(name)).is_some() {
-        return Some(name.to_string());
+    let name = mapped.file_name()?;
+    if lockticket::table_name(name).is_some() {
+        return name.to_str().map(str::to_string);
     }
-    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
-    let table = inner.rsplitn(3, '.').nth(2)?;
-    lockticket::table_name(std::ffi::OsStr::new(table)).map(|_| table.to_string())
+    lockticket::temp_file_table(name).map(str::to_string)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -529,4 +527,27 @@ pub(crate) fn clean_all(dir: Option<&Path>) -> Result<i32, Failure> {
     }
     write_stdout(out.as_bytes())?;
     Ok(rc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mapped names are read with the library's patterns: a table's own name, and the
+    /// temporary name an earlier version created it under; this version's temporary names
+    /// stand for no table.
+    #[test]
+    fn mapped_names_are_read_with_the_librarys_patterns() {
+        let m = |s: &str| mapped_table_name(Path::new(s));
+        assert_eq!(
+            m("/dev/shm/lockticket-job.lt").as_deref(),
+            Some("lockticket-job.lt")
+        );
+        assert_eq!(
+            m("/dev/shm/.lockticket-job.lt.17.0123456789abcdef.tmp").as_deref(),
+            Some("lockticket-job.lt")
+        );
+        assert_eq!(m("/dev/shm/.lockticket-17-0123456789abcdef.tmp"), None);
+        assert_eq!(m("/dev/shm/job.lock"), None);
+    }
 }
