@@ -71,7 +71,7 @@ pub trait TokenLocks {
     }
 }
 
-impl TokenLocks for crate::LockTicket {
+impl TokenLocks for crate::handle::LockTicket {
     type Guard<'a> = TokenGuard<'a>;
 
     fn request_token(&self, share: Share, patience: Patience) -> Result<Option<TokenGuard<'_>>> {
@@ -106,7 +106,7 @@ mod tests {
     fn a_local_table_through_the_trait() {
         let dir = std::env::temp_dir();
         let name = format!("unit-locks-{}", std::process::id());
-        let lt = crate::LockTicket::builder(&name)
+        let lt = crate::handle::LockTicket::builder(&name)
             .directory(&dir)
             .open()
             .unwrap();
