@@ -10,7 +10,7 @@ use crate::fairness::Fairness;
 
 impl Status {
     /// The status as text, as `lockticket status` prints it: the table, whether it is in use,
-    /// the payload, the slots, the order, then the owners, the holders and the queue, one line
+    /// the payload, the slots, the repairs (when there were any), the order, then the owners, the holders and the queue, one line
     /// each, their ages counted to `now`. `path` is how the table's path is shown (a command
     /// escapes it for a terminal); `command` gives what to show after a live process of this
     /// PID namespace (`lockticket status`: its command line, escaped and shortened), `None`
@@ -63,6 +63,13 @@ impl Status {
                 "; changed while read"
             }
         );
+        if self.repairs > 0 {
+            let _ = writeln!(
+                o,
+                "repairs  {} repaired: the token queue was found inconsistent and rebuilt",
+                self.repairs
+            );
+        }
         let _ = writeln!(
             o,
             "order    {}",
@@ -301,5 +308,16 @@ mod tests {
                 .starts_with("table    /dev/shm/lockticket-x.lt\n")
         );
         assert!(!st.to_string().contains("cmd-"));
+        let repaired = Status {
+            repairs: 1,
+            ..st.clone()
+        };
+        let text = repaired.to_text(now, "T", |_| None);
+        assert!(
+            text.contains(
+                "\nrepairs  1 repaired: the token queue was found inconsistent and rebuilt\norder "
+            ),
+            "{text}"
+        );
     }
 }
