@@ -315,6 +315,12 @@ impl Stream {
         })
     }
 
+    /// A second handle on the stream's socket: shutting it down ends a blocked
+    /// [`next`](Stream::next) at once (how a dropped async request stops its watch).
+    pub fn interrupter(&self) -> io::Result<TcpStream> {
+        self.sock.try_clone()
+    }
+
     /// The next message, or `None` if none came before `until`.
     pub fn next(&mut self, until: Instant) -> io::Result<Option<Vec<u8>>> {
         loop {

@@ -61,9 +61,12 @@
 //! with the standard library and `serde_json`: no gRPC stack, no protoc, no async runtime.
 //! `docs/etcd.md` explains that choice, the guarantees and the failure table.
 
+mod async_lock;
 mod client;
 mod http;
 mod session;
+
+pub use self::async_lock::EtcdLockFuture;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -72,6 +75,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use self::async_lock::Stop;
 use self::client::{Client, b64, int, kvs, range_prefix};
 use self::http::Endpoint;
 use self::session::{Held, Session};
@@ -706,6 +710,17 @@ impl EtcdLockTicket {
     }
 
     fn acquire(&self, share: Share, patience: Patience) -> Result<Option<EtcdGuard>> {
+        self.acquire_with(share, patience, None)
+    }
+
+    /// The request; `stop` (an async request's) ends a wait early with `Ok(None)`, its keys
+    /// deleted (`async_lock`).
+    pub(crate) fn acquire_with(
+        &self,
+        share: Share,
+        patience: Patience,
+        stop: Option<&Stop>,
+    ) -> Result<Option<EtcdGuard>> {
         let inner = &self.inner;
         let session = inner.session()?;
         let id = random_id();
@@ -774,6 +789,9 @@ impl EtcdLockTicket {
         };
         let recheck = (inner.ttl / 3).max(Duration::from_millis(200));
         loop {
+            if stop.is_some_and(Stop::stopped) {
+                return Ok(None); // `pending` deletes our keys
+            }
             // Our key, and the conflicting key just before it (linearizable).
             let mut pred = range_prefix(&conflicts);
             pred.insert("max_create_revision".into(), (rev - 1).to_string().into());
@@ -821,6 +839,9 @@ impl EtcdLockTicket {
             }
             let until = deadline.map_or(now + recheck, |d| d.min(now + recheck));
             if let Ok(mut w) = inner.client.watch(&before.key, until) {
+                let Some(_watching) = Stop::watching(stop, &w) else {
+                    return Ok(None); // stopped: `pending` deletes our keys
+                };
                 // Made after our read: is the key still there (a deletion from now on is
                 // reported by the watch)?
                 let still = inner.client.call(
