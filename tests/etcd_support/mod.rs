@@ -28,6 +28,9 @@ impl Member {
 pub struct Cluster {
     pub members: Vec<Member>,
     pub dir: PathBuf,
+    /// The etcd binary and `--initial-cluster`, to start a member again.
+    bin: PathBuf,
+    initial: String,
 }
 
 /// Finds the etcd binary, or says why the test is skipped (and fails under CI).
@@ -103,7 +106,7 @@ impl Cluster {
     fn spawn(bin: &PathBuf, tag: &str, n: usize) -> Cluster {
         let dir = tmpfs_dir(tag);
         let ports = free_ports(2 * n);
-        let mut members: Vec<Member> = (0..n)
+        let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client: format!("http://127.0.0.1:{}", ports[2 * i]),
@@ -117,59 +120,76 @@ impl Cluster {
             .map(|m| format!("{}={}", m.name, m.peer))
             .collect();
         let initial = initial.join(",");
-        for m in &mut members {
-            let log = std::fs::File::create(&m.log).unwrap();
-            let mut cmd = Command::new(bin);
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-            // The member dies with the thread that started it, even if the test binary is
-            // SIGKILLed (its drop stops it otherwise).
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    libc::prctl(
-                        libc::PR_SET_PDEATHSIG,
-                        libc::SIGKILL as libc::c_ulong,
-                        0,
-                        0,
-                        0,
-                    );
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .args([
-                    "--name",
-                    &m.name,
-                    "--data-dir",
-                    dir.join(&m.name).to_str().unwrap(),
-                    "--listen-client-urls",
-                    &m.client,
-                    "--advertise-client-urls",
-                    &m.client,
-                    "--listen-peer-urls",
-                    &m.peer,
-                    "--initial-advertise-peer-urls",
-                    &m.peer,
-                    "--initial-cluster",
-                    &initial,
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    dir.file_name().unwrap().to_str().unwrap(),
-                    "--heartbeat-interval=10",
-                    "--election-timeout=100",
-                    "--log-level=warn",
-                ])
-                .env_remove("ETCD_NAME")
-                .env_remove("ETCD_DATA_DIR")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start etcd");
-            m.child = Some(child);
+        let mut c = Cluster {
+            members,
+            dir,
+            bin: bin.clone(),
+            initial,
+        };
+        for i in 0..n {
+            c.launch(i);
         }
-        Cluster { members, dir }
+        c
+    }
+
+    /// Starts member `i` (again: with the data it had, it rejoins the cluster).
+    fn launch(&mut self, i: usize) {
+        let (bin, dir, initial) = (&self.bin, &self.dir, &self.initial);
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .unwrap();
+        let mut cmd = Command::new(bin);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // The member dies with the thread that started it, even if the test binary is
+        // SIGKILLed (its drop stops it otherwise).
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                Ok(())
+            });
+        }
+        let child = cmd
+            .args([
+                "--name",
+                &m.name,
+                "--data-dir",
+                dir.join(&m.name).to_str().unwrap(),
+                "--listen-client-urls",
+                &m.client,
+                "--advertise-client-urls",
+                &m.client,
+                "--listen-peer-urls",
+                &m.peer,
+                "--initial-advertise-peer-urls",
+                &m.peer,
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                dir.file_name().unwrap().to_str().unwrap(),
+                "--heartbeat-interval=10",
+                "--election-timeout=100",
+                "--log-level=warn",
+            ])
+            .env_remove("ETCD_NAME")
+            .env_remove("ETCD_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        m.child = Some(child);
     }
 
     /// Waits until every running member serves a linearizable read.
@@ -252,6 +272,13 @@ impl Cluster {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again after a [`kill`](Cluster::kill) (no-op if it runs).
+    pub fn restart(&mut self, i: usize) {
+        if self.members[i].child.is_none() {
+            self.launch(i);
         }
     }
 
