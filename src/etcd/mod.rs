@@ -46,6 +46,10 @@
 //! Code written once for both backends takes a [`TokenLocks`](crate::TokenLocks) (the handles)
 //! and uses [`Guard`] (the guards): the same requests, the same questions.
 //!
+//! Async code awaits the same requests ([`EtcdRequest::lock_async`],
+//! [`EtcdLockTicket::token_lock_async`], the owned forms): runtime-agnostic, cancel-safe
+//! futures ([`EtcdLockFuture`]), each pending one served by a thread of its own.
+//!
 //! # What has no etcd meaning
 //!
 //! The etcd handle has no main lock (a table on etcd needs no owner and is never removed:
