@@ -284,6 +284,13 @@ fn etcd_chaos_exclusion_checker() {
     let mut undo: Vec<(Instant, Undo)> = Vec::new();
     let mut member_busy = false;
     let (mut holder_stops, mut holder_kills, mut member_kills, mut member_stops) = (0, 0, 0, 0);
+    let (mut holder_stops_holding, mut holder_kills_holding) = (0u32, 0u32);
+    // Asks who holds the lock (briefly: a member may be stopped).
+    let watcher = EtcdLockTicket::builder(name.as_str())
+        .endpoints([ep.as_str()])
+        .call_timeout(Duration::from_millis(300))
+        .open()
+        .unwrap();
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs(secs);
     let ttl_ms = TTL * 1000;
@@ -318,9 +325,22 @@ fn etcd_chaos_exclusion_checker() {
         if done {
             break;
         }
-        let slot = rng.below(HOLDERS as u64) as usize;
+        let mut slot = rng.below(HOLDERS as u64) as usize;
         let m = rng.below(3) as usize;
-        match rng.below(100) {
+        let action = rng.below(100);
+        // Half the holder faults hit the process that holds the lock now (most of the time
+        // the others wait, and a fault on a waiter only delays the queue).
+        let mut on_holder = false;
+        if action < 37
+            && rng.below(2) == 0
+            && let Ok(st) = watcher.status()
+            && let Some(e) = st.queue.first().filter(|e| e.holding)
+            && let Some(i) = hs.slots.iter().position(|s| s.0.pid() == e.pid)
+        {
+            slot = i;
+            on_holder = true;
+        }
+        match action {
             // A holder (or waiter) paused past its lease TTL.
             0..25 if !hs.slots[slot].2 => {
                 let (h, k, stopped) = &mut hs.slots[slot];
@@ -329,6 +349,7 @@ fn etcd_chaos_exclusion_checker() {
                 let pause = ttl_ms + 200 + rng.below(800);
                 undo.push((now + Duration::from_millis(pause), Undo::Holder(slot, *k)));
                 holder_stops += 1;
+                holder_stops_holding += u32::from(on_holder);
             }
             // A holder (or waiter) killed; another takes its place.
             25..37 => {
@@ -336,6 +357,7 @@ fn etcd_chaos_exclusion_checker() {
                 let (h, k) = hs.spawn();
                 hs.slots[slot] = (h, k, false);
                 holder_kills += 1;
+                holder_kills_holding += u32::from(on_holder);
             }
             // A member killed, started again later (one member disturbed at a time: the
             // cluster keeps its quorum).
@@ -371,8 +393,10 @@ fn etcd_chaos_exclusion_checker() {
         "a holder failed: {exits:?}"
     );
     println!(
-        "chaos: {:.1} s of faults: {holder_stops} holder stops past the TTL, {holder_kills} \
-         holder kills, {member_kills} member kills (restarted), {member_stops} member stops",
+        "chaos: {:.1} s of faults: {holder_stops} holder stops past the TTL \
+         ({holder_stops_holding} while holding, the others while waiting), {holder_kills} holder \
+         kills ({holder_kills_holding} while holding), {member_kills} member kills (restarted), \
+         {member_stops} member stops",
         t0.elapsed().as_secs_f64()
     );
 
