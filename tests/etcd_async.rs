@@ -165,7 +165,7 @@ fn etcd_async_grants_in_fifo_order_with_blocking_requests_of_other_processes() {
         h.try_next().is_none(),
         "the blocking writer was not granted"
     );
-    drop(w);
+    block_on(w.unlock_async()).unwrap();
     let th: u64 = h.expect("held").parse().unwrap();
     assert!(!lt.status().unwrap().queue[1].holding, "the reader waits");
     assert!(poll_once(&mut reader, &waker).is_pending());

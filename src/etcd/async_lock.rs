@@ -437,6 +437,79 @@ impl EtcdLockTicket {
     }
 }
 
+/// An async release: its outcome once known, and the task to wake then.
+type Release = (Option<Result<()>>, Option<Waker>);
+
+impl EtcdGuard {
+    /// Releases the token without blocking a thread of the caller: the release (one etcd
+    /// call, as [`unlock`](EtcdGuard::unlock) makes, and as dropping the guard makes on the
+    /// dropping thread) runs on a thread of its own, started at once; the future says how it
+    /// went. Dropping the future does not stop the release.
+    ///
+    /// ```no_run
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark {
+    /// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) { return out; }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    /// # fn main() -> lockticket::Result<()> {
+    /// let lt = lockticket::etcd::EtcdLockTicket::from_env("jobs")?;
+    /// block_on(async {
+    ///     let token = lt.token_lock_async().await?;
+    ///     // ... work ...
+    ///     token.unlock_async().await // not `drop(token)`: that waits for etcd on this thread
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn unlock_async(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        let shared: Arc<Mutex<Release>> = Arc::default();
+        let (name, endpoints) = (self.inner.name.clone(), self.inner.client.endpoints_text());
+        let s = shared.clone();
+        // (If no thread can be started, the guard goes with the closure: released here.)
+        let started = std::thread::Builder::new()
+            .name("lockticket-etcd-release".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                let out = self.unlock();
+                let waker = {
+                    let mut slot = lock(&s);
+                    slot.0 = Some(out);
+                    slot.1.take()
+                };
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            });
+        let mut failed = started.err().map(|e| Error::EtcdUnavailable {
+            name,
+            op: "start the thread of an async release",
+            endpoints,
+            detail: e.to_string(),
+        });
+        std::future::poll_fn(move |cx| {
+            if let Some(e) = failed.take() {
+                return Poll::Ready(Err(e));
+            }
+            let mut slot = lock(&shared);
+            match slot.0.take() {
+                Some(out) => Poll::Ready(out),
+                None => {
+                    slot.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

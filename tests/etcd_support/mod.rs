@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -103,7 +103,7 @@ impl Cluster {
         panic!("etcd did not start three times in a row");
     }
 
-    fn spawn(bin: &PathBuf, tag: &str, n: usize) -> Cluster {
+    fn spawn(bin: &Path, tag: &str, n: usize) -> Cluster {
         let dir = tmpfs_dir(tag);
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
@@ -123,7 +123,7 @@ impl Cluster {
         let mut c = Cluster {
             members,
             dir,
-            bin: bin.clone(),
+            bin: bin.to_path_buf(),
             initial,
         };
         for i in 0..n {
@@ -173,7 +173,7 @@ impl Cluster {
                 "--initial-advertise-peer-urls",
                 &m.peer,
                 "--initial-cluster",
-                &initial,
+                initial,
                 "--initial-cluster-state",
                 "new",
                 "--initial-cluster-token",

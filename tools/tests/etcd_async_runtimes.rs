@@ -84,7 +84,13 @@ fn etcd_futures_on_a_current_thread_runtime_wait_without_blocking_it_and_cancel_
                 } else {
                     lt.lock_owned_async(Share::Shared, Patience::Forever)
                 };
-                tokio::spawn(async move { f.await.unwrap().unwrap().fencing_token() })
+                tokio::spawn(async move {
+                    let g = f.await.unwrap().unwrap();
+                    let token = g.fencing_token();
+                    // Released off the runtime's thread (a drop would wait for etcd here).
+                    g.unlock_async().await.unwrap();
+                    token
+                })
             })
             .collect();
         let q = queue.clone();
