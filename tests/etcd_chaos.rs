@@ -66,8 +66,9 @@ impl Rng {
 /// The local resource: `max_token count` in a file, changed under `flock`; refuses a token
 /// older than the newest it accepted. True if accepted.
 fn resource_write(path: &Path, token: u64) -> bool {
-    use std::io::{Read, Seek};
+    use std::io::Read;
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -83,9 +84,9 @@ fn resource_write(path: &Path, token: u64) -> bool {
     if token < max {
         return false;
     }
-    f.set_len(0).unwrap();
-    f.rewind().unwrap();
-    write!(f, "{token} {}", count + 1).unwrap();
+    // Fixed width, one write: a writer killed here leaves the old value or the new one.
+    f.write_all_at(format!("{token:020} {:020}", count + 1).as_bytes(), 0)
+        .unwrap();
     true
 }
 
@@ -285,6 +286,8 @@ fn etcd_chaos_exclusion_checker() {
     let mut member_busy = false;
     let (mut holder_stops, mut holder_kills, mut member_kills, mut member_stops) = (0, 0, 0, 0);
     let (mut holder_stops_holding, mut holder_kills_holding) = (0u32, 0u32);
+    // Looking for the holder: tries, status failed, nobody held, held by a process gone.
+    let mut lookups = [0u32; 4];
     // Asks who holds the lock (briefly: a member may be stopped).
     let watcher = EtcdLockTicket::builder(name.as_str())
         .endpoints([ep.as_str()])
@@ -328,17 +331,29 @@ fn etcd_chaos_exclusion_checker() {
         let mut slot = rng.below(HOLDERS as u64) as usize;
         let m = rng.below(3) as usize;
         let action = rng.below(100);
-        // Half the holder faults hit the process that holds the lock now (most of the time
-        // the others wait, and a fault on a waiter only delays the queue).
+        // Half the holder faults hit the process that holds the lock now, or that is next
+        // once a killed or stopped holder's lease ends (most of the time the others wait,
+        // and a fault on a waiter only delays the queue).
         let mut on_holder = false;
-        if action < 37
-            && rng.below(2) == 0
-            && let Ok(st) = watcher.status()
-            && let Some(e) = st.queue.first().filter(|e| e.holding)
-            && let Some(i) = hs.slots.iter().position(|s| s.0.pid() == e.pid)
-        {
-            slot = i;
-            on_holder = true;
+        if action < 37 && rng.below(2) == 0 {
+            lookups[0] += 1;
+            match watcher.status() {
+                Err(_) => lookups[1] += 1,
+                Ok(st) => {
+                    let first = st.queue.iter().find_map(|e| {
+                        let i = hs.slots.iter().position(|s| s.0.pid() == e.pid && !s.2)?;
+                        Some((i, e.holding))
+                    });
+                    match first {
+                        None => lookups[2] += 1,
+                        Some((i, holding)) => {
+                            slot = i;
+                            on_holder = holding;
+                            lookups[3] += u32::from(holding);
+                        }
+                    }
+                }
+            }
         }
         match action {
             // A holder (or waiter) paused past its lease TTL.
@@ -396,7 +411,8 @@ fn etcd_chaos_exclusion_checker() {
         "chaos: {:.1} s of faults: {holder_stops} holder stops past the TTL \
          ({holder_stops_holding} while holding, the others while waiting), {holder_kills} holder \
          kills ({holder_kills_holding} while holding), {member_kills} member kills (restarted), \
-         {member_stops} member stops",
+         {member_stops} member stops; holder look-ups {lookups:?} (tries, status failed, \
+         nobody running queued, found the holder)",
         t0.elapsed().as_secs_f64()
     );
 
@@ -413,14 +429,16 @@ fn etcd_chaos_exclusion_checker() {
                 other => other.to_string(),
             };
             *counts.entry(key).or_default() += 1;
-            let num = |i: usize| w[i].parse::<u64>().unwrap();
-            match w[0] {
-                "G" => {
-                    let g = grants.entry(num(1)).or_default();
-                    g.granted_at = num(2);
-                    g.died = w[3] == "1";
+            let num = |i: usize| w.get(i).and_then(|x| x.parse::<u64>().ok());
+            match (w[0], num(1), num(2)) {
+                ("G", Some(token), Some(at)) => {
+                    let g = grants.entry(token).or_default();
+                    g.granted_at = at;
+                    g.died = w.get(3) == Some(&"1");
                 }
-                "K" => grants.entry(num(1)).or_default().not_lost_at.push(num(2)),
+                ("K", Some(token), Some(at)) => {
+                    grants.entry(token).or_default().not_lost_at.push(at)
+                }
                 _ => {}
             }
         }
