@@ -528,7 +528,7 @@ mod tests {
     }
 
     #[test]
-    fn a_future_never_polled_sends_nothing_and_a_dropped_one_ends() {
+    fn a_future_never_polled_sends_nothing_and_a_failed_one_says_why() {
         // Port 1 on loopback: refused at once; the request fails within its call deadline.
         let lt = EtcdLockTicket::builder("n")
             .endpoints(["http://127.0.0.1:1"])
