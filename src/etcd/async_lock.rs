@@ -110,7 +110,18 @@ struct Slot {
 /// The thread of one async request: runs it, hands the output over, and cleans up after a
 /// future that went away.
 fn run(lt: EtcdLockTicket, share: Share, patience: Patience, shared: Arc<Shared>) {
-    let out = lt.acquire_with(share, patience, Some(&shared.stop));
+    // A panic in the request (a bug) becomes an error, not a future that never ends.
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lt.acquire_with(share, patience, Some(&shared.stop))
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::EtcdProtocol {
+            name: lt.name().to_string(),
+            endpoint: lt.inner.client.endpoints_text(),
+            op: "async lock",
+            detail: "the request's thread panicked (a bug: please report it)".to_string(),
+        })
+    });
     let mut slot = lock(&shared.slot);
     if shared.stop.stopped() {
         drop(slot);
