@@ -59,7 +59,7 @@ const WATCHED: u64 = 80;
 const MAX_BACKOFF: u32 = 5;
 
 /// CPUs this process may run on (cached: `available_parallelism` is a system call).
-fn cpus() -> u64 {
+pub(crate) fn cpus() -> u64 {
     static CPUS: AtomicU32 = AtomicU32::new(0);
     let n = CPUS.load(Relaxed);
     if n != 0 {

@@ -313,6 +313,7 @@ fn ring_over(map: &MmapRaw, geometry: Geometry, fixed: FixedHeader) -> Ring<'sta
             slots,
             wake_all,
             Fairness::decode(fixed.fairness, fixed.bound_us).bound_ns(),
+            crate::wait::cpus(),
         )
     }
 }

@@ -65,7 +65,8 @@ impl MemRing {
             bypass_thread: &self.bypass_thread,
             bypasses: &self.bypasses,
         };
-        Ring::new(words, &self.slots, wake, self.bound_ns)
+        // Pre-wakes whatever the queue's length: every wake the protocol may do is modelled.
+        Ring::new(words, &self.slots, wake, self.bound_ns, u64::MAX)
     }
 }
 
