@@ -495,7 +495,7 @@ impl Model {
             .collect();
         for d in &self.dead {
             if let Some(b) = d.bypass
-                && word == b.owner | super::bypass::ENTERED
+                && u64::from(word) == b.owner | u64::from(super::bypass::ENTERED)
             {
                 out.push(format!("dead index {}", d.index));
             }
