@@ -16,7 +16,7 @@
 //!   individually, no thundering herd, no yield loops). A release pre-wakes the request
 //!   *behind* the new holder, so it is running by the time its turn comes.
 //! * **Reclaim runs on a deadline of its own**: the waiter computes when to look at what
-//!   blocks it ([`CHECK_NEXT`], [`CHECK_FAR`], [`CHECK_MOVING`] while the queue moves) and keeps that instant across EINTR, spurious
+//!   blocks it ([`CHECK_NEXT`], [`CHECK_FAR`], [`CHECK_FIRST`] for a far waiter's first look) and keeps that instant across EINTR, spurious
 //!   wake-ups and pre-wakes, so that signals (an interval timer, a profiler) never postpone
 //!   the liveness check. The check sweeps every dead request ahead of us in one pass
 //!   ([`Ring::sweep_dead`]): a kill storm costs one check, not one per sleep. Farther waiters
@@ -43,11 +43,9 @@ const CHECK_NEXT: Duration = Duration::from_millis(1);
 /// How often farther waiters look whether `head` moved (and check it when it did not): bounds
 /// a kill storm's reclaim when the next-in-line died too.
 const CHECK_FAR: Duration = Duration::from_millis(2);
-/// How often farther waiters look while the queue moves (`head` moved since their last look,
-/// or they just arrived): a moving queue has live holders, and a look costs a wake-up, a
-/// context switch and a `stat` of the path. A queue that stops is looked at on the
-/// [`CHECK_FAR`] schedule from the first look that finds it standing still.
-const CHECK_MOVING: Duration = Duration::from_millis(4);
+/// When a farther waiter first looks (then every [`CHECK_FAR`]): most waits in a moving queue
+/// end before it, and a look costs a wake-up, a context switch and a `stat` of the path.
+const CHECK_FIRST: Duration = Duration::from_millis(4);
 /// How soon to look again after a look that reclaimed something: in a kill storm the killed
 /// processes exit one after another (the kernel tears them down on the same CPUs), and a
 /// request whose owner is still exiting counts as alive.
@@ -261,7 +259,7 @@ impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Turn<E> for GrantTurn<'_, '_, 
     }
 
     /// The next-in-line looks after [`CHECK_NEXT`]. A farther waiter notes `head` now, as a
-    /// look would, and first looks after [`CHECK_MOVING`]: that look already sweeps when
+    /// look would, and first looks after [`CHECK_FIRST`]: that look already sweeps when
     /// `head` stood still since the start, and a wait shorter than that — the common one, in
     /// a moving queue — ends without a timeout. (A first look at 1 ms that only noted `head`
     /// woke most waiters of a 64-process queue once per grant, for nothing: 0.76 extra sleeps
@@ -272,7 +270,7 @@ impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Turn<E> for GrantTurn<'_, '_, 
             return CHECK_NEXT;
         }
         self.looked_at = Some(head);
-        CHECK_MOVING
+        CHECK_FIRST
     }
 
     fn look(&mut self) -> Result<Duration, WaitError<E>> {
@@ -294,8 +292,6 @@ impl<L: Liveness, E, C: FnMut() -> Result<(), E>> Turn<E> for GrantTurn<'_, '_, 
         Ok(match (reclaimed, ahead) {
             (true, _) => CHECK_AGAIN,
             (false, 1) => CHECK_NEXT,
-            // `head` moved since the last look: the queue has live holders.
-            (false, _) if self.quiet == 0 => CHECK_MOVING,
             (false, a) if a <= WATCHED => CHECK_FAR,
             (false, _) => CHECK_FAR * (1 << self.quiet.min(MAX_BACKOFF)),
         })
@@ -761,10 +757,9 @@ mod tests {
             until_granted_on(&parker, &ring, me, &mut waiter).unwrap(),
             Outcome::TimedOut
         );
-        // (After a first look on the moving-queue schedule: a waiter that just arrived has
-        // not seen the queue stand still yet.)
+        // (After a first look at CHECK_FIRST.)
         let naps = parker.naps.borrow();
-        assert!(naps[0] <= CHECK_MOVING, "{naps:?}");
+        assert!(naps[0] <= CHECK_FIRST, "{naps:?}");
         assert!(naps[1..].iter().all(|n| *n <= CHECK_FAR), "{naps:?}");
     }
 
