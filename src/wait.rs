@@ -176,9 +176,13 @@ fn wait_turn<E, T: Turn<E>>(
 ) -> Result<Option<T::Done>, WaitError<E>> {
     let start = parker.now();
     let mut check_at = start + turn.first_look();
-    // Since when we may spin (`None`: not now).
-    let mut spin_from = Some(start);
+    // Since when we may spin (`None`: not now; `Some(None)`: since the next clock read).
+    let mut spin_from = Some(Some(start));
     let mut spins = 0u32;
+    // The first clock read is `start` itself (only polls happened since): a request that
+    // sleeps at once, then is woken by its grant, reads the clock once in all. (Three reads per
+    // contended grant before: start, before sleeping, after the wake.)
+    let mut fresh = Some(start);
     loop {
         if let Some(done) = turn.poll()? {
             return Ok(Some(done));
@@ -193,7 +197,7 @@ fn wait_turn<E, T: Turn<E>>(
                 continue;
             }
         }
-        let now = parker.now();
+        let now = fresh.take().unwrap_or_else(|| parker.now());
         if deadline.is_some_and(|d| now >= d) {
             return turn.last_look();
         }
@@ -202,7 +206,9 @@ fn wait_turn<E, T: Turn<E>>(
             continue;
         }
         if let Some(from) = spin_from {
+            let from = from.unwrap_or(now);
             if turn.next_in_line() && turn.may_spin(now.duration_since(from)) {
+                spin_from = Some(Some(from));
                 continue;
             }
             spin_from = None;
@@ -217,8 +223,10 @@ fn wait_turn<E, T: Turn<E>>(
         parker.park(word, expected, nap);
         // A release that wakes us first moves the word off `expected` (see `Ring::wake_slot`);
         // a signal, a spurious wake-up or the timeout leave it: then nothing changes.
+        // The spin budget starts at the next clock read, if one comes: a grant found at the
+        // next poll needs none.
         if word.load(Relaxed) != expected {
-            spin_from = Some(parker.now());
+            spin_from = Some(None);
             spins = 0;
         }
     }
