@@ -30,8 +30,12 @@ pub(crate) struct RawToken {
     place: Place,
     /// The process that took it (a forked child's copy cannot release it).
     pid: u32,
-    /// The previous holder died holding it.
-    died: bool,
+    /// The previous holder died holding it (0 or 1). A word, not a `bool`: next to `pid` it
+    /// fills the word without padding. With a `bool` the guard carried three padding bytes
+    /// that its moves (fast path -> `Result` -> caller) copied as odd-sized pieces, and the
+    /// release then read the table pointer with one load spanning two of those stores — a
+    /// store-forwarding stall on the unlock's critical path.
+    died: u32,
     /// The fencing token, taken from the table the first time it is asked for (0: not yet).
     /// An atomic, not a `OnceLock`: a `OnceLock` in the guard (its `Drop` looks at its state)
     /// cost the uncontended lock+unlock 6 ns, measured.
@@ -56,7 +60,7 @@ impl RawToken {
         RawToken {
             place,
             pid,
-            died,
+            died: u32::from(died),
             fence: AtomicU64::new(0),
         }
     }
@@ -73,7 +77,7 @@ impl RawToken {
 
     /// The previous holder died holding it.
     pub(crate) fn died(&self) -> bool {
-        self.died
+        self.died != 0
     }
 
     /// Exclusive or shared (a place ahead of the queue is always exclusive).
@@ -91,7 +95,7 @@ impl RawToken {
     pub(crate) fn key(&self) -> KernelKey {
         match self.place {
             Place::Queued(tk) => (tk.t, tk.word, self.pid),
-            Place::Ahead(b) => (b.head, u64::from(b.owner), self.pid),
+            Place::Ahead(b) => (b.head, b.owner, self.pid),
         }
     }
 

@@ -276,7 +276,10 @@ impl Region {
         let _ = self.fd_closed.set(entries);
     }
 
-    /// The anchor on the table's lock file, if one was given.
+    /// The anchor on the table's lock file, if one was given. Asked on every lock and unlock
+    /// (a keyed table takes another path): inline, or it is two calls through the GOT per
+    /// lock+unlock from another crate (callgrind).
+    #[inline]
     pub(crate) fn anchor(&self) -> Option<&File> {
         self.anchor.get()
     }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
-use memmap2::MmapOptions;
+use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 use crate::fairness::Fairness;
@@ -92,7 +92,7 @@ impl Region {
         })?;
         match sys::open_tmpfile(dirfd.as_fd(), opts.permissions) {
             Ok(file) => {
-                let region = Self::fill_new(path, path, file, opts)?;
+                let mut region = Self::fill_new(path, path, file, opts)?;
                 // Hold the table's flock from before it is visible until the caller has
                 // registered (it takes the same lock again with `cold`, then drops it): a
                 // joiner must not find a new table without owners and take it for an orphan.
@@ -136,7 +136,7 @@ impl Region {
         let made = Self::fill_new(path, &tmp, file, opts);
         let outcome = match made {
             // The flock is held from before the table is visible, as above.
-            Ok(region) => match region
+            Ok(mut region) => match region
                 .lock_new()
                 .and_then(|()| std::fs::hard_link(&tmp, path))
             {
@@ -158,21 +158,31 @@ impl Region {
     /// finds tables removed under their users there), not the nameless file's `#INODE
     /// (deleted)` or the temporary name. Same file, same pages: nothing else changes. Best
     /// effort: the old mappings stay on any failure.
-    fn map_by_name(&self) {
+    ///
+    /// The new mappings are made elsewhere, and only once both exist do they replace the old
+    /// ones: no failure can leave the table half-mapped. It takes `&mut self`: the region has
+    /// not been handed to anyone yet, so nothing can hold a reference into the old mappings
+    /// when they are dropped (unmapped). Another process may already have opened the table
+    /// through its new name and changed it: both mappings show the same pages of the same
+    /// file (checked by dev/ino), so nothing written in between is lost. (This used to move the
+    /// new mapping over the old one with `mremap(MREMAP_FIXED)` behind `&self`, which
+    /// valgrind's address-space manager cannot follow; see docs/reliability.md.)
+    fn map_by_name(&mut self) {
         let Ok(named) = sys::open_at(self.dir.as_fd(), &self.name) else {
             return;
         };
         if !sys::fstat_dev_ino(named.as_fd()).is_ok_and(|id| id == (self.dev, self.ino)) {
             return; // replaced at once: keep what we have
         }
-        for (m, offset) in [
-            (&self.map, 0),
-            (&self.payload_map, self.geometry.payload_offset()),
-        ] {
-            // SAFETY: `m` is a whole shared read-write mapping we own of this very file (same
-            // dev/ino) at `offset`; the references into it stay valid (same pages).
-            unsafe { sys::remap_same_file(m.as_mut_ptr(), m.len(), &named, offset) };
-        }
+        let Ok((map, payload_map)) = map_file(&named, self.geometry) else {
+            return;
+        };
+        let ring = ring_over(&map, self.geometry, self.fixed);
+        // `ring` views `self.map`'s pages; replace it with the mapping it was built over
+        // before the old mapping goes (the assignments drop, and so unmap, the old ones).
+        self.ring = ring;
+        self.map = map;
+        self.payload_map = payload_map;
     }
 
     /// Sizes and initialises a new table in `file` (`tmp` names it in messages).
@@ -214,43 +224,9 @@ impl Region {
         fixed: FixedHeader,
         geometry: Geometry,
     ) -> Result<Region> {
-        let map = MmapOptions::new()
-            .len(geometry.lock_len() as usize)
-            .map_raw(&file)
-            .map_err(io_err(path, crate::error::IoOp::Map))?;
-        let payload_map = MmapOptions::new()
-            .offset(geometry.payload_offset())
-            .len(geometry.payload_region_len as usize)
-            .map_raw(&file)
-            .map_err(io_err(path, crate::error::IoOp::MapPayload))?;
-        // SAFETY: the header page and `ring_capacity` slots lie inside `map` (lock_len covers
-        // them; RING_OFFSET is page aligned so the atomics are aligned), and all-bytes-valid
-        // atomics may alias memory other processes write. The 'static lifetime is a lie kept
-        // inside this module: `ring` is only ever handed out borrowed from the Region, which
-        // owns `map`, and `neuter` keeps the range mapped.
-        let ring = unsafe {
-            let base = map.as_ptr();
-            let h = &*(base as *const SharedHeader);
-            let slots = std::slice::from_raw_parts(
-                base.add(layout::RING_OFFSET as usize) as *const Slot,
-                geometry.ring_capacity as usize,
-            );
-            Ring::new(
-                RingWords {
-                    tail: &h.tail,
-                    head: &h.head,
-                    dead_holder: &h.dead_holder,
-                    reclaimed: &h.reclaimed,
-                    bypass: &h.bypass,
-                    bypass_waiters: &h.bypass_waiters,
-                    bypass_thread: &h.bypass_thread,
-                    bypasses: &h.bypasses,
-                },
-                slots,
-                wake_all,
-                Fairness::decode(fixed.fairness, fixed.bound_us).bound_ns(),
-            )
-        };
+        let (map, payload_map) =
+            map_file(&file, geometry).map_err(|(op, e)| io_err(path, op)(e))?;
+        let ring = ring_over(&map, geometry, fixed);
         let cold = ColdFile::open(&file, opened_at)?;
         let dir = sys::open_dir_path(parent_dir(path))
             .map_err(io_err(path, crate::error::IoOp::OpenDirectory))?;
@@ -288,6 +264,57 @@ impl Region {
             Some(cold) => sys::flock_exclusive(&cold.file),
             None => Ok(()),
         }
+    }
+}
+
+/// Maps the lock part and the payload part of table `file` (shared, read-write).
+fn map_file(
+    file: &File,
+    geometry: Geometry,
+) -> std::result::Result<(MmapRaw, MmapRaw), (crate::error::IoOp, io::Error)> {
+    let map = MmapOptions::new()
+        .len(geometry.lock_len() as usize)
+        .map_raw(file)
+        .map_err(|e| (crate::error::IoOp::Map, e))?;
+    let payload_map = MmapOptions::new()
+        .offset(geometry.payload_offset())
+        .len(geometry.payload_region_len as usize)
+        .map_raw(file)
+        .map_err(|e| (crate::error::IoOp::MapPayload, e))?;
+    Ok((map, payload_map))
+}
+
+/// The ring view over the lock mapping `map` of a table with this geometry and header.
+fn ring_over(map: &MmapRaw, geometry: Geometry, fixed: FixedHeader) -> Ring<'static> {
+    // SAFETY: the header page and `ring_capacity` slots lie inside `map` (lock_len covers
+    // them; RING_OFFSET is page aligned so the atomics are aligned), and all-bytes-valid
+    // atomics may alias memory other processes write. The 'static lifetime is a lie kept
+    // inside this module: the ring is stored in the Region that owns `map` next to it and is
+    // only ever handed out borrowed from that Region; `neuter` keeps the range mapped, and
+    // `map_by_name` replaces the ring together with its mapping.
+    unsafe {
+        let base = map.as_ptr();
+        let h = &*(base as *const SharedHeader);
+        let slots = std::slice::from_raw_parts(
+            base.add(layout::RING_OFFSET as usize) as *const Slot,
+            geometry.ring_capacity as usize,
+        );
+        Ring::new(
+            RingWords {
+                tail: &h.tail,
+                head: &h.head,
+                dead_holder: &h.dead_holder,
+                reclaimed: &h.reclaimed,
+                bypass: &h.bypass,
+                bypass_waiters: &h.bypass_waiters,
+                bypass_thread: &h.bypass_thread,
+                bypasses: &h.bypasses,
+            },
+            slots,
+            wake_all,
+            Fairness::decode(fixed.fairness, fixed.bound_us).bound_ns(),
+            crate::wait::cpus(),
+        )
     }
 }
 

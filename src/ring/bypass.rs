@@ -53,8 +53,12 @@ pub(crate) const ENTERED: u32 = 1 << 31;
 /// A held bypass: the owner field in the bypass word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Bypass {
-    /// Our owner field (without [`ENTERED`]).
-    pub owner: u32,
+    /// Our owner field (without [`ENTERED`]; the bypass word is 32 bits). Kept in a 64-bit
+    /// field so that both shapes of a held token's place are two whole words: a guard is moved
+    /// a few times between the fast path and its caller, and a 32-bit field here made those
+    /// moves copy the other shape's second word as two halves, then read it back whole (a
+    /// store-forwarding stall on every uncontended lock+unlock).
+    pub owner: u64,
     /// `head` when we entered: the ticket of the request we went ahead of (for the
     /// died-holder report).
     pub head: u64,
@@ -144,7 +148,7 @@ impl Ring<'_> {
         self.words.bypass_thread.store(thread_word(0), Relaxed);
         self.words.bypasses.fetch_add(1, Relaxed);
         Some(Bypass {
-            owner: mine,
+            owner: u64::from(mine),
             head: h,
         })
     }

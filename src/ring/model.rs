@@ -65,7 +65,8 @@ impl MemRing {
             bypass_thread: &self.bypass_thread,
             bypasses: &self.bypasses,
         };
-        Ring::new(words, &self.slots, wake, self.bound_ns)
+        // Pre-wakes whatever the queue's length: every wake the protocol may do is modelled.
+        Ring::new(words, &self.slots, wake, self.bound_ns, u64::MAX)
     }
 }
 
@@ -494,7 +495,7 @@ impl Model {
             .collect();
         for d in &self.dead {
             if let Some(b) = d.bypass
-                && word == b.owner | super::bypass::ENTERED
+                && u64::from(word) == b.owner | u64::from(super::bypass::ENTERED)
             {
                 out.push(format!("dead index {}", d.index));
             }

@@ -401,3 +401,46 @@ fn repair_is_a_no_op_on_a_consistent_ring_and_rebuilds_a_broken_one() {
         RingRepair::Refused { .. }
     ));
 }
+
+/// A claim of registration `pid` in mode `share`, published and, when granted, holding.
+fn queued(ring: &Ring<'_>, pid: u32, share: Share) -> Ticket {
+    let tk = match ring.try_claim(share, reg(pid)) {
+        Claim::Claimed(tk) => tk,
+        other => panic!("{other:?}"),
+    };
+    ring.publish(tk, reg(pid).generation, 0, 0);
+    if ring.grant(tk) == Ok(Grant::Granted) {
+        ring.mark_holding(tk);
+    }
+    tk
+}
+
+#[test]
+fn the_self_deadlock_look_finds_our_token_in_the_granted_run_only() {
+    // This thread's shared token behind another process's, in the run granted at the head:
+    // found, though it is not at the head.
+    let mem = MemRing::new(8);
+    let ring = mem.ring(no_wake);
+    queued(&ring, 2, Share::Shared);
+    let mine = queued(&ring, 1, Share::Shared);
+    assert_eq!(ring.grant(mine), Ok(Grant::Granted));
+    queued(&ring, 3, Share::Exclusive); // waits for both readers
+    let again = queued(&ring, 1, Share::Exclusive);
+    assert!(ring.held_by_this_thread_before(again));
+    // Another process's exclusive token at the head: not ours, and nothing behind it holds.
+    let mem = MemRing::new(8);
+    let ring = mem.ring(no_wake);
+    queued(&ring, 2, Share::Exclusive);
+    let me = queued(&ring, 1, Share::Exclusive);
+    assert!(!ring.held_by_this_thread_before(me));
+    // Our process's token held by another thread: that thread releases it, we wait our turn.
+    let mem = MemRing::new(8);
+    let ring = mem.ring(no_wake);
+    std::thread::scope(|s| {
+        s.spawn(|| queued(&ring, 1, Share::Exclusive))
+            .join()
+            .unwrap();
+    });
+    let me = queued(&ring, 1, Share::Exclusive);
+    assert!(!ring.held_by_this_thread_before(me));
+}

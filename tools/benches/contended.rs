@@ -33,6 +33,15 @@
 //! LOCKTICKET_BENCH_COUNT=100000 valgrind --tool=callgrind target/release/deps/contended-HASH`
 //! runs one process doing that many lock + unlock pairs (or `payload64` / `payload4096`
 //! set + get); subtract a run with `COUNT=0`.
+//!
+//! Per grant under contention: `LOCKTICKET_BENCH_ROLE=grants LOCKTICKET_BENCH_KIND=KIND
+//! LOCKTICKET_BENCH_PROCS=N LOCKTICKET_BENCH_COUNT=C LOCKTICKET_BENCH_WORK=2,20` runs N worker
+//! processes that each do C grants with that work (µs inside, outside) and prints their
+//! context switches per grant. Run it under `perf stat -e context-switches -e
+//! syscalls:sys_enter_futex --filter 'op == 1'` (every process inherits the counters: futex
+//! wakes per grant), or under `valgrind --tool=callgrind --trace-children=yes
+//! --toggle-collect='*grant_loop*'` (instructions per grant: a worker's total minus its
+//! `busy` work, over its grants).
 
 mod support;
 
@@ -389,6 +398,9 @@ fn worker(role: &str) {
     if role == "loop" {
         return profile_loop();
     }
+    if role == "grants" {
+        return profile_grants();
+    }
     let arena = Arena::open(&procs::param(TAG_VAR));
     let kind = Kind::from_name(&procs::param(KIND_VAR)).expect("mechanism");
     let index: usize = procs::param(INDEX_VAR).parse().unwrap();
@@ -419,6 +431,23 @@ fn worker(role: &str) {
         "hold" => with_mechanism(kind, &arena, Hold),
         "wait" => {
             let line = with_mechanism(kind, &arena, WaitOnce);
+            procs::say(line);
+        }
+        "grant" => {
+            let count = procs::param("LOCKTICKET_BENCH_COUNT").parse().unwrap();
+            let work = procs::param(WORK_VAR);
+            let (inside, outside) = work.split_once(',').expect("work");
+            let (inside, outside) = (inside.parse().unwrap(), outside.parse().unwrap());
+            let line = with_mechanism(
+                kind,
+                &arena,
+                Grants {
+                    ctl,
+                    count,
+                    inside,
+                    outside,
+                },
+            );
             procs::say(line);
         }
         other => panic!("unknown role {other}"),
@@ -464,6 +493,90 @@ fn profile_loop() {
         &setup.arena,
         Loop(count),
     );
+}
+
+/// For profilers: `LOCKTICKET_BENCH_PROCS` workers each take `LOCKTICKET_BENCH_COUNT` grants
+/// of `LOCKTICKET_BENCH_KIND` with `LOCKTICKET_BENCH_WORK` (µs inside, outside), all started
+/// together; prints the workers' context switches per grant. A fixed count, no clock: the
+/// same grants under `perf stat` or callgrind, whatever the tool's slowdown.
+fn profile_grants() {
+    let kind = Kind::from_name(&procs::param(KIND_VAR)).expect("mechanism");
+    let n: usize = procs::param("LOCKTICKET_BENCH_PROCS").parse().unwrap();
+    let count: u64 = procs::param("LOCKTICKET_BENCH_COUNT").parse().unwrap();
+    let work = procs::param(WORK_VAR);
+    let (inside, outside) = work.split_once(',').expect("work");
+    let per_us = calibrate();
+    let iters = |us: &str| (us.parse::<f64>().unwrap() * per_us) as u64;
+    let setup = Setup::new(kind);
+    let ctl = setup.arena.ctl.get();
+    ctl.ready.0.store(0, SeqCst);
+    ctl.phase.0.store(0, SeqCst);
+    let mut workers: Vec<Worker> = (0..n)
+        .map(|i| {
+            Worker::spawn(
+                "grant",
+                &[
+                    (TAG_VAR, setup.arena.tag.clone()),
+                    (KIND_VAR, kind.name().to_string()),
+                    (INDEX_VAR, i.to_string()),
+                    ("LOCKTICKET_BENCH_COUNT", count.to_string()),
+                    (WORK_VAR, format!("{},{}", iters(inside), iters(outside))),
+                ],
+            )
+        })
+        .collect();
+    wait_until("workers ready", BOUND * 10, || {
+        ctl.ready.0.load(SeqCst) as usize == n
+    });
+    let started = Instant::now();
+    ctl.phase.0.store(PHASE_GO, SeqCst);
+    let (mut vol, mut invol) = (0u64, 0u64);
+    for w in &mut workers {
+        let line = w.hear(BOUND * 10);
+        let mut it = line.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+        vol += it.next().unwrap();
+        invol += it.next().unwrap();
+        w.join();
+    }
+    let grants = (n as u64 * count).max(1) as f64;
+    println!(
+        "{} N={n} {count} grants each, work {work} µs: {:.0} grants/s; per grant {:.3} voluntary \
+         + {:.3} involuntary switches (workers' own)",
+        kind.name(),
+        grants / started.elapsed().as_secs_f64(),
+        vol as f64 / grants,
+        invol as f64 / grants,
+    );
+}
+
+/// A fixed number of grants with work, for [`profile_grants`]. Reports `voluntary
+/// involuntary` context switches over the grants.
+struct Grants<'a> {
+    ctl: &'a Control,
+    count: u64,
+    inside: u64,
+    outside: u64,
+}
+
+impl Visit for Grants<'_> {
+    type Out = String;
+    fn visit<M: Mechanism>(self, m: &M) -> String {
+        start_line(self.ctl);
+        let before = sched_counters();
+        grant_loop(m, self.count, self.inside, self.outside);
+        let after = sched_counters();
+        format!("{} {}", after[0] - before[0], after[1] - before[1])
+    }
+}
+
+/// The grants of [`Grants`], alone in a function: `valgrind --tool=callgrind
+/// --toggle-collect='*grant_loop*'` counts them without the start line's sleeps.
+#[inline(never)]
+fn grant_loop<M: Mechanism>(m: &M, count: u64, inside: u64, outside: u64) {
+    for _ in 0..count {
+        m.with_lock(|| busy(inside));
+        busy(outside);
+    }
 }
 
 /// Registers as ready and waits for the start signal.
