@@ -91,8 +91,17 @@ fn poll(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn queue_len(lt: &EtcdLockTicket) -> usize {
-    lt.status().unwrap().queue.len()
+/// The queue's length; a status call that fails (a call deadline passed while hundreds of
+/// request threads load etcd on a busy CI machine) counts as "not yet" for [`poll`] (`None`), and is
+/// printed: the question is asked again.
+fn queue_len(lt: &EtcdLockTicket) -> Option<usize> {
+    match lt.status() {
+        Ok(st) => Some(st.queue.len()),
+        Err(e) => {
+            eprintln!("status failed, asking again: {e}");
+            None
+        }
+    }
 }
 
 /// No key of lock `name` is left on the cluster (the payload aside).
@@ -144,13 +153,19 @@ fn etcd_async_grants_in_fifo_order_with_blocking_requests_of_other_processes() {
     let other = open(&ep, &name, 5);
     let mut writer: EtcdLockFuture = other.token_lock_owned_async();
     assert!(poll_once(&mut writer, &waker).is_pending());
-    poll("the async writer in the queue", || queue_len(&lt) == 2);
+    poll("the async writer in the queue", || {
+        queue_len(&lt) == Some(2)
+    });
     let mut h = Helper::spawn("hold", &[&ep, &name]);
     h.expect("waiting");
-    poll("the blocking writer in the queue", || queue_len(&lt) == 3);
+    poll("the blocking writer in the queue", || {
+        queue_len(&lt) == Some(3)
+    });
     let mut reader = lt.lock_owned_async(Share::Shared, Patience::Forever);
     assert!(poll_once(&mut reader, &waker).is_pending());
-    poll("the async reader in the queue", || queue_len(&lt) == 4);
+    poll("the async reader in the queue", || {
+        queue_len(&lt) == Some(4)
+    });
     let st = lt.status().unwrap();
     assert!(st.queue[0].holding && st.queue[1..].iter().all(|e| !e.holding));
     assert_eq!(st.queue[2].pid, h.pid());
@@ -192,10 +207,12 @@ fn etcd_async_dropped_while_pending_or_after_an_unseen_grant_leaves_no_key() {
     // Dropped while it waits in the queue (blocked on its predecessor's watch).
     let mut f = lt.token_lock_owned_async();
     assert!(poll_once(&mut f, &waker).is_pending());
-    poll("the request in the queue", || queue_len(&lt) == 2);
+    poll("the request in the queue", || queue_len(&lt) == Some(2));
     let t0 = Instant::now();
     drop(f);
-    poll("the dropped request's key gone", || queue_len(&lt) == 1);
+    poll("the dropped request's key gone", || {
+        queue_len(&lt) == Some(1)
+    });
     eprintln!(
         "a dropped pending request's key was gone after {:?}",
         t0.elapsed()
@@ -204,7 +221,7 @@ fn etcd_async_dropped_while_pending_or_after_an_unseen_grant_leaves_no_key() {
     // Dropped after its grant, never polled again: the grant is released.
     let mut f = lt.request().lock_async();
     assert!(poll_once(&mut f, &waker).is_pending());
-    poll("the request in the queue", || queue_len(&lt) == 2);
+    poll("the request in the queue", || queue_len(&lt) == Some(2));
     let hkey = holder.key().to_string();
     holder.unlock().unwrap();
     poll("the future granted on etcd", || {
@@ -212,12 +229,12 @@ fn etcd_async_dropped_while_pending_or_after_an_unseen_grant_leaves_no_key() {
         q.len() == 1 && q[0].holding && q[0].key != hkey
     });
     drop(f);
-    poll("the unseen grant released", || queue_len(&lt) == 0);
+    poll("the unseen grant released", || queue_len(&lt) == Some(0));
     assert!(lt.try_token_lock().unwrap().is_some(), "free again");
 
     // Dropped before its first poll: nothing was ever sent.
     drop(lt.token_lock_owned_async());
-    assert_eq!(queue_len(&lt), 0);
+    assert_eq!(queue_len(&lt), Some(0));
     assert_no_keys(&c, &name);
 }
 
@@ -243,11 +260,11 @@ fn etcd_async_timeout_deadline_and_no_wait_leave_no_key() {
         "not before its deadline"
     );
     // The request's keys are deleted before its output is handed over.
-    assert_eq!(queue_len(&lt), 1);
+    assert_eq!(queue_len(&lt), Some(1));
     let soon = Instant::now() + Duration::from_millis(100);
     let r = block_on(lt.request().shared().deadline(soon).lock_async()).unwrap();
     assert!(r.is_none() && Instant::now() >= soon);
-    assert_eq!(queue_len(&lt), 1);
+    assert_eq!(queue_len(&lt), Some(1));
     assert!(
         block_on(lt.request().no_wait().lock_async())
             .unwrap()
@@ -258,7 +275,7 @@ fn etcd_async_timeout_deadline_and_no_wait_leave_no_key() {
             .unwrap()
             .is_none()
     );
-    assert_eq!(queue_len(&lt), 1);
+    assert_eq!(queue_len(&lt), Some(1));
     drop(holder);
     let g = block_on(lt.request().timeout(Duration::from_secs(5)).lock_async())
         .unwrap()
@@ -306,7 +323,9 @@ fn etcd_async_cancel_storm_leaves_no_keys() {
             let _ = poll_once(f, &waker);
         }
     }
-    poll("most requests in the queue", || queue_len(&holder) > N / 2);
+    poll("most requests in the queue", || {
+        queue_len(&holder).is_some_and(|n| n > N / 2)
+    });
     // Drop them in random order while the holder comes and goes, so that grants race drops.
     let (mut dropped, mut granted) = (0, 0);
     while !futures.is_empty() {
@@ -325,14 +344,19 @@ fn etcd_async_cancel_storm_leaves_no_keys() {
                     drop(held);
                     None
                 }
-                None => holder.try_token_lock().unwrap(),
+                // a failed try under load is a turn without the lock, not a failure of the
+                // property under test (no key left behind)
+                None => holder.try_token_lock().unwrap_or_else(|e| {
+                    eprintln!("try failed: {e}");
+                    None
+                }),
             };
         }
     }
     drop(g);
     let t0 = Instant::now();
     poll("every dropped request's key gone", || {
-        queue_len(&holder) == 0
+        queue_len(&holder) == Some(0)
     });
     eprintln!(
         "{dropped} futures dropped ({granted} granted and seen); the queue was empty {:?} \
