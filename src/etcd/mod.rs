@@ -755,37 +755,52 @@ impl EtcdLockTicket {
             "value": b64(me.as_bytes()),
             "lease": session.id.to_string(),
         }});
-        let get_q = json!({"request_range": {"key": b64(qkey.as_bytes())}});
         let mut empty = range_prefix(&conflicts);
         empty.insert("target".into(), "CREATE".into());
         empty.insert("result".into(), "EQUAL".into());
         empty.insert("create_revision".into(), "0".into());
+        // One transaction: "nothing conflicting is queued" → our key and the holder record
+        // (granted); otherwise → our key (queued), or nothing for a no-wait request. Nothing
+        // is read back: a key this transaction creates has the transaction's revision as its
+        // create revision. Only a retried call (its first attempt may have been applied, so
+        // our key may be older) reads the key back. The gateway's cost grows with the
+        // request's size, so the branches carry only what they need.
         let mut success = vec![put_q.clone()];
         success.extend(grant_ops(inner, &hkey, &qkey));
-        success.push(get_q.clone());
         let failure = match patience {
-            // Only a look: is our key there (an earlier attempt of this call was applied)?
-            Patience::NoWait => vec![get_q],
-            _ => vec![put_q, get_q],
+            Patience::NoWait => vec![],
+            _ => vec![put_q],
         };
-        let (ok, resp, _) =
+        let (ok, mut resp, mut rev, attempts) =
             inner
                 .client
-                .txn("enqueue", vec![Value::Object(empty)], success, failure)?;
-        if ok {
-            let rev = own_revision(resp.last());
-            pending.armed = false;
-            return Ok(Some(self.granted(&session, share, qkey, hkey, rev, &resp)));
+                .txn_counted("enqueue", vec![Value::Object(empty)], success, failure)?;
+        if attempts > 1 {
+            // Our key's own create revision, and what the grant reads, read again.
+            let (_, r, _) = inner.client.txn(
+                "enqueue",
+                vec![],
+                vec![
+                    json!({"request_range": {"key": b64(qkey.as_bytes()), "keys_only": true}}),
+                    holders_count(inner),
+                ],
+                vec![],
+            )?;
+            rev = own_revision(r.first());
+            resp = r;
         }
-        if matches!(patience, Patience::NoWait) {
+        if matches!(patience, Patience::NoWait) && !ok {
             // Nothing was written, unless an earlier attempt whose answer was lost granted
             // us the lock: then `pending` releases it.
-            pending.armed = own_revision(resp.last()) != 0;
+            pending.armed = rev != 0 && attempts > 1;
             return Ok(None);
         }
-        let rev = own_revision(resp.last());
         if rev == 0 {
             return Err(inner.protocol("enqueue", "the new queue key was not found"));
+        }
+        if ok {
+            pending.armed = false;
+            return Ok(Some(self.granted(&session, share, qkey, hkey, rev, &resp)));
         }
         let deadline = match patience {
             Patience::Until(d) => Some(d),
@@ -803,38 +818,76 @@ impl EtcdLockTicket {
             pred.insert("sort_order".into(), "DESCEND".into());
             pred.insert("limit".into(), "1".into());
             pred.insert("keys_only".into(), true.into());
-            let (mine, resp, _) = inner.client.txn(
-                "wait in the queue",
-                vec![own_compare(&qkey, rev)],
-                vec![json!({"request_range": pred})],
-                vec![],
-            )?;
-            if !mine || session.lost() {
-                return Err(Error::EtcdLeaseExpired {
-                    name: inner.name.clone(),
-                    ttl: session.ttl,
-                });
-            }
-            let before = resp
-                .first()
-                .and_then(|r| r.get("response_range"))
-                .map(kvs)
-                .unwrap_or_default();
-            let Some(before) = before.into_iter().next() else {
-                let (still, resp, _) = inner.client.txn(
-                    "take the granted lock",
-                    vec![own_compare(&qkey, rev)],
+            let lease_expired = || Error::EtcdLeaseExpired {
+                name: inner.name.clone(),
+                ttl: session.ttl,
+            };
+            let before = if share == Share::Exclusive {
+                // A writer asks in one transaction: "our key is there, and no key in the
+                // queue is older" (a compare over a range holds for every key in it; ours is
+                // one, so the range is never empty) → the holder record: granted. Otherwise
+                // → our key (is it still there?) and the key just before it.
+                let mut none_older = range_prefix(&conflicts);
+                none_older.insert("target".into(), "CREATE".into());
+                none_older.insert("result".into(), "GREATER".into());
+                none_older.insert("create_revision".into(), (rev - 1).to_string().into());
+                let (first, resp, _) = inner.client.txn(
+                    "wait in the queue",
+                    vec![own_compare(&qkey, rev), Value::Object(none_older)],
                     grant_ops(inner, &hkey, &qkey),
+                    vec![
+                        json!({"request_range": {"key": b64(qkey.as_bytes()), "keys_only": true}}),
+                        json!({"request_range": pred}),
+                    ],
+                )?;
+                if first {
+                    if session.lost() {
+                        return Err(lease_expired()); // `pending` deletes our keys
+                    }
+                    pending.armed = false;
+                    return Ok(Some(self.granted(&session, share, qkey, hkey, rev, &resp)));
+                }
+                if own_revision(resp.first()) != rev || session.lost() {
+                    return Err(lease_expired());
+                }
+                let before = resp
+                    .get(1)
+                    .and_then(|r| r.get("response_range"))
+                    .map(kvs)
+                    .unwrap_or_default();
+                match before.into_iter().next() {
+                    Some(kv) => kv,
+                    None => continue, // cannot be (one snapshot): ask again
+                }
+            } else {
+                let (mine, resp, _) = inner.client.txn(
+                    "wait in the queue",
+                    vec![own_compare(&qkey, rev)],
+                    vec![json!({"request_range": pred})],
                     vec![],
                 )?;
-                if !still {
-                    return Err(Error::EtcdLeaseExpired {
-                        name: inner.name.clone(),
-                        ttl: session.ttl,
-                    });
+                if !mine || session.lost() {
+                    return Err(lease_expired());
                 }
-                pending.armed = false;
-                return Ok(Some(self.granted(&session, share, qkey, hkey, rev, &resp)));
+                let before = resp
+                    .first()
+                    .and_then(|r| r.get("response_range"))
+                    .map(kvs)
+                    .unwrap_or_default();
+                let Some(before) = before.into_iter().next() else {
+                    let (still, resp, _) = inner.client.txn(
+                        "take the granted lock",
+                        vec![own_compare(&qkey, rev)],
+                        grant_ops(inner, &hkey, &qkey),
+                        vec![],
+                    )?;
+                    if !still {
+                        return Err(lease_expired());
+                    }
+                    pending.armed = false;
+                    return Ok(Some(self.granted(&session, share, qkey, hkey, rev, &resp)));
+                };
+                before
             };
             // Wait for that key to go (or a recheck, or the deadline).
             let now = Instant::now();
@@ -887,16 +940,15 @@ impl EtcdLockTicket {
         rev: i64,
         resp: &[Value],
     ) -> EtcdGuard {
-        // resp: [..., range h/, ...]. Other holder records are rare (shared holders, or a
-        // holder that died); only then are the records and the queue read together: a record
-        // whose queue key is gone in the same snapshot is a holder that died holding (a
-        // release deletes both at once).
+        // resp: [..., the count of the holder records, ours included]. Other holder records
+        // are rare (shared holders, or a holder that died); only then are the records and the
+        // queue read together: a record whose queue key is gone in the same snapshot is a
+        // holder that died holding (a release deletes both at once).
         let hprefix = format!("{}h/", self.inner.keys);
         let others = resp
             .iter()
             .filter_map(|r| r.get("response_range"))
-            .flat_map(kvs)
-            .any(|kv| kv.key.starts_with(&hprefix) && kv.key != hkey);
+            .any(|r| int(r.get("count")) > 1);
         let mut dead = Vec::new();
         if others {
             let mut q = range_prefix(&self.inner.queue_prefix());
@@ -974,13 +1026,21 @@ impl Drop for Pending<'_> {
 }
 
 /// The operations that take a granted lock: the holder record (no lease: it outlives a
-/// holder that dies), then the holder records, to tell whether a previous holder died.
+/// holder that dies), then the number of holder records, to tell whether a previous holder
+/// died (more than ours: [`granted`](EtcdLockTicket::granted) looks closer).
 fn grant_ops(inner: &Inner, hkey: &str, qkey: &str) -> Vec<Value> {
     let hv = json!({"q": qkey}).to_string();
     vec![
         json!({"request_put": {"key": b64(hkey.as_bytes()), "value": b64(hv.as_bytes())}}),
-        json!({"request_range": range_prefix(&format!("{}h/", inner.keys))}),
+        holders_count(inner),
     ]
+}
+
+/// "How many holder records are there" (a count only: the answer stays small).
+fn holders_count(inner: &Inner) -> Value {
+    let mut r = range_prefix(&format!("{}h/", inner.keys));
+    r.insert("count_only".into(), true.into());
+    json!({ "request_range": r })
 }
 
 /// "Our queue key still exists, created at `rev`."
@@ -1006,27 +1066,46 @@ impl Inner {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+/// This host's name (read once per process).
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
-/// 16 hex digits from the kernel's random source (time and PID if it cannot be read).
+/// 16 hex digits, unique to this request: a per-process seed from the kernel's random source
+/// (time and PID if it cannot be read), mixed with the PID (a forked child gets other ids)
+/// and a counter (splitmix64) — no file opened per request.
 fn random_id() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok();
-    if !ok {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        b = (t ^ (u64::from(std::process::id()) << 40)).to_ne_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        use std::io::Read;
+        let mut b = [0u8; 8];
+        let ok = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b))
+            .is_ok();
+        if ok {
+            u64::from_ne_bytes(b)
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64
+        }
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut z =
+        seed ^ (u64::from(std::process::id()) << 32) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    format!("{z:016x}")
 }
 
 /// A token request on etcd: mode, then how long it may wait. Made by
@@ -1428,17 +1507,27 @@ impl EtcdGuard {
         let was_lost = self.lost();
         let (q, h) = (self.held.qkey.clone(), self.hkey.clone());
         let del = |k: &str| json!({"request_delete_range": {"key": b64(k.as_bytes())}});
-        match self.inner.client.txn_counted(
-            "release",
-            vec![own_compare(&q, self.token as i64)],
-            vec![del(&q), del(&h)],
-            vec![del(&h)],
-        ) {
-            Ok((true, _, _, _)) if !was_lost => Ok(()),
-            Ok((true, _, _, _)) => Err(self.lost_error("its lease could have expired")),
+        // Both keys go in one transaction, without a compare: whether our queue key was still
+        // there is the first deletion's count (the key's name is this request's alone, and
+        // nothing creates it again once granted, so "there" means "created at our token").
+        let deleted = |r: &[Value]| {
+            int(r
+                .first()
+                .and_then(|r| r.get("response_delete_range"))
+                .and_then(|r| r.get("deleted")))
+        };
+        match self
+            .inner
+            .client
+            .txn_counted("release", vec![], vec![del(&q), del(&h)], vec![])
+        {
+            Ok((_, r, _, _)) if deleted(&r) > 0 && !was_lost => Ok(()),
+            Ok((_, r, _, _)) if deleted(&r) > 0 => {
+                Err(self.lost_error("its lease could have expired"))
+            }
             // Retried: the first attempt may have released it (its answer was lost).
-            Ok((false, _, _, attempts)) if attempts > 1 && !was_lost => Ok(()),
-            Ok((false, _, _, _)) => Err(self.lost_error("its key was gone at release")),
+            Ok((_, _, _, attempts)) if attempts > 1 && !was_lost => Ok(()),
+            Ok(_) => Err(self.lost_error("its key was gone at release")),
             Err(e) => {
                 self.inner.orphans.lock().unwrap().extend([q, h]);
                 Err(e)

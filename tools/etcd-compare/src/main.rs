@@ -29,8 +29,8 @@ mod etcd_support;
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, LockOptions};
@@ -249,7 +249,11 @@ fn uncontended(rt: &Rt, ep: &str, n: usize) {
     let lease = rt.block_on(ec_lease(&mut ec, 10));
     rt.block_on(ec_cycle(&mut ec, "ec-uncontended", lease));
     let mut conn = None;
-    let glease = field(&post(&mut conn, ep, "/v3/lease/grant", r#"{"TTL":60}"#), "ID").to_string();
+    let glease = field(
+        &post(&mut conn, ep, "/v3/lease/grant", r#"{"TTL":60}"#),
+        "ID",
+    )
+    .to_string();
     let gateway_cycle = |conn: &mut Option<TcpStream>| {
         let r = post(
             conn,
@@ -258,7 +262,12 @@ fn uncontended(rt: &Rt, ep: &str, n: usize) {
             &format!(r#"{{"name":"Z3c=","lease":"{glease}"}}"#),
         );
         let key = field(&r, "key").to_string();
-        post(conn, ep, "/v3/lock/unlock", &format!(r#"{{"key":"{key}"}}"#));
+        post(
+            conn,
+            ep,
+            "/v3/lock/unlock",
+            &format!(r#"{{"key":"{key}"}}"#),
+        );
     };
     gateway_cycle(&mut conn);
     let (mut ours, mut theirs, mut gateway, mut acq) = (vec![], vec![], vec![], vec![]);
@@ -283,7 +292,10 @@ fn uncontended(rt: &Rt, ep: &str, n: usize) {
         }
     }
     let (a, b, g) = (median(&mut ours), median(&mut theirs), median(&mut gateway));
-    println!("uncontended acquire+release, median of {} each (interleaved):", ours.len());
+    println!(
+        "uncontended acquire+release, median of {} each (interleaved):",
+        ours.len()
+    );
     println!(
         "  lockticket                          {} (p90 {}; acquire alone {})",
         ms(a),
@@ -514,9 +526,9 @@ fn one_shot(ep: &str) {
     };
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..40 {
-        ours.push(run(Command::new(&lockticket).args([
-            "exec", "--etcd", ep, "oneshot", "true",
-        ])));
+        ours.push(run(
+            Command::new(&lockticket).args(["exec", "--etcd", ep, "oneshot", "true"])
+        ));
         theirs.push(run(Command::new("etcdctl").env("ETCDCTL_API", "3").args([
             "--endpoints",
             ep,
