@@ -11,14 +11,19 @@
 //!   watch-event delivery (the release's commit must reach the next waiter somehow), measured
 //!   through the JSON gateway and through gRPC;
 //! - `lockticket exec --etcd URL NAME true` one-shot against `etcdctl lock NAME true`;
-//! - failover after a holder's SIGKILL against the TTL (2 s), both libraries.
+//! - failover after a holder's SIGKILL against the TTL (2 s), both libraries;
+//! - `shapes`: what one acquire+release costs as raw gateway requests of several shapes (a
+//!   plain put + delete, etcd's lock service, lockticket's transactions with and without the
+//!   holder record), to see where the time goes;
+//! - `ureq`: the same gateway requests through a `ureq` agent and through a bare kept-alive
+//!   connection (the evaluation of `ureq` against the hand-written `src/etcd/http.rs`).
 //!
 //! ```text
 //! cargo build --release -p lockticket-cli          # the one-shot comparison runs it
 //! cargo run --release --manifest-path tools/etcd-compare/Cargo.toml [-- ITERATIONS]
 //! ```
 //!
-//! `ETCD_COMPARE_ONLY=uncontended,throughput,handoff,one-shot,failover` runs some parts only.
+//! `ETCD_COMPARE_ONLY=uncontended,throughput,handoff,one-shot,failover,shapes,ureq` runs some parts only.
 //!
 //! Needs `etcd` and `etcdctl` on PATH, and `protoc` to build (`etcd-client`'s gRPC code): this
 //! crate is outside the main workspace so that `cargo test --workspace` never needs them.
@@ -238,6 +243,12 @@ fn main() {
     }
     if run("failover") {
         failover(&rt, &ep);
+    }
+    if run("shapes") {
+        shapes(&ep, n);
+    }
+    if run("ureq") {
+        ureq_vs_raw(&ep, n);
     }
     println!("load average at the end: {}", load());
 }
@@ -634,5 +645,194 @@ fn failover(rt: &Rt, ep: &str) {
          (previous_holder_died: {died}); etcd-client {}",
         list(&ours),
         list(&theirs)
+    );
+}
+
+/// Standard base64 (the gateway's bytes).
+fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut o = String::new();
+    for c in s.as_bytes().chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            o.push(if i <= c.len() {
+                T[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    o
+}
+
+/// The end of the range of keys starting with `p`, in base64.
+fn b64_end(p: &str) -> String {
+    let mut v = p.as_bytes().to_vec();
+    if let Some(last) = v.last_mut() {
+        *last += 1;
+    }
+    b64(&String::from_utf8(v).expect("ASCII prefix"))
+}
+
+/// The gateway bodies of lockticket's uncontended cycle (as src/etcd/mod.rs sends them):
+/// the enqueue transaction and the release transaction. `holder`: with the holder record.
+fn cycle_bodies(prefix: &str, id: &str, lease: &str, holder: bool) -> (String, String) {
+    let q = format!("{prefix}q/w/{id}");
+    let h = format!("{prefix}h/{id}");
+    let me = b64(r#"{"host":"somehost","pid":123456,"share":"exclusive"}"#);
+    let qp = format!("{prefix}q/");
+    let hp = format!("{prefix}h/");
+    let put_q = format!(
+        r#"{{"request_put":{{"key":"{}","value":"{me}","lease":"{lease}"}}}}"#,
+        b64(&q)
+    );
+    let grant = if holder {
+        format!(
+            r#",{{"request_put":{{"key":"{}","value":"{}"}}}},{{"request_range":{{"key":"{}","range_end":"{}","count_only":true}}}}"#,
+            b64(&h),
+            b64(&format!(r#"{{"q":"{q}"}}"#)),
+            b64(&hp),
+            b64_end(&hp)
+        )
+    } else {
+        String::new()
+    };
+    let acquire = format!(
+        r#"{{"compare":[{{"key":"{}","range_end":"{}","target":"CREATE","result":"EQUAL","create_revision":"0"}}],"success":[{put_q}{grant}],"failure":[{put_q}]}}"#,
+        b64(&qp),
+        b64_end(&qp)
+    );
+    let del_h = if holder {
+        format!(r#",{{"request_delete_range":{{"key":"{}"}}}}"#, b64(&h))
+    } else {
+        String::new()
+    };
+    let release = format!(
+        r#"{{"success":[{{"request_delete_range":{{"key":"{}"}}}}{del_h}]}}"#,
+        b64(&q)
+    );
+    (acquire, release)
+}
+
+fn shapes(ep: &str, n: usize) {
+    let mut c = None;
+    let lease = field(&post(&mut c, ep, "/v3/lease/grant", r#"{"TTL":600}"#), "ID").to_string();
+    let names = [
+        "plain put + delete of one key (no compare)",
+        "etcd's lock service (/v3/lock/lock + unlock)",
+        "lockticket's transactions, no holder record",
+        "lockticket's transactions (holder record)",
+    ];
+    let mut t: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    for i in 0..n {
+        for (v, times) in t.iter_mut().enumerate() {
+            let prefix = format!("shapes{v}/");
+            let id = format!("{i:016x}");
+            let t0 = Instant::now();
+            match v {
+                0 => {
+                    let k = b64(&format!("{prefix}{id}"));
+                    post(
+                        &mut c,
+                        ep,
+                        "/v3/kv/put",
+                        &format!(r#"{{"key":"{k}","value":"eA==","lease":"{lease}"}}"#),
+                    );
+                    post(
+                        &mut c,
+                        ep,
+                        "/v3/kv/deleterange",
+                        &format!(r#"{{"key":"{k}"}}"#),
+                    );
+                }
+                1 => {
+                    let r = post(
+                        &mut c,
+                        ep,
+                        "/v3/lock/lock",
+                        &format!(r#"{{"name":"c2hhcGVz","lease":"{lease}"}}"#),
+                    );
+                    let key = field(&r, "key").to_string();
+                    post(
+                        &mut c,
+                        ep,
+                        "/v3/lock/unlock",
+                        &format!(r#"{{"key":"{key}"}}"#),
+                    );
+                }
+                _ => {
+                    let (a, r) = cycle_bodies(&prefix, &id, &lease, v == 3);
+                    post(&mut c, ep, "/v3/kv/txn", &a);
+                    post(&mut c, ep, "/v3/kv/txn", &r);
+                }
+            }
+            times.push(t0.elapsed());
+        }
+    }
+    println!(
+        "one acquire+release as raw gateway requests, one kept-alive connection, median of {n} (interleaved):"
+    );
+    for (name, v) in names.iter().zip(t.iter_mut()) {
+        println!("  {name:<46} {}", ms(median(v)));
+    }
+}
+
+fn ureq_vs_raw(ep: &str, n: usize) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let via_ureq = |path: &str, body: &str| -> String {
+        let mut r = agent
+            .post(&format!("{ep}{path}"))
+            .config()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .header("Content-Type", "application/json")
+            .send(body)
+            .expect("ureq post");
+        String::from_utf8(r.body_mut().read_to_vec().expect("ureq body")).expect("UTF-8")
+    };
+    let mut c = None;
+    let lease = field(&post(&mut c, ep, "/v3/lease/grant", r#"{"TTL":600}"#), "ID").to_string();
+    let range = format!(r#"{{"key":"{}"}}"#, b64("ureq-range"));
+    let (mut rr, mut ur, mut rc, mut uc) = (vec![], vec![], vec![], vec![]);
+    for i in 0..n {
+        let t0 = Instant::now();
+        post(&mut c, ep, "/v3/kv/range", &range);
+        rr.push(t0.elapsed());
+        let t0 = Instant::now();
+        via_ureq("/v3/kv/range", &range);
+        ur.push(t0.elapsed());
+        let (a, r) = cycle_bodies("ureq-raw/", &format!("{i:016x}"), &lease, true);
+        let t0 = Instant::now();
+        post(&mut c, ep, "/v3/kv/txn", &a);
+        post(&mut c, ep, "/v3/kv/txn", &r);
+        rc.push(t0.elapsed());
+        let (a, r) = cycle_bodies("ureq-ureq/", &format!("{i:016x}"), &lease, true);
+        let t0 = Instant::now();
+        via_ureq("/v3/kv/txn", &a);
+        via_ureq("/v3/kv/txn", &r);
+        uc.push(t0.elapsed());
+    }
+    let (rr, ur, rc, uc) = (
+        median(&mut rr),
+        median(&mut ur),
+        median(&mut rc),
+        median(&mut uc),
+    );
+    println!(
+        "ureq 3 (default features off) against a bare kept-alive connection, median of {n} (interleaved):"
+    );
+    println!(
+        "  one range: raw {}, ureq {} ({:.2}x); lockticket's two transactions: raw {}, ureq {} ({:.2}x)",
+        ms(rr),
+        ms(ur),
+        ratio(ur, rr),
+        ms(rc),
+        ms(uc),
+        ratio(uc, rc)
     );
 }
