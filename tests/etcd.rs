@@ -512,3 +512,47 @@ fn etcd_three_members_stopped_member_and_leader_kill() {
         assert!(got > token);
     });
 }
+
+/// A handle reuses its requests' key names once their keys are deleted (etcd keeps every
+/// deleted key in its index until it compacts, and the queue's range compare visits them), yet
+/// every grant still gets a larger fencing token, a reused name is never taken for a death,
+/// and two requests alive at once never share a name.
+#[test]
+fn etcd_request_names_are_reused_and_tokens_still_grow() {
+    let Some(c) = Cluster::start("reuse", 1) else {
+        return;
+    };
+    let ep = c.endpoints();
+    let name = unique("ereuse");
+    let lt = open(&ep, &name, 5);
+    let mut names = std::collections::HashSet::new();
+    let mut last = 0;
+    for i in 0..20 {
+        let g = if i % 2 == 0 {
+            lt.token_lock().unwrap()
+        } else {
+            lt.try_token_lock_shared().unwrap().unwrap()
+        };
+        assert!(g.fencing_token() > last, "tokens must grow");
+        assert!(!g.previous_holder_died(), "a released name is not a death");
+        last = g.fencing_token();
+        names.insert(g.key().rsplit('/').next().unwrap().to_string());
+        g.unlock().unwrap();
+    }
+    // One name, and one more for every call that had to be retried (a loaded machine).
+    assert!(names.len() < 10, "names not reused: {names:?}");
+    let a = lt.token_lock_shared().unwrap();
+    let b = lt.token_lock_shared().unwrap();
+    let w = lt
+        .request()
+        .exclusive()
+        .timeout(Duration::from_millis(50))
+        .lock();
+    assert!(matches!(w, Ok(None)), "a writer waits for the readers");
+    assert_ne!(a.key(), b.key());
+    drop((a, b));
+    let g = lt.token_lock().unwrap();
+    assert!(!g.previous_holder_died());
+    drop(g);
+    assert_no_keys(&c, &name);
+}

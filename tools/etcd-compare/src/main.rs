@@ -16,14 +16,17 @@
 //!   plain put + delete, etcd's lock service, lockticket's transactions with and without the
 //!   holder record), to see where the time goes;
 //! - `ureq`: the same gateway requests through a `ureq` agent and through a bare kept-alive
-//!   connection (the evaluation of `ureq` against the hand-written `src/etcd/http.rs`).
+//!   connection (the evaluation of `ureq` against the hand-written `src/etcd/http.rs`);
+//! - `history` (only when asked for): the uncontended cycle before and after 20,000 cycles on
+//!   the same lock, and after a compaction (the deleted keys of every past request stay in
+//!   etcd's index until etcd compacts its history, and the queue's range compare visits them).
 //!
 //! ```text
 //! cargo build --release -p lockticket-cli          # the one-shot comparison runs it
 //! cargo run --release --manifest-path tools/etcd-compare/Cargo.toml [-- ITERATIONS]
 //! ```
 //!
-//! `ETCD_COMPARE_ONLY=uncontended,throughput,handoff,one-shot,failover,shapes,ureq` runs some parts only.
+//! `ETCD_COMPARE_ONLY=uncontended,throughput,handoff,one-shot,failover,shapes,ureq,history` runs some parts only.
 //!
 //! Needs `etcd` and `etcdctl` on PATH, and `protoc` to build (`etcd-client`'s gRPC code): this
 //! crate is outside the main workspace so that `cargo test --workspace` never needs them.
@@ -249,6 +252,9 @@ fn main() {
     }
     if run("ureq") {
         ureq_vs_raw(&ep, n);
+    }
+    if only.split(',').any(|p| p == "history") {
+        history(&ep, n);
     }
     println!("load average at the end: {}", load());
 }
@@ -625,7 +631,7 @@ fn failover(rt: &Rt, ep: &str) {
             let mut child = spawn_holder("etcd-client-holder", ep);
             child.kill().expect("SIGKILL");
             let t0 = Instant::now();
-            rt.block_on(async {
+            let at = rt.block_on(async {
                 let mut c = ec_connect(ep).await;
                 let lease = ec_lease(&mut c, 2).await;
                 let r = c
@@ -636,7 +642,9 @@ fn failover(rt: &Rt, ep: &str) {
                 c.unlock(r.key().to_vec()).await.expect("unlock");
                 c.lease_revoke(lease).await.expect("revoke");
                 at
-            })
+            });
+            let _ = child.wait();
+            at
         })
         .collect();
     let list = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ");
@@ -834,5 +842,42 @@ fn ureq_vs_raw(ep: &str, n: usize) {
         ms(rc),
         ms(uc),
         ratio(uc, rc)
+    );
+}
+
+fn history(ep: &str, n: usize) {
+    let lt = open(ep, "history", 60);
+    let cycle = |k: usize| -> Duration {
+        let mut v: Vec<Duration> = (0..k)
+            .map(|_| {
+                let t0 = Instant::now();
+                drop(lt.token_lock().expect("lock"));
+                t0.elapsed()
+            })
+            .collect();
+        median(&mut v)
+    };
+    let fresh = cycle(n);
+    let more = 20_000;
+    for _ in 0..more {
+        drop(lt.token_lock().expect("lock"));
+    }
+    let after = cycle(n);
+    let mut c = None;
+    let r = post(&mut c, ep, "/v3/kv/range", r#"{"key":"eA=="}"#);
+    let rev = field(&r, "revision").to_string();
+    post(
+        &mut c,
+        ep,
+        "/v3/kv/compaction",
+        &format!(r#"{{"revision":"{rev}","physical":true}}"#),
+    );
+    let compacted = cycle(n);
+    println!(
+        "uncontended acquire+release on one lock, median of {n}: fresh {}, after {more} more \
+         cycles {}, after a compaction {}",
+        ms(fresh),
+        ms(after),
+        ms(compacted)
     );
 }
