@@ -7,6 +7,9 @@
 //! `cargo build --release -p lockticket-cli && cargo run --release -p lockticket-tools
 //! --features etcd --bin etcd_bench` (needs `etcd`, and `etcdctl` for the one-shot
 //! comparison, on PATH).
+//!
+//! The comparison with the `etcd-client` crate itself (gRPC; it needs `protoc` and tokio, so
+//! it lives outside the workspace) is `tools/etcd-compare` (docs/etcd.md, "Measured").
 
 #[path = "../../../tests/etcd_support/mod.rs"]
 mod etcd_support;
