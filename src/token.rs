@@ -14,6 +14,12 @@ use crate::sys;
 use crate::wait::{self, Entered, Outcome, WaitError, Waiter};
 
 /// Which way a request may be granted.
+/// Bounded tables: how many times a request about to queue yields and tries to go ahead again
+/// ([`LockTicket::bypass_for_a_moment`]).
+const BYPASS_TRIES: u32 = 16;
+/// … and for how long at most.
+const BYPASS_FOR: std::time::Duration = std::time::Duration::from_micros(50);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
     /// Any way the table allows: ahead of the queue in a bounded table, and with the kernel
@@ -181,6 +187,15 @@ impl LockTicket {
             match self.bypass(region, me, pid) {
                 Some(g) => return Fast::Granted(g),
                 None if region.retired() => return Fast::Missed,
+                // Busy: try again for a moment before queueing (cold).
+                None if ring.queued() != 0 && !matches!(ask.patience, Patience::NoWait) => {
+                    if let Some(g) = self.bypass_for_a_moment(region, me, pid) {
+                        return Fast::Granted(g);
+                    }
+                    if region.retired() {
+                        return Fast::Missed;
+                    }
+                }
                 None => {}
             }
         }
@@ -237,6 +252,36 @@ impl LockTicket {
         })
     }
 
+    /// Bounded tables, a request that may wait: before it queues (and sleeps until its turn in
+    /// arrival order), it gives the CPU away and tries to go ahead again, for a moment
+    /// ([`BYPASS_TRIES`] yields, at most [`BYPASS_FOR`]). A critical section shorter than that
+    /// ends meanwhile, and the request goes on running instead of joining a queue of sleepers
+    /// that is served one wake-up at a time (the convoy that kept bounded tables below flock
+    /// at 8–64 processes with short critical sections).
+    #[cold]
+    fn bypass_for_a_moment<'a>(
+        &'a self,
+        region: &'a Region,
+        me: Registration,
+        pid: u32,
+    ) -> Option<TokenGuard<'a>> {
+        let ring = region.ring();
+        let until = sys::coarse_now_ns().saturating_add(BYPASS_FOR.as_nanos() as u64);
+        for _ in 0..BYPASS_TRIES {
+            std::thread::yield_now();
+            if ring.queued() == 0 || region.retired() {
+                return None; // the claim is granted at once, or the table is gone
+            }
+            if let Some(g) = self.bypass(region, me, pid) {
+                return Some(g);
+            }
+            if sys::coarse_now_ns() > until {
+                break;
+            }
+        }
+        None
+    }
+
     /// Everything the fast path did not finish, from where it stopped. The API edge of the
     /// slow path: a broken ring that could not be repaired becomes the public
     /// [`Error::Corrupted`] here, and only here.
@@ -291,7 +336,12 @@ impl LockTicket {
         if ring.is_bounded()
             && share == Share::Exclusive
             && ask.route == Route::Any
-            && let Some(g) = self.bypass(region, me, pid)
+            && let Some(g) = self.bypass(region, me, pid).or_else(|| {
+                if matches!(patience, Patience::NoWait) {
+                    return None;
+                }
+                self.bypass_for_a_moment(region, me, pid)
+            })
         {
             return Ok(Some(Claimed::Holding(g)));
         }
