@@ -5,11 +5,8 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use common::*;
@@ -42,42 +39,6 @@ fn helper_entry() {
     common::helper_entry(dispatch);
 }
 
-/// Counts its wake-ups and unparks the thread that made it.
-struct Counter(AtomicUsize, std::thread::Thread);
-impl Wake for Counter {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        self.1.unpark();
-    }
-}
-
-fn counter() -> (Arc<Counter>, Waker) {
-    let c = Arc::new(Counter(AtomicUsize::new(0), std::thread::current()));
-    (c.clone(), Waker::from(c))
-}
-
-/// Polls `f` until ready, parking between polls (bounded: a hang becomes a failure).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let (_, waker) = counter();
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    let deadline = std::time::Instant::now() + BOUND;
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the future never finished"
-        );
-        std::thread::park_timeout(Duration::from_millis(100));
-    }
-}
-
-fn poll_once<F: Future + Unpin>(f: &mut F, waker: &Waker) -> Poll<F::Output> {
-    Pin::new(f).poll(&mut Context::from_waker(waker))
-}
-
 fn table(tag: &str) -> (LockTicket, String) {
     let name = unique(tag);
     (LockTicket::open(&name).unwrap(), name)
@@ -99,7 +60,7 @@ fn a_free_token_is_taken_at_once_and_carries_a_fencing_token() {
     assert!(g.fencing_token() > first);
     // Asking again on this thread while a task holds the token is no deadlock: it waits.
     let mut again = Box::pin(lt.request().shared().no_wait().lock_async());
-    let (_, waker) = counter();
+    let waker = thread_waker();
     match poll_once(&mut again, &waker) {
         Poll::Ready(Ok(Some(_))) => {} // a shared request beside a shared holder
         other => panic!("{other:?}"),
@@ -112,7 +73,7 @@ fn a_pending_future_waits_without_a_thread_keeps_its_place_and_is_served_first()
     let _main = lt.main_lock(Share::Shared).unwrap();
     let mut holder = Helper::spawn("hold", &[&name]);
     holder.expect("held died=false");
-    let (_, waker) = counter();
+    let waker = thread_waker();
     let mut fut = Box::pin(lt.token_lock_async());
     assert!(poll_once(&mut fut, &waker).is_pending(), "returns at once");
     assert_eq!(queued(&lt), 1);
@@ -142,7 +103,7 @@ fn a_dropped_pending_future_leaves_no_trace() {
     let _main = lt.main_lock(Share::Shared).unwrap();
     let mut holder = Helper::spawn("hold", &[&name]);
     holder.expect("held died=false");
-    let (_, waker) = counter();
+    let waker = thread_waker();
     // A cancel storm: many pending futures dropped at random points of their life.
     for i in 0..200 {
         let mut fut = Box::pin(if i % 2 == 0 {
@@ -179,7 +140,7 @@ fn a_future_granted_but_dropped_unseen_releases_the_token() {
     let _main = lt.main_lock(Share::Shared).unwrap();
     let mut holder = Helper::spawn("hold", &[&name]);
     holder.expect("held died=false");
-    let (_, waker) = counter();
+    let waker = thread_waker();
     let mut fut = Box::pin(lt.token_lock_async());
     assert!(poll_once(&mut fut, &waker).is_pending());
     let mut behind = Helper::spawn("wait", &[&name]);
@@ -200,7 +161,7 @@ fn a_pending_future_finds_a_sigkilled_holder_and_is_told() {
     let _main = lt.main_lock(Share::Shared).unwrap();
     let mut holder = Helper::spawn("hold", &[&name]);
     holder.expect("held died=false");
-    let (_, waker) = counter();
+    let waker = thread_waker();
     let mut fut = Box::pin(lt.token_lock_async());
     assert!(poll_once(&mut fut, &waker).is_pending());
     holder.kill();

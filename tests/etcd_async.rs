@@ -7,14 +7,10 @@
 mod common;
 mod etcd_support;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use common::{BOUND, Helper, hear, say, unique};
+use common::{BOUND, Helper, block_on, hear, poll_once, say, thread_waker, unique};
 use etcd_support::Cluster;
 use lockticket::etcd::{EtcdLockFuture, EtcdLockTicket};
 use lockticket::{Patience, Share, TokenLocks};
@@ -47,39 +43,6 @@ fn dispatch(role: &str, args: &[String]) {
 #[test]
 fn helper_entry() {
     common::helper_entry(dispatch);
-}
-
-/// Counts its wake-ups and unparks the thread that made it.
-struct Counter(AtomicUsize, std::thread::Thread);
-impl Wake for Counter {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        self.1.unpark();
-    }
-}
-
-fn counter() -> (Arc<Counter>, Waker) {
-    let c = Arc::new(Counter(AtomicUsize::new(0), std::thread::current()));
-    (c.clone(), Waker::from(c))
-}
-
-/// Polls `f` until ready, parking between polls (bounded: a hang becomes a failure).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let (_, waker) = counter();
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    let deadline = Instant::now() + BOUND;
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "the future never finished");
-        std::thread::park_timeout(Duration::from_millis(100));
-    }
-}
-
-fn poll_once<F: Future + Unpin>(f: &mut F, waker: &Waker) -> Poll<F::Output> {
-    Pin::new(f).poll(&mut Context::from_waker(waker))
 }
 
 /// Polls `cond` (an etcd read each time) until it holds, within [`BOUND`].
@@ -123,7 +86,7 @@ fn etcd_async_grants_in_fifo_order_with_blocking_requests_of_other_processes() {
     let ep = c.endpoints();
     let name = unique("eafifo");
     let lt = open(&ep, &name, 5);
-    let (_, waker) = counter();
+    let waker = thread_waker();
     // Free: the async forms are granted, through the inherent methods and the trait.
     let g = block_on(lt.token_lock_async()).unwrap();
     assert!(!g.previous_holder_died() && g.share() == Share::Exclusive);
@@ -201,7 +164,7 @@ fn etcd_async_dropped_while_pending_or_after_an_unseen_grant_leaves_no_key() {
     let ep = c.endpoints();
     let name = unique("eadrop");
     let lt = open(&ep, &name, 5);
-    let (_, waker) = counter();
+    let waker = thread_waker();
     let holder = lt.token_lock().unwrap();
 
     // Dropped while it waits in the queue (blocked on its predecessor's watch).
@@ -293,7 +256,7 @@ fn etcd_async_cancel_storm_leaves_no_keys() {
     let name = unique("eastorm");
     let handles: Vec<EtcdLockTicket> = (0..4).map(|_| open(&ep, &name, 5)).collect();
     let holder = open(&ep, &name, 5);
-    let (_, waker) = counter();
+    let waker = thread_waker();
     let mut seed = u64::from(std::process::id()) | 1;
     let mut rand = move |n: u64| {
         seed ^= seed << 13;

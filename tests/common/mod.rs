@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+mod executor;
 mod shared;
+#[allow(unused_imports)] // not every test file uses every piece
+pub use executor::*;
 #[allow(unused_imports)] // not every test file uses every piece
 pub use shared::*;
 
