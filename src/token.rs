@@ -17,8 +17,6 @@ use crate::wait::{self, Entered, Outcome, WaitError, Waiter};
 /// Bounded tables: how many times a request about to queue yields and tries to go ahead again
 /// ([`LockTicket::bypass_for_a_moment`]).
 const BYPASS_TRIES: u32 = 16;
-/// … and for how long at most.
-const BYPASS_FOR: std::time::Duration = std::time::Duration::from_micros(50);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -254,7 +252,8 @@ impl LockTicket {
 
     /// Bounded tables, a request that may wait: before it queues (and sleeps until its turn in
     /// arrival order), it gives the CPU away and tries to go ahead again, for a moment
-    /// ([`BYPASS_TRIES`] yields, at most [`BYPASS_FOR`]). A critical section shorter than that
+    /// ([`BYPASS_TRIES`] yields; no clock: the coarse one ticks in milliseconds, and what was
+    /// measured is the count). A critical section shorter than that
     /// ends meanwhile, and the request goes on running instead of joining a queue of sleepers
     /// that is served one wake-up at a time (the convoy that kept bounded tables below flock
     /// at 8–64 processes with short critical sections).
@@ -266,7 +265,6 @@ impl LockTicket {
         pid: u32,
     ) -> Option<TokenGuard<'a>> {
         let ring = region.ring();
-        let until = sys::coarse_now_ns().saturating_add(BYPASS_FOR.as_nanos() as u64);
         for _ in 0..BYPASS_TRIES {
             std::thread::yield_now();
             if ring.queued() == 0 || region.retired() {
@@ -274,9 +272,6 @@ impl LockTicket {
             }
             if let Some(g) = self.bypass(region, me, pid) {
                 return Some(g);
-            }
-            if sys::coarse_now_ns() > until {
-                break;
             }
         }
         None
